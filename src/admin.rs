@@ -1,0 +1,151 @@
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, and the token-protected `/admin/*` API.
+//! Probes and metrics are not audited; `/admin/*` actions are, with `team = null`.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+
+use crate::audit::{AuditRecord, AuditedBody};
+use crate::auth::{self, KeyDigest};
+use crate::body::{self, ProxyBody};
+use crate::error::GatewayError;
+use crate::request_id::{self, X_REQUEST_ID};
+use crate::state::Gateway;
+
+/// Purge requests are tiny JSON objects.
+const ADMIN_BODY_LIMIT: usize = 64 * 1024;
+
+pub async fn handle(
+    gw: Arc<Gateway>,
+    req: Request<Incoming>,
+    client_ip: IpAddr,
+) -> Response<AuditedBody> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET | &Method::HEAD, "/healthz") => probe(StatusCode::OK, "ok"),
+        (&Method::GET | &Method::HEAD, "/readyz") if gw.is_draining() => {
+            probe(StatusCode::SERVICE_UNAVAILABLE, "draining")
+        }
+        (&Method::GET | &Method::HEAD, "/readyz") => probe(StatusCode::OK, "ready"),
+        (&Method::GET, "/metrics") => {
+            if let Some(cache) = &gw.cache {
+                cache.refresh_gauges().await;
+            }
+            let mut resp = Response::new(body::full(gw.metrics.encode()));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            resp.map(AuditedBody::unaudited)
+        }
+        (_, path) if path.starts_with("/admin/") => admin_api(gw, req, client_ip).await,
+        _ => {
+            let id = request_id::generate();
+            GatewayError::NotFound
+                .to_response(id.to_str().unwrap_or_default())
+                .map(AuditedBody::unaudited)
+        }
+    }
+}
+
+fn probe(status: StatusCode, text: &'static str) -> Response<AuditedBody> {
+    let mut resp = Response::new(AuditedBody::unaudited(body::full(Bytes::from_static(
+        text.as_bytes(),
+    ))));
+    *resp.status_mut() = status;
+    resp
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeRequest {
+    org: Option<String>,
+    agent_id: Option<String>,
+}
+
+async fn admin_api(
+    gw: Arc<Gateway>,
+    req: Request<Incoming>,
+    client_ip: IpAddr,
+) -> Response<AuditedBody> {
+    let request_id = request_id::from_headers(req.headers());
+    let mut record = AuditRecord::new(
+        String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
+        client_ip,
+        req.method(),
+        req.uri().path(),
+    );
+    let digest = auth::presented_key(req.headers()).map(KeyDigest::of);
+    record.key_id = digest.map(KeyDigest::key_id);
+    let result = admin_action(&gw, req, digest, &mut record).await;
+    let mut resp = match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            record.decision = e.decision();
+            e.to_response(&record.request_id)
+        }
+    };
+    resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
+    record.status = resp.status().as_u16();
+    let log = gw.audit.clone();
+    resp.map(|b| AuditedBody::new(b, record, log))
+}
+
+async fn admin_action(
+    gw: &Gateway,
+    req: Request<Incoming>,
+    digest: Option<KeyDigest>,
+    record: &mut AuditRecord,
+) -> Result<Response<ProxyBody>, GatewayError> {
+    let rt = gw.runtime();
+    let expected = rt.settings.admin_token.ok_or(GatewayError::AdminDisabled)?;
+    if digest != Some(expected) {
+        return Err(GatewayError::AdminUnauthenticated);
+    }
+    if req.method() != Method::POST || req.uri().path() != "/admin/cache/purge" {
+        return Err(GatewayError::NotFound);
+    }
+    let bytes = Limited::new(req.into_body(), ADMIN_BODY_LIMIT)
+        .collect()
+        .await
+        .map_err(|_| {
+            GatewayError::InvalidAdminRequest("body unreadable or larger than 64 KiB".into())
+        })?
+        .to_bytes();
+    record.bytes_in = bytes.len() as u64;
+    let purge: PurgeRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
+        PurgeRequest::default()
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| {
+            GatewayError::InvalidAdminRequest(format!(
+                "expected {{\"org\": ..., \"agent_id\": ...}}: {e}"
+            ))
+        })?
+    };
+    record.org = purge.org.as_deref().map(Arc::from);
+    record.agent_id = purge.agent_id.clone();
+    let purged = match &gw.cache {
+        Some(cache) => {
+            cache
+                .purge(purge.org.as_deref(), purge.agent_id.as_deref())
+                .await
+        }
+        None => 0,
+    };
+    record.invalidated = purged;
+    let body = serde_json::json!({
+        "purged": purged,
+        "org": purge.org,
+        "agent_id": purge.agent_id,
+    });
+    let mut resp = Response::new(body::full(body.to_string()));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}

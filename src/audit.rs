@@ -1,0 +1,484 @@
+//! Step 6: one JSON line per request. Lines travel through a bounded channel to a writer thread, so
+//! no request waits on disk I/O; when the buffer is full the response's last frame waits for room
+//! instead of finishing unaudited. Shutdown drains every accepted line before the process exits.
+
+use std::fs::{File, OpenOptions};
+use std::future::Future;
+use std::io::{self, BufWriter, Write};
+use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use serde::{Serialize, Serializer};
+use tokio::sync::mpsc;
+
+use crate::body::{BoxError, ProxyBody};
+use crate::cache::CacheOutcome;
+use crate::config::AuditSettings;
+use crate::error::Decision;
+use crate::metrics::Metrics;
+
+/// Lines buffered between requests and the writer. Large enough to absorb a slow disk for a moment
+/// at tens of thousands of requests per second; beyond it requests wait.
+const BUFFER_LINES: usize = 16 * 1024;
+
+/// One audit line. Field names and meanings are the contract's; values never include keys, tokens
+/// or body values.
+#[derive(Debug, Serialize)]
+pub struct AuditRecord {
+    #[serde(serialize_with = "rfc3339_millis")]
+    pub ts: SystemTime,
+    pub request_id: String,
+    pub team: Option<Arc<str>>,
+    pub key_id: Option<String>,
+    pub org: Option<Arc<str>>,
+    pub client_ip: IpAddr,
+    pub method: String,
+    pub path: String,
+    pub agent_id: Option<String>,
+    pub status: u16,
+    pub upstream_status: Option<u16>,
+    pub cache: Option<CacheOutcome>,
+    pub decision: Decision,
+    pub latency_ms: f64,
+    pub upstream_latency_ms: Option<f64>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub changed_fields: Option<Vec<String>>,
+    pub invalidated: u64,
+    #[serde(skip)]
+    pub started: Instant,
+}
+
+impl AuditRecord {
+    pub fn new(request_id: String, client_ip: IpAddr, method: &http::Method, path: &str) -> Self {
+        Self {
+            ts: SystemTime::now(),
+            request_id,
+            team: None,
+            key_id: None,
+            org: None,
+            client_ip,
+            method: method.as_str().to_owned(),
+            path: path.to_owned(),
+            agent_id: None,
+            status: 0,
+            upstream_status: None,
+            cache: None,
+            decision: Decision::Allowed,
+            latency_ms: 0.0,
+            upstream_latency_ms: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            changed_fields: None,
+            invalidated: 0,
+            started: Instant::now(),
+        }
+    }
+}
+
+fn rfc3339_millis<S: Serializer>(ts: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_millis(*ts))
+}
+
+/// Milliseconds with microsecond precision: cache hits take well under a millisecond.
+pub fn millis(d: std::time::Duration) -> f64 {
+    (d.as_micros() as f64) / 1000.0
+}
+
+/// The dotted paths of a JSON body's leaves, never their values. Arrays are leaves named by their
+/// path. `None` when the body is not JSON.
+pub fn changed_fields(body: &[u8]) -> Option<Vec<String>> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Some(Vec::new());
+    }
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let mut out = Vec::new();
+    if let serde_json::Value::Object(map) = &value {
+        collect_leaves(map, &mut String::new(), &mut out);
+    }
+    Some(out)
+}
+
+fn collect_leaves(
+    map: &serde_json::Map<String, serde_json::Value>,
+    prefix: &mut String,
+    out: &mut Vec<String>,
+) {
+    for (key, value) in map {
+        let len = prefix.len();
+        if !prefix.is_empty() {
+            prefix.push('.');
+        }
+        prefix.push_str(key);
+        match value {
+            serde_json::Value::Object(inner) if !inner.is_empty() => {
+                collect_leaves(inner, prefix, out)
+            }
+            _ => out.push(prefix.clone()),
+        }
+        prefix.truncate(len);
+    }
+}
+
+enum Msg {
+    Line(Box<AuditRecord>),
+    Reopen,
+    Finish,
+}
+
+/// The sending side, cheap to clone into every response.
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<Msg>,
+    metrics: Arc<Metrics>,
+}
+
+/// The writer thread's handle: reopen the file, or drain and stop.
+pub struct AuditWriter {
+    log: AuditLog,
+    thread: std::thread::JoinHandle<()>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("audit file {path}: {source}")]
+pub struct AuditOpenError {
+    path: PathBuf,
+    source: io::Error,
+}
+
+enum Sink {
+    File { path: PathBuf, out: BufWriter<File> },
+    Stdout(BufWriter<io::Stdout>),
+}
+
+impl Sink {
+    fn open(settings: &AuditSettings) -> Result<Self, AuditOpenError> {
+        match settings {
+            AuditSettings::Stdout => Ok(Self::Stdout(BufWriter::new(io::stdout()))),
+            AuditSettings::File(path) => Ok(Self::File {
+                out: BufWriter::new(open_append(path)?),
+                path: path.clone(),
+            }),
+        }
+    }
+
+    fn out(&mut self) -> &mut dyn Write {
+        match self {
+            Self::File { out, .. } => out,
+            Self::Stdout(out) => out,
+        }
+    }
+
+    /// After logrotate moved the file away: flush to the old inode, start a new file at the path.
+    fn reopen(&mut self) -> Result<(), AuditOpenError> {
+        if let Self::File { path, out } = self {
+            let _ = out.flush();
+            *out = BufWriter::new(open_append(path)?);
+        }
+        Ok(())
+    }
+}
+
+fn open_append(path: &PathBuf) -> Result<File, AuditOpenError> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        // Audit lines name teams and agents: readable by the gateway's user only.
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| AuditOpenError {
+            path: path.clone(),
+            source,
+        })
+}
+
+impl AuditWriter {
+    /// Opens the sink (failing start-up if it cannot) and starts the writer thread.
+    pub fn start(settings: &AuditSettings, metrics: Arc<Metrics>) -> Result<Self, AuditOpenError> {
+        let sink = Sink::open(settings)?;
+        let (tx, rx) = mpsc::channel(BUFFER_LINES);
+        let writer_metrics = metrics.clone();
+        let thread = std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || write_loop(sink, rx, &writer_metrics))
+            .map_err(|source| AuditOpenError {
+                path: PathBuf::from("<audit writer thread>"),
+                source,
+            })?;
+        Ok(Self {
+            log: AuditLog { tx, metrics },
+            thread,
+        })
+    }
+
+    pub fn log(&self) -> AuditLog {
+        self.log.clone()
+    }
+
+    pub async fn reopen(&self) {
+        let _ = self.log.tx.send(Msg::Reopen).await;
+    }
+
+    /// Writes every line accepted so far, then stops. Lines offered afterwards are counted as failed.
+    pub async fn finish(self) {
+        let _ = self.log.tx.send(Msg::Finish).await;
+        let _ = tokio::task::spawn_blocking(move || self.thread.join()).await;
+    }
+}
+
+fn write_loop(mut sink: Sink, mut rx: mpsc::Receiver<Msg>, metrics: &Metrics) {
+    let mut finishing = false;
+    while let Some(msg) = rx.blocking_recv() {
+        let mut next = Some(msg);
+        // Write everything already queued, then flush once: one syscall per burst, not per line.
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Line(record) => write_line(&mut sink, &record, metrics),
+                Msg::Reopen => {
+                    if let Err(e) = sink.reopen() {
+                        tracing::error!(error = %e, "cannot reopen the audit file; still writing to the old one");
+                    }
+                }
+                Msg::Finish if !finishing => {
+                    finishing = true;
+                    // No new lines from here on; the ones already queued are still delivered.
+                    rx.close();
+                }
+                Msg::Finish => {}
+            }
+            next = rx.try_recv().ok();
+        }
+        if let Err(e) = sink.out().flush() {
+            tracing::error!(error = %e, "audit sink flush failed");
+        }
+    }
+}
+
+fn write_line(sink: &mut Sink, record: &AuditRecord, metrics: &Metrics) {
+    let out = sink.out();
+    let result = serde_json::to_writer(&mut *out, record)
+        .map_err(io::Error::from)
+        .and_then(|()| out.write_all(b"\n"));
+    match result {
+        Ok(()) => {
+            metrics.audit_written.inc();
+        }
+        Err(e) => {
+            metrics.audit_failed.inc();
+            tracing::error!(error = %e, "audit line could not be written");
+        }
+    }
+}
+
+type Reserve = Pin<
+    Box<dyn Future<Output = Result<mpsc::OwnedPermit<Msg>, mpsc::error::SendError<()>>> + Send>,
+>;
+
+/// A response body that queues the request's audit line when its last frame has been sent
+/// (so `bytes_out` and `latency_ms` are final), waiting for room if the buffer is full.
+pub struct AuditedBody {
+    inner: ProxyBody,
+    pending: Option<(Box<AuditRecord>, AuditLog)>,
+    reserving: Option<Reserve>,
+}
+
+impl AuditedBody {
+    pub fn new(inner: ProxyBody, record: AuditRecord, log: AuditLog) -> Self {
+        Self {
+            inner,
+            pending: Some((Box::new(record), log)),
+            reserving: None,
+        }
+    }
+
+    /// A body with no audit line (health probes, metrics).
+    pub fn unaudited(inner: ProxyBody) -> Self {
+        Self {
+            inner,
+            pending: None,
+            reserving: None,
+        }
+    }
+
+    fn seal(record: &mut AuditRecord) {
+        record.latency_ms = millis(record.started.elapsed());
+    }
+
+    /// Queues the line; `Pending` while the buffer is full.
+    fn poll_queue(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            if let Some(reserve) = self.reserving.as_mut() {
+                let permit = std::task::ready!(reserve.as_mut().poll(cx));
+                self.reserving = None;
+                if let Some((record, log)) = self.pending.take() {
+                    match permit {
+                        Ok(permit) => {
+                            permit.send(Msg::Line(record));
+                        }
+                        Err(_) => {
+                            log.metrics.audit_failed.inc();
+                        }
+                    }
+                }
+                return Poll::Ready(());
+            }
+            let Some((mut record, log)) = self.pending.take() else {
+                return Poll::Ready(());
+            };
+            Self::seal(&mut record);
+            match log.tx.try_send(Msg::Line(record)) {
+                Ok(()) => return Poll::Ready(()),
+                Err(mpsc::error::TrySendError::Full(Msg::Line(record))) => {
+                    log.metrics.audit_backpressure_waits.inc();
+                    self.reserving = Some(Box::pin(log.tx.clone().reserve_owned()));
+                    self.pending = Some((record, log));
+                }
+                Err(_) => {
+                    log.metrics.audit_failed.inc();
+                    return Poll::Ready(());
+                }
+            }
+        }
+    }
+}
+
+impl Body for AuditedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.reserving.is_none() {
+            match std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    if let (Some(data), Some((record, _))) =
+                        (frame.data_ref(), this.pending.as_mut())
+                    {
+                        record.bytes_out += data.len() as u64;
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                // The line is still queued, by Drop, when the connection gives up on this body.
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => {}
+            }
+        }
+        std::task::ready!(this.poll_queue(cx));
+        Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        // Not over until the line is queued: hyper must poll once more so it can be.
+        self.pending.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for AuditedBody {
+    /// The client went away before the body ended: the line is still written.
+    fn drop(&mut self) {
+        let Some((mut record, log)) = self.pending.take() else {
+            return;
+        };
+        Self::seal(&mut record);
+        match log.tx.try_send(Msg::Line(record)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                log.metrics.audit_backpressure_waits.inc();
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => {
+                        rt.spawn(async move {
+                            if log.tx.send(msg).await.is_err() {
+                                log.metrics.audit_failed.inc();
+                            }
+                        });
+                    }
+                    Err(_) => {
+                        log.metrics.audit_failed.inc();
+                    }
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                log.metrics.audit_failed.inc();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nested_leaves_become_dotted_paths_without_values() {
+        let f = changed_fields(br#"{"llm":{"settings":{"temperature":0.3,"model":"x"}},"functions":[{"a":1}],"name":"sk-secret"}"#).unwrap();
+        assert_eq!(
+            f,
+            vec![
+                "functions",
+                "llm.settings.model",
+                "llm.settings.temperature",
+                "name"
+            ]
+        );
+        assert!(!f.iter().any(|p| p.contains("secret")));
+    }
+
+    #[test]
+    fn empty_objects_are_leaves_and_non_json_is_none() {
+        assert_eq!(changed_fields(br#"{"a":{}}"#).unwrap(), vec!["a"]);
+        assert_eq!(changed_fields(b"").unwrap(), Vec::<String>::new());
+        assert_eq!(changed_fields(b"[1,2]").unwrap(), Vec::<String>::new());
+        assert_eq!(changed_fields(b"not json {"), None);
+    }
+
+    #[test]
+    fn record_serializes_every_contract_field() {
+        let r = AuditRecord::new(
+            "rid".into(),
+            "127.0.0.1".parse().unwrap(),
+            &http::Method::GET,
+            "/v1/x",
+        );
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        for field in [
+            "ts",
+            "request_id",
+            "team",
+            "key_id",
+            "org",
+            "client_ip",
+            "method",
+            "path",
+            "agent_id",
+            "status",
+            "upstream_status",
+            "cache",
+            "decision",
+            "latency_ms",
+            "upstream_latency_ms",
+            "bytes_in",
+            "bytes_out",
+            "changed_fields",
+            "invalidated",
+        ] {
+            assert!(v.get(field).is_some(), "missing {field}");
+        }
+        assert!(v["ts"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(v["decision"], "allowed");
+        assert!(v.get("started").is_none());
+    }
+}

@@ -1,0 +1,126 @@
+//! Step 1 and 2 of the pipeline: find the presented team key, identify its team by SHA-256 digest,
+//! and decide whether the team may use the method.
+
+use std::fmt;
+
+use http::{header, HeaderMap, Method};
+use sha2::{Digest, Sha256};
+
+use crate::config::Access;
+
+/// SHA-256 of a key. Keys themselves are never stored; config holds only these.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyDigest([u8; 32]);
+
+impl KeyDigest {
+    pub fn of(key: &str) -> Self {
+        Self(Sha256::digest(key.as_bytes()).into())
+    }
+
+    pub fn from_hex(hex_text: &str) -> Option<Self> {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(hex_text.trim(), &mut bytes).ok()?;
+        Some(Self(bytes))
+    }
+
+    pub fn to_hex(self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// First 8 hex digits: enough to follow a key through a rotation in the audit trail,
+    /// far too little to recover or replay it.
+    pub fn key_id(self) -> String {
+        hex::encode(&self.0[..4])
+    }
+}
+
+impl fmt::Debug for KeyDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyDigest({}…)", self.key_id())
+    }
+}
+
+/// The team key the client presented: `Authorization: Bearer <key>` first, else `X-Api-Key`.
+/// An `Authorization` header with another scheme counts as no key.
+pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let text = value.to_str().ok()?;
+        let (scheme, token) = text.split_once(' ')?;
+        let token = token.trim();
+        return (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token);
+    }
+    let key = headers.get("x-api-key")?.to_str().ok()?.trim();
+    (!key.is_empty()).then_some(key)
+}
+
+/// Whether `access` allows `method`: read-only teams may only read.
+pub fn allows(access: Access, method: &Method) -> bool {
+    access == Access::ReadWrite || is_read(method)
+}
+
+/// GET and HEAD: the methods that neither change state nor spend the write quota.
+pub fn is_read(method: &Method) -> bool {
+    method == Method::GET || method == Method::HEAD
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn bearer_and_x_api_key_are_both_accepted() {
+        assert_eq!(
+            presented_key(&headers(&[("authorization", "Bearer abc")])),
+            Some("abc")
+        );
+        assert_eq!(
+            presented_key(&headers(&[("authorization", "bearer  abc ")])),
+            Some("abc")
+        );
+        assert_eq!(
+            presented_key(&headers(&[("x-api-key", "xyz")])),
+            Some("xyz")
+        );
+    }
+
+    #[test]
+    fn other_schemes_and_empty_keys_are_no_key() {
+        assert_eq!(
+            presented_key(&headers(&[("authorization", "Basic abc")])),
+            None
+        );
+        assert_eq!(
+            presented_key(&headers(&[("authorization", "Bearer ")])),
+            None
+        );
+        assert_eq!(presented_key(&headers(&[("x-api-key", " ")])), None);
+        assert_eq!(presented_key(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn digest_round_trips_through_hex_and_key_id_is_its_prefix() {
+        let d = KeyDigest::of("team-key");
+        assert_eq!(KeyDigest::from_hex(&d.to_hex()), Some(d));
+        assert_eq!(KeyDigest::from_hex(&d.to_hex().to_uppercase()), Some(d));
+        assert!(d.to_hex().starts_with(&d.key_id()));
+        assert_eq!(d.key_id().len(), 8);
+        assert_eq!(KeyDigest::from_hex("abc"), None);
+    }
+
+    #[test]
+    fn read_only_teams_may_only_get_and_head() {
+        assert!(allows(Access::ReadOnly, &Method::GET));
+        assert!(allows(Access::ReadOnly, &Method::HEAD));
+        assert!(!allows(Access::ReadOnly, &Method::PATCH));
+        assert!(allows(Access::ReadWrite, &Method::DELETE));
+    }
+}

@@ -1,0 +1,623 @@
+//! Steps 4 and 5: the org-scoped agent cache. Reads of `/{agents2|agents}/{id}` are served from
+//! moka, concurrent misses share one upstream fetch, and writes invalidate every variant.
+//!
+//! Correctness rests on per-agent *generations*: every invalidation bumps the generation of the
+//! agent's stripe before removing its entries. A fill remembers the generation it started under and
+//! stores its answer tagged with it; lookups only serve variants whose tag is still current, and
+//! in-flight fills are coalesced per (variant, generation). So a fill that began before a write is
+//! never served after it, and a read that arrives after a write never joins an older fill.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use moka::notification::RemovalCause;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::body::ProxyBody;
+use crate::config::CacheSettings;
+use crate::error::GatewayError;
+use crate::metrics::Metrics;
+use crate::route::Family;
+use crate::upstream::{Buffered, CacheFetch};
+
+/// Generation stripes. An invalidation also makes the other agents sharing its stripe miss once,
+/// so there are enough stripes that this is rare (one in 65536 per write), at 512 KiB.
+const STRIPES: usize = 1 << 16;
+
+/// Bookkeeping bytes per stored variant beyond its body, so `max_bytes` bounds real memory.
+const VARIANT_OVERHEAD: usize = 160;
+
+/// How the cache took part in answering a read; the `X-Cache` header and the audit `cache` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheOutcome {
+    Hit,
+    Miss,
+    Bypass,
+    Stale,
+}
+
+impl CacheOutcome {
+    pub fn header_value(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Self::Hit => "HIT",
+            Self::Miss => "MISS",
+            Self::Bypass => "BYPASS",
+            Self::Stale => "STALE",
+        })
+    }
+}
+
+/// What the client's `Cache-Control` asks of the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientDirective {
+    /// Use the cache normally.
+    Normal,
+    /// `no-cache` (or `max-age=0`, `Pragma: no-cache`): fetch fresh and refresh the entry.
+    Refresh,
+    /// `no-store`: neither read nor write the cache.
+    Bypass,
+}
+
+pub fn client_directive(headers: &HeaderMap) -> ClientDirective {
+    let mut refresh = false;
+    for value in headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+    {
+        for token in value.split(',').map(|t| t.trim().to_ascii_lowercase()) {
+            match token.as_str() {
+                "no-store" => return ClientDirective::Bypass,
+                "no-cache" | "max-age=0" => refresh = true,
+                _ => {}
+            }
+        }
+    }
+    let pragma_no_cache = headers
+        .get(header::PRAGMA)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("no-cache"));
+    if refresh || pragma_no_cache {
+        ClientDirective::Refresh
+    } else {
+        ClientDirective::Normal
+    }
+}
+
+/// Upstream forbids storing: `no-store` (and `no-cache`, which would need revalidation we do not do).
+/// `private` does not: the cache is per organisation.
+fn upstream_forbids_store(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            let t = t.trim();
+            t.eq_ignore_ascii_case("no-store") || t.eq_ignore_ascii_case("no-cache")
+        })
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct AgentKey {
+    org: Arc<str>,
+    agent: Box<str>,
+}
+
+/// One stored answer for one (family, query) variant of an agent.
+pub struct Stored {
+    pub status: StatusCode,
+    pub content_type: Option<HeaderValue>,
+    pub body: Bytes,
+    stored_at: Instant,
+    generation: u64,
+    family: Family,
+    query: Box<str>,
+}
+
+impl Stored {
+    pub fn age(&self) -> Duration {
+        self.stored_at.elapsed()
+    }
+}
+
+/// All variants of one agent in one organisation: an invalidation is a single removal.
+struct AgentEntry {
+    variants: Vec<Arc<Stored>>,
+}
+
+impl AgentEntry {
+    fn weight(&self, key: &AgentKey) -> u32 {
+        let bytes: usize = key.org.len()
+            + key.agent.len()
+            + self
+                .variants
+                .iter()
+                .map(|v| v.body.len() + v.query.len() + VARIANT_OVERHEAD)
+                .sum::<usize>();
+        u32::try_from(bytes).unwrap_or(u32::MAX)
+    }
+}
+
+/// A read the cache could not answer fresh: what a fill needs to store its answer correctly.
+pub struct Ticket {
+    key: AgentKey,
+    family: Family,
+    query: Box<str>,
+    stripe: usize,
+    generation: u64,
+    /// An expired variant still inside the stale-if-error window.
+    stale: Option<Arc<Stored>>,
+}
+
+pub enum Lookup {
+    Fresh {
+        stored: Arc<Stored>,
+        ttl_left: Duration,
+    },
+    Miss(Ticket),
+}
+
+/// What a fill produced for this request.
+pub enum FillOutcome {
+    /// A whole upstream answer, possibly shared with other waiters.
+    Answer(Arc<Buffered>),
+    /// Too large to cache; this request streams it.
+    Streaming(Response<ProxyBody>),
+    Failed(GatewayError),
+}
+
+/// What the leader of a fill publishes to the requests waiting on it.
+#[derive(Clone)]
+enum Shared {
+    Answer(Arc<Buffered>),
+    Failed(GatewayError),
+    /// The answer could not be shared (too large): fetch your own.
+    FetchYourself,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct FillKey {
+    key: AgentKey,
+    family: Family,
+    query: Box<str>,
+    generation: u64,
+}
+
+type Inflight = Mutex<HashMap<FillKey, watch::Receiver<Option<Shared>>>>;
+
+/// Removes the leader's in-flight entry however the leader ends (answered, failed or cancelled).
+struct InflightGuard<'a> {
+    inflight: &'a Inflight,
+    key: FillKey,
+}
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.inflight.lock() {
+            map.remove(&self.key);
+        }
+    }
+}
+
+pub struct AgentCache {
+    entries: moka::future::Cache<AgentKey, Arc<AgentEntry>>,
+    generations: Box<[AtomicU64]>,
+    inflight: Inflight,
+    ttl: Duration,
+    stale_window: Duration,
+    max_entry_bytes: u64,
+    metrics: Arc<Metrics>,
+}
+
+impl AgentCache {
+    pub fn new(settings: &CacheSettings, metrics: Arc<Metrics>) -> Self {
+        let evictions = metrics.clone();
+        let entries = moka::future::Cache::builder()
+            .max_capacity(settings.max_bytes)
+            .weigher(|k: &AgentKey, v: &Arc<AgentEntry>| v.weight(k))
+            // Kept past freshness for the stale-if-error window; freshness is checked per variant.
+            .time_to_live(settings.ttl + settings.stale_if_error)
+            .eviction_listener(move |_k, _v, cause| {
+                if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
+                    evictions.cache_evictions.inc();
+                }
+            })
+            .build();
+        Self {
+            entries,
+            generations: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            inflight: Mutex::new(HashMap::new()),
+            ttl: settings.ttl,
+            stale_window: settings.stale_if_error,
+            max_entry_bytes: settings.max_entry_bytes,
+            metrics,
+        }
+    }
+
+    pub fn max_entry_bytes(&self) -> u64 {
+        self.max_entry_bytes
+    }
+
+    fn stripe(org: &str, agent: &str) -> usize {
+        let mut h = DefaultHasher::new();
+        org.hash(&mut h);
+        agent.hash(&mut h);
+        (h.finish() as usize) % STRIPES
+    }
+
+    fn generation(&self, stripe: usize) -> u64 {
+        self.generations[stripe].load(Ordering::SeqCst)
+    }
+
+    fn ticket(&self, org: &Arc<str>, family: Family, agent: &str, query: &str) -> Ticket {
+        let stripe = Self::stripe(org, agent);
+        Ticket {
+            key: AgentKey {
+                org: org.clone(),
+                agent: agent.into(),
+            },
+            family,
+            query: query.into(),
+            stripe,
+            generation: self.generation(stripe),
+            stale: None,
+        }
+    }
+
+    /// A ticket that skips the lookup (client `no-cache`): the fill refreshes the entry.
+    pub fn refresh_ticket(
+        &self,
+        org: &Arc<str>,
+        family: Family,
+        agent: &str,
+        query: &str,
+    ) -> Ticket {
+        self.ticket(org, family, agent, query)
+    }
+
+    pub async fn lookup(&self, org: &Arc<str>, family: Family, agent: &str, query: &str) -> Lookup {
+        let mut ticket = self.ticket(org, family, agent, query);
+        if let Some(entry) = self.entries.get(&ticket.key).await {
+            let found = entry.variants.iter().find(|v| {
+                v.family == family && *v.query == *query && v.generation == ticket.generation
+            });
+            if let Some(v) = found {
+                let age = v.age();
+                if age < self.ttl {
+                    self.metrics.cache_hits.inc();
+                    return Lookup::Fresh {
+                        stored: v.clone(),
+                        ttl_left: self.ttl - age,
+                    };
+                }
+                if age < self.ttl + self.stale_window {
+                    ticket.stale = Some(v.clone());
+                }
+            }
+        }
+        Lookup::Miss(ticket)
+    }
+
+    /// The expired copy to serve instead of an upstream failure, if the agent was not invalidated
+    /// meanwhile and the copy is still inside the stale-if-error window.
+    pub fn stale_for(&self, ticket: &Ticket) -> Option<Arc<Stored>> {
+        let stale = ticket.stale.as_ref()?;
+        let usable = self.generation(ticket.stripe) == stale.generation
+            && stale.age() < self.ttl + self.stale_window;
+        usable.then(|| {
+            self.metrics.cache_stale.inc();
+            stale.clone()
+        })
+    }
+
+    /// Fetches through `fetch`, sharing one upstream request between concurrent misses of the same
+    /// variant and generation when `coalesce` is set, and stores a cacheable answer.
+    pub async fn fill<F, Fut>(&self, ticket: &Ticket, coalesce: bool, fetch: F) -> FillOutcome
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<CacheFetch, GatewayError>>,
+    {
+        self.metrics.cache_misses.inc();
+        if !coalesce {
+            return self.lead(ticket, fetch, None).await;
+        }
+        let fill_key = FillKey {
+            key: ticket.key.clone(),
+            family: ticket.family,
+            query: ticket.query.clone(),
+            generation: ticket.generation,
+        };
+        loop {
+            let (joined, leader) = {
+                let Ok(mut map) = self.inflight.lock() else {
+                    return self.lead(ticket, fetch, None).await;
+                };
+                match map.get(&fill_key) {
+                    Some(rx) => (Some(rx.clone()), None),
+                    None => {
+                        let (tx, rx) = watch::channel(None);
+                        map.insert(fill_key.clone(), rx);
+                        (None, Some(tx))
+                    }
+                }
+            };
+            if let Some(tx) = leader {
+                let _guard = InflightGuard {
+                    inflight: &self.inflight,
+                    key: fill_key,
+                };
+                return self.lead(ticket, fetch, Some(tx)).await;
+            }
+            let Some(mut rx) = joined else { continue };
+            self.metrics.cache_coalesced.inc();
+            let shared = match rx.wait_for(Option::is_some).await {
+                Ok(v) => v.clone(),
+                // The leader was cancelled (its client went away): try again, maybe as the leader.
+                Err(_) => continue,
+            };
+            return match shared {
+                Some(Shared::Answer(a)) => FillOutcome::Answer(a),
+                Some(Shared::Failed(e)) => FillOutcome::Failed(e),
+                Some(Shared::FetchYourself) | None => self.lead(ticket, fetch, None).await,
+            };
+        }
+    }
+
+    async fn lead<F, Fut>(
+        &self,
+        ticket: &Ticket,
+        fetch: F,
+        publish: Option<watch::Sender<Option<Shared>>>,
+    ) -> FillOutcome
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<CacheFetch, GatewayError>>,
+    {
+        let (outcome, shared) = match fetch().await {
+            Ok(CacheFetch::Buffered(answer)) => {
+                let answer = Arc::new(answer);
+                // Stored before it is published, so a read that finds no fill in flight finds the entry.
+                self.store(ticket, &answer).await;
+                (FillOutcome::Answer(answer.clone()), Shared::Answer(answer))
+            }
+            Ok(CacheFetch::TooLarge(resp)) => (FillOutcome::Streaming(resp), Shared::FetchYourself),
+            Err(e) => (FillOutcome::Failed(e.clone()), Shared::Failed(e)),
+        };
+        if let Some(tx) = publish {
+            let _ = tx.send(Some(shared));
+        }
+        outcome
+    }
+
+    async fn store(&self, ticket: &Ticket, answer: &Buffered) {
+        if answer.status != StatusCode::OK
+            || upstream_forbids_store(&answer.headers)
+            || answer.body.len() as u64 > self.max_entry_bytes
+            || self.generation(ticket.stripe) != ticket.generation
+        {
+            return;
+        }
+        let stored = Arc::new(Stored {
+            status: answer.status,
+            content_type: answer.headers.get(header::CONTENT_TYPE).cloned(),
+            body: answer.body.clone(),
+            stored_at: Instant::now(),
+            generation: ticket.generation,
+            family: ticket.family,
+            query: ticket.query.clone(),
+        });
+        let horizon = self.ttl + self.stale_window;
+        let mut variants: Vec<Arc<Stored>> = match self.entries.get(&ticket.key).await {
+            Some(entry) => entry
+                .variants
+                .iter()
+                // Other variants of the same generation that are still worth keeping.
+                .filter(|v| {
+                    v.generation == ticket.generation
+                        && !(v.family == ticket.family && v.query == ticket.query)
+                        && v.age() < horizon
+                })
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
+        variants.push(stored);
+        self.entries
+            .insert(ticket.key.clone(), Arc::new(AgentEntry { variants }))
+            .await;
+        // An invalidation that raced this insert has already made the entry unservable; drop it
+        // now rather than let it hold memory until it expires.
+        if self.generation(ticket.stripe) != ticket.generation {
+            self.entries.invalidate(&ticket.key).await;
+        }
+    }
+
+    /// Drops every variant of `agent` in `org`. Returns how many variants were dropped.
+    pub async fn invalidate(&self, org: &Arc<str>, agent: &str) -> u64 {
+        let stripe = Self::stripe(org, agent);
+        // Bump first: from this instant no stored variant or in-flight fill of the agent is served.
+        self.generations[stripe].fetch_add(1, Ordering::SeqCst);
+        self.metrics.cache_invalidations.inc();
+        let key = AgentKey {
+            org: org.clone(),
+            agent: agent.into(),
+        };
+        match self.entries.remove(&key).await {
+            Some(entry) => entry.variants.len() as u64,
+            None => 0,
+        }
+    }
+
+    /// Admin purge: by organisation and/or agent, or everything. Returns variants dropped.
+    pub async fn purge(&self, org: Option<&str>, agent: Option<&str>) -> u64 {
+        if let (Some(org), Some(agent)) = (org, agent) {
+            return self.invalidate(&Arc::from(org), agent).await;
+        }
+        let matching: Vec<(Arc<AgentKey>, usize)> = self
+            .entries
+            .iter()
+            .filter(|(k, _)| {
+                org.is_none_or(|o| &*k.org == o) && agent.is_none_or(|a| &*k.agent == a)
+            })
+            .map(|(k, v)| (k, v.variants.len()))
+            .collect();
+        if org.is_none() && agent.is_none() {
+            // Everything, including fills in flight: bump every stripe.
+            for g in self.generations.iter() {
+                g.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let mut dropped = 0;
+        for (key, variants) in matching {
+            if org.is_some() || agent.is_some() {
+                self.generations[Self::stripe(&key.org, &key.agent)].fetch_add(1, Ordering::SeqCst);
+            }
+            if self.entries.remove(&*key).await.is_some() {
+                dropped += variants as u64;
+            }
+        }
+        self.metrics.cache_invalidations.inc();
+        dropped
+    }
+
+    /// Brings the byte and entry gauges up to date (called before `/metrics` is rendered).
+    pub async fn refresh_gauges(&self) {
+        self.entries.run_pending_tasks().await;
+        self.metrics
+            .cache_bytes
+            .set(self.entries.weighted_size() as i64);
+        self.metrics
+            .cache_entries
+            .set(self.entries.entry_count() as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> CacheSettings {
+        CacheSettings {
+            enabled: true,
+            ttl: Duration::from_secs(60),
+            max_bytes: 1 << 20,
+            max_entry_bytes: 1 << 16,
+            stale_if_error: Duration::from_secs(300),
+        }
+    }
+
+    fn ok(body: &'static str) -> Result<CacheFetch, GatewayError> {
+        Ok(CacheFetch::Buffered(Buffered {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(body.as_bytes()),
+        }))
+    }
+
+    #[test]
+    fn client_directives() {
+        let mut h = HeaderMap::new();
+        assert_eq!(client_directive(&h), ClientDirective::Normal);
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=0"));
+        assert_eq!(client_directive(&h), ClientDirective::Refresh);
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("No-Cache, no-store"),
+        );
+        assert_eq!(client_directive(&h), ClientDirective::Bypass);
+    }
+
+    #[tokio::test]
+    async fn fill_that_started_before_an_invalidation_is_not_served() {
+        let cache = AgentCache::new(&settings(), Arc::new(Metrics::new()));
+        let org: Arc<str> = Arc::from("acme");
+        let Lookup::Miss(ticket) = cache.lookup(&org, Family::Agents2, "a1", "").await else {
+            panic!()
+        };
+        // The write lands while the fill is in flight.
+        cache.invalidate(&org, "a1").await;
+        assert!(matches!(
+            cache.fill(&ticket, true, || async { ok("old") }).await,
+            FillOutcome::Answer(_)
+        ));
+        assert!(matches!(
+            cache.lookup(&org, Family::Agents2, "a1", "").await,
+            Lookup::Miss(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn orgs_never_share_and_families_are_invalidated_together() {
+        let cache = AgentCache::new(&settings(), Arc::new(Metrics::new()));
+        let (acme, other): (Arc<str>, Arc<str>) = (Arc::from("acme"), Arc::from("other"));
+        for family in [Family::Agents2, Family::Agents] {
+            let Lookup::Miss(t) = cache.lookup(&acme, family, "a1", "").await else {
+                panic!()
+            };
+            cache.fill(&t, true, || async { ok("{}") }).await;
+        }
+        assert!(matches!(
+            cache.lookup(&acme, Family::Agents, "a1", "").await,
+            Lookup::Fresh { .. }
+        ));
+        assert!(matches!(
+            cache.lookup(&other, Family::Agents, "a1", "").await,
+            Lookup::Miss(_)
+        ));
+        assert_eq!(cache.invalidate(&acme, "a1").await, 2);
+        assert!(matches!(
+            cache.lookup(&acme, Family::Agents2, "a1", "").await,
+            Lookup::Miss(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn no_store_and_non_200_answers_are_not_stored() {
+        let cache = AgentCache::new(&settings(), Arc::new(Metrics::new()));
+        let org: Arc<str> = Arc::from("acme");
+        let Lookup::Miss(t) = cache.lookup(&org, Family::Agents2, "a1", "").await else {
+            panic!()
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("private, no-store"),
+        );
+        cache
+            .fill(&t, true, || async {
+                Ok(CacheFetch::Buffered(Buffered {
+                    status: StatusCode::OK,
+                    headers,
+                    body: Bytes::from_static(b"x"),
+                }))
+            })
+            .await;
+        assert!(matches!(
+            cache.lookup(&org, Family::Agents2, "a1", "").await,
+            Lookup::Miss(_)
+        ));
+        cache
+            .fill(&t, true, || async {
+                Ok(CacheFetch::Buffered(Buffered {
+                    status: StatusCode::NOT_FOUND,
+                    headers: HeaderMap::new(),
+                    body: Bytes::new(),
+                }))
+            })
+            .await;
+        assert!(matches!(
+            cache.lookup(&org, Family::Agents2, "a1", "").await,
+            Lookup::Miss(_)
+        ));
+    }
+}

@@ -1,0 +1,173 @@
+//! Command line: run (default), `check`, `hash-key`, `gen-key`, `demo`.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use rand::RngCore;
+
+use crate::auth::KeyDigest;
+use crate::config::Settings;
+use crate::server::{self, Signals};
+use crate::telemetry::{self, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dialnexa-gateway",
+    version,
+    about = "Authenticating, caching gateway in front of the DialNexa API"
+)]
+pub struct Cli {
+    /// Config file (TOML). Env vars DNXGW__SECTION__KEY override its values.
+    #[arg(long, short = 'c', global = true, env = "DNXGW_CONFIG")]
+    config: Option<PathBuf>,
+    /// Diagnostics format on stderr.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "DNXGW_LOG_FORMAT",
+        default_value = "pretty"
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Run,
+    /// Validate the config file and exit 0 (valid) or 1 (invalid).
+    Check,
+    /// Read a key on stdin and print its SHA-256 hex digest (for key_sha256 / token_sha256).
+    HashKey,
+    /// Print a new random team key.
+    GenKey,
+    /// Run the gateway in front of a built-in simulated DialNexa, with a generated team key.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_listen: SocketAddr,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => match cli.config {
+            Some(path) => run(&path),
+            None => fail("--config FILE is required (or try `dialnexa-gateway demo`)"),
+        },
+        Command::Check => match cli.config {
+            Some(path) => check(&path),
+            None => fail("--config FILE is required"),
+        },
+        Command::HashKey => hash_key(),
+        Command::GenKey => {
+            println!("{}", new_key());
+            ExitCode::SUCCESS
+        }
+        Command::Demo {
+            listen,
+            admin_listen,
+        } => demo(listen, admin_listen),
+    }
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::FAILURE
+}
+
+fn load(path: &Path) -> Result<Settings, ExitCode> {
+    Settings::load(path).map_err(|e| {
+        for line in &e.problems {
+            eprintln!("config error: {line}");
+        }
+        ExitCode::FAILURE
+    })
+}
+
+fn check(path: &Path) -> ExitCode {
+    match load(path) {
+        Ok(s) => {
+            println!("{}: ok ({} teams)", path.display(), s.teams.len());
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn hash_key() -> ExitCode {
+    let mut input = String::new();
+    if std::io::stdin().read_to_string(&mut input).is_err() {
+        return fail("cannot read the key from stdin");
+    }
+    let key = input.trim();
+    if key.is_empty() {
+        return fail("no key on stdin");
+    }
+    println!("{}", KeyDigest::of(key).to_hex());
+    ExitCode::SUCCESS
+}
+
+/// A team key: a recognisable prefix (so leaked keys can be found by secret scanners) and 256
+/// random bits.
+pub fn new_key() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("dnxgw_{}", hex::encode(bytes))
+}
+
+fn runtime(
+    worker_threads: Option<std::num::NonZeroUsize>,
+) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = worker_threads {
+        builder.worker_threads(n.get());
+    }
+    builder.build()
+}
+
+fn run(path: &Path) -> ExitCode {
+    let settings = match load(path) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let rt = match runtime(settings.server.worker_threads) {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    rt.block_on(async {
+        let signals = match Signals::install() {
+            Ok(s) => s,
+            Err(e) => return fail(&format!("cannot install signal handlers: {e}")),
+        };
+        match server::start(settings, Some(path.to_path_buf())).await {
+            Ok(running) => {
+                running.run_until_signalled(signals).await;
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e.to_string()),
+        }
+    })
+}
+
+fn demo(listen: SocketAddr, admin_listen: SocketAddr) -> ExitCode {
+    let rt = match runtime(None) {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    rt.block_on(async {
+        match crate::demo::run(listen, admin_listen).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&format!("{e:#}")),
+        }
+    })
+}

@@ -1,0 +1,858 @@
+//! The config file as operators write it (TOML + `DNXGW__SECTION__KEY` env overrides), and its
+//! validation into typed [`Settings`]. Every problem is reported at once, one line each, naming the key.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use serde::Deserialize;
+
+use crate::auth::KeyDigest;
+
+const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
+const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
+const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 2_000;
+const DEFAULT_TIMEOUT_MS: u64 = 15_000;
+const DEFAULT_TTL_SECONDS: u64 = 60;
+const DEFAULT_CACHE_MAX_BYTES: u64 = 256 * 1024 * 1024;
+const DEFAULT_MAX_ENTRY_BYTES: u64 = 1024 * 1024;
+const DEFAULT_STALE_IF_ERROR_SECONDS: u64 = 300;
+const DEFAULT_AUDIT_PATH: &str = "audit.jsonl";
+const ENV_PREFIX: &str = "DNXGW";
+
+// === raw file shape ===
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: RawServer,
+    upstream: RawUpstream,
+    #[serde(default)]
+    cache: RawCache,
+    #[serde(default)]
+    audit: RawAudit,
+    admin: Option<RawAdmin>,
+    #[serde(default)]
+    orgs: BTreeMap<String, RawOrg>,
+    #[serde(default)]
+    teams: BTreeMap<String, RawTeam>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    max_body_bytes: Option<u64>,
+    shutdown_grace_ms: Option<u64>,
+    worker_threads: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    base_url: Option<String>,
+    connect_timeout_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    enabled: Option<bool>,
+    ttl_seconds: Option<u64>,
+    max_bytes: Option<u64>,
+    max_entry_bytes: Option<u64>,
+    stale_if_error_seconds: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    sink: Option<String>,
+    path: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    token_sha256: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOrg {
+    api_key_env: Option<String>,
+    api_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTeam {
+    org: Option<String>,
+    #[serde(default)]
+    key_sha256: Vec<String>,
+    access: Option<String>,
+    rate_limit: Option<RawRate>,
+    write_rate_limit: Option<RawRate>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRate {
+    per_minute: Option<u32>,
+    burst: Option<u32>,
+}
+
+// === validated settings ===
+
+/// The whole validated configuration. Built only by [`Settings::load`] / [`Settings::from_toml_str`].
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub upstream: UpstreamSettings,
+    pub cache: CacheSettings,
+    pub audit: AuditSettings,
+    /// `None`: the admin API (`/admin/*`) is off.
+    pub admin_token: Option<KeyDigest>,
+    pub teams: Vec<Team>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub max_body_bytes: u64,
+    pub shutdown_grace: Duration,
+    pub worker_threads: Option<NonZeroUsize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// Scheme, authority and path prefix, without a trailing slash (`https://api.dialnexa.com/v1`).
+    pub base_url: String,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    pub enabled: bool,
+    pub ttl: Duration,
+    pub max_bytes: u64,
+    pub max_entry_bytes: u64,
+    pub stale_if_error: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditSettings {
+    File(PathBuf),
+    Stdout,
+}
+
+/// An organisation: its name and the ready-made `Authorization` value carrying its DialNexa key.
+#[derive(Clone)]
+pub struct Org {
+    pub name: Arc<str>,
+    /// `Bearer <org key>`, marked sensitive so hyper never logs it.
+    pub authorization: HeaderValue,
+}
+
+impl fmt::Debug for Org {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Org")
+            .field("name", &self.name)
+            .field("authorization", &"<redacted>")
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    ReadWrite,
+    ReadOnly,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RateQuota {
+    pub per_minute: NonZeroU32,
+    pub burst: NonZeroU32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Team {
+    pub name: Arc<str>,
+    pub org: Org,
+    pub key_digests: Vec<KeyDigest>,
+    pub access: Access,
+    pub rate_limit: RateQuota,
+    pub write_rate_limit: Option<RateQuota>,
+}
+
+/// Every problem found in a config, one operator-readable line each.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.problems.join("\n"))
+    }
+}
+
+impl ConfigError {
+    fn one(msg: impl Into<String>) -> Self {
+        Self {
+            problems: vec![msg.into()],
+        }
+    }
+}
+
+impl Settings {
+    /// Reads `path`, applies `DNXGW__SECTION__KEY` env overrides, reads org keys, validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        if !path.is_file() {
+            return Err(ConfigError::one(format!(
+                "config file {}: not found or not a regular file",
+                path.display()
+            )));
+        }
+        let source = config::File::from(path)
+            .format(config::FileFormat::Toml)
+            .required(true);
+        Self::build(source, &format!("config file {}", path.display()))
+    }
+
+    /// Same as [`Settings::load`] for TOML held in memory (the demo and tests).
+    pub fn from_toml_str(toml: &str) -> Result<Self, ConfigError> {
+        Self::build(
+            config::File::from_str(toml, config::FileFormat::Toml),
+            "config",
+        )
+    }
+
+    fn build<S>(source: S, origin: &str) -> Result<Self, ConfigError>
+    where
+        S: config::Source + Send + Sync + 'static,
+    {
+        let raw: RawConfig = config::Config::builder()
+            .add_source(source)
+            .add_source(
+                config::Environment::with_prefix(ENV_PREFIX)
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError::one(format!("{origin}: {e}")))?;
+        validate(raw)
+    }
+}
+
+// === validation ===
+
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn push(&mut self, key: &str, msg: impl fmt::Display) {
+        self.0.push(format!("{key}: {msg}"));
+    }
+}
+
+fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
+    let mut p = Problems(Vec::new());
+
+    let server = validate_server(raw.server, &mut p);
+    let upstream = validate_upstream(raw.upstream, &mut p);
+    let cache = validate_cache(raw.cache, &mut p);
+    let audit = validate_audit(raw.audit, &mut p);
+    let admin_token = raw.admin.and_then(|a| match a.token_sha256 {
+        None => None,
+        Some(hex) => parse_digest(&hex, "admin.token_sha256", &mut p),
+    });
+
+    let mut orgs: HashMap<String, Org> = HashMap::new();
+    for (name, org) in raw.orgs {
+        let key = format!("orgs.{name}");
+        if !valid_name(&name) {
+            p.push(&key, "organisation names must be lowercase [a-z0-9_-]+");
+            continue;
+        }
+        if let Some(org) = validate_org(&name, org, &key, &mut p) {
+            orgs.insert(name, org);
+        }
+    }
+
+    let mut teams = Vec::new();
+    let mut seen_digests: HashMap<KeyDigest, String> = HashMap::new();
+    for (name, team) in raw.teams {
+        let key = format!("teams.{name}");
+        if !valid_name(&name) {
+            p.push(&key, "team names must be lowercase [a-z0-9_-]+");
+            continue;
+        }
+        if let Some(team) = validate_team(&name, team, &key, &orgs, &mut seen_digests, &mut p) {
+            teams.push(team);
+        }
+    }
+
+    match (server, upstream, cache, audit) {
+        (Some(server), Some(upstream), Some(cache), Some(audit)) if p.0.is_empty() => {
+            Ok(Settings {
+                server,
+                upstream,
+                cache,
+                audit,
+                admin_token,
+                teams,
+            })
+        }
+        _ => Err(ConfigError { problems: p.0 }),
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+fn positive_ms(value: Option<u64>, default: u64, key: &str, p: &mut Problems) -> Option<Duration> {
+    match value.unwrap_or(default) {
+        0 => {
+            p.push(key, "must be greater than 0");
+            None
+        }
+        ms => Some(Duration::from_millis(ms)),
+    }
+}
+
+fn parse_addr(
+    value: Option<String>,
+    default: Option<&str>,
+    key: &str,
+    p: &mut Problems,
+) -> Option<SocketAddr> {
+    let Some(text) = value.or_else(|| default.map(str::to_owned)) else {
+        p.push(key, "is required (e.g. \"127.0.0.1:8080\")");
+        return None;
+    };
+    match text.parse() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            p.push(key, format!("{text:?} is not an IP:port address"));
+            None
+        }
+    }
+}
+
+fn validate_server(raw: RawServer, p: &mut Problems) -> Option<ServerSettings> {
+    let listen = parse_addr(raw.listen, None, "server.listen", p);
+    let admin_listen = parse_addr(
+        raw.admin_listen,
+        Some(DEFAULT_ADMIN_LISTEN),
+        "server.admin_listen",
+        p,
+    );
+    let max_body_bytes = raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+    if max_body_bytes == 0 {
+        p.push("server.max_body_bytes", "must be greater than 0");
+    }
+    let shutdown_grace = positive_ms(
+        raw.shutdown_grace_ms,
+        DEFAULT_SHUTDOWN_GRACE_MS,
+        "server.shutdown_grace_ms",
+        p,
+    );
+    let worker_threads = match raw.worker_threads {
+        None => None,
+        Some(n) => {
+            let n = NonZeroUsize::new(n);
+            if n.is_none() {
+                p.push(
+                    "server.worker_threads",
+                    "must be at least 1 (leave it out for one per CPU)",
+                );
+            }
+            n
+        }
+    };
+    let (listen, admin_listen, shutdown_grace) = (listen?, admin_listen?, shutdown_grace?);
+    if listen == admin_listen && listen.port() != 0 {
+        p.push("server.admin_listen", "must differ from server.listen");
+    }
+    (max_body_bytes > 0).then_some(ServerSettings {
+        listen,
+        admin_listen,
+        max_body_bytes,
+        shutdown_grace,
+        worker_threads,
+    })
+}
+
+fn validate_upstream(raw: RawUpstream, p: &mut Problems) -> Option<UpstreamSettings> {
+    let base_url = match raw.base_url {
+        None => {
+            p.push(
+                "upstream.base_url",
+                "is required (e.g. \"https://api.dialnexa.com/v1\")",
+            );
+            None
+        }
+        Some(url) => match validate_base_url(&url) {
+            Ok(url) => Some(url),
+            Err(why) => {
+                p.push("upstream.base_url", format!("{url:?} {why}"));
+                None
+            }
+        },
+    };
+    let connect_timeout = positive_ms(
+        raw.connect_timeout_ms,
+        DEFAULT_CONNECT_TIMEOUT_MS,
+        "upstream.connect_timeout_ms",
+        p,
+    );
+    let timeout = positive_ms(raw.timeout_ms, DEFAULT_TIMEOUT_MS, "upstream.timeout_ms", p);
+    Some(UpstreamSettings {
+        base_url: base_url?,
+        connect_timeout: connect_timeout?,
+        timeout: timeout?,
+    })
+}
+
+fn validate_base_url(url: &str) -> Result<String, &'static str> {
+    let uri: http::Uri = url.parse().map_err(|_| "is not a valid URL")?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err("must start with http:// or https://"),
+    }
+    if uri.authority().is_none_or(|a| a.host().is_empty()) {
+        return Err("has no host");
+    }
+    if uri.query().is_some() {
+        return Err("must not carry a query string");
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
+fn validate_cache(raw: RawCache, p: &mut Problems) -> Option<CacheSettings> {
+    let enabled = raw.enabled.unwrap_or(true);
+    let ttl_seconds = raw.ttl_seconds.unwrap_or(DEFAULT_TTL_SECONDS);
+    let max_bytes = raw.max_bytes.unwrap_or(DEFAULT_CACHE_MAX_BYTES);
+    let max_entry_bytes = raw.max_entry_bytes.unwrap_or(DEFAULT_MAX_ENTRY_BYTES);
+    let before = p.0.len();
+    if enabled {
+        if ttl_seconds == 0 {
+            p.push(
+                "cache.ttl_seconds",
+                "must be greater than 0 (set cache.enabled = false to turn caching off)",
+            );
+        }
+        if max_bytes == 0 {
+            p.push("cache.max_bytes", "must be greater than 0");
+        }
+        if max_entry_bytes == 0 {
+            p.push("cache.max_entry_bytes", "must be greater than 0");
+        }
+        if max_entry_bytes > max_bytes {
+            p.push("cache.max_entry_bytes", "must not exceed cache.max_bytes");
+        }
+        // The weigher counts in u32; one entry can never weigh more than that.
+        if max_entry_bytes > u64::from(u32::MAX) / 2 {
+            p.push("cache.max_entry_bytes", "must be below 2 GiB");
+        }
+    }
+    (p.0.len() == before).then(|| CacheSettings {
+        enabled,
+        ttl: Duration::from_secs(ttl_seconds),
+        max_bytes,
+        max_entry_bytes,
+        stale_if_error: Duration::from_secs(
+            raw.stale_if_error_seconds
+                .unwrap_or(DEFAULT_STALE_IF_ERROR_SECONDS),
+        ),
+    })
+}
+
+fn validate_audit(raw: RawAudit, p: &mut Problems) -> Option<AuditSettings> {
+    match raw.sink.as_deref().unwrap_or("file") {
+        "file" => {
+            let path = raw
+                .path
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_AUDIT_PATH));
+            if path.as_os_str().is_empty() {
+                p.push("audit.path", "must not be empty");
+                return None;
+            }
+            Some(AuditSettings::File(path))
+        }
+        "stdout" => Some(AuditSettings::Stdout),
+        other => {
+            p.push(
+                "audit.sink",
+                format!("{other:?} is not one of \"file\", \"stdout\""),
+            );
+            None
+        }
+    }
+}
+
+fn validate_org(name: &str, raw: RawOrg, key: &str, p: &mut Problems) -> Option<Org> {
+    let secret = match (raw.api_key_env, raw.api_key_file) {
+        (Some(var), None) => match std::env::var(&var) {
+            Ok(v) if !v.trim().is_empty() => v.trim().to_owned(),
+            Ok(_) => {
+                p.push(
+                    &format!("{key}.api_key_env"),
+                    format!("environment variable {var} is empty"),
+                );
+                return None;
+            }
+            Err(_) => {
+                p.push(
+                    &format!("{key}.api_key_env"),
+                    format!("environment variable {var} is not set"),
+                );
+                return None;
+            }
+        },
+        (None, Some(path)) => match std::fs::read_to_string(&path) {
+            Ok(v) if !v.trim().is_empty() => v.trim().to_owned(),
+            Ok(_) => {
+                p.push(
+                    &format!("{key}.api_key_file"),
+                    format!("{} is empty", path.display()),
+                );
+                return None;
+            }
+            Err(e) => {
+                p.push(
+                    &format!("{key}.api_key_file"),
+                    format!("cannot read {}: {e}", path.display()),
+                );
+                return None;
+            }
+        },
+        (Some(_), Some(_)) => {
+            p.push(key, "set api_key_env or api_key_file, not both");
+            return None;
+        }
+        (None, None) => {
+            p.push(key, "needs api_key_env or api_key_file");
+            return None;
+        }
+    };
+    match HeaderValue::from_str(&format!("Bearer {secret}")) {
+        Ok(mut authorization) => {
+            authorization.set_sensitive(true);
+            Some(Org {
+                name: Arc::from(name),
+                authorization,
+            })
+        }
+        Err(_) => {
+            p.push(
+                key,
+                "the organisation key contains characters not allowed in an HTTP header",
+            );
+            None
+        }
+    }
+}
+
+fn parse_digest(hex: &str, key: &str, p: &mut Problems) -> Option<KeyDigest> {
+    match KeyDigest::from_hex(hex) {
+        Some(d) => Some(d),
+        None => {
+            p.push(
+                key,
+                "must be a SHA-256 digest: 64 hex characters (see `dialnexa-gateway hash-key`)",
+            );
+            None
+        }
+    }
+}
+
+fn validate_rate(raw: Option<RawRate>, key: &str, p: &mut Problems) -> Option<RateQuota> {
+    let raw = raw?;
+    let per_minute = raw.per_minute.and_then(NonZeroU32::new);
+    let burst = raw.burst.and_then(NonZeroU32::new);
+    if per_minute.is_none() {
+        p.push(
+            &format!("{key}.per_minute"),
+            "is required and must be at least 1",
+        );
+    }
+    if burst.is_none() {
+        p.push(
+            &format!("{key}.burst"),
+            "is required and must be at least 1",
+        );
+    }
+    Some(RateQuota {
+        per_minute: per_minute?,
+        burst: burst?,
+    })
+}
+
+fn validate_team(
+    name: &str,
+    raw: RawTeam,
+    key: &str,
+    orgs: &HashMap<String, Org>,
+    seen: &mut HashMap<KeyDigest, String>,
+    p: &mut Problems,
+) -> Option<Team> {
+    let org = match raw.org {
+        None => {
+            p.push(&format!("{key}.org"), "is required");
+            None
+        }
+        Some(org_name) => match orgs.get(&org_name) {
+            Some(org) => Some(org.clone()),
+            None => {
+                p.push(&format!("{key}.org"), format!("unknown organisation {org_name:?} (no [orgs.{org_name}] section, or it is invalid)"));
+                None
+            }
+        },
+    };
+    if raw.key_sha256.is_empty() {
+        p.push(&format!("{key}.key_sha256"), "needs at least one digest");
+    }
+    let mut digests = Vec::new();
+    let mut own = HashSet::new();
+    for (i, hex) in raw.key_sha256.iter().enumerate() {
+        let item = format!("{key}.key_sha256[{i}]");
+        let Some(d) = parse_digest(hex, &item, p) else {
+            continue;
+        };
+        if !own.insert(d) {
+            p.push(&item, "duplicate digest within this team");
+            continue;
+        }
+        if let Some(other) = seen.insert(d, name.to_owned()) {
+            p.push(&item, format!("digest already belongs to team {other:?}"));
+            continue;
+        }
+        digests.push(d);
+    }
+    let access = match raw.access.as_deref().unwrap_or("read_write") {
+        "read_write" => Some(Access::ReadWrite),
+        "read_only" => Some(Access::ReadOnly),
+        other => {
+            p.push(
+                &format!("{key}.access"),
+                format!("{other:?} is not one of \"read_write\", \"read_only\""),
+            );
+            None
+        }
+    };
+    let rate_limit = match raw.rate_limit {
+        None => {
+            p.push(
+                &format!("{key}.rate_limit"),
+                "is required, e.g. { per_minute = 600, burst = 60 }",
+            );
+            None
+        }
+        some => validate_rate(some, &format!("{key}.rate_limit"), p),
+    };
+    let write_rate_limit =
+        validate_rate(raw.write_rate_limit, &format!("{key}.write_rate_limit"), p);
+    Some(Team {
+        name: Arc::from(name),
+        org: org?,
+        key_digests: digests,
+        access: access?,
+        rate_limit: rate_limit?,
+        write_rate_limit,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    const DIGEST_A: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+    const DIGEST_B: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+
+    fn key_file(contents: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(contents.as_bytes()).unwrap();
+        f
+    }
+
+    fn base(org_key_path: &Path, teams: &str) -> String {
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+[upstream]
+base_url = "http://127.0.0.1:1/v1/"
+[orgs.acme]
+api_key_file = "{}"
+{teams}
+"#,
+            org_key_path.display()
+        )
+    }
+
+    fn problems(toml: &str) -> Vec<String> {
+        Settings::from_toml_str(toml).unwrap_err().problems
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let key = key_file("  org-secret-123\n");
+        let s = Settings::from_toml_str(&base(
+            key.path(),
+            &format!("[teams.billing]\norg = \"acme\"\nkey_sha256 = [\"{DIGEST_A}\"]\nrate_limit = {{ per_minute = 600, burst = 60 }}"),
+        ))
+        .unwrap();
+        assert_eq!(s.server.max_body_bytes, 1024 * 1024);
+        assert_eq!(s.server.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(s.upstream.base_url, "http://127.0.0.1:1/v1");
+        assert_eq!(s.upstream.timeout, Duration::from_secs(15));
+        assert!(s.cache.enabled);
+        assert_eq!(s.cache.ttl, Duration::from_secs(60));
+        assert_eq!(s.audit, AuditSettings::File(PathBuf::from("audit.jsonl")));
+        assert!(s.admin_token.is_none());
+        let team = &s.teams[0];
+        assert_eq!(team.access, Access::ReadWrite);
+        // The key file's surrounding whitespace is trimmed.
+        assert_eq!(
+            team.org.authorization.to_str().unwrap(),
+            "Bearer org-secret-123"
+        );
+        assert!(!format!("{team:?}").contains("org-secret-123"));
+    }
+
+    #[test]
+    fn unknown_org_is_named() {
+        let key = key_file("k");
+        let p = problems(&base(
+            key.path(),
+            &format!("[teams.billing]\norg = \"nope\"\nkey_sha256 = [\"{DIGEST_A}\"]\nrate_limit = {{ per_minute = 1, burst = 1 }}"),
+        ));
+        assert_eq!(p.len(), 1);
+        assert!(
+            p[0].starts_with("teams.billing.org: unknown organisation \"nope\""),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn duplicate_and_malformed_digests_are_named() {
+        let key = key_file("k");
+        let p = problems(&base(
+            key.path(),
+            &format!(
+                "[teams.a]\norg = \"acme\"\nkey_sha256 = [\"{DIGEST_A}\"]\nrate_limit = {{ per_minute = 1, burst = 1 }}\n\
+                 [teams.b]\norg = \"acme\"\nkey_sha256 = [\"{DIGEST_A}\", \"xyz\", \"{DIGEST_B}\"]\nrate_limit = {{ per_minute = 1, burst = 1 }}"
+            ),
+        ));
+        assert!(
+            p.iter()
+                .any(|l| l
+                    .starts_with("teams.b.key_sha256[0]: digest already belongs to team \"a\"")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("teams.b.key_sha256[1]: must be a SHA-256 digest")),
+            "{p:?}"
+        );
+        assert_eq!(p.len(), 2);
+    }
+
+    #[test]
+    fn unset_env_and_unreadable_file_are_named() {
+        let toml = r#"
+[server]
+listen = "127.0.0.1:0"
+[upstream]
+base_url = "https://api.dialnexa.com/v1"
+[orgs.one]
+api_key_env = "DNXGW_TEST_SURELY_UNSET_VAR"
+[orgs.two]
+api_key_file = "/nonexistent/dialnexa/key"
+"#;
+        let p = problems(toml);
+        assert!(
+            p.iter().any(|l| l.starts_with(
+                "orgs.one.api_key_env: environment variable DNXGW_TEST_SURELY_UNSET_VAR is not set"
+            )),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|l| l
+                    .starts_with("orgs.two.api_key_file: cannot read /nonexistent/dialnexa/key")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn zero_timeouts_bad_url_and_missing_rate_limit_are_all_reported_at_once() {
+        let key = key_file("k");
+        let toml = format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+[upstream]
+base_url = "ftp://example"
+timeout_ms = 0
+connect_timeout_ms = 0
+[orgs.acme]
+api_key_file = "{}"
+[teams.t]
+org = "acme"
+key_sha256 = ["{DIGEST_A}"]
+"#,
+            key.path().display()
+        );
+        let p = problems(&toml);
+        for k in [
+            "upstream.base_url",
+            "upstream.timeout_ms",
+            "upstream.connect_timeout_ms",
+            "teams.t.rate_limit",
+        ] {
+            assert!(
+                p.iter().any(|l| l.starts_with(&format!("{k}: "))),
+                "{k} missing from {p:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_field_is_rejected_with_its_name() {
+        let key = key_file("k");
+        let toml = base(key.path(), "").replace("[upstream]", "[upstream]\nretries = 3");
+        let p = problems(&toml);
+        assert!(p[0].contains("retries"), "{p:?}");
+    }
+
+    #[test]
+    fn uppercase_team_names_are_refused() {
+        let key = key_file("k");
+        let p = problems(&base(
+            key.path(),
+            &format!("[teams.Billing]\norg = \"acme\"\nkey_sha256 = [\"{DIGEST_A}\"]\nrate_limit = {{ per_minute = 1, burst = 1 }}"),
+        ));
+        assert!(p.iter().any(|l| l.contains("lowercase")), "{p:?}");
+    }
+}

@@ -1,0 +1,198 @@
+//! Every answer the gateway makes itself: one error type, mapped to a status, an audit decision and
+//! DialNexa's own error shape (`statusCode`, `message`, `error`) plus `code` and `request_id`.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use serde::Serialize;
+use std::time::Duration;
+
+use crate::body::{self, ProxyBody};
+
+/// Why the gateway refused or failed a request. Upstream's own error answers never become one of
+/// these: they pass through untouched.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GatewayError {
+    #[error("{0}")]
+    BadPath(&'static str),
+    #[error("no such route: {0} is not a DialNexa API version this gateway serves")]
+    UnknownVersion(String),
+    #[error("a valid team key is required (Authorization: Bearer <key> or X-Api-Key)")]
+    Unauthenticated,
+    #[error("team is read-only: only GET and HEAD are allowed")]
+    ReadOnly,
+    #[error("rate limit exceeded for team")]
+    RateLimited { retry_after: Duration },
+    #[error("request body exceeds the limit of {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("request body could not be read")]
+    BodyUnreadable,
+    #[error("upstream unreachable")]
+    UpstreamUnreachable,
+    #[error("upstream did not answer within {0:?}")]
+    UpstreamTimeout(Duration),
+    #[error("admin token required")]
+    AdminUnauthenticated,
+    #[error("admin API is disabled (no admin.token_sha256 configured)")]
+    AdminDisabled,
+    #[error("not found")]
+    NotFound,
+    #[error("{0}")]
+    InvalidAdminRequest(String),
+}
+
+/// What an audit line records about how the request was decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    Allowed,
+    Unauthenticated,
+    Forbidden,
+    RateLimited,
+    BadRequest,
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadPath(_) | Self::BodyUnreadable | Self::InvalidAdminRequest(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::UnknownVersion(_) | Self::NotFound | Self::AdminDisabled => StatusCode::NOT_FOUND,
+            Self::Unauthenticated | Self::AdminUnauthenticated => StatusCode::UNAUTHORIZED,
+            Self::ReadOnly => StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Stable machine-readable code, for clients that branch on the reason.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadPath(_) => "bad_path",
+            Self::UnknownVersion(_) => "unknown_api_version",
+            Self::Unauthenticated => "invalid_team_key",
+            Self::ReadOnly => "read_only_team",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::BodyUnreadable => "body_unreadable",
+            Self::UpstreamUnreachable => "upstream_unreachable",
+            Self::UpstreamTimeout(_) => "upstream_timeout",
+            Self::AdminUnauthenticated => "invalid_admin_token",
+            Self::AdminDisabled => "admin_disabled",
+            Self::NotFound => "not_found",
+            Self::InvalidAdminRequest(_) => "invalid_request",
+        }
+    }
+
+    pub fn decision(&self) -> Decision {
+        match self {
+            Self::Unauthenticated | Self::AdminUnauthenticated => Decision::Unauthenticated,
+            Self::ReadOnly => Decision::Forbidden,
+            Self::RateLimited { .. } => Decision::RateLimited,
+            Self::BadPath(_)
+            | Self::UnknownVersion(_)
+            | Self::BodyTooLarge { .. }
+            | Self::BodyUnreadable
+            | Self::NotFound
+            | Self::AdminDisabled
+            | Self::InvalidAdminRequest(_) => Decision::BadRequest,
+            // The request was allowed; forwarding it failed.
+            Self::UpstreamUnreachable | Self::UpstreamTimeout(_) => Decision::Allowed,
+        }
+    }
+
+    /// The gateway's own answer, in DialNexa's error shape.
+    pub fn to_response(&self, request_id: &str) -> Response<ProxyBody> {
+        let status = self.status();
+        let body = ErrorBody {
+            status_code: status.as_u16(),
+            message: self.to_string(),
+            error: status.canonical_reason().unwrap_or("Error"),
+            code: self.code(),
+            request_id,
+        };
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let mut resp = Response::new(body::full(Bytes::from(bytes)));
+        *resp.status_mut() = status;
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        match self {
+            Self::Unauthenticated | Self::AdminUnauthenticated => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::RateLimited { retry_after } => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(whole_seconds(*retry_after)),
+                );
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+/// Seconds for `Retry-After`-style headers: rounded up, never below one, so a client that waits
+/// exactly that long is not refused again.
+pub fn whole_seconds(d: Duration) -> u64 {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    #[serde(rename = "statusCode")]
+    status_code: u16,
+    message: String,
+    error: &'static str,
+    code: &'static str,
+    request_id: &'a str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[test]
+    fn retry_after_rounds_up_and_is_at_least_one() {
+        assert_eq!(whole_seconds(Duration::from_millis(1)), 1);
+        assert_eq!(whole_seconds(Duration::ZERO), 1);
+        assert_eq!(whole_seconds(Duration::from_millis(1500)), 2);
+        assert_eq!(whole_seconds(Duration::from_secs(3)), 3);
+    }
+
+    #[tokio::test]
+    async fn error_body_has_dialnexa_shape_plus_code_and_request_id() {
+        let resp = GatewayError::RateLimited {
+            retry_after: Duration::from_millis(2100),
+        }
+        .to_response("req-1");
+        assert_eq!(resp.status(), 429);
+        assert_eq!(resp.headers()["retry-after"], "3");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["statusCode"], 429);
+        assert_eq!(v["error"], "Too Many Requests");
+        assert_eq!(v["code"], "rate_limited");
+        assert_eq!(v["request_id"], "req-1");
+        assert!(v["message"].is_string());
+    }
+
+    #[test]
+    fn upstream_failures_are_audited_as_allowed() {
+        assert_eq!(
+            GatewayError::UpstreamUnreachable.decision(),
+            Decision::Allowed
+        );
+        assert_eq!(
+            GatewayError::BodyTooLarge { limit: 1 }.decision(),
+            Decision::BadRequest
+        );
+    }
+}

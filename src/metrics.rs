@@ -1,0 +1,247 @@
+//! The figures `/metrics` serves, in Prometheus text format (prometheus-client). Stages record into
+//! this one struct; nothing else keeps counters of its own.
+
+use std::borrow::Cow;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Empty for requests no team was identified for.
+    pub team: String,
+    pub method: Cow<'static, str>,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TeamLabel {
+    pub team: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub upstream_duration: Histogram,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    pub cache_stale: Counter,
+    pub cache_bypass: Counter,
+    pub cache_coalesced: Counter,
+    pub cache_invalidations: Counter,
+    pub cache_evictions: Counter,
+    pub cache_bytes: Gauge,
+    pub cache_entries: Gauge,
+    pub rate_allowed: Family<TeamLabel, Counter>,
+    pub rate_limited: Family<TeamLabel, Counter>,
+    pub audit_written: Counter,
+    pub audit_failed: Counter,
+    pub audit_backpressure_waits: Counter,
+    pub config_reloads: Family<ResultLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("dialnexa_gateway");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered on the API listener",
+            requests.clone(),
+        );
+        // 0.5 ms .. ~16 s: from loopback upstreams to DialNexa's slowest writes.
+        let upstream_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        registry.register_with_unit(
+            "upstream_request_duration",
+            "Time until upstream's response head arrived",
+            Unit::Seconds,
+            upstream_duration.clone(),
+        );
+        let m = Self {
+            requests,
+            upstream_duration,
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
+            cache_stale: Counter::default(),
+            cache_bypass: Counter::default(),
+            cache_coalesced: Counter::default(),
+            cache_invalidations: Counter::default(),
+            cache_evictions: Counter::default(),
+            cache_bytes: Gauge::default(),
+            cache_entries: Gauge::default(),
+            rate_allowed: Family::default(),
+            rate_limited: Family::default(),
+            audit_written: Counter::default(),
+            audit_failed: Counter::default(),
+            audit_backpressure_waits: Counter::default(),
+            config_reloads: Family::default(),
+            registry,
+        };
+        m.register_rest()
+    }
+
+    fn register_rest(mut self) -> Self {
+        let r = &mut self.registry;
+        r.register(
+            "cache_hits",
+            "Agent reads answered from the cache",
+            self.cache_hits.clone(),
+        );
+        r.register(
+            "cache_misses",
+            "Agent reads fetched from upstream",
+            self.cache_misses.clone(),
+        );
+        r.register(
+            "cache_stale",
+            "Expired entries served because upstream failed (stale-if-error)",
+            self.cache_stale.clone(),
+        );
+        r.register(
+            "cache_bypass",
+            "Agent reads that skipped the cache (client no-store)",
+            self.cache_bypass.clone(),
+        );
+        r.register(
+            "cache_coalesced",
+            "Agent reads that waited for another request's upstream fetch",
+            self.cache_coalesced.clone(),
+        );
+        r.register(
+            "cache_invalidations",
+            "Agent invalidations caused by writes or purges",
+            self.cache_invalidations.clone(),
+        );
+        r.register(
+            "cache_evictions",
+            "Entries evicted for size or expiry",
+            self.cache_evictions.clone(),
+        );
+        r.register_with_unit(
+            "cache",
+            "Bytes held by the agent cache",
+            Unit::Bytes,
+            self.cache_bytes.clone(),
+        );
+        r.register(
+            "cache_entries",
+            "Agents held by the cache",
+            self.cache_entries.clone(),
+        );
+        r.register(
+            "ratelimit_allowed",
+            "Requests the team's quota allowed",
+            self.rate_allowed.clone(),
+        );
+        r.register(
+            "ratelimit_limited",
+            "Requests refused with 429 by the team's quota",
+            self.rate_limited.clone(),
+        );
+        r.register(
+            "audit_lines_written",
+            "Audit lines written to the sink",
+            self.audit_written.clone(),
+        );
+        r.register(
+            "audit_lines_failed",
+            "Audit lines the sink failed to take",
+            self.audit_failed.clone(),
+        );
+        r.register(
+            "audit_backpressure_waits",
+            "Requests that waited for room in the audit buffer",
+            self.audit_backpressure_waits.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "Config reloads by result (ok, failed)",
+            self.config_reloads.clone(),
+        );
+        self
+    }
+
+    pub fn request(&self, team: Option<&str>, method: &http::Method, status: u16) {
+        let method = match *method {
+            http::Method::GET => Cow::Borrowed("GET"),
+            http::Method::HEAD => Cow::Borrowed("HEAD"),
+            http::Method::POST => Cow::Borrowed("POST"),
+            http::Method::PUT => Cow::Borrowed("PUT"),
+            http::Method::PATCH => Cow::Borrowed("PATCH"),
+            http::Method::DELETE => Cow::Borrowed("DELETE"),
+            http::Method::OPTIONS => Cow::Borrowed("OPTIONS"),
+            // Arbitrary method names would make the label set unbounded.
+            _ => Cow::Borrowed("OTHER"),
+        };
+        self.requests
+            .get_or_create(&RequestLabels {
+                team: team.unwrap_or("").to_owned(),
+                method,
+                status,
+            })
+            .inc();
+    }
+
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.config_reloads
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    /// Drops per-team series of teams a reload removed, so label sets stay bounded.
+    pub fn forget_team(&self, team: &str) {
+        let label = TeamLabel {
+            team: team.to_owned(),
+        };
+        self.rate_allowed.remove(&label);
+        self.rate_limited.remove(&label);
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_conventional_names_with_units_and_labels() {
+        let m = Metrics::new();
+        m.request(Some("billing"), &http::Method::GET, 200);
+        m.cache_hits.inc();
+        m.upstream_duration.observe(0.01);
+        m.reload(false);
+        let text = m.encode();
+        assert!(
+            text.contains(
+                "dialnexa_gateway_requests_total{team=\"billing\",method=\"GET\",status=\"200\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("dialnexa_gateway_cache_hits_total 1"));
+        assert!(text.contains("dialnexa_gateway_upstream_request_duration_seconds_bucket"));
+        assert!(text.contains("dialnexa_gateway_config_reloads_total{result=\"failed\"} 1"));
+        assert!(text.contains("dialnexa_gateway_cache_bytes "));
+    }
+}

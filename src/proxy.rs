@@ -1,0 +1,498 @@
+//! The request pipeline of the API listener, top to bottom:
+//! route → identify → authorize → rate-limit → read body → cache or forward (+ invalidate) → respond,
+//! with the audit line queued when the response body ends. Each step is a call into its own module.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::request::Parts;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::audit::{self, AuditRecord, AuditedBody};
+use crate::auth::{self, KeyDigest};
+use crate::body::{self, ProxyBody};
+use crate::cache::{self, AgentCache, CacheOutcome, ClientDirective, FillOutcome, Lookup, Stored};
+use crate::error::GatewayError;
+use crate::ratelimit::{self, Verdict};
+use crate::request_id::{self, X_REQUEST_ID};
+use crate::route::{self, AgentPath, Route};
+use crate::state::{Gateway, Runtime, TeamState};
+use crate::upstream::{Buffered, Purpose, UpstreamRequest};
+
+static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// An oversized body is still read (and thrown away) up to this much, so the client is not cut off
+/// mid-send and can read its `413`, as NGINX does; beyond it the connection is simply closed.
+const DRAIN_LIMIT: u64 = 16 * 1024 * 1024;
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves one request of the API listener. Never fails: every refusal is an answer, every answer
+/// carries its audit line.
+pub async fn handle(
+    gw: Arc<Gateway>,
+    req: Request<Incoming>,
+    client_ip: IpAddr,
+) -> Response<AuditedBody> {
+    let rt = gw.runtime();
+    let request_id = request_id::from_headers(req.headers());
+    let method = req.method().clone();
+    let record = AuditRecord::new(
+        String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
+        client_ip,
+        &method,
+        req.uri().path(),
+    );
+    let mut ex = Exchange {
+        gw: &gw,
+        rt: &rt,
+        record,
+        verdict: None,
+    };
+    let resp = match ex.run(req, &request_id).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            ex.record.decision = e.decision();
+            e.to_response(&ex.record.request_id)
+        }
+    };
+    ex.finish(resp, request_id, &method)
+}
+
+/// One request on its way through the pipeline: what the audit line and the quota headers need.
+struct Exchange<'a> {
+    gw: &'a Gateway,
+    rt: &'a Runtime,
+    record: AuditRecord,
+    verdict: Option<Verdict>,
+}
+
+impl Exchange<'_> {
+    async fn run(
+        &mut self,
+        req: Request<Incoming>,
+        request_id: &HeaderValue,
+    ) -> Result<Response<ProxyBody>, GatewayError> {
+        // A malformed path is refused before anything else, identified or not.
+        let route = route::parse(req.uri().path())?;
+        self.record.agent_id = route.agent.as_ref().map(|a| a.id.clone());
+
+        let team = self.identify(req.headers())?;
+        let is_read = auth::is_read(req.method());
+        if !auth::allows(team.team.access, req.method()) {
+            self.verdict = Some(team.limiter.peek(!is_read));
+            return Err(GatewayError::ReadOnly);
+        }
+        self.rate_limit(&team, is_read)?;
+
+        let (parts, incoming) = req.into_parts();
+        let body = read_body(
+            incoming,
+            &parts.headers,
+            self.rt.settings.server.max_body_bytes,
+        )
+        .await?;
+        self.record.bytes_in = body.len() as u64;
+        if !is_read {
+            self.record.changed_fields = audit::changed_fields(&body);
+        }
+
+        match (&route.agent, self.gw.cache_enabled(self.rt)) {
+            (Some(agent), Some(cache)) if agent.is_item && parts.method == Method::GET => {
+                self.read_agent(cache, &team, &route, agent, &parts, request_id)
+                    .await
+            }
+            _ => {
+                self.forward(&team, &route, &parts, body, request_id, Purpose::Forward)
+                    .await
+            }
+        }
+    }
+
+    /// Step 1: the team behind the presented key, by digest.
+    fn identify(&mut self, headers: &HeaderMap) -> Result<Arc<TeamState>, GatewayError> {
+        let digest = auth::presented_key(headers).map(KeyDigest::of);
+        self.record.key_id = digest.map(KeyDigest::key_id);
+        let team = digest
+            .and_then(|d| self.rt.team(&d))
+            .ok_or(GatewayError::Unauthenticated)?
+            .clone();
+        self.record.team = Some(team.team.name.clone());
+        self.record.org = Some(team.team.org.name.clone());
+        Ok(team)
+    }
+
+    /// Step 3: after authentication and before the cache, so cache hits spend quota too: a hit still
+    /// costs the gateway work, and a team's quota should not depend on what other teams warmed.
+    fn rate_limit(&mut self, team: &TeamState, is_read: bool) -> Result<(), GatewayError> {
+        let verdict = team.limiter.check(!is_read);
+        self.verdict = Some(verdict);
+        let label = crate::metrics::TeamLabel {
+            team: team.team.name.to_string(),
+        };
+        match verdict.retry_after {
+            Some(retry_after) => {
+                self.gw.metrics.rate_limited.get_or_create(&label).inc();
+                Err(GatewayError::RateLimited { retry_after })
+            }
+            None => {
+                self.gw.metrics.rate_allowed.get_or_create(&label).inc();
+                Ok(())
+            }
+        }
+    }
+
+    /// Steps 4-5 for everything but cacheable agent reads: forward, streaming the answer back, and
+    /// invalidate the agent around a write.
+    async fn forward(
+        &mut self,
+        team: &TeamState,
+        route: &Route,
+        parts: &Parts,
+        body: Bytes,
+        request_id: &HeaderValue,
+        purpose: Purpose,
+    ) -> Result<Response<ProxyBody>, GatewayError> {
+        let req = self.upstream_request(team, route, parts, body, request_id, purpose)?;
+        let pending = self.invalidation_for(team, route, &parts.method).await;
+        let started = Instant::now();
+        let result = self
+            .rt
+            .upstream
+            .send(&req, self.rt.settings.upstream.timeout)
+            .await;
+        self.upstream_took(started.elapsed());
+        if let Some(pending) = pending {
+            // Again once the answer (or failure) is back: a read that filled in between is dropped too.
+            self.record.invalidated += pending.complete().await;
+        }
+        let resp = result?;
+        self.record.upstream_status = Some(resp.status().as_u16());
+        Ok(crate::upstream::passthrough(resp))
+    }
+
+    fn upstream_request(
+        &self,
+        team: &TeamState,
+        route: &Route,
+        parts: &Parts,
+        body: Bytes,
+        request_id: &HeaderValue,
+        purpose: Purpose,
+    ) -> Result<UpstreamRequest, GatewayError> {
+        UpstreamRequest::new(
+            &self.rt.settings.upstream.base_url,
+            &route.upstream_path,
+            parts.uri.query(),
+            &parts.method,
+            &parts.headers,
+            &team.team.org,
+            request_id,
+            body,
+            purpose,
+        )
+    }
+
+    /// For a write to an agent or below it: invalidates now (as it is sent upstream) and returns the
+    /// second invalidation, due when the answer is back.
+    async fn invalidation_for(
+        &mut self,
+        team: &TeamState,
+        route: &Route,
+        method: &Method,
+    ) -> Option<PendingInvalidation> {
+        let agent = route.agent.as_ref().filter(|_| !auth::is_read(method))?;
+        let cache = self.gw.cache.as_ref()?;
+        self.record.invalidated += cache.invalidate(&team.team.org.name, &agent.id).await;
+        Some(PendingInvalidation {
+            cache: cache.clone(),
+            org: team.team.org.name.clone(),
+            agent: agent.id.clone(),
+            armed: true,
+        })
+    }
+
+    fn upstream_took(&mut self, took: Duration) {
+        self.record.upstream_latency_ms = Some(audit::millis(took));
+        self.gw
+            .metrics
+            .upstream_duration
+            .observe(took.as_secs_f64());
+    }
+
+    /// Step 4 for `GET /{agents2|agents}/{id}`: hit, coalesced miss, refresh or bypass.
+    async fn read_agent(
+        &mut self,
+        cache: &AgentCache,
+        team: &TeamState,
+        route: &Route,
+        agent: &AgentPath,
+        parts: &Parts,
+        request_id: &HeaderValue,
+    ) -> Result<Response<ProxyBody>, GatewayError> {
+        let org = &team.team.org.name;
+        let query = route::normalize_query(parts.uri.query());
+        let directive = cache::client_directive(&parts.headers);
+        let ticket = match directive {
+            ClientDirective::Bypass => {
+                self.record.cache = Some(CacheOutcome::Bypass);
+                self.gw.metrics.cache_bypass.inc();
+                let mut resp = self
+                    .forward(
+                        team,
+                        route,
+                        parts,
+                        Bytes::new(),
+                        request_id,
+                        Purpose::Forward,
+                    )
+                    .await?;
+                mark(
+                    &mut resp,
+                    CacheOutcome::Bypass,
+                    "dialnexa-gateway; fwd=bypass".into(),
+                    None,
+                );
+                return Ok(resp);
+            }
+            ClientDirective::Refresh => cache.refresh_ticket(org, agent.family, &agent.id, &query),
+            ClientDirective::Normal => {
+                match cache.lookup(org, agent.family, &agent.id, &query).await {
+                    Lookup::Fresh { stored, ttl_left } => {
+                        self.record.cache = Some(CacheOutcome::Hit);
+                        let mut resp = stored_response(&stored);
+                        let status = format!("dialnexa-gateway; hit; ttl={}", ttl_left.as_secs());
+                        mark(&mut resp, CacheOutcome::Hit, status, Some(stored.age()));
+                        return Ok(resp);
+                    }
+                    Lookup::Miss(ticket) => ticket,
+                }
+            }
+        };
+
+        let req = self.upstream_request(
+            team,
+            route,
+            parts,
+            Bytes::new(),
+            request_id,
+            Purpose::CacheFill,
+        )?;
+        let upstream = &self.rt.upstream;
+        let timeout = self.rt.settings.upstream.timeout;
+        let max_entry = cache.max_entry_bytes();
+        let started = Instant::now();
+        let outcome = cache
+            .fill(&ticket, directive == ClientDirective::Normal, || {
+                upstream.fetch_buffered(&req, timeout, max_entry)
+            })
+            .await;
+        self.upstream_took(started.elapsed());
+        let fwd = if directive == ClientDirective::Refresh {
+            "request"
+        } else {
+            "miss"
+        };
+
+        let failure = match outcome {
+            FillOutcome::Answer(answer) if !answer.status.is_server_error() => {
+                return Ok(self.miss_response(&answer, fwd));
+            }
+            FillOutcome::Answer(answer) => Err(answer),
+            FillOutcome::Streaming(mut resp) => {
+                self.record.cache = Some(CacheOutcome::Miss);
+                self.record.upstream_status = Some(resp.status().as_u16());
+                let status = format!(
+                    "dialnexa-gateway; fwd={fwd}; fwd-status={}; detail=too-large",
+                    resp.status().as_u16()
+                );
+                mark(&mut resp, CacheOutcome::Miss, status, None);
+                return Ok(resp);
+            }
+            FillOutcome::Failed(e) => Ok(e),
+        };
+        // stale-if-error (RFC 5861): an upstream failure is answered from an expired copy if allowed.
+        if let Some(stale) = cache.stale_for(&ticket) {
+            self.record.cache = Some(CacheOutcome::Stale);
+            let mut resp = stored_response(&stale);
+            let fwd_status = match &failure {
+                Err(answer) => {
+                    self.record.upstream_status = Some(answer.status.as_u16());
+                    format!("; fwd-status={}", answer.status.as_u16())
+                }
+                Ok(_) => String::new(),
+            };
+            let status = format!("dialnexa-gateway; fwd=stale{fwd_status}; detail=stale-if-error");
+            mark(&mut resp, CacheOutcome::Stale, status, Some(stale.age()));
+            return Ok(resp);
+        }
+        match failure {
+            Err(answer) => Ok(self.miss_response(&answer, fwd)),
+            Ok(e) => {
+                self.record.cache = Some(CacheOutcome::Miss);
+                Err(e)
+            }
+        }
+    }
+
+    fn miss_response(&mut self, answer: &Buffered, fwd: &str) -> Response<ProxyBody> {
+        self.record.cache = Some(CacheOutcome::Miss);
+        self.record.upstream_status = Some(answer.status.as_u16());
+        let mut resp = Response::new(body::full(answer.body.clone()));
+        *resp.status_mut() = answer.status;
+        *resp.headers_mut() = answer.headers.clone();
+        let status = format!(
+            "dialnexa-gateway; fwd={fwd}; fwd-status={}",
+            answer.status.as_u16()
+        );
+        mark(&mut resp, CacheOutcome::Miss, status, None);
+        resp
+    }
+
+    /// Adds the per-request headers, records the request, and attaches the audit line to the body.
+    fn finish(
+        mut self,
+        mut resp: Response<ProxyBody>,
+        request_id: HeaderValue,
+        method: &Method,
+    ) -> Response<AuditedBody> {
+        let headers = resp.headers_mut();
+        headers.insert(X_REQUEST_ID.clone(), request_id);
+        if let Some(verdict) = &self.verdict {
+            ratelimit::apply_headers(verdict, headers);
+        }
+        let status = resp.status().as_u16();
+        self.record.status = status;
+        self.gw
+            .metrics
+            .request(self.record.team.as_deref(), method, status);
+        let log = self.gw.audit.clone();
+        resp.map(|b| AuditedBody::new(b, self.record, log))
+    }
+}
+
+/// The second invalidation of a write. If the client goes away before upstream answers, the
+/// request future is dropped; the invalidation still happens, from a task of its own.
+struct PendingInvalidation {
+    cache: Arc<AgentCache>,
+    org: Arc<str>,
+    agent: String,
+    armed: bool,
+}
+
+impl PendingInvalidation {
+    async fn complete(mut self) -> u64 {
+        self.armed = false;
+        self.cache.invalidate(&self.org, &self.agent).await
+    }
+}
+
+impl Drop for PendingInvalidation {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (cache, org, agent) = (
+            self.cache.clone(),
+            self.org.clone(),
+            std::mem::take(&mut self.agent),
+        );
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                cache.invalidate(&org, &agent).await;
+            });
+        }
+    }
+}
+
+fn stored_response(stored: &Stored) -> Response<ProxyBody> {
+    let mut resp = Response::new(body::full(stored.body.clone()));
+    *resp.status_mut() = stored.status;
+    if let Some(ct) = &stored.content_type {
+        resp.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
+    }
+    resp
+}
+
+/// `X-Cache`, RFC 9211 `Cache-Status`, and `Age` for answers that came from the cache.
+fn mark(
+    resp: &mut Response<ProxyBody>,
+    outcome: CacheOutcome,
+    cache_status: String,
+    age: Option<Duration>,
+) {
+    let headers = resp.headers_mut();
+    headers.insert(X_CACHE.clone(), outcome.header_value());
+    if let Ok(v) = HeaderValue::from_str(&cache_status) {
+        headers.insert(CACHE_STATUS.clone(), v);
+    }
+    match age {
+        Some(age) => {
+            headers.insert(header::AGE, HeaderValue::from(age.as_secs()));
+        }
+        None => {
+            headers.remove(header::AGE);
+        }
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Reads the request body whole, refusing it past `limit` whether it declared its length or not.
+/// Bodies are small JSON documents bounded by `limit`; holding them lets the gateway refuse an
+/// oversized one before anything reaches upstream and name the changed fields in the audit line.
+async fn read_body(
+    mut incoming: Incoming,
+    headers: &HeaderMap,
+    limit: u64,
+) -> Result<Bytes, GatewayError> {
+    let declared = content_length(headers);
+    let mut too_large = declared.is_some_and(|len| len > limit);
+    if declared.is_some_and(|len| len > DRAIN_LIMIT) {
+        return Err(GatewayError::BodyTooLarge { limit });
+    }
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(limit) as usize);
+    let mut seen: u64 = 0;
+    let drain_deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    loop {
+        let frame = if too_large {
+            match tokio::time::timeout_at(drain_deadline, incoming.frame()).await {
+                Ok(frame) => frame,
+                Err(_) => break,
+            }
+        } else {
+            incoming.frame().await
+        };
+        let Some(frame) = frame else { break };
+        let frame = frame.map_err(|_| GatewayError::BodyUnreadable)?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen += data.len() as u64;
+        if seen > limit {
+            too_large = true;
+            buf.clear();
+        }
+        if seen > DRAIN_LIMIT {
+            break;
+        }
+        if !too_large {
+            buf.extend_from_slice(&data);
+        }
+    }
+    if too_large {
+        return Err(GatewayError::BodyTooLarge { limit });
+    }
+    Ok(buf.freeze())
+}

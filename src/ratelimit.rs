@@ -1,0 +1,340 @@
+//! Step 3: per-team GCRA quotas (governor), a general one and an optional stricter one for writes,
+//! and the quota headers every response to an identified team carries.
+//!
+//! governor's keyed limiter applies one quota to every key, so each team owns its own direct
+//! limiters; a config reload hands the same `TeamLimiter` to a team whose quotas did not change.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::RateQuota;
+use crate::error::whole_seconds;
+
+type Gcra = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+
+/// Which quota a status describes, named as in the `RateLimit-Policy` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyName {
+    Team,
+    TeamWrite,
+}
+
+impl PolicyName {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Team => "team",
+            Self::TeamWrite => "team-write",
+        }
+    }
+}
+
+/// One quota's state as of this request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaStatus {
+    pub policy: PolicyName,
+    pub quota: RateQuota,
+    /// Requests allowed right now.
+    pub remaining: u32,
+    /// Time until the bucket is full again.
+    pub reset: Duration,
+}
+
+/// What the limiter says about one request, with everything the headers need.
+#[derive(Debug, Clone, Copy)]
+pub struct Verdict {
+    pub general: QuotaStatus,
+    pub write: Option<QuotaStatus>,
+    /// `Some(wait)` when refused: the time until the refusing quota lets one request through.
+    pub retry_after: Option<Duration>,
+}
+
+impl Verdict {
+    /// The quota that binds: the one with fewer requests left.
+    fn binding(&self) -> QuotaStatus {
+        match self.write {
+            Some(w) if w.remaining <= self.general.remaining => w,
+            _ => self.general,
+        }
+    }
+}
+
+struct Bucket {
+    quota: RateQuota,
+    gcra: Gcra,
+    /// Last decision's remaining count and time, to report quota headers without spending a cell
+    /// (governor has no read-only peek).
+    last: Mutex<(Instant, u32)>,
+}
+
+impl Bucket {
+    fn new(quota: RateQuota) -> Self {
+        let gq = Quota::per_minute(quota.per_minute).allow_burst(quota.burst);
+        Self {
+            quota,
+            gcra: RateLimiter::direct(gq).with_middleware::<StateInformationMiddleware>(),
+            last: Mutex::new((Instant::now(), quota.burst.get())),
+        }
+    }
+
+    fn check(&self, policy: PolicyName) -> (QuotaStatus, Option<Duration>) {
+        let (remaining, wait) = match self.gcra.check() {
+            Ok(snapshot) => (snapshot.remaining_burst_capacity(), None),
+            Err(not_until) => (0, Some(not_until.wait_time_from(self.gcra.clock().now()))),
+        };
+        if let Ok(mut last) = self.last.lock() {
+            *last = (Instant::now(), remaining);
+        }
+        (status(policy, self.quota, remaining, wait), wait)
+    }
+
+    fn peek(&self, policy: PolicyName) -> QuotaStatus {
+        let (at, remaining) = self.last.lock().map(|l| *l).unwrap_or((Instant::now(), 0));
+        let refilled =
+            (at.elapsed().as_nanos() / emission_interval(self.quota).as_nanos().max(1)) as u64;
+        let remaining =
+            (u64::from(remaining) + refilled).min(u64::from(self.quota.burst.get())) as u32;
+        status(policy, self.quota, remaining, None)
+    }
+}
+
+/// Time GCRA needs to earn back one request.
+fn emission_interval(q: RateQuota) -> Duration {
+    Duration::from_secs(60) / q.per_minute.get()
+}
+
+/// The arithmetic behind the headers. `wait` is set when the request was refused.
+fn status(
+    policy: PolicyName,
+    quota: RateQuota,
+    remaining: u32,
+    wait: Option<Duration>,
+) -> QuotaStatus {
+    let t = emission_interval(quota);
+    let burst = quota.burst.get();
+    let reset = match wait {
+        // Empty: the first cell comes back after `wait`, the rest one interval apart.
+        Some(wait) => wait + t * burst.saturating_sub(1),
+        None => t * burst.saturating_sub(remaining),
+    };
+    QuotaStatus {
+        policy,
+        quota,
+        remaining,
+        reset,
+    }
+}
+
+/// A team's quotas. Shared across config snapshots while the quotas stay the same.
+pub struct TeamLimiter {
+    general: Bucket,
+    write: Option<Bucket>,
+}
+
+impl TeamLimiter {
+    pub fn new(general: RateQuota, write: Option<RateQuota>) -> Self {
+        Self {
+            general: Bucket::new(general),
+            write: write.map(Bucket::new),
+        }
+    }
+
+    /// Whether this limiter enforces exactly these quotas (a reload keeps it if so).
+    pub fn has_quotas(&self, general: RateQuota, write: Option<RateQuota>) -> bool {
+        self.general.quota == general && self.write.as_ref().map(|b| b.quota) == write
+    }
+
+    /// Spends one cell of the general quota, and of the write quota for writes. The write quota is
+    /// only consulted when the general one allowed the request, so a refused request costs nothing there.
+    pub fn check(&self, is_write: bool) -> Verdict {
+        let (general, mut retry_after) = self.general.check(PolicyName::Team);
+        let write = match (&self.write, is_write) {
+            (Some(bucket), true) if retry_after.is_none() => {
+                let (status, wait) = bucket.check(PolicyName::TeamWrite);
+                retry_after = wait;
+                Some(status)
+            }
+            (Some(bucket), true) => Some(bucket.peek(PolicyName::TeamWrite)),
+            _ => None,
+        };
+        Verdict {
+            general,
+            write,
+            retry_after,
+        }
+    }
+
+    /// The quota state without spending anything (for answers refused before the limiter, e.g. 403).
+    pub fn peek(&self, is_write: bool) -> Verdict {
+        Verdict {
+            general: self.general.peek(PolicyName::Team),
+            write: self
+                .write
+                .as_ref()
+                .filter(|_| is_write)
+                .map(|b| b.peek(PolicyName::TeamWrite)),
+            retry_after: None,
+        }
+    }
+}
+
+static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// Writes the quota headers: the `RateLimit-*` trio for the binding quota, and the httpapi draft's
+/// structured `RateLimit-Policy` (every quota that applies) and `RateLimit` (the binding one).
+pub fn apply_headers(verdict: &Verdict, headers: &mut HeaderMap) {
+    let binding = verdict.binding();
+    let reset = reset_seconds(binding.reset);
+    headers.insert(
+        RATELIMIT_LIMIT.clone(),
+        HeaderValue::from(binding.quota.burst.get()),
+    );
+    headers.insert(
+        RATELIMIT_REMAINING.clone(),
+        HeaderValue::from(binding.remaining),
+    );
+    headers.insert(RATELIMIT_RESET.clone(), HeaderValue::from(reset));
+    let mut policy = policy_item(&verdict.general);
+    if let Some(w) = &verdict.write {
+        policy.push_str(", ");
+        policy.push_str(&policy_item(w));
+    }
+    if let Ok(v) = HeaderValue::from_str(&policy) {
+        headers.insert(RATELIMIT_POLICY.clone(), v);
+    }
+    let current = format!(
+        "\"{}\";r={};t={}",
+        binding.policy.as_str(),
+        binding.remaining,
+        reset
+    );
+    if let Ok(v) = HeaderValue::from_str(&current) {
+        headers.insert(RATELIMIT.clone(), v);
+    }
+}
+
+fn policy_item(s: &QuotaStatus) -> String {
+    format!("\"{}\";q={};w=60", s.policy.as_str(), s.quota.per_minute)
+}
+
+/// Whole seconds until full: zero when already full, otherwise rounded up.
+fn reset_seconds(d: Duration) -> u64 {
+    if d.is_zero() {
+        0
+    } else {
+        whole_seconds(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::num::NonZeroU32;
+
+    fn quota(per_minute: u32, burst: u32) -> RateQuota {
+        RateQuota {
+            per_minute: NonZeroU32::new(per_minute).unwrap(),
+            burst: NonZeroU32::new(burst).unwrap(),
+        }
+    }
+
+    fn header(h: &HeaderMap, name: &str) -> String {
+        h[name].to_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn full_bucket_reports_burst_and_zero_reset() {
+        let s = status(PolicyName::Team, quota(60, 10), 10, None);
+        assert_eq!(s.reset, Duration::ZERO);
+        let mut h = HeaderMap::new();
+        apply_headers(
+            &Verdict {
+                general: s,
+                write: None,
+                retry_after: None,
+            },
+            &mut h,
+        );
+        assert_eq!(header(&h, "ratelimit-limit"), "10");
+        assert_eq!(header(&h, "ratelimit-remaining"), "10");
+        assert_eq!(header(&h, "ratelimit-reset"), "0");
+        assert_eq!(header(&h, "ratelimit-policy"), "\"team\";q=60;w=60");
+        assert_eq!(header(&h, "ratelimit"), "\"team\";r=10;t=0");
+    }
+
+    #[test]
+    fn empty_bucket_resets_after_wait_plus_the_rest_of_the_burst() {
+        // 60/min: one cell per second. Burst 3, empty, next cell in 0.4 s → full in 2.4 s → "3".
+        let s = status(
+            PolicyName::Team,
+            quota(60, 3),
+            0,
+            Some(Duration::from_millis(400)),
+        );
+        assert_eq!(s.reset, Duration::from_millis(2400));
+        assert_eq!(reset_seconds(s.reset), 3);
+    }
+
+    #[test]
+    fn burst_one_refuses_the_second_request_with_a_real_wait() {
+        let limiter = TeamLimiter::new(quota(6, 1), None);
+        let first = limiter.check(false);
+        assert!(first.retry_after.is_none());
+        assert_eq!(first.general.remaining, 0);
+        // One cell per 10 s: the bucket is full again 10 s after the first request.
+        assert_eq!(reset_seconds(first.general.reset), 10);
+        let second = limiter.check(false);
+        let wait = second.retry_after.expect("second request must be refused");
+        assert!(
+            wait > Duration::from_secs(9) && wait <= Duration::from_secs(10),
+            "{wait:?}"
+        );
+        assert_eq!(whole_seconds(wait), 10);
+    }
+
+    #[test]
+    fn remaining_counts_down_to_refusal() {
+        let limiter = TeamLimiter::new(quota(1, 3), None);
+        let seen: Vec<u32> = (0..3)
+            .map(|_| limiter.check(false).general.remaining)
+            .collect();
+        assert_eq!(seen, vec![2, 1, 0]);
+        assert!(limiter.check(false).retry_after.is_some());
+        // Peeking spends nothing.
+        assert_eq!(limiter.peek(false).general.remaining, 0);
+    }
+
+    #[test]
+    fn write_quota_binds_writes_only() {
+        let limiter = TeamLimiter::new(quota(600, 100), Some(quota(1, 1)));
+        assert!(limiter.check(true).retry_after.is_none());
+        let refused = limiter.check(true);
+        assert!(refused.retry_after.is_some());
+        assert_eq!(refused.binding().policy, PolicyName::TeamWrite);
+        assert!(limiter.check(false).retry_after.is_none());
+        let mut h = HeaderMap::new();
+        apply_headers(&refused, &mut h);
+        assert_eq!(
+            header(&h, "ratelimit-policy"),
+            "\"team\";q=600;w=60, \"team-write\";q=1;w=60"
+        );
+        assert!(header(&h, "ratelimit").starts_with("\"team-write\";r=0;"));
+    }
+
+    #[test]
+    fn reload_keeps_limiter_only_for_same_quotas() {
+        let l = TeamLimiter::new(quota(60, 5), None);
+        assert!(l.has_quotas(quota(60, 5), None));
+        assert!(!l.has_quotas(quota(60, 6), None));
+        assert!(!l.has_quotas(quota(60, 5), Some(quota(1, 1))));
+    }
+}

@@ -1,0 +1,207 @@
+//! Step 0: reject unsafe paths, map `/v1/...` and the legacy unversioned paths to the upstream path,
+//! and recognise agent routes (the only cacheable reads and the writes that invalidate).
+
+use crate::error::GatewayError;
+
+/// The two names DialNexa has used for the agent resource. Both address the same agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    Agents2,
+    Agents,
+}
+
+impl Family {
+    fn parse(segment: &str) -> Option<Self> {
+        match segment {
+            "agents2" => Some(Self::Agents2),
+            "agents" => Some(Self::Agents),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentPath {
+    pub family: Family,
+    pub id: String,
+    /// True for exactly `/{family}/{id}`: the one shape a GET is cached for.
+    pub is_item: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The path after the version prefix, starting with `/` (appended to `upstream.base_url`).
+    pub upstream_path: String,
+    pub agent: Option<AgentPath>,
+}
+
+/// Parses the raw (still percent-encoded) request path.
+pub fn parse(raw_path: &str) -> Result<Route, GatewayError> {
+    check_safe(raw_path)?;
+    let rest = strip_version(raw_path)?;
+    let upstream_path = if rest.is_empty() { "/" } else { rest };
+    Ok(Route {
+        upstream_path: upstream_path.to_owned(),
+        agent: agent_path(upstream_path),
+    })
+}
+
+/// Refuses anything that could walk out of the API prefix or smuggle a separator past an upstream
+/// that decodes differently than we do.
+fn check_safe(path: &str) -> Result<(), GatewayError> {
+    if !path.starts_with('/') {
+        return Err(GatewayError::BadPath("path must start with /"));
+    }
+    let bytes = path.as_bytes();
+    if bytes.iter().any(|b| b.is_ascii_control() || *b == b'\\') {
+        return Err(GatewayError::BadPath(
+            "control characters and backslashes are not allowed in the path",
+        ));
+    }
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") {
+        return Err(GatewayError::BadPath(
+            "encoded slashes are not allowed in the path",
+        ));
+    }
+    if lower.contains("%00") || has_encoded_control(&lower) {
+        return Err(GatewayError::BadPath(
+            "encoded control characters are not allowed in the path",
+        ));
+    }
+    // Decode only the dot so `%2e%2e`, `.%2e` and `%2e.` are caught like a literal `..`.
+    let dots = lower.replace("%2e", ".");
+    if dots.split('/').any(|seg| seg == ".." || seg == ".") {
+        return Err(GatewayError::BadPath(
+            "dot segments are not allowed in the path",
+        ));
+    }
+    if dots.contains("..") {
+        return Err(GatewayError::BadPath("'..' is not allowed in the path"));
+    }
+    Ok(())
+}
+
+/// `%00`-`%1f` and `%7f`.
+fn has_encoded_control(lower: &str) -> bool {
+    lower.as_bytes().windows(3).any(|w| {
+        w[0] == b'%'
+            && ((w[1] == b'0' || w[1] == b'1') && w[2].is_ascii_hexdigit()
+                || (w[1] == b'7' && w[2] == b'f'))
+    })
+}
+
+/// `/v1/x` → `/x`; `/x` (legacy, unversioned) → `/x`; `/v2/x` → the gateway's own 404.
+fn strip_version(path: &str) -> Result<&str, GatewayError> {
+    let first = path[1..].split('/').next().unwrap_or("");
+    if first == "v1" {
+        return Ok(&path[3..]);
+    }
+    let is_version =
+        first.len() > 1 && first.starts_with('v') && first[1..].bytes().all(|b| b.is_ascii_digit());
+    if is_version {
+        return Err(GatewayError::UnknownVersion(first.to_owned()));
+    }
+    Ok(path)
+}
+
+fn agent_path(path: &str) -> Option<AgentPath> {
+    let mut segments = path[1..].split('/');
+    let family = Family::parse(segments.next()?)?;
+    let id = segments.next().filter(|s| !s.is_empty())?;
+    let rest: Vec<&str> = segments.collect();
+    Some(AgentPath {
+        family,
+        id: id.to_owned(),
+        is_item: rest.is_empty() || rest == [""],
+    })
+}
+
+/// Query string in a canonical order so `?a=1&b=2` and `?b=2&a=1` share a cache entry.
+pub fn normalize_query(query: Option<&str>) -> String {
+    let Some(q) = query else { return String::new() };
+    let mut pairs: Vec<&str> = q.split('&').filter(|p| !p.is_empty()).collect();
+    pairs.sort_unstable();
+    pairs.join("&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bad(path: &str) -> bool {
+        matches!(parse(path), Err(GatewayError::BadPath(_)))
+    }
+
+    #[test]
+    fn versioned_and_legacy_paths_map_to_the_same_upstream_path() {
+        assert_eq!(
+            parse("/v1/agents2/a1").unwrap().upstream_path,
+            "/agents2/a1"
+        );
+        assert_eq!(parse("/agents2/a1").unwrap().upstream_path, "/agents2/a1");
+        assert_eq!(parse("/calls").unwrap().upstream_path, "/calls");
+        assert_eq!(parse("/v1").unwrap().upstream_path, "/");
+        assert_eq!(parse("/v1x/y").unwrap().upstream_path, "/v1x/y");
+    }
+
+    #[test]
+    fn other_versions_are_not_found() {
+        assert!(
+            matches!(parse("/v2/agents2/a1"), Err(GatewayError::UnknownVersion(v)) if v == "v2")
+        );
+        assert!(matches!(
+            parse("/v10"),
+            Err(GatewayError::UnknownVersion(_))
+        ));
+    }
+
+    #[test]
+    fn traversal_encoded_slashes_and_controls_are_bad_paths() {
+        for p in [
+            "/v1/../admin",
+            "/v1/agents2/..",
+            "/v1/%2e%2e/x",
+            "/v1/%2E%2E/x",
+            "/v1/.%2e/x",
+            "/v1/agents2/a%2fb",
+            "/v1/agents2/a%2Fb",
+            "/v1/agents2/a%00",
+            "/v1/agents2/a%0a",
+            "/v1/agents2/a%7F",
+            "/v1/agents2/a\\b",
+            "/v1/./agents2",
+        ] {
+            assert!(bad(p), "{p} should be refused");
+        }
+        assert!(!bad("/v1/agents2/a.b"));
+        assert!(!bad("/v1/agents2/a%20b"));
+    }
+
+    #[test]
+    fn agent_items_and_subresources_are_recognised() {
+        let item = parse("/v1/agents/abc").unwrap().agent.unwrap();
+        assert_eq!(
+            (item.family, item.id.as_str(), item.is_item),
+            (Family::Agents, "abc", true)
+        );
+        let sub = parse("/agents2/abc/versions").unwrap().agent.unwrap();
+        assert_eq!(
+            (sub.family, sub.id.as_str(), sub.is_item),
+            (Family::Agents2, "abc", false)
+        );
+        assert!(parse("/v1/agents2").unwrap().agent.is_none());
+        assert!(parse("/v1/agents2/").unwrap().agent.is_none());
+        assert!(parse("/v1/calls/abc").unwrap().agent.is_none());
+    }
+
+    #[test]
+    fn query_order_does_not_matter() {
+        assert_eq!(
+            normalize_query(Some("b=2&a=1")),
+            normalize_query(Some("a=1&b=2"))
+        );
+        assert_eq!(normalize_query(Some("")), "");
+        assert_eq!(normalize_query(None), "");
+    }
+}

@@ -1,0 +1,152 @@
+//! The config snapshot requests run on (`Runtime`, swapped whole by a reload) and the process-wide
+//! parts that outlive reloads (`Gateway`: cache, audit log, metrics, drain flag).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::audit::AuditLog;
+use crate::auth::KeyDigest;
+use crate::cache::AgentCache;
+use crate::config::{ConfigError, Settings, Team};
+use crate::metrics::Metrics;
+use crate::ratelimit::TeamLimiter;
+use crate::upstream::Upstream;
+
+/// A team as requests see it: its config and its (reload-surviving) limiter.
+pub struct TeamState {
+    pub team: Team,
+    pub limiter: Arc<TeamLimiter>,
+}
+
+/// One immutable config snapshot. A request loads it once and finishes on it, whatever reloads
+/// happen meanwhile.
+pub struct Runtime {
+    pub settings: Settings,
+    teams: HashMap<KeyDigest, Arc<TeamState>>,
+    pub upstream: Upstream,
+}
+
+impl Runtime {
+    /// Builds a snapshot, keeping from `previous` the limiter of every team whose quotas did not
+    /// change and the upstream connection pool if its connect timeout did not change.
+    pub fn build(settings: Settings, previous: Option<&Runtime>) -> Self {
+        let old_limiters: HashMap<&str, &Arc<TeamLimiter>> = previous
+            .map(|p| {
+                p.teams
+                    .values()
+                    .map(|t| (&*t.team.name, &t.limiter))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut teams = HashMap::new();
+        for team in &settings.teams {
+            let limiter = match old_limiters.get(&*team.name) {
+                Some(l) if l.has_quotas(team.rate_limit, team.write_rate_limit) => Arc::clone(l),
+                _ => Arc::new(TeamLimiter::new(team.rate_limit, team.write_rate_limit)),
+            };
+            let state = Arc::new(TeamState {
+                team: team.clone(),
+                limiter,
+            });
+            for digest in &team.key_digests {
+                teams.insert(*digest, state.clone());
+            }
+        }
+        let upstream = match previous {
+            Some(p) if p.upstream.connect_timeout() == settings.upstream.connect_timeout => {
+                p.upstream.clone()
+            }
+            _ => Upstream::new(settings.upstream.connect_timeout),
+        };
+        Self {
+            settings,
+            teams,
+            upstream,
+        }
+    }
+
+    pub fn team(&self, digest: &KeyDigest) -> Option<&Arc<TeamState>> {
+        self.teams.get(digest)
+    }
+
+    fn team_names(&self) -> impl Iterator<Item = &str> {
+        self.teams.values().map(|t| &*t.team.name)
+    }
+}
+
+/// Everything shared by both listeners for the life of the process.
+pub struct Gateway {
+    runtime: ArcSwap<Runtime>,
+    /// `None` when `cache.enabled = false` at start (turning the cache on needs a restart).
+    pub cache: Option<Arc<AgentCache>>,
+    pub audit: AuditLog,
+    pub metrics: Arc<Metrics>,
+    draining: AtomicBool,
+    config_path: Option<PathBuf>,
+}
+
+impl Gateway {
+    pub fn new(
+        settings: Settings,
+        config_path: Option<PathBuf>,
+        audit: AuditLog,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let cache = settings
+            .cache
+            .enabled
+            .then(|| Arc::new(AgentCache::new(&settings.cache, metrics.clone())));
+        Self {
+            runtime: ArcSwap::from_pointee(Runtime::build(settings, None)),
+            cache,
+            audit,
+            metrics,
+            draining: AtomicBool::new(false),
+            config_path,
+        }
+    }
+
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Re-reads the config file (and the org keys it names) and swaps it in if valid. An invalid
+    /// file changes nothing: the old config keeps serving.
+    pub fn reload(&self) -> Result<(), ConfigError> {
+        let result = match &self.config_path {
+            Some(path) => Settings::load(path).map(|s| self.apply(s)),
+            None => Err(ConfigError {
+                problems: vec!["no config file to reload (started without --config)".into()],
+            }),
+        };
+        self.metrics.reload(result.is_ok());
+        result
+    }
+
+    /// Swaps in `settings`, keeping the state of unchanged teams.
+    pub fn apply(&self, settings: Settings) {
+        let old = self.runtime.load_full();
+        let new = Runtime::build(settings, Some(&old));
+        let kept: std::collections::HashSet<&str> = new.team_names().collect();
+        for gone in old.team_names().filter(|n| !kept.contains(n)) {
+            self.metrics.forget_team(gone);
+        }
+        self.runtime.store(Arc::new(new));
+    }
+
+    pub fn cache_enabled(&self, rt: &Runtime) -> Option<&Arc<AgentCache>> {
+        self.cache.as_ref().filter(|_| rt.settings.cache.enabled)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,426 @@
+//! The forward step: builds the upstream request (credential swap, header hygiene, request id) and
+//! sends it over one pooled hyper-util client (rustls, HTTP/1.1 or HTTP/2 by ALPN; plain http too).
+
+use std::error::Error as _;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{
+    header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri,
+};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::time::Instant;
+
+use crate::body::{self, ProxyBody};
+use crate::config::Org;
+use crate::error::GatewayError;
+
+/// Idle pooled connections are closed after this; kept below the usual 60 s upstream keep-alive so
+/// the pool rarely picks a connection the server is about to close.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) plus the proxy ones; never forwarded in either direction.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Client headers that must not reach DialNexa: the team's credentials, the gateway's host, and
+/// anything that would leak internal addresses.
+const CLIENT_ONLY: [&str; 9] = [
+    "authorization",
+    "x-api-key",
+    "host",
+    "content-length",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "forwarded",
+];
+
+/// Conditional and range headers are dropped on cache fills: a fill is shared by every waiter and
+/// stored, so it must be the full representation.
+const CONDITIONAL: [&str; 6] = [
+    "if-none-match",
+    "if-modified-since",
+    "if-match",
+    "if-unmodified-since",
+    "range",
+    "if-range",
+];
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Why a request goes upstream: a plain forward passes the client's negotiation headers through;
+/// a cache fill asks for the full, uncompressed representation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Forward,
+    CacheFill,
+}
+
+/// Everything needed to (re)send one upstream request.
+pub struct UpstreamRequest {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl UpstreamRequest {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        base_url: &str,
+        path: &str,
+        query: Option<&str>,
+        method: &Method,
+        client_headers: &HeaderMap,
+        org: &Org,
+        request_id: &HeaderValue,
+        body: Bytes,
+        purpose: Purpose,
+    ) -> Result<Self, GatewayError> {
+        let mut url =
+            String::with_capacity(base_url.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+        url.push_str(base_url);
+        url.push_str(path);
+        if let Some(q) = query {
+            url.push('?');
+            url.push_str(q);
+        }
+        let uri: Uri = url
+            .parse()
+            .map_err(|_| GatewayError::BadPath("path cannot be forwarded"))?;
+        Ok(Self {
+            method: method.clone(),
+            uri,
+            headers: upstream_headers(client_headers, org, request_id, purpose),
+            body,
+        })
+    }
+
+    fn to_request(&self) -> Request<Full<Bytes>> {
+        let mut req = Request::new(Full::new(self.body.clone()));
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+fn upstream_headers(
+    client: &HeaderMap,
+    org: &Org,
+    request_id: &HeaderValue,
+    purpose: Purpose,
+) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(client.len() + 2);
+    let connection_named = connection_tokens(client);
+    for (name, value) in client {
+        let n = name.as_str();
+        if HOP_BY_HOP.contains(&n)
+            || CLIENT_ONLY.contains(&n)
+            || connection_named.iter().any(|t| t.eq_ignore_ascii_case(n))
+            || (purpose == Purpose::CacheFill
+                && (CONDITIONAL.contains(&n) || name == header::ACCEPT_ENCODING))
+        {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    if purpose == Purpose::CacheFill {
+        out.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+    }
+    out.insert(header::AUTHORIZATION, org.authorization.clone());
+    out.insert(X_REQUEST_ID.clone(), request_id.clone());
+    out
+}
+
+/// Header names a `Connection` header declares hop-by-hop.
+fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// Removes hop-by-hop headers from an upstream answer before it goes to the client.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for name in connection_tokens(headers) {
+        headers.remove(name.as_str());
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// An upstream answer read whole (for the cache and for coalesced waiters).
+#[derive(Debug)]
+pub struct Buffered {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// What a cache fill got: the whole answer, or an answer too large to keep, already half read.
+pub enum CacheFetch {
+    Buffered(Buffered),
+    TooLarge(Response<ProxyBody>),
+}
+
+/// The pooled upstream client.
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    connect_timeout: Duration,
+}
+
+impl Upstream {
+    pub fn new(connect_timeout: Duration) -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(connect_timeout));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+            // ring with the default protocol versions is always a valid provider.
+            .expect("ring provider supports the default TLS versions")
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build(connector);
+        Self {
+            client,
+            connect_timeout,
+        }
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// Sends `req`, answering `502` when upstream cannot be reached and `504` past `deadline`.
+    /// An idempotent read is retried once when a pooled connection turned out to be closed.
+    pub async fn send(
+        &self,
+        req: &UpstreamRequest,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        self.send_until(req, Instant::now() + timeout, timeout)
+            .await
+    }
+
+    async fn send_until(
+        &self,
+        req: &UpstreamRequest,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        let retryable = req.method == Method::GET || req.method == Method::HEAD;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let sent =
+                tokio::time::timeout_at(deadline, self.client.request(req.to_request())).await;
+            match sent {
+                Err(_) => return Err(GatewayError::UpstreamTimeout(timeout)),
+                Ok(Ok(resp)) => return Ok(resp),
+                Ok(Err(e)) if retryable && attempt == 1 && closed_before_answer(&e) => continue,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, source = ?e.source(), uri = %req.uri, "upstream request failed");
+                    return Err(GatewayError::UpstreamUnreachable);
+                }
+            }
+        }
+    }
+
+    /// Sends a cache fill and reads the answer whole if it fits in `max_bytes`.
+    /// `timeout` covers the whole answer, body included.
+    pub async fn fetch_buffered(
+        &self,
+        req: &UpstreamRequest,
+        timeout: Duration,
+        max_bytes: u64,
+    ) -> Result<CacheFetch, GatewayError> {
+        let deadline = Instant::now() + timeout;
+        let resp = self.send_until(req, deadline, timeout).await?;
+        let (mut parts, mut incoming) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut total: u64 = 0;
+        loop {
+            let frame = match tokio::time::timeout_at(deadline, incoming.frame()).await {
+                Err(_) => return Err(GatewayError::UpstreamTimeout(timeout)),
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    tracing::warn!(error = %e, "upstream body failed");
+                    return Err(GatewayError::UpstreamUnreachable);
+                }
+                Ok(Some(Ok(frame))) => frame,
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            total += data.len() as u64;
+            chunks.push(data);
+            if total > max_bytes {
+                let resp = Response::from_parts(parts, body::Prefixed::boxed(chunks, incoming));
+                return Ok(CacheFetch::TooLarge(resp));
+            }
+        }
+        // One exact-size allocation: a slice of hyper's read buffer would pin the whole buffer in the cache.
+        let mut whole = Vec::with_capacity(total as usize);
+        chunks.iter().for_each(|c| whole.extend_from_slice(c));
+        let body = Bytes::from(whole);
+        Ok(CacheFetch::Buffered(Buffered {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }))
+    }
+}
+
+/// hyper's "connection closed before message completed": the pooled connection died under us.
+fn closed_before_answer(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            return h.is_incomplete_message();
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// An upstream answer streamed to the client as is, minus hop-by-hop headers.
+pub fn passthrough(resp: Response<Incoming>) -> Response<ProxyBody> {
+    let (mut parts, incoming) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, body::stream(incoming))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn org() -> Org {
+        let mut authorization = HeaderValue::from_static("Bearer org-key");
+        authorization.set_sensitive(true);
+        Org {
+            name: Arc::from("acme"),
+            authorization,
+        }
+    }
+
+    fn client_headers() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("authorization", "Bearer team-key"),
+            ("x-api-key", "team-key"),
+            ("host", "gateway.internal"),
+            ("connection", "keep-alive, x-drop-me"),
+            ("x-drop-me", "1"),
+            ("keep-alive", "timeout=5"),
+            ("x-forwarded-for", "10.0.0.7"),
+            ("content-type", "application/json"),
+            ("accept", "application/json"),
+            ("user-agent", "dialnexa-python/0.1.1"),
+            ("traceparent", "00-abc-def-01"),
+            ("accept-encoding", "gzip, deflate"),
+            ("if-none-match", "\"v1\""),
+        ] {
+            h.insert(k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn forward_swaps_credentials_and_strips_hop_by_hop() {
+        let h = upstream_headers(
+            &client_headers(),
+            &org(),
+            &HeaderValue::from_static("rid"),
+            Purpose::Forward,
+        );
+        assert_eq!(h["authorization"], "Bearer org-key");
+        assert!(h["authorization"].is_sensitive());
+        assert_eq!(h.get_all("authorization").iter().count(), 1);
+        for gone in [
+            "x-api-key",
+            "host",
+            "connection",
+            "x-drop-me",
+            "keep-alive",
+            "x-forwarded-for",
+        ] {
+            assert!(h.get(gone).is_none(), "{gone} leaked upstream");
+        }
+        for kept in [
+            "content-type",
+            "accept",
+            "user-agent",
+            "traceparent",
+            "accept-encoding",
+            "if-none-match",
+        ] {
+            assert!(h.get(kept).is_some(), "{kept} not forwarded");
+        }
+        assert_eq!(h["x-request-id"], "rid");
+    }
+
+    #[test]
+    fn cache_fill_asks_for_identity_and_the_full_representation() {
+        let h = upstream_headers(
+            &client_headers(),
+            &org(),
+            &HeaderValue::from_static("rid"),
+            Purpose::CacheFill,
+        );
+        assert_eq!(h["accept-encoding"], "identity");
+        assert!(h.get("if-none-match").is_none());
+    }
+
+    #[test]
+    fn upstream_url_is_base_plus_path_plus_original_query() {
+        let r = UpstreamRequest::new(
+            "https://api.dialnexa.com/v1",
+            "/agents2/a1",
+            Some("version_number=3"),
+            &Method::GET,
+            &HeaderMap::new(),
+            &org(),
+            &HeaderValue::from_static("rid"),
+            Bytes::new(),
+            Purpose::Forward,
+        )
+        .unwrap();
+        assert_eq!(
+            r.uri.to_string(),
+            "https://api.dialnexa.com/v1/agents2/a1?version_number=3"
+        );
+    }
+}
