@@ -1,0 +1,308 @@
+//! The gateway core on the wire: identification, authorization, credential swap, path mapping,
+//! request ids, refusals that never reach upstream, upstream failures, streaming.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+
+use crate::support::client::raw_status;
+use crate::support::*;
+
+async fn setup() -> (FakeUpstream, TestGateway) {
+    let upstream = FakeUpstream::start().await;
+    let gw = GatewayBuilder::new(upstream.base_url()).start().await;
+    (upstream, gw)
+}
+
+#[tokio::test]
+async fn org_key_is_injected_and_the_team_key_never_reaches_upstream() {
+    let (upstream, gw) = setup().await;
+    let c = gw.client();
+    let r = c
+        .send(
+            Method::POST,
+            "/v1/calls",
+            &[
+                ("authorization", &format!("Bearer {BILLING}")),
+                ("content-type", "application/json"),
+                ("x-forwarded-for", "10.1.2.3"),
+                (
+                    "traceparent",
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                ),
+                ("connection", "x-secret-hop"),
+                ("x-secret-hop", "1"),
+            ],
+            Bytes::from_static(br#"{"to":"+15550100"}"#),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let x = c
+        .send(
+            Method::GET,
+            "/v1/calls",
+            &[("x-api-key", RIVAL)],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(x.status, 200);
+
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(
+        seen[0].headers["authorization"],
+        format!("Bearer {ORG_KEY_ACME}").as_str()
+    );
+    assert_eq!(
+        seen[1].headers["authorization"],
+        format!("Bearer {ORG_KEY_GLOBEX}").as_str()
+    );
+    for req in &seen {
+        assert_eq!(req.headers.get_all("authorization").iter().count(), 1);
+        assert!(req.headers.get("x-api-key").is_none());
+        assert!(req.headers.get("x-forwarded-for").is_none());
+        assert!(req.headers.get("x-secret-hop").is_none());
+        for (_, v) in req.headers.iter() {
+            let v = v.to_str().unwrap_or("");
+            assert!(
+                !v.contains(BILLING) && !v.contains(RIVAL),
+                "team key leaked upstream"
+            );
+        }
+    }
+    assert_eq!(seen[0].body.as_ref(), br#"{"to":"+15550100"}"#);
+    assert_eq!(seen[0].headers["content-type"], "application/json");
+    assert!(seen[0].headers.get("traceparent").is_some());
+}
+
+#[tokio::test]
+async fn unknown_or_missing_key_is_401_with_www_authenticate_and_nothing_forwarded() {
+    let (upstream, gw) = setup().await;
+    let c = gw.client();
+    for headers in [
+        vec![],
+        vec![("authorization", "Bearer not-a-team-key")],
+        vec![("authorization", "Basic YWxhZGRpbjpvcGVuc2VzYW1l")],
+        vec![("x-api-key", "nope")],
+    ] {
+        let r = c
+            .send(Method::GET, "/v1/agents2/a1", &headers, Bytes::new())
+            .await;
+        assert_eq!(r.status, 401);
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+        let body = r.json();
+        assert_eq!(body["statusCode"], 401);
+        assert_eq!(body["error"], "Unauthorized");
+        assert_eq!(body["code"], "invalid_team_key");
+        assert_eq!(body["request_id"].as_str(), r.header("x-request-id"));
+    }
+    assert_eq!(upstream.total(), 0);
+}
+
+#[tokio::test]
+async fn read_only_team_may_read_but_writes_are_403_and_not_forwarded() {
+    let (upstream, gw) = setup().await;
+    let c = gw.client();
+    assert_eq!(c.get("/v1/agents2/a1", VIEWER).await.status, 200);
+    let r = c.patch("/v1/agents2/a1", VIEWER, r#"{"name":"x"}"#).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["code"], "read_only_team");
+    let r = c
+        .send(
+            Method::DELETE,
+            "/v1/agents2/a1",
+            &[("x-api-key", VIEWER)],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(upstream.total(), 1);
+    assert_eq!(upstream.count(&Method::PATCH, "/"), 0);
+}
+
+#[tokio::test]
+async fn legacy_unversioned_paths_map_to_v1_and_other_versions_are_404() {
+    let (upstream, gw) = setup().await;
+    let c = gw.client();
+    let r = c.get("/calls?limit=5", BILLING).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(upstream.requests()[0].uri, "/v1/calls?limit=5");
+    let r = c.get("/v1/calls?limit=5", BILLING).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(upstream.requests()[1].uri, "/v1/calls?limit=5");
+
+    let r = c.get("/v2/agents2/a1", BILLING).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["code"], "unknown_api_version");
+    assert_eq!(upstream.total(), 2);
+}
+
+#[tokio::test]
+async fn unsafe_paths_are_400_before_authentication_and_never_forwarded() {
+    let (upstream, gw) = setup().await;
+    for path in [
+        "/v1/agents2/..",
+        "/v1/../admin/cache/purge",
+        "/v1/%2e%2e/secrets",
+        "/v1/agents2/a%2fb",
+        "/v1/agents2/a%2Fb",
+        "/v1/agents2/a%00",
+        "/v1/agents2/a%0d%0aX-Injected:%201",
+    ] {
+        // Both with and without a key: a malformed path is refused first.
+        for auth in ["", &format!("Authorization: Bearer {BILLING}\r\n")] {
+            let raw = format!("GET {path} HTTP/1.1\r\nHost: gw\r\n{auth}Connection: close\r\n\r\n");
+            assert_eq!(raw_status(gw.api, raw.as_bytes()).await, 400, "{path}");
+        }
+    }
+    assert_eq!(upstream.total(), 0);
+}
+
+#[tokio::test]
+async fn request_id_is_kept_or_generated_and_sent_both_ways() {
+    let (upstream, gw) = setup().await;
+    let c = gw.client();
+    let auth = format!("Bearer {BILLING}");
+    let r = c
+        .send(
+            Method::GET,
+            "/v1/calls",
+            &[("authorization", &auth), ("x-request-id", "trace-42")],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.header("x-request-id"), Some("trace-42"));
+    assert_eq!(upstream.requests()[0].headers["x-request-id"], "trace-42");
+
+    let too_long = "x".repeat(129);
+    let r = c
+        .send(
+            Method::GET,
+            "/v1/calls",
+            &[("authorization", &auth), ("x-request-id", &too_long)],
+            Bytes::new(),
+        )
+        .await;
+    let generated = r.header("x-request-id").unwrap().to_owned();
+    assert_ne!(generated, too_long);
+    assert!(!generated.is_empty() && generated.len() <= 128);
+    assert_eq!(
+        upstream.requests()[1].headers["x-request-id"],
+        generated.as_str()
+    );
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_413_and_never_forwarded_with_or_without_length() {
+    let upstream = FakeUpstream::start().await;
+    let gw = GatewayBuilder::new(upstream.base_url())
+        .server("max_body_bytes = 1024")
+        .start()
+        .await;
+    let c = gw.client();
+    let big = "x".repeat(2048);
+    let r = c
+        .patch(
+            "/v1/agents2/a1",
+            BILLING,
+            &format!("{{\"name\":\"{big}\"}}"),
+        )
+        .await;
+    assert_eq!(r.status, 413);
+    assert_eq!(r.json()["code"], "body_too_large");
+
+    // Chunked, no Content-Length.
+    let chunk = "y".repeat(700);
+    let raw = format!(
+        "POST /v1/calls HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {BILLING}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+         {len:x}\r\n{chunk}\r\n{len:x}\r\n{chunk}\r\n0\r\n\r\n",
+        len = chunk.len()
+    );
+    assert_eq!(raw_status(gw.api, raw.as_bytes()).await, 413);
+    // A body at the limit passes.
+    let ok = c
+        .send(
+            Method::POST,
+            "/v1/calls",
+            &[("x-api-key", BILLING)],
+            Bytes::from(vec![b'z'; 1024]),
+        )
+        .await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(upstream.total(), 1);
+    assert_eq!(upstream.requests()[0].body.len(), 1024);
+}
+
+#[tokio::test]
+async fn unreachable_upstream_is_502_and_slow_upstream_is_504() {
+    let upstream = FakeUpstream::start().await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gw = GatewayBuilder::new(format!("http://{dead}/v1"))
+        .start()
+        .await;
+    let r = gw.client().get("/v1/calls", BILLING).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.json()["code"], "upstream_unreachable");
+    assert_eq!(r.json()["statusCode"], 502);
+
+    let gw = GatewayBuilder::new(upstream.base_url())
+        .upstream("timeout_ms = 200")
+        .start()
+        .await;
+    upstream.set_delay(Method::GET, Duration::from_secs(2));
+    let r = gw.client().get("/v1/calls", BILLING).await;
+    assert_eq!(r.status, 504);
+    assert_eq!(r.json()["code"], "upstream_timeout");
+}
+
+#[tokio::test]
+async fn upstream_errors_pass_through_untouched() {
+    let (upstream, gw) = setup().await;
+    upstream.fail(
+        Method::POST,
+        Reply::json(429, serde_json::json!({"statusCode": 429, "message": "org quota", "error": "Too Many Requests"}))
+            .with_header("retry-after", "7")
+            .with_header("x-ratelimit-remaining", "0"),
+    );
+    let r = gw
+        .client()
+        .send(
+            Method::POST,
+            "/v1/calls",
+            &[("x-api-key", BILLING)],
+            Bytes::from_static(b"{}"),
+        )
+        .await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("retry-after"), Some("7"));
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"statusCode": 429, "message": "org quota", "error": "Too Many Requests"})
+    );
+}
+
+#[tokio::test]
+async fn large_responses_stream_through_intact() {
+    let (upstream, gw) = setup().await;
+    let big: String = (0..(4 * 1024 * 1024))
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    let expected = big.clone();
+    upstream.set_override(move |r| {
+        (r.path() == "/v1/recordings/r1").then(|| {
+            let mut reply = Reply::json(200, serde_json::json!({}));
+            reply.body = Bytes::from(big.clone());
+            reply.headers = vec![("content-type".into(), "application/octet-stream".into())];
+            reply
+        })
+    });
+    let r = gw.client().get("/v1/recordings/r1", BILLING).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), expected.len());
+    assert!(r.body == expected.as_bytes());
+}

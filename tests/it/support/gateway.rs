@@ -1,0 +1,317 @@
+//! The gateway under test, configured through a real TOML file, started in-process (or as the
+//! real binary), in front of a [`FakeUpstream`](super::FakeUpstream).
+//!
+//! Teams (keys are made up): `billing` and `support` (org `acme`), `rival` (org `globex`),
+//! `viewer` (org `acme`, read-only). Org keys: `org-key-acme`, `org-key-globex`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use dialnexa_gateway::auth::KeyDigest;
+use dialnexa_gateway::config::Settings;
+use dialnexa_gateway::server::{self, RunningGateway};
+
+use super::{wait_until, Client};
+
+pub const BILLING: &str = "team-key-billing-0001";
+pub const SUPPORT: &str = "team-key-support-0002";
+pub const RIVAL: &str = "team-key-rival-0003";
+pub const VIEWER: &str = "team-key-viewer-0004";
+pub const ADMIN_TOKEN: &str = "admin-token-made-up-0005";
+pub const ORG_KEY_ACME: &str = "org-key-acme";
+pub const ORG_KEY_GLOBEX: &str = "org-key-globex";
+
+const GENEROUS: &str = "{ per_minute = 1000000, burst = 100000 }";
+
+pub struct GatewayBuilder {
+    upstream: String,
+    server: Vec<String>,
+    upstream_extra: Vec<String>,
+    cache: Vec<String>,
+    team_limits: Vec<(String, String, Option<String>)>,
+    extra_teams: String,
+}
+
+impl GatewayBuilder {
+    pub fn new(upstream_base_url: impl Into<String>) -> Self {
+        Self {
+            upstream: upstream_base_url.into(),
+            server: Vec::new(),
+            upstream_extra: Vec::new(),
+            cache: Vec::new(),
+            team_limits: Vec::new(),
+            extra_teams: String::new(),
+        }
+    }
+
+    /// A raw `key = value` line for `[server]`.
+    pub fn server(mut self, line: &str) -> Self {
+        self.server.push(line.into());
+        self
+    }
+
+    /// A raw `key = value` line for `[upstream]`.
+    pub fn upstream(mut self, line: &str) -> Self {
+        self.upstream_extra.push(line.into());
+        self
+    }
+
+    /// A raw `key = value` line for `[cache]`.
+    pub fn cache(mut self, line: &str) -> Self {
+        self.cache.push(line.into());
+        self
+    }
+
+    /// Overrides a team's quotas, e.g. `("billing", "{ per_minute = 60, burst = 3 }", None)`.
+    pub fn limits(mut self, team: &str, rate: &str, write: Option<&str>) -> Self {
+        self.team_limits
+            .push((team.into(), rate.into(), write.map(Into::into)));
+        self
+    }
+
+    /// Raw TOML appended after the standard teams.
+    pub fn extra(mut self, toml: &str) -> Self {
+        self.extra_teams.push_str(toml);
+        self
+    }
+
+    fn toml(&self, dir: &std::path::Path, listen: &str, admin: &str) -> String {
+        let mut upstream_extra = self.upstream_extra.clone();
+        if !upstream_extra.iter().any(|l| l.starts_with("timeout_ms")) {
+            upstream_extra.push("timeout_ms = 5000".into());
+        }
+        let mut t = format!(
+            "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\n{}\n\
+             [upstream]\nbase_url = \"{}\"\n{}\n\
+             [cache]\n{}\n\
+             [audit]\nsink = \"file\"\npath = \"{}\"\n\
+             [admin]\ntoken_sha256 = \"{}\"\n\
+             [orgs.acme]\napi_key_file = \"{}\"\n[orgs.globex]\napi_key_file = \"{}\"\n",
+            self.server.join("\n"),
+            self.upstream,
+            upstream_extra.join("\n"),
+            self.cache.join("\n"),
+            dir.join("audit.jsonl").display(),
+            KeyDigest::of(ADMIN_TOKEN).to_hex(),
+            dir.join("acme.key").display(),
+            dir.join("globex.key").display(),
+        );
+        for (team, org, key, access) in [
+            ("billing", "acme", BILLING, "read_write"),
+            ("support", "acme", SUPPORT, "read_write"),
+            ("rival", "globex", RIVAL, "read_write"),
+            ("viewer", "acme", VIEWER, "read_only"),
+        ] {
+            let (rate, write) = self
+                .team_limits
+                .iter()
+                .find(|(t, _, _)| t == team)
+                .map(|(_, r, w)| (r.clone(), w.clone()))
+                .unwrap_or((GENEROUS.into(), None));
+            t.push_str(&format!(
+                "[teams.{team}]\norg = \"{org}\"\nkey_sha256 = [\"{}\"]\naccess = \"{access}\"\nrate_limit = {rate}\n",
+                KeyDigest::of(key).to_hex()
+            ));
+            if let Some(w) = write {
+                t.push_str(&format!("write_rate_limit = {w}\n"));
+            }
+        }
+        t.push_str(&self.extra_teams);
+        t
+    }
+
+    fn prepare(&self, listen: &str, admin: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("acme.key"), format!("{ORG_KEY_ACME}\n")).unwrap();
+        std::fs::write(dir.path().join("globex.key"), ORG_KEY_GLOBEX).unwrap();
+        let config = dir.path().join("gateway.toml");
+        std::fs::write(&config, self.toml(dir.path(), listen, admin)).unwrap();
+        (dir, config)
+    }
+
+    /// Starts the gateway in this test's runtime.
+    pub async fn start(self) -> TestGateway {
+        let (dir, config) = self.prepare("127.0.0.1:0", "127.0.0.1:0");
+        let settings =
+            Settings::load(&config).unwrap_or_else(|e| panic!("test config invalid: {e}"));
+        let running = server::start(settings, Some(config.clone())).await.unwrap();
+        TestGateway {
+            api: running.api_addr,
+            admin: running.admin_addr,
+            audit_path: dir.path().join("audit.jsonl"),
+            config_path: config,
+            running: Some(running),
+            _dir: dir,
+        }
+    }
+
+    /// Starts the real binary (for signals and exit codes). Waits until `/readyz` answers 200.
+    pub async fn spawn_binary(self) -> BinaryGateway {
+        let (api, admin) = (free_port(), free_port());
+        let (dir, config) = self.prepare(&api.to_string(), &admin.to_string());
+        let child = Command::new(env!("CARGO_BIN_EXE_dialnexa-gateway"))
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let gw = BinaryGateway {
+            api,
+            admin,
+            audit_path: dir.path().join("audit.jsonl"),
+            config_path: config,
+            child,
+            _dir: dir,
+        };
+        let probe = Client::new(admin);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = tokio::time::timeout(
+                Duration::from_millis(500),
+                probe.send(http::Method::GET, "/readyz", &[], ""),
+            )
+            .await;
+            if matches!(ready, Ok(ref r) if r.status == 200) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "binary did not become ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        gw
+    }
+}
+
+/// A loopback port nobody listens on right now.
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn read_audit(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line is not JSON ({e}): {l}"))
+        })
+        .collect()
+}
+
+pub struct TestGateway {
+    pub api: SocketAddr,
+    pub admin: SocketAddr,
+    pub audit_path: PathBuf,
+    pub config_path: PathBuf,
+    pub running: Option<RunningGateway>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestGateway {
+    pub fn client(&self) -> Client {
+        Client::new(self.api)
+    }
+
+    pub fn admin_client(&self) -> Client {
+        Client::new(self.admin)
+    }
+
+    pub fn running(&self) -> &RunningGateway {
+        self.running.as_ref().expect("gateway running")
+    }
+
+    /// Every audit line written so far.
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        read_audit(&self.audit_path)
+    }
+
+    /// Waits until at least `n` audit lines are on disk and returns them.
+    pub async fn audit_lines(&self, n: usize) -> Vec<serde_json::Value> {
+        let path = self.audit_path.clone();
+        wait_until(&format!("{n} audit lines"), || read_audit(&path).len() >= n).await;
+        self.audit()
+    }
+
+    pub async fn metrics(&self) -> String {
+        let r = self
+            .admin_client()
+            .send(http::Method::GET, "/metrics", &[], "")
+            .await;
+        String::from_utf8(r.body.to_vec()).unwrap()
+    }
+
+    /// Rewrites the config file (through `edit`) and reloads it, as SIGHUP does.
+    pub fn rewrite_config(&self, edit: impl FnOnce(String) -> String) {
+        let text = std::fs::read_to_string(&self.config_path).unwrap();
+        std::fs::write(&self.config_path, edit(text)).unwrap();
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+}
+
+/// The real binary, with its config file and audit file.
+pub struct BinaryGateway {
+    pub api: SocketAddr,
+    pub admin: SocketAddr,
+    pub audit_path: PathBuf,
+    pub config_path: PathBuf,
+    pub child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl BinaryGateway {
+    pub fn client(&self) -> Client {
+        Client::new(self.api)
+    }
+
+    pub fn admin_client(&self) -> Client {
+        Client::new(self.admin)
+    }
+
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        read_audit(&self.audit_path)
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits up to `limit` for the process to exit; returns its exit code.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for BinaryGateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,26 @@
+//! Test fixtures: a recording fake upstream, a gateway started in-process (or as the real binary)
+//! in front of it, and a small HTTP client.
+
+pub mod client;
+pub mod gateway;
+pub mod upstream;
+
+pub use client::{Client, TestResponse};
+pub use gateway::{
+    BinaryGateway, GatewayBuilder, TestGateway, ADMIN_TOKEN, BILLING, ORG_KEY_ACME, ORG_KEY_GLOBEX,
+    RIVAL, SUPPORT, VIEWER,
+};
+pub use upstream::{FakeUpstream, Reply};
+
+use std::time::{Duration, Instant};
+
+/// Waits for `cond` to hold, polling; panics with `what` after 10 s. For conditions that become
+/// true through another task (a request reaching upstream, an audit line being written), never
+/// for timing assumptions.
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
