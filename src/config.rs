@@ -847,6 +847,16 @@ key_sha256 = ["{DIGEST_A}"]
     }
 
     #[test]
+    fn shipped_example_config_is_valid() {
+        // The only test that sets this variable, so no other test can observe it.
+        std::env::set_var("DIALNEXA_KEY_ACME", "made-up-org-key");
+        let s = Settings::from_toml_str(include_str!("../config/gateway.toml"))
+            .unwrap_or_else(|e| panic!("config/gateway.toml: {e}"));
+        assert_eq!(s.teams.len(), 2);
+        assert_eq!(s.upstream.base_url, "https://api.dialnexa.com/v1");
+    }
+
+    #[test]
     fn uppercase_team_names_are_refused() {
         let key = key_file("k");
         let p = problems(&base(
