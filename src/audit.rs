@@ -56,6 +56,18 @@ pub struct AuditRecord {
     pub started: Instant,
 }
 
+impl Default for AuditRecord {
+    /// An empty record; only used as the placeholder left behind when a record is moved out.
+    fn default() -> Self {
+        Self::new(
+            String::new(),
+            IpAddr::from([0, 0, 0, 0]),
+            &http::Method::GET,
+            "",
+        )
+    }
+}
+
 impl AuditRecord {
     pub fn new(request_id: String, client_ip: IpAddr, method: &http::Method, path: &str) -> Self {
         Self {
@@ -390,16 +402,24 @@ impl Body for AuditedBody {
 impl Drop for AuditedBody {
     /// The client went away before the body ended: the line is still written.
     fn drop(&mut self) {
-        let Some((mut record, log)) = self.pending.take() else {
-            return;
-        };
-        Self::seal(&mut record);
-        match log.tx.try_send(Msg::Line(record)) {
+        if let Some((mut record, log)) = self.pending.take() {
+            Self::seal(&mut record);
+            log.submit_detached(record);
+        }
+    }
+}
+
+impl AuditLog {
+    /// Queues a line from a place that cannot wait (a `Drop`): straight into the buffer if there is
+    /// room, else from a task of its own that waits for room.
+    pub fn submit_detached(&self, record: Box<AuditRecord>) {
+        match self.tx.try_send(Msg::Line(record)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(msg)) => {
-                log.metrics.audit_backpressure_waits.inc();
+                self.metrics.audit_backpressure_waits.inc();
                 match tokio::runtime::Handle::try_current() {
                     Ok(rt) => {
+                        let log = self.clone();
                         rt.spawn(async move {
                             if log.tx.send(msg).await.is_err() {
                                 log.metrics.audit_failed.inc();
@@ -407,12 +427,12 @@ impl Drop for AuditedBody {
                         });
                     }
                     Err(_) => {
-                        log.metrics.audit_failed.inc();
+                        self.metrics.audit_failed.inc();
                     }
                 }
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                log.metrics.audit_failed.inc();
+                self.metrics.audit_failed.inc();
             }
         }
     }

@@ -52,6 +52,7 @@ pub async fn handle(
         rt: &rt,
         record,
         verdict: None,
+        answered: false,
     };
     let resp = match ex.run(req, &request_id).await {
         Ok(resp) => resp,
@@ -69,6 +70,25 @@ struct Exchange<'a> {
     rt: &'a Runtime,
     record: AuditRecord,
     verdict: Option<Verdict>,
+    /// Set once the response (and with it the audit line) has been handed over.
+    answered: bool,
+}
+
+/// HTTP status NGINX logs for a client that closed the connection before it was answered.
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+impl Drop for Exchange<'_> {
+    /// The client went away before an answer existed (hyper drops the request future): the audit
+    /// line is still written, with status 499.
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let mut record = Box::new(std::mem::take(&mut self.record));
+        record.status = CLIENT_CLOSED_REQUEST;
+        record.latency_ms = audit::millis(record.started.elapsed());
+        self.gw.audit.submit_detached(record);
+    }
 }
 
 impl Exchange<'_> {
@@ -371,7 +391,9 @@ impl Exchange<'_> {
             .metrics
             .request(self.record.team.as_deref(), method, status);
         let log = self.gw.audit.clone();
-        resp.map(|b| AuditedBody::new(b, self.record, log))
+        self.answered = true;
+        let record = std::mem::take(&mut self.record);
+        resp.map(|b| AuditedBody::new(b, record, log))
     }
 }
 
