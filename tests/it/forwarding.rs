@@ -306,3 +306,50 @@ async fn large_responses_stream_through_intact() {
     assert_eq!(r.body.len(), expected.len());
     assert!(r.body == expected.as_bytes());
 }
+
+#[tokio::test]
+async fn a_client_that_goes_away_before_the_answer_is_still_audited() {
+    let (upstream, gw) = setup().await;
+    upstream.set_delay(Method::GET, Duration::from_millis(300));
+    let client = gw.client();
+    let pending = tokio::spawn(async move { client.get("/v1/calls", BILLING).await });
+    let up = upstream.clone();
+    wait_until("upstream received the request", || up.total() == 1).await;
+    // Dropping the in-flight request closes its connection.
+    pending.abort();
+    let lines = gw.audit_lines(1).await;
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["status"], 499);
+    assert_eq!(lines[0]["team"], "billing");
+    assert_eq!(lines[0]["path"], "/v1/calls");
+}
+
+#[tokio::test]
+async fn the_sdk_shape_works_legacy_path_bearer_and_gzip_accept() {
+    let (upstream, gw) = setup().await;
+    let auth = format!("Bearer {BILLING}");
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("accept", "application/json"),
+        ("accept-encoding", "gzip, deflate"),
+        ("user-agent", "python-requests/2.32.3"),
+        ("connection", "keep-alive"),
+    ];
+    let c = gw.client();
+    let first = c
+        .send(Method::GET, "/agents2/agt_1", &headers, Bytes::new())
+        .await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.json()["id"], "agt_1");
+    assert_eq!(upstream.requests()[0].uri, "/v1/agents2/agt_1");
+    assert_eq!(
+        upstream.requests()[0].headers["accept-encoding"],
+        "identity"
+    );
+    let second = c
+        .send(Method::GET, "/agents2/agt_1", &headers, Bytes::new())
+        .await;
+    assert_eq!(second.header("x-cache"), Some("HIT"));
+    assert_eq!(second.body, first.body);
+    assert_eq!(upstream.total(), 1);
+}
