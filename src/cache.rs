@@ -466,8 +466,9 @@ impl AgentCache {
         let matching: Vec<(Arc<AgentKey>, usize)> = self
             .entries
             .iter()
+            // `map_or(true, ..)`, not `is_none_or`: that is Rust 1.82 and our MSRV is 1.80.
             .filter(|(k, _)| {
-                org.is_none_or(|o| &*k.org == o) && agent.is_none_or(|a| &*k.agent == a)
+                org.map_or(true, |o| &*k.org == o) && agent.map_or(true, |a| &*k.agent == a)
             })
             .map(|(k, v)| (k, v.variants.len()))
             .collect();

@@ -436,7 +436,8 @@ fn validate_base_url(url: &str) -> Result<String, &'static str> {
         Some("http") | Some("https") => {}
         _ => return Err("must start with http:// or https://"),
     }
-    if uri.authority().is_none_or(|a| a.host().is_empty()) {
+    // `map_or(true, ..)`, not `is_none_or`: that is Rust 1.82 and our MSRV is 1.80.
+    if uri.authority().map_or(true, |a| a.host().is_empty()) {
         return Err("has no host");
     }
     if uri.query().is_some() {

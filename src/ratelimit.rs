@@ -150,21 +150,27 @@ impl TeamLimiter {
     }
 
     /// Spends one cell of the general quota, and of the write quota for writes. The write quota is
-    /// only consulted when the general one allowed the request, so a refused request costs nothing there.
+    /// checked first: a write it refuses must not spend a general cell too, or a client retrying
+    /// refused writes would use up its reads' quota (governor cannot give a cell back). It is the
+    /// stricter quota, so it is the one that refuses writes; only a write it allows while the general
+    /// quota is empty costs a write cell for nothing.
     pub fn check(&self, is_write: bool) -> Verdict {
-        let (general, mut retry_after) = self.general.check(PolicyName::Team);
-        let write = match (&self.write, is_write) {
-            (Some(bucket), true) if retry_after.is_none() => {
-                let (status, wait) = bucket.check(PolicyName::TeamWrite);
-                retry_after = wait;
-                Some(status)
-            }
-            (Some(bucket), true) => Some(bucket.peek(PolicyName::TeamWrite)),
-            _ => None,
-        };
+        let write = self
+            .write
+            .as_ref()
+            .filter(|_| is_write)
+            .map(|bucket| bucket.check(PolicyName::TeamWrite));
+        if let Some((status, Some(wait))) = write {
+            return Verdict {
+                general: self.general.peek(PolicyName::Team),
+                write: Some(status),
+                retry_after: Some(wait),
+            };
+        }
+        let (general, retry_after) = self.general.check(PolicyName::Team);
         Verdict {
             general,
-            write,
+            write: write.map(|(status, _)| status),
             retry_after,
         }
     }

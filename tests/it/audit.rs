@@ -1,1 +1,662 @@
-//! (tests to come)
+//! The audit trail as written to disk: exactly one line per request whatever its fate, every
+//! contract field with its type, changed field names but never values, no key anywhere, admin
+//! actions in the same stream, reopening after logrotate, and nothing lost at shutdown.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::support::*;
+
+/// Small enough that a 2 KiB body is refused with `413`.
+const BODY_LIMIT: &str = "max_body_bytes = 1024";
+
+async fn start() -> (FakeUpstream, TestGateway) {
+    let upstream = FakeUpstream::start().await;
+    let gw = GatewayBuilder::new(upstream.base_url())
+        .server(BODY_LIMIT)
+        .start()
+        .await;
+    (upstream, gw)
+}
+
+/// What the audit line must call a presented key: the first 8 hex digits of its SHA-256.
+fn key_id(key: &str) -> String {
+    hex::encode(&Sha256::digest(key.as_bytes())[..4])
+}
+
+fn bearer(key: &str) -> String {
+    format!("Bearer {key}")
+}
+
+/// The one line with this request id (panics if there is not exactly one).
+fn line_for<'a>(lines: &'a [Value], request_id: &str) -> &'a Value {
+    let found: Vec<_> = lines
+        .iter()
+        .filter(|l| l["request_id"] == request_id)
+        .collect();
+    assert_eq!(found.len(), 1, "lines for request {request_id}: {found:?}");
+    found[0]
+}
+
+fn request_id(r: &TestResponse) -> &str {
+    r.header("x-request-id")
+        .expect("X-Request-Id on every answer")
+}
+
+fn decision_counts(lines: &[Value]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for l in lines {
+        let d = l["decision"].as_str().expect("decision is a string");
+        *counts.entry(d.to_owned()).or_default() += 1;
+    }
+    counts
+}
+
+/// The field types every line has, whatever the request.
+fn assert_line_shape(line: &Value) {
+    let ts = line["ts"].as_str().expect("ts is a string");
+    // RFC 3339 in UTC with milliseconds: 2026-11-05T12:34:56.789Z
+    assert_eq!(ts.len(), 24, "ts {ts}");
+    assert!(ts.ends_with('Z') && &ts[19..20] == ".", "ts {ts}");
+    humantime::parse_rfc3339(ts).unwrap_or_else(|e| panic!("ts {ts}: {e}"));
+    assert!(line["request_id"].is_string());
+    assert!(line["team"].is_string() || line["team"].is_null());
+    assert!(line["org"].is_string() || line["org"].is_null());
+    match &line["key_id"] {
+        Value::Null => {}
+        Value::String(id) => assert!(
+            id.len() == 8 && id.chars().all(|c| c.is_ascii_hexdigit()),
+            "key_id {id}"
+        ),
+        other => panic!("key_id {other}"),
+    }
+    assert_eq!(line["client_ip"], "127.0.0.1");
+    assert!(line["method"].is_string());
+    assert!(line["path"].is_string());
+    assert!(line["agent_id"].is_string() || line["agent_id"].is_null());
+    assert!(line["status"].is_u64());
+    assert!(line["upstream_status"].is_u64() || line["upstream_status"].is_null());
+    assert!(
+        [
+            Value::Null,
+            "hit".into(),
+            "miss".into(),
+            "bypass".into(),
+            "stale".into()
+        ]
+        .contains(&line["cache"]),
+        "cache {}",
+        line["cache"]
+    );
+    assert!(
+        [
+            "allowed",
+            "unauthenticated",
+            "forbidden",
+            "rate_limited",
+            "bad_request"
+        ]
+        .contains(&line["decision"].as_str().unwrap_or("")),
+        "decision {}",
+        line["decision"]
+    );
+    assert!(line["latency_ms"].as_f64().is_some_and(|ms| ms >= 0.0));
+    match &line["upstream_latency_ms"] {
+        Value::Null => {}
+        v => assert!(v.as_f64().is_some_and(|ms| ms >= 0.0), "{v}"),
+    }
+    assert!(line["bytes_in"].is_u64());
+    assert!(line["bytes_out"].is_u64());
+    match &line["changed_fields"] {
+        Value::Null => {}
+        Value::Array(fields) => assert!(fields.iter().all(Value::is_string)),
+        other => panic!("changed_fields {other}"),
+    }
+    assert!(line["invalidated"].is_u64());
+}
+
+/// The line answering `r`, checked against the response itself.
+fn assert_line_matches(lines: &[Value], r: &TestResponse, method: &str, path: &str) -> Value {
+    let line = line_for(lines, request_id(r)).clone();
+    assert_line_shape(&line);
+    assert_eq!(line["method"], method);
+    assert_eq!(line["path"], path);
+    assert_eq!(line["status"], r.status);
+    assert_eq!(
+        line["bytes_out"],
+        r.body.len() as u64,
+        "bytes_out of {path}"
+    );
+    line
+}
+
+/// Runs the futures concurrently (each on its own task) and returns their results in order.
+async fn join_all<F>(futures: Vec<F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.expect("request task"));
+    }
+    out
+}
+
+/// One request to send: method, path, headers, body.
+type Planned = (Method, &'static str, Vec<(&'static str, String)>, Bytes);
+
+#[tokio::test]
+async fn concurrent_requests_of_every_kind_get_exactly_one_line_each() {
+    let upstream = FakeUpstream::start().await;
+    let gw = GatewayBuilder::new(upstream.base_url())
+        .server(BODY_LIMIT)
+        .limits("rival", "{ per_minute = 1, burst = 2 }", None)
+        .start()
+        .await;
+    let big = Bytes::from(vec![b'x'; 2048]);
+    let mut plan: Vec<Planned> = Vec::new();
+    for _ in 0..10 {
+        plan.push((
+            Method::GET,
+            "/v1/calls",
+            vec![("authorization", bearer(BILLING))],
+            Bytes::new(),
+        ));
+        plan.push((
+            Method::GET,
+            "/v1/agents2/a1",
+            vec![("x-api-key", BILLING.to_owned())],
+            Bytes::new(),
+        ));
+    }
+    for i in 0..8 {
+        let headers = if i % 2 == 0 {
+            vec![]
+        } else {
+            vec![("authorization", bearer("made-up-unknown-key"))]
+        };
+        plan.push((Method::GET, "/v1/calls", headers, Bytes::new()));
+        plan.push((
+            Method::PATCH,
+            "/v1/agents2/a1",
+            vec![("authorization", bearer(VIEWER))],
+            Bytes::from_static(br#"{"name":"n"}"#),
+        ));
+    }
+    // Burst 2: two allowed, ten refused.
+    for _ in 0..12 {
+        plan.push((
+            Method::GET,
+            "/v1/calls",
+            vec![("authorization", bearer(RIVAL))],
+            Bytes::new(),
+        ));
+    }
+    for _ in 0..4 {
+        plan.push((
+            Method::GET,
+            "/v1/agents2/a%2fb",
+            vec![("authorization", bearer(BILLING))],
+            Bytes::new(),
+        ));
+        plan.push((
+            Method::GET,
+            "/v2/agents2/a1",
+            vec![("authorization", bearer(BILLING))],
+            Bytes::new(),
+        ));
+        plan.push((
+            Method::POST,
+            "/v1/calls",
+            vec![("authorization", bearer(BILLING))],
+            big.clone(),
+        ));
+    }
+    assert_eq!(plan.len(), 60);
+
+    let c = gw.client();
+    let answers = join_all(
+        plan.into_iter()
+            .enumerate()
+            .map(|(i, (method, path, headers, body))| {
+                let c = c.clone();
+                async move {
+                    let id = format!("mix-{i}");
+                    let mut h: Vec<(&str, &str)> =
+                        headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                    h.push(("x-request-id", &id));
+                    c.send(method, path, &h, body).await
+                }
+            })
+            .collect(),
+    )
+    .await;
+    let mut statuses = BTreeMap::new();
+    for r in &answers {
+        *statuses.entry(r.status).or_insert(0) += 1;
+    }
+    assert_eq!(
+        statuses,
+        BTreeMap::from([
+            (200, 22),
+            (400, 4),
+            (401, 8),
+            (403, 8),
+            (404, 4),
+            (413, 4),
+            (429, 10)
+        ])
+    );
+
+    let lines = gw.audit_lines(60).await;
+    assert_eq!(lines.len(), 60);
+    let ids: BTreeSet<_> = lines
+        .iter()
+        .map(|l| l["request_id"].as_str().unwrap().to_owned())
+        .collect();
+    let expected: BTreeSet<_> = (0..60).map(|i| format!("mix-{i}")).collect();
+    assert_eq!(ids, expected, "one line per request, none twice");
+    for r in &answers {
+        assert_line_shape(line_for(&lines, request_id(r)));
+        assert_eq!(line_for(&lines, request_id(r))["status"], r.status);
+    }
+    assert_eq!(
+        decision_counts(&lines),
+        BTreeMap::from([
+            ("allowed".to_owned(), 22),
+            ("bad_request".to_owned(), 12),
+            ("forbidden".to_owned(), 8),
+            ("rate_limited".to_owned(), 10),
+            ("unauthenticated".to_owned(), 8),
+        ])
+    );
+
+    // Nothing else trails in: the next request's line is the 61st, and the last.
+    let sentinel = c.get("/v1/calls", SUPPORT).await;
+    let lines = gw.audit_lines(61).await;
+    assert_eq!(lines.len(), 61);
+    line_for(&lines, request_id(&sentinel));
+}
+
+#[tokio::test]
+async fn every_contract_field_is_present_with_its_type_and_value() {
+    let (_upstream, gw) = start().await;
+    let c = gw.client();
+    let miss = c.get("/v1/agents2/a1?version_number=3", BILLING).await;
+    let hit = c
+        .send(
+            Method::GET,
+            "/v1/agents2/a1?version_number=3",
+            &[("x-api-key", BILLING)],
+            Bytes::new(),
+        )
+        .await;
+    let bypass = c
+        .send(
+            Method::GET,
+            "/v1/agents2/a1",
+            &[
+                ("authorization", &bearer(BILLING)),
+                ("cache-control", "no-store"),
+            ],
+            Bytes::new(),
+        )
+        .await;
+    let patch_body = r#"{"name":"renamed"}"#;
+    let patch = c.patch("/v1/agents2/a1", BILLING, patch_body).await;
+    let calls = c.get("/v1/calls", RIVAL).await;
+    let anonymous = c.send(Method::GET, "/v1/calls", &[], Bytes::new()).await;
+    let unknown_key = c.get("/v1/calls", "made-up-unknown-key").await;
+    let forbidden = c.patch("/v1/agents2/a9", VIEWER, "{}").await;
+    assert_eq!(hit.header("x-cache"), Some("HIT"));
+    assert_eq!(bypass.header("x-cache"), Some("BYPASS"));
+    assert_eq!(
+        [anonymous.status, unknown_key.status, forbidden.status],
+        [401, 401, 403]
+    );
+
+    let lines = gw.audit_lines(8).await;
+    assert_eq!(lines.len(), 8);
+
+    let l = assert_line_matches(&lines, &miss, "GET", "/v1/agents2/a1");
+    assert_eq!(l["team"], "billing");
+    assert_eq!(l["org"], "acme");
+    assert_eq!(l["key_id"], key_id(BILLING));
+    assert_eq!(l["agent_id"], "a1");
+    assert_eq!(l["decision"], "allowed");
+    assert_eq!(l["cache"], "miss");
+    assert_eq!(l["upstream_status"], 200);
+    assert!(l["upstream_latency_ms"].is_f64());
+    assert_eq!(l["bytes_in"], 0);
+    assert_eq!(l["changed_fields"], Value::Null, "reads name no fields");
+    assert_eq!(l["invalidated"], 0);
+
+    // Same key through the other header: same key_id. Not forwarded: no upstream figures.
+    let l = assert_line_matches(&lines, &hit, "GET", "/v1/agents2/a1");
+    assert_eq!(l["key_id"], key_id(BILLING));
+    assert_eq!(l["cache"], "hit");
+    assert_eq!(l["upstream_status"], Value::Null);
+    assert_eq!(l["upstream_latency_ms"], Value::Null);
+
+    let l = assert_line_matches(&lines, &bypass, "GET", "/v1/agents2/a1");
+    assert_eq!(l["cache"], "bypass");
+    assert_eq!(l["upstream_status"], 200);
+
+    let l = assert_line_matches(&lines, &patch, "PATCH", "/v1/agents2/a1");
+    assert_eq!(l["decision"], "allowed");
+    assert_eq!(l["upstream_status"], 200);
+    assert_eq!(l["cache"], Value::Null);
+    assert_eq!(l["bytes_in"], patch_body.len() as u64);
+    assert_eq!(l["changed_fields"], serde_json::json!(["name"]));
+    assert!(
+        l["invalidated"].as_u64().unwrap() >= 1,
+        "the cached a1 was dropped: {l}"
+    );
+
+    let l = assert_line_matches(&lines, &calls, "GET", "/v1/calls");
+    assert_eq!(l["team"], "rival");
+    assert_eq!(l["org"], "globex");
+    assert_eq!(l["key_id"], key_id(RIVAL));
+    assert_eq!(l["agent_id"], Value::Null);
+    assert_eq!(l["cache"], Value::Null, "not a cacheable route");
+    assert_eq!(l["upstream_status"], 200);
+
+    let l = assert_line_matches(&lines, &anonymous, "GET", "/v1/calls");
+    assert_eq!(l["decision"], "unauthenticated");
+    assert_eq!(l["team"], Value::Null);
+    assert_eq!(l["org"], Value::Null);
+    assert_eq!(l["key_id"], Value::Null);
+    assert_eq!(l["upstream_status"], Value::Null);
+    assert_eq!(l["upstream_latency_ms"], Value::Null);
+
+    // An unknown key is still followed by its digest prefix, never by the key.
+    let l = assert_line_matches(&lines, &unknown_key, "GET", "/v1/calls");
+    assert_eq!(l["decision"], "unauthenticated");
+    assert_eq!(l["team"], Value::Null);
+    assert_eq!(l["key_id"], key_id("made-up-unknown-key"));
+
+    let l = assert_line_matches(&lines, &forbidden, "PATCH", "/v1/agents2/a9");
+    assert_eq!(l["decision"], "forbidden");
+    assert_eq!(l["team"], "viewer");
+    assert_eq!(l["org"], "acme");
+    assert_eq!(l["agent_id"], "a9");
+    assert_eq!(l["upstream_status"], Value::Null);
+    assert_eq!(l["invalidated"], 0);
+}
+
+#[tokio::test]
+async fn changed_fields_are_dotted_leaf_paths_without_values() {
+    let (upstream, gw) = start().await;
+    let r = gw
+        .client()
+        .patch(
+            "/v1/agents2/a1",
+            BILLING,
+            r#"{"llm":{"settings":{"temperature":0.3}},"functions":[{"name":"x"}]}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(upstream.count(&Method::PATCH, "/v1/agents2/a1"), 1);
+    let lines = gw.audit_lines(1).await;
+    let fields: BTreeSet<&str> = line_for(&lines, request_id(&r))["changed_fields"]
+        .as_array()
+        .expect("a write names its fields")
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        BTreeSet::from(["llm.settings.temperature", "functions"])
+    );
+}
+
+#[tokio::test]
+async fn secrets_in_bodies_and_every_key_stay_out_of_the_audit_file() {
+    let (upstream, gw) = start().await;
+    let c = gw.client();
+    let secret = "sk-live-made-up-123";
+    let body = format!(r#"{{"llm":{{"api_key":"{secret}"}},"name":"n"}}"#);
+    assert_eq!(c.patch("/v1/agents2/a1", BILLING, &body).await.status, 200);
+    let post = c
+        .send(
+            Method::POST,
+            "/v1/calls",
+            &[("x-api-key", SUPPORT), ("content-type", "application/json")],
+            Bytes::from(format!(r#"{{"api_key":"{secret}"}}"#)),
+        )
+        .await;
+    assert_eq!(post.status, 200);
+    assert_eq!(c.get("/v1/calls", RIVAL).await.status, 200);
+    assert_eq!(c.get("/v1/calls", "made-up-unknown-key").await.status, 401);
+    let purge = gw
+        .admin_client()
+        .send(
+            Method::POST,
+            "/admin/cache/purge",
+            &[("authorization", &bearer(ADMIN_TOKEN))],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(purge.status, 200);
+    // Upstream really received the secret and the org keys: they were there to leak.
+    assert!(upstream
+        .requests()
+        .iter()
+        .any(|r| String::from_utf8_lossy(&r.body).contains(secret)));
+
+    let lines = gw.audit_lines(5).await;
+    assert_eq!(lines.len(), 5);
+    let l = line_for(&lines, request_id(&post));
+    assert_eq!(l["changed_fields"], serde_json::json!(["api_key"]));
+    let text = std::fs::read_to_string(&gw.audit_path).unwrap();
+    for (what, needle) in [
+        ("body secret", secret),
+        ("billing key", BILLING),
+        ("support key", SUPPORT),
+        ("rival key", RIVAL),
+        ("unknown key", "made-up-unknown-key"),
+        ("acme org key", ORG_KEY_ACME),
+        ("globex org key", ORG_KEY_GLOBEX),
+        ("admin token", ADMIN_TOKEN),
+        ("bearer value", "Bearer "),
+    ] {
+        assert!(!text.contains(needle), "{what} appears in the audit file");
+    }
+}
+
+#[tokio::test]
+async fn malformed_write_body_is_forwarded_and_still_audited() {
+    let (upstream, gw) = start().await;
+    let body = "not json {";
+    let r = gw.client().patch("/v1/agents2/a1", BILLING, body).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(upstream.count(&Method::PATCH, "/v1/agents2/a1"), 1);
+    assert_eq!(upstream.requests()[0].body.as_ref(), body.as_bytes());
+
+    let lines = gw.audit_lines(1).await;
+    let l = assert_line_matches(&lines, &r, "PATCH", "/v1/agents2/a1");
+    assert_eq!(l["decision"], "allowed");
+    assert_eq!(l["upstream_status"], 200);
+    assert_eq!(l["bytes_in"], body.len() as u64);
+    assert!(
+        l["changed_fields"].is_null() || l["changed_fields"] == serde_json::json!([]),
+        "changed_fields {}",
+        l["changed_fields"]
+    );
+}
+
+#[tokio::test]
+async fn oversized_body_is_audited_as_bad_request_and_invalidates_nothing() {
+    let (upstream, gw) = start().await;
+    let c = gw.client();
+    assert_eq!(c.get("/v1/agents2/a1", BILLING).await.status, 200);
+    let big = format!(r#"{{"name":"{}"}}"#, "x".repeat(2048));
+    let r = c.patch("/v1/agents2/a1", BILLING, &big).await;
+    assert_eq!(r.status, 413);
+    assert_eq!(upstream.count(&Method::PATCH, "/"), 0);
+    assert_eq!(
+        c.get("/v1/agents2/a1", BILLING).await.header("x-cache"),
+        Some("HIT")
+    );
+
+    let lines = gw.audit_lines(3).await;
+    let l = assert_line_matches(&lines, &r, "PATCH", "/v1/agents2/a1");
+    assert_eq!(l["decision"], "bad_request");
+    assert_eq!(l["status"], 413);
+    assert_eq!(l["team"], "billing");
+    assert_eq!(l["upstream_status"], Value::Null);
+    assert_eq!(l["invalidated"], 0);
+}
+
+#[tokio::test]
+async fn admin_actions_are_audited_without_a_team_and_probes_are_not() {
+    let (_upstream, gw) = start().await;
+    let c = gw.client();
+    let admin = gw.admin_client();
+    assert_eq!(c.get("/v1/agents2/a1", BILLING).await.status, 200);
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(
+            admin
+                .send(Method::GET, path, &[], Bytes::new())
+                .await
+                .status,
+            200
+        );
+    }
+    let purged = admin
+        .send(
+            Method::POST,
+            "/admin/cache/purge",
+            &[
+                ("authorization", &bearer(ADMIN_TOKEN)),
+                ("content-type", "application/json"),
+            ],
+            Bytes::from_static(br#"{"org":"acme","agent_id":"a1"}"#),
+        )
+        .await;
+    assert_eq!(purged.status, 200);
+    let refused = admin
+        .send(
+            Method::POST,
+            "/admin/cache/purge",
+            &[],
+            Bytes::from_static(b"{}"),
+        )
+        .await;
+    assert_eq!(refused.status, 401);
+    // Probes once more, after the admin actions, then a request whose line closes the stream.
+    admin.send(Method::GET, "/healthz", &[], Bytes::new()).await;
+    admin.send(Method::GET, "/metrics", &[], Bytes::new()).await;
+    let sentinel = c.get("/v1/calls", BILLING).await;
+
+    let lines = gw.audit_lines(4).await;
+    line_for(&lines, request_id(&sentinel));
+    assert_eq!(lines.len(), 4, "probes were audited: {lines:?}");
+    assert!(lines
+        .iter()
+        .all(|l| !["/healthz", "/readyz", "/metrics"].contains(&l["path"].as_str().unwrap())));
+
+    let l = assert_line_matches(&lines, &purged, "POST", "/admin/cache/purge");
+    assert_eq!(l["team"], Value::Null);
+    assert_eq!(l["decision"], "allowed");
+    assert_eq!(l["invalidated"], 1);
+    let l = assert_line_matches(&lines, &refused, "POST", "/admin/cache/purge");
+    assert_eq!(l["team"], Value::Null);
+    assert_eq!(l["decision"], "unauthenticated");
+    assert_eq!(l["key_id"], Value::Null);
+}
+
+#[tokio::test]
+async fn reopen_after_rotation_writes_a_new_private_file_and_leaves_old_lines_behind() {
+    let (_upstream, gw) = start().await;
+    let c = gw.client();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let mut before = Vec::new();
+    for _ in 0..3 {
+        before.push(c.get("/v1/calls", BILLING).await);
+    }
+    gw.audit_lines(3).await;
+    assert_eq!(mode(&gw.audit_path), 0o600);
+
+    let rotated = gw.audit_path.with_extension("jsonl.1");
+    std::fs::rename(&gw.audit_path, &rotated).unwrap();
+    gw.running().reopen_audit().await;
+    let path = gw.audit_path.clone();
+    wait_until("a new audit file at the original path", || path.exists()).await;
+    assert_eq!(mode(&gw.audit_path), 0o600, "the new file is private");
+
+    let mut after = Vec::new();
+    for _ in 0..2 {
+        after.push(c.get("/v1/calls", SUPPORT).await);
+    }
+    let new_lines = gw.audit_lines(2).await;
+    let old_text = std::fs::read_to_string(&rotated).unwrap();
+    let old_lines: Vec<Value> = old_text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(old_lines.len(), 3, "old lines stay in the rotated file");
+    for r in &before {
+        line_for(&old_lines, request_id(r));
+    }
+    assert_eq!(new_lines.len(), 2);
+    for r in &after {
+        line_for(&new_lines, request_id(r));
+    }
+}
+
+#[tokio::test]
+async fn graceful_shutdown_writes_a_line_for_every_answered_request() {
+    let upstream = FakeUpstream::start().await;
+    let mut gw = GatewayBuilder::new(upstream.base_url()).start().await;
+    // Forwarded requests stay in flight while shutdown begins; refusals are answered at once.
+    upstream.set_delay(Method::GET, Duration::from_millis(300));
+    let c = gw.client();
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                if i % 4 == 0 {
+                    c.send(Method::GET, "/v1/calls", &[], Bytes::new()).await
+                } else {
+                    c.get("/v1/calls", BILLING).await
+                }
+            })
+        })
+        .collect();
+    wait_until("150 requests in flight upstream", || {
+        upstream.total() == 150
+    })
+    .await;
+
+    let running = gw.running.take().expect("gateway running");
+    let gateway = running.gateway().clone();
+    running.shutdown().await;
+
+    let mut answered = BTreeSet::new();
+    for t in tasks {
+        // A request the closed listener never accepted has no answer and no line.
+        if let Ok(r) = t.await {
+            answered.insert(request_id(&r).to_owned());
+        }
+    }
+    assert!(answered.len() >= 150, "in-flight requests were cut off");
+    // Read at once: shutdown returns only after the sink is flushed.
+    let lines = gw.audit();
+    let ids: BTreeSet<String> = lines
+        .iter()
+        .map(|l| l["request_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(lines.len(), answered.len());
+    assert_eq!(ids, answered);
+    assert_eq!(gateway.metrics.audit_failed.get(), 0);
+    assert_eq!(gateway.metrics.audit_written.get(), lines.len() as u64);
+}

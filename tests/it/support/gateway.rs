@@ -32,6 +32,8 @@ pub struct GatewayBuilder {
     cache: Vec<String>,
     team_limits: Vec<(String, String, Option<String>)>,
     extra_teams: String,
+    binary_env: Vec<(String, String)>,
+    capture_stdout: bool,
 }
 
 impl GatewayBuilder {
@@ -43,6 +45,8 @@ impl GatewayBuilder {
             cache: Vec::new(),
             team_limits: Vec::new(),
             extra_teams: String::new(),
+            binary_env: Vec::new(),
+            capture_stdout: false,
         }
     }
 
@@ -74,6 +78,20 @@ impl GatewayBuilder {
     /// Raw TOML appended after the standard teams.
     pub fn extra(mut self, toml: &str) -> Self {
         self.extra_teams.push_str(toml);
+        self
+    }
+
+    /// An environment variable for [`spawn_binary`](Self::spawn_binary) (e.g. `RUST_LOG`, which
+    /// defaults to `warn`).
+    pub fn binary_env(mut self, name: &str, value: &str) -> Self {
+        self.binary_env.push((name.into(), value.into()));
+        self
+    }
+
+    /// Pipes the binary's stdout (null by default) so a test can read it from `child.stdout`.
+    /// Read it while the binary runs if it may write more than a pipe holds (64 KiB).
+    pub fn capture_stdout(mut self) -> Self {
+        self.capture_stdout = true;
         self
     }
 
@@ -155,11 +173,16 @@ impl GatewayBuilder {
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            .envs(self.binary_env.iter().map(|(k, v)| (k, v)))
+            .stdout(if self.capture_stdout {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let gw = BinaryGateway {
+        let mut gw = BinaryGateway {
             api,
             admin,
             audit_path: dir.path().join("audit.jsonl"),
@@ -170,6 +193,22 @@ impl GatewayBuilder {
         let probe = Client::new(admin);
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
+            if let Some(status) = gw.child.try_wait().unwrap() {
+                let mut stderr = String::new();
+                if let Some(mut pipe) = gw.child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+                }
+                panic!("binary exited before becoming ready ({status}): {stderr}");
+            }
+            // `Client::send` panics on a refused connection: probe only once the port is bound.
+            if tokio::net::TcpStream::connect(admin).await.is_err() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "binary did not start listening"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
             let ready = tokio::time::timeout(
                 Duration::from_millis(500),
                 probe.send(http::Method::GET, "/readyz", &[], ""),
