@@ -38,7 +38,10 @@ pub async fn handle(
             let mut resp = Response::new(body::full(gw.metrics.encode()));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                // prometheus-client renders OpenMetrics text (`# EOF`, `# UNIT`); say so, or scrapers lose the types.
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
             );
             resp.map(AuditedBody::unaudited)
         }

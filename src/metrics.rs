@@ -92,6 +92,12 @@ impl Metrics {
             config_reloads: Family::default(),
             registry,
         };
+        // Both results exist at 0 from the start: Prometheus' `increase()` cannot see the first
+        // increment of a series that appears already at 1, so an alert on failed reloads would
+        // miss the first (usually the only) failure.
+        for result in ["ok", "failed"] {
+            let _ = m.config_reloads.get_or_create(&ResultLabel { result });
+        }
         m.register_rest()
     }
 

@@ -347,36 +347,54 @@ async fn writes_to_sub_resources_deletes_and_legacy_paths_invalidate() {
     assert_eq!(upstream.count(&Method::GET, "/v1/agents2/a1"), 4);
 }
 
-#[tokio::test]
-async fn write_that_upstream_fails_or_times_out_still_invalidates() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_that_upstream_fails_or_times_out_still_invalidates_both_times() {
     let upstream = FakeUpstream::start().await;
     let gw = GatewayBuilder::new(upstream.base_url())
-        .upstream("timeout_ms = 300")
+        .upstream("timeout_ms = 1000")
         .start()
         .await;
     let c = gw.client();
     let gets = || upstream.count(&Method::GET, "/v1/agents2/a1");
 
+    // Each failure is slow, so a read can fill the cache while the write is in flight.
+    let slow = Duration::from_millis(500);
     let failures = [
         (
-            Reply::json(500, json!({"statusCode": 500, "message": "boom"})),
+            Reply::json(500, json!({"statusCode": 500, "message": "boom"})).with_delay(slow),
             500,
         ),
         // Timed out: it may still have been applied upstream.
         (
-            Reply::json(200, json!({})).with_delay(Duration::from_secs(2)),
+            Reply::json(200, json!({})).with_delay(Duration::from_secs(3)),
             504,
         ),
-        (Reply::reset(), 502),
+        (Reply::reset().with_delay(slow), 502),
     ];
     for (n, (reply, status)) in failures.into_iter().enumerate() {
         c.get("/v1/agents2/a1", BILLING).await;
         assert_eq!(x_cache(&c.get("/v1/agents2/a1", BILLING).await), "HIT");
-        let before = gets();
         upstream.fail(Method::PATCH, reply);
-        let r = c.patch("/v1/agents2/a1", BILLING, r#"{"name":"x"}"#).await;
-        assert_eq!(r.status, status);
+        let patch = {
+            let c = c.clone();
+            tokio::spawn(async move { c.patch("/v1/agents2/a1", BILLING, "{}").await })
+        };
+        wait_until("upstream received the PATCH", || {
+            upstream.count(&Method::PATCH, "/") == n + 1
+        })
+        .await;
+        // Dropped when the write was sent, then filled again while it is in flight...
+        let during = c.get("/v1/agents2/a1", SUPPORT).await;
+        assert_eq!(x_cache(&during), "MISS", "PATCH answered {status}");
+        assert_eq!(x_cache(&c.get("/v1/agents2/a1", SUPPORT).await), "HIT");
+        assert!(
+            !patch.is_finished(),
+            "precondition: the PATCH is still in flight"
+        );
+        assert_eq!(patch.await.unwrap().status, status);
         upstream.heal();
+        // ...and dropped again when the write failed.
+        let before = gets();
         let r = c.get("/v1/agents2/a1", BILLING).await;
         assert_eq!(x_cache(&r), "MISS", "after a PATCH answered {status}");
         assert_eq!(gets(), before + 1);
@@ -1013,6 +1031,30 @@ async fn invalidated_entry_is_never_served_stale() {
         let r = c.get(&format!("/v1/agents2/{a}"), BILLING).await;
         assert_eq!(r.status, 502, "{a}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entry_invalidated_while_its_refetch_is_failing_is_not_served_stale() {
+    let upstream = FakeUpstream::start().await;
+    let gw = short_ttl_gateway(&upstream).await;
+    let c = gw.client();
+    c.get("/v1/agents2/a1", BILLING).await;
+    outlive_the_one_second_ttl().await;
+
+    // The refetch of the expired entry is slow to fail; a write lands meanwhile.
+    upstream.fail(
+        Method::GET,
+        Reply::json(500, json!({"statusCode": 500, "message": "down"}))
+            .with_delay(Duration::from_millis(300)),
+    );
+    let read = spawn_get(&c, "/v1/agents2/a1", SUPPORT);
+    wait_until("upstream received the refetch", || {
+        upstream.count(&Method::GET, "/") == 2
+    })
+    .await;
+    assert_eq!(c.patch("/v1/agents/a1", BILLING, "{}").await.status, 200);
+    let r = read.await.unwrap();
+    assert_eq!((r.status, x_cache(&r)), (500, "MISS"));
 }
 
 // === admin purge ===

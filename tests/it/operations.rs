@@ -47,18 +47,21 @@ async fn scrape(admin: &Client) -> String {
     String::from_utf8(r.body.to_vec()).unwrap()
 }
 
-/// The value of one series (`name` or `name{labels}`, exactly as exposed); 0 when absent, as
-/// Prometheus treats a counter that has not been created yet.
-fn sample(text: &str, series: &str) -> f64 {
+/// The value of one series (`name` or `name{labels}`, exactly as exposed), if it is exposed.
+fn series(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .map(|v| {
             let v = v.split_whitespace().next().unwrap_or("");
             v.parse()
-                .unwrap_or_else(|_| panic!("{series} has a non-numeric value {v:?}"))
+                .unwrap_or_else(|_| panic!("{name} has a non-numeric value {v:?}"))
         })
-        .unwrap_or(0.0)
+}
+
+/// [`series`], with 0 for a counter not created yet.
+fn sample(text: &str, name: &str) -> f64 {
+    series(text, name).unwrap_or(0.0)
 }
 
 const BILLING_GET_200: &str =
@@ -324,6 +327,10 @@ async fn sighup_with_an_invalid_file_keeps_the_old_config_and_counts_the_failure
         .await;
     let stderr = drain(gw.child.stderr.take().unwrap());
     let (c, admin) = (gw.client(), gw.admin_client());
+    // Exposed at 0 before any reload, so `increase(...{result="failed"}[5m]) > 0` sees the first one.
+    let m = scrape(&admin).await;
+    assert_eq!(series(&m, RELOADS_FAILED), Some(0.0), "{m}");
+    assert_eq!(series(&m, RELOADS_OK), Some(0.0), "{m}");
 
     // Removes `support` too: a partly applied file would shut it out.
     write_config(&gw, |toml| {
