@@ -7,6 +7,7 @@ use http::{header, HeaderMap, Method};
 use sha2::{Digest, Sha256};
 
 use crate::config::Access;
+use crate::header_text::hex_into;
 
 /// SHA-256 of a key. Keys themselves are never stored; config holds only these.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -30,7 +31,8 @@ impl KeyDigest {
     /// First 8 hex digits: enough to follow a key through a rotation in the audit trail,
     /// far too little to recover or replay it.
     pub fn key_id(self) -> String {
-        hex::encode(&self.0[..4])
+        let mut text = [0u8; 8];
+        hex_into(&self.0[..4], &mut text).to_owned()
     }
 }
 

@@ -124,14 +124,22 @@ pub fn new_key() -> String {
     format!("dnxgw_{}", hex::encode(bytes))
 }
 
+/// `server.worker_threads = 1` gets tokio's current-thread runtime: the same single thread running
+/// every request, without the work-stealing scheduler's cross-thread bookkeeping, which cost a few
+/// percent of CPU per cache hit (docs/benchmarks.md).
 fn runtime(
     worker_threads: Option<std::num::NonZeroUsize>,
 ) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    let mut builder = match worker_threads {
+        Some(n) if n.get() == 1 => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.get());
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     builder.enable_all();
-    if let Some(n) = worker_threads {
-        builder.worker_threads(n.get());
-    }
     builder.build()
 }
 

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod header_text;
 pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;

@@ -17,6 +17,7 @@ use crate::auth::{self, KeyDigest};
 use crate::body::{self, ProxyBody};
 use crate::cache::{self, AgentCache, CacheOutcome, ClientDirective, FillOutcome, Lookup, Stored};
 use crate::error::GatewayError;
+use crate::header_text::HeaderText;
 use crate::ratelimit::{self, Verdict};
 use crate::request_id::{self, X_REQUEST_ID};
 use crate::route::{self, AgentPath, Route};
@@ -152,7 +153,7 @@ impl Exchange<'_> {
         let verdict = team.limiter.check(!is_read);
         self.verdict = Some(verdict);
         let label = crate::metrics::TeamLabel {
-            team: team.team.name.to_string(),
+            team: crate::metrics::TeamName(team.team.name.clone()),
         };
         match verdict.retry_after {
             Some(retry_after) => {
@@ -261,7 +262,7 @@ impl Exchange<'_> {
             ClientDirective::Bypass => {
                 self.record.cache = Some(CacheOutcome::Bypass);
                 self.gw.metrics.cache_bypass.inc();
-                let mut resp = self
+                let forwarded = self
                     .forward(
                         team,
                         route,
@@ -270,7 +271,11 @@ impl Exchange<'_> {
                         request_id,
                         Purpose::Forward,
                     )
-                    .await?;
+                    .await;
+                let mut resp = match forwarded {
+                    Ok(resp) => resp,
+                    Err(e) => return Ok(self.error_response(&e, CacheOutcome::Bypass, "bypass")),
+                };
                 mark(
                     &mut resp,
                     CacheOutcome::Bypass,
@@ -285,8 +290,7 @@ impl Exchange<'_> {
                     Lookup::Fresh { stored, ttl_left } => {
                         self.record.cache = Some(CacheOutcome::Hit);
                         let mut resp = stored_response(&stored);
-                        let status = format!("dialnexa-gateway; hit; ttl={}", ttl_left.as_secs());
-                        mark(&mut resp, CacheOutcome::Hit, status, Some(stored.age()));
+                        mark_hit(&mut resp, ttl_left, stored.age());
                         return Ok(resp);
                     }
                     Lookup::Miss(ticket) => ticket,
@@ -352,11 +356,24 @@ impl Exchange<'_> {
         }
         match failure {
             Err(answer) => Ok(self.miss_response(&answer, fwd)),
-            Ok(e) => {
-                self.record.cache = Some(CacheOutcome::Miss);
-                Err(e)
-            }
+            Ok(e) => Ok(self.error_response(&e, CacheOutcome::Miss, fwd)),
         }
+    }
+
+    /// The gateway's own error (`502`, `504`) for a cacheable read. Built here rather than in
+    /// `handle` so it still carries `X-Cache` and `Cache-Status`, as every agent read answer does.
+    fn error_response(
+        &mut self,
+        e: &GatewayError,
+        outcome: CacheOutcome,
+        fwd: &str,
+    ) -> Response<ProxyBody> {
+        self.record.cache = Some(outcome);
+        self.record.decision = e.decision();
+        let mut resp = e.to_response(&self.record.request_id);
+        let status = format!("dialnexa-gateway; fwd={fwd}; detail={}", e.code());
+        mark(&mut resp, outcome, status, None);
+        resp
     }
 
     fn miss_response(&mut self, answer: &Buffered, fwd: &str) -> Response<ProxyBody> {
@@ -389,7 +406,7 @@ impl Exchange<'_> {
         self.record.status = status;
         self.gw
             .metrics
-            .request(self.record.team.as_deref(), method, status);
+            .request(self.record.team.as_ref(), method, status);
         let log = self.gw.audit.clone();
         self.answered = true;
         let record = std::mem::take(&mut self.record);
@@ -431,9 +448,14 @@ impl Drop for PendingInvalidation {
     }
 }
 
+/// Room for every header a cached answer leaves with (content type, cache, request id, quota):
+/// growing the map from empty rehashed it twice per hit.
+const ANSWER_HEADERS: usize = 16;
+
 fn stored_response(stored: &Stored) -> Response<ProxyBody> {
     let mut resp = Response::new(body::full(stored.body.clone()));
     *resp.status_mut() = stored.status;
+    *resp.headers_mut() = HeaderMap::with_capacity(ANSWER_HEADERS);
     if let Some(ct) = &stored.content_type {
         resp.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
     }
@@ -449,7 +471,7 @@ fn mark(
 ) {
     let headers = resp.headers_mut();
     headers.insert(X_CACHE.clone(), outcome.header_value());
-    if let Ok(v) = HeaderValue::from_str(&cache_status) {
+    if let Ok(v) = HeaderValue::try_from(cache_status) {
         headers.insert(CACHE_STATUS.clone(), v);
     }
     match age {
@@ -460,6 +482,21 @@ fn mark(
             headers.remove(header::AGE);
         }
     }
+}
+
+/// [`mark`] for a fresh hit, `Cache-Status: dialnexa-gateway; hit; ttl=<s>`, built without `format!`
+/// (the most frequent answer of all).
+fn mark_hit(resp: &mut Response<ProxyBody>, ttl_left: Duration, age: Duration) {
+    let headers = resp.headers_mut();
+    headers.insert(X_CACHE.clone(), CacheOutcome::Hit.header_value());
+    let mut status = HeaderText::with_capacity(40);
+    status
+        .push("dialnexa-gateway; hit; ttl=")
+        .push_u64(ttl_left.as_secs());
+    if let Some(v) = status.finish() {
+        headers.insert(CACHE_STATUS.clone(), v);
+    }
+    headers.insert(header::AGE, HeaderValue::from(age.as_secs()));
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {

@@ -15,6 +15,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::RateQuota;
 use crate::error::whole_seconds;
+use crate::header_text::HeaderText;
 
 type Gcra = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
@@ -209,27 +210,35 @@ pub fn apply_headers(verdict: &Verdict, headers: &mut HeaderMap) {
         HeaderValue::from(binding.remaining),
     );
     headers.insert(RATELIMIT_RESET.clone(), HeaderValue::from(reset));
-    let mut policy = policy_item(&verdict.general);
+    let mut policy = HeaderText::with_capacity(64);
+    policy_item(&mut policy, &verdict.general);
     if let Some(w) = &verdict.write {
-        policy.push_str(", ");
-        policy.push_str(&policy_item(w));
+        policy.push(", ");
+        policy_item(&mut policy, w);
     }
-    if let Ok(v) = HeaderValue::from_str(&policy) {
+    if let Some(v) = policy.finish() {
         headers.insert(RATELIMIT_POLICY.clone(), v);
     }
-    let current = format!(
-        "\"{}\";r={};t={}",
-        binding.policy.as_str(),
-        binding.remaining,
-        reset
-    );
-    if let Ok(v) = HeaderValue::from_str(&current) {
+    let mut current = HeaderText::with_capacity(48);
+    current
+        .push("\"")
+        .push(binding.policy.as_str())
+        .push("\";r=")
+        .push_u64(u64::from(binding.remaining))
+        .push(";t=")
+        .push_u64(reset);
+    if let Some(v) = current.finish() {
         headers.insert(RATELIMIT.clone(), v);
     }
 }
 
-fn policy_item(s: &QuotaStatus) -> String {
-    format!("\"{}\";q={};w=60", s.policy.as_str(), s.quota.per_minute)
+/// `"team";q=<per_minute>;w=60`
+fn policy_item(out: &mut HeaderText, s: &QuotaStatus) {
+    out.push("\"")
+        .push(s.policy.as_str())
+        .push("\";q=")
+        .push_u64(u64::from(s.quota.per_minute.get()))
+        .push(";w=60");
 }
 
 /// Whole seconds until full: zero when already full, otherwise rounded up.

@@ -3,6 +3,8 @@
 use http::{HeaderMap, HeaderName, HeaderValue};
 use rand::RngCore;
 
+use crate::header_text::hex_into;
+
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 const MAX_LEN: usize = 128;
@@ -23,8 +25,9 @@ fn is_sane(id: &[u8]) -> bool {
 pub fn generate() -> HeaderValue {
     let mut bytes = [0u8; 16];
     rand::rng().fill_bytes(&mut bytes);
+    let mut text = [0u8; 32];
     // Hex digits are always a valid header value.
-    HeaderValue::from_str(&hex::encode(bytes)).expect("hex is a valid header value")
+    HeaderValue::from_str(hex_into(&bytes, &mut text)).expect("hex is a valid header value")
 }
 
 #[cfg(test)]

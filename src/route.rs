@@ -1,6 +1,8 @@
 //! Step 0: reject unsafe paths, map `/v1/...` and the legacy unversioned paths to the upstream path,
 //! and recognise agent routes (the only cacheable reads and the writes that invalidate).
 
+use std::borrow::Cow;
+
 use crate::error::GatewayError;
 
 /// The two names DialNexa has used for the agent resource. Both address the same agents.
@@ -58,19 +60,24 @@ fn check_safe(path: &str) -> Result<(), GatewayError> {
             "control characters and backslashes are not allowed in the path",
         ));
     }
-    let lower = path.to_ascii_lowercase();
-    if lower.contains("%2f") || lower.contains("%5c") {
-        return Err(GatewayError::BadPath(
-            "encoded slashes are not allowed in the path",
-        ));
-    }
-    if lower.contains("%00") || has_encoded_control(&lower) {
-        return Err(GatewayError::BadPath(
-            "encoded control characters are not allowed in the path",
-        ));
-    }
-    // Decode only the dot so `%2e%2e`, `.%2e` and `%2e.` are caught like a literal `..`.
-    let dots = lower.replace("%2e", ".");
+    // Most paths have no percent-encoding at all: then there is nothing to decode, and no copy to make.
+    let dots: Cow<str> = if bytes.contains(&b'%') {
+        let lower = path.to_ascii_lowercase();
+        if lower.contains("%2f") || lower.contains("%5c") {
+            return Err(GatewayError::BadPath(
+                "encoded slashes are not allowed in the path",
+            ));
+        }
+        if lower.contains("%00") || has_encoded_control(&lower) {
+            return Err(GatewayError::BadPath(
+                "encoded control characters are not allowed in the path",
+            ));
+        }
+        // Decode only the dot so `%2e%2e`, `.%2e` and `%2e.` are caught like a literal `..`.
+        Cow::Owned(lower.replace("%2e", "."))
+    } else {
+        Cow::Borrowed(path)
+    };
     if dots.split('/').any(|seg| seg == ".." || seg == ".") {
         return Err(GatewayError::BadPath(
             "dot segments are not allowed in the path",

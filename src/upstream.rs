@@ -169,7 +169,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in connection_tokens(headers) {
         headers.remove(name.as_str());
     }
-    for name in HOP_BY_HOP {
+    // Answers rarely carry any: look first, so the usual case parses no header name and probes the
+    // map once per header instead of once per hop-by-hop name (the nine removals were ~4% of a miss).
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| HOP_BY_HOP.contains(&name.as_str()))
+        .cloned()
+        .collect();
+    for name in present {
         headers.remove(name);
     }
 }

@@ -589,7 +589,7 @@ async fn coalesced_waiters_all_get_502_when_upstream_resets_the_one_request() {
     );
     let tasks = leader_and_waiters(&upstream, &gw, "/v1/agents2/a1", 19).await;
     for a in join_all(tasks).await {
-        assert_eq!(a.status, 502);
+        assert_eq!((a.status, x_cache(&a)), (502, "MISS"));
         assert_eq!(a.json()["code"], "upstream_unreachable");
     }
     // The one fetch, retried once because the connection closed before an answer.
@@ -760,6 +760,12 @@ async fn client_no_store_bypasses_the_cache_and_never_writes_it() {
     let r = c.get("/v1/agents2/a1", BILLING).await;
     assert_eq!((x_cache(&r), fetch_no(&r)), ("HIT", 2));
     assert_eq!(upstream.count(&Method::GET, "/"), 3);
+
+    // Upstream unreachable: the gateway's own 502, still marked as a bypass.
+    upstream.set_override(|_| Some(Reply::reset()));
+    let r = get_with(&c, "/v1/agents2/a1", BILLING, &no_store).await;
+    assert_eq!((r.status, x_cache(&r)), (502, "BYPASS"));
+    assert_eq!(r.json()["code"], "upstream_unreachable");
 }
 
 // === what is stored ===
@@ -977,7 +983,11 @@ async fn expired_entry_is_served_stale_when_upstream_fails() {
     assert_eq!(r.json(), error);
     upstream.fail(Method::GET, Reply::reset());
     let r = c.get("/v1/agents2/never-cached", BILLING).await;
-    assert_eq!(r.status, 502);
+    // The gateway's own error still says how the cache took part.
+    assert_eq!((r.status, x_cache(&r)), (502, "MISS"));
+    assert_eq!(r.json()["code"], "upstream_unreachable");
+    let status = r.header("cache-status").unwrap();
+    assert!(status.contains("detail=upstream_unreachable"), "{status}");
 
     // Upstream back: the expired entry is refetched and fresh again.
     upstream.heal();
@@ -1029,7 +1039,7 @@ async fn invalidated_entry_is_never_served_stale() {
     upstream.fail(Method::GET, Reply::reset());
     for a in ["patched", "deleted", "purged"] {
         let r = c.get(&format!("/v1/agents2/{a}"), BILLING).await;
-        assert_eq!(r.status, 502, "{a}");
+        assert_eq!((r.status, x_cache(&r)), (502, "MISS"), "{a}");
     }
 }
 
@@ -1098,6 +1108,39 @@ async fn admin_purge_by_agent_by_org_or_everything() {
     assert_eq!((r.status, &r.json()["purged"]), (200, &json!(4)));
     assert_eq!(x_cache(&c.get("/v1/agents2/a1", RIVAL).await), "MISS");
     assert_eq!(x_cache(&c.get("/v1/agents2/a2", BILLING).await), "MISS");
+
+    // One agent id in every organisation.
+    c.get("/v1/agents2/a1", BILLING).await;
+    let r = purge(&gw, Some(&admin), r#"{"agent_id":"a1"}"#).await;
+    assert_eq!((r.status, &r.json()["purged"]), (200, &json!(2)));
+    assert_eq!(x_cache(&c.get("/v1/agents2/a1", RIVAL).await), "MISS");
+    assert_eq!(x_cache(&c.get("/v1/agents2/a1", BILLING).await), "MISS");
+    assert_eq!(x_cache(&c.get("/v1/agents2/a2", BILLING).await), "HIT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_drops_a_fill_that_was_in_flight_when_it_ran() {
+    let (upstream, gw) = setup().await;
+    upstream.set_delay(Method::GET, Duration::from_millis(300));
+    let c = gw.client();
+    let admin = bearer(ADMIN_TOKEN);
+    for (agent, scope) in [
+        ("p1", r#"{"org":"acme","agent_id":"p1"}"#),
+        ("p2", r#"{"org":"acme"}"#),
+        ("p3", r#"{"agent_id":"p3"}"#),
+        ("p4", ""),
+    ] {
+        let path = format!("/v1/agents2/{agent}");
+        let read = spawn_get(&c, &path, BILLING);
+        wait_until("upstream received the fill", || {
+            upstream.count(&Method::GET, &path) == 1
+        })
+        .await;
+        assert_eq!(purge(&gw, Some(&admin), scope).await.status, 200);
+        assert_eq!(read.await.unwrap().status, 200);
+        let r = c.get(&path, BILLING).await;
+        assert_eq!(x_cache(&r), "MISS", "purge {scope:?} let an older fill in");
+    }
 }
 
 #[tokio::test]

@@ -235,9 +235,12 @@ fn free_port() -> SocketAddr {
         .unwrap()
 }
 
+/// The complete lines of the audit file. A line the writer is still in the middle of (no newline
+/// yet) is not a line yet, so it is left for the next read.
 fn read_audit(path: &std::path::Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    complete
         .lines()
         .map(|l| {
             serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line is not JSON ({e}): {l}"))

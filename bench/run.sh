@@ -1,0 +1,607 @@
+#!/usr/bin/env bash
+# bench/run.sh: dialnexa-gateway against NGINX (proxy_cache) and HAProxy (cache) doing the same job,
+# and against the ceiling (NGINX answering the same body itself), on this machine, in one run.
+#
+#   bench/run.sh                  full run (~10 s per scenario and proxy, ~4 min), updates docs/benchmarks.md
+#   bench/run.sh --smoke          every scenario for 1 s, small data sets, no docs (CI: keeps this from rotting)
+#
+# Options:
+#   --smoke               1 s per run, 1000 spread agents, 2000 RSS agents; docs untouched
+#   --duration S          seconds per measured run (default 10)
+#   --connections N       wrk connections (default 64)
+#   --scenarios "A B"     subset of: hit-hot hit-spread miss-0ms miss-20ms mix rss (default: all)
+#   --bin PATH            gateway binary to use instead of `cargo build --release` (e.g. target/debug/...)
+#   --install             apt-get install the Debian packages it needs when missing (root)
+#   --docs FILE           where to write the figures (default docs/benchmarks.md; --no-docs: nowhere)
+#   --label TEXT          heading of the docs section (default "Latest run"); one section per label
+#   --keep                keep the work directory (configs, logs, wrk output) and print its path
+# Environment: BENCH_PORT_BASE (default 18100; uses 8 ports from it), BENCH_PROXY_CPU (0),
+#   BENCH_LOAD_CPU (1), BENCH_SLOW_MS (20), BENCH_SPREAD_AGENTS (10000), BENCH_RSS_AGENTS (100000),
+#   BENCH_PATCH_PERCENT (10), BENCH_WRK_THREADS (1).
+#
+# Every proxy runs pinned to BENCH_PROXY_CPU (the gateway with server.worker_threads = 1, NGINX with
+# one worker, HAProxy with nbthread 1); wrk and the fake upstream share BENCH_LOAD_CPU. The figure
+# that separates fast proxies is the proxy's own CPU time per request (utime+stime from
+# /proc/<pid>/stat over the run, divided by the requests wrk completed). The gateway writes its audit
+# log to a file throughout. Only ratios from one run are comparable: the machine's speed drifts.
+#
+# Exit status: 0 when every proxy started, answered the sanity checks, and every run finished with
+# no socket errors and no non-2xx answers; 1 otherwise; 2 for bad usage or missing tools.
+# Loopback only: every server binds 127.0.0.1, every run is bounded in time.
+# shellcheck disable=SC2034 # the template placeholders are read indirectly, by render()
+set -euo pipefail
+shopt -u patsub_replacement 2>/dev/null || true
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BENCH="$ROOT/bench"
+
+SMOKE=0
+DURATION=10
+CONNS=64
+SCENARIOS="hit-hot hit-spread miss-0ms miss-20ms mix rss"
+BIN=""
+INSTALL=0
+DOCS="$ROOT/docs/benchmarks.md"
+LABEL="Latest run"
+KEEP=0
+DURATION_SET=0
+ARGS_TEXT="$(printf '%q ' "$@")"
+ARGS_TEXT="${ARGS_TEXT% }"
+
+usage() { sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --smoke) SMOKE=1 ;;
+        --duration) DURATION="$2"; DURATION_SET=1; shift ;;
+        --connections) CONNS="$2"; shift ;;
+        --scenarios) SCENARIOS="$2"; shift ;;
+        --bin) BIN="$2"; shift ;;
+        --install) INSTALL=1 ;;
+        --docs) DOCS="$2"; shift ;;
+        --no-docs) DOCS="" ;;
+        --label) LABEL="$2"; shift ;;
+        --keep) KEEP=1 ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "bench: unknown option $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+PROXY_CPU="${BENCH_PROXY_CPU:-0}"
+LOAD_CPU="${BENCH_LOAD_CPU:-1}"
+SLOW_MS="${BENCH_SLOW_MS:-20}"
+SPREAD_AGENTS="${BENCH_SPREAD_AGENTS:-10000}"
+RSS_AGENTS="${BENCH_RSS_AGENTS:-100000}"
+MIX_AGENTS=1000
+PATCH_PERCENT="${BENCH_PATCH_PERCENT:-10}"
+WRK_THREADS="${BENCH_WRK_THREADS:-1}"
+PORT_BASE="${BENCH_PORT_BASE:-18100}"
+if [ "$SMOKE" = 1 ]; then
+    [ "$DURATION_SET" = 1 ] || DURATION=1
+    SPREAD_AGENTS="${BENCH_SPREAD_AGENTS:-1000}"
+    RSS_AGENTS="${BENCH_RSS_AGENTS:-2000}"
+    MIX_AGENTS=200
+    DOCS=""
+fi
+
+UPSTREAM_PORT=$PORT_BASE
+GATEWAY_PORT=$((PORT_BASE + 1))
+GATEWAY_ADMIN_PORT=$((PORT_BASE + 2))
+NGINX_PORT=$((PORT_BASE + 3))
+HAPROXY_PORT=$((PORT_BASE + 4))
+CEILING_PORT=$((PORT_BASE + 5))
+RSS_PORT=$((PORT_BASE + 6))
+RSS_ADMIN_PORT=$((PORT_BASE + 7))
+
+# Made-up keys, used on loopback only.
+TEAM_KEY="bench-team-key-not-a-secret"
+ORG_KEY="bench-org-key-not-a-secret"
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "FAILED: $*"; exit 1; }
+
+# === tools ===
+
+need_tools() {
+    local missing=()
+    command -v wrk >/dev/null || missing+=(wrk)
+    command -v haproxy >/dev/null || missing+=(haproxy)
+    { command -v nginx >/dev/null && [ -f /usr/lib/nginx/modules/ngx_http_echo_module.so ]; } || missing+=(nginx-light)
+    command -v taskset >/dev/null || missing+=(util-linux)
+    command -v curl >/dev/null || missing+=(curl)
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$INSTALL" = 1 ]; then
+        log "installing ${missing[*]}"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        echo "bench: missing ${missing[*]}: run with --install, or" >&2
+        echo "  apt-get install -y --no-install-recommends nginx-light haproxy wrk" >&2
+        exit 2
+    fi
+}
+
+need_tools
+[ "$(nproc)" -ge 2 ] || log "warning: fewer than 2 CPUs; proxy and load share a core"
+
+if [ -z "$BIN" ]; then
+    log "building the gateway (cargo build --release --locked)"
+    (cd "$ROOT" && cargo build --release --locked --quiet)
+    BIN="$ROOT/target/release/dialnexa-gateway"
+fi
+[ -x "$BIN" ] || die "no gateway binary at $BIN"
+
+# === work directory and processes ===
+
+DIR="$(mktemp -d "${TMPDIR:-/tmp}/dnxgw-bench.XXXXXX")"
+if [ -d /dev/shm ] && [ -w /dev/shm ]; then
+    NGINX_CACHE_DIR="$(mktemp -d /dev/shm/dnxgw-bench-nginx-cache.XXXXXX)"
+else
+    NGINX_CACHE_DIR="$DIR/nginx-cache"
+fi
+declare -A PID=()
+FAILURES=()
+
+cleanup() {
+    local name
+    for name in "${!PID[@]}"; do
+        kill "${PID[$name]}" 2>/dev/null || true
+    done
+    for name in "${!PID[@]}"; do
+        wait "${PID[$name]}" 2>/dev/null || true
+    done
+    rm -rf "$NGINX_CACHE_DIR"
+    if [ "$KEEP" = 1 ]; then
+        log "work directory kept: $DIR"
+    else
+        rm -rf "$DIR"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# Listeners started mid-run (the RSS instances) cannot bind a port that an outgoing connection took
+# from the ephemeral range, so the ports must lie outside it.
+read -r EPHEMERAL_LOW EPHEMERAL_HIGH </proc/sys/net/ipv4/ip_local_port_range || EPHEMERAL_LOW=32768 EPHEMERAL_HIGH=60999
+if [ $((PORT_BASE + 7)) -ge "$EPHEMERAL_LOW" ] && [ "$PORT_BASE" -le "$EPHEMERAL_HIGH" ]; then
+    die "BENCH_PORT_BASE $PORT_BASE overlaps the ephemeral port range $EPHEMERAL_LOW-$EPHEMERAL_HIGH"
+fi
+for p in $(seq "$PORT_BASE" $((PORT_BASE + 7))); do
+    port_free "$p" || die "port $p is in use (set BENCH_PORT_BASE)"
+done
+
+# Fills the @NAME@ placeholders of bench/$1 from the shell variables of the same name.
+AGENT_TEMPLATE="$(<"$BENCH/agent.json")"
+AGENT_JSON="${AGENT_TEMPLATE//@ID@/\$\{agent_id\}}"
+SLOW_SECONDS="$(awk -v ms="$SLOW_MS" 'BEGIN { printf "%.3f", ms / 1000 }')"
+CACHE_MAX_BYTES=536870912
+AUDIT_FILE=audit.jsonl
+render() {
+    local text name
+    text="$(<"$BENCH/$1")"
+    for name in DIR UPSTREAM_PORT GATEWAY_PORT GATEWAY_ADMIN_PORT NGINX_PORT HAPROXY_PORT CEILING_PORT \
+        SLOW_MS SLOW_SECONDS AGENT_JSON TEAM_KEY ORG_KEY TEAM_KEY_SHA256 CACHE_MAX_BYTES AUDIT_FILE \
+        NGINX_CACHE_DIR; do
+        text="${text//@$name@/${!name-}}"
+    done
+    if [[ "$text" =~ @[A-Z_]+@ ]]; then
+        die "unfilled placeholder ${BASH_REMATCH[0]} in $1"
+    fi
+    printf '%s\n' "$text" >"$2"
+}
+
+# start NAME CPU COMMAND...: runs COMMAND pinned to CPU in the background.
+start() {
+    local name=$1 cpu=$2
+    shift 2
+    taskset -c "$cpu" "$@" >"$DIR/$name.out" 2>&1 &
+    PID[$name]=$!
+}
+
+stop() {
+    local name=$1
+    kill "${PID[$name]}" 2>/dev/null || true
+    wait "${PID[$name]}" 2>/dev/null || true
+    unset "PID[$name]"
+}
+
+# wait_up NAME URL: until URL answers (any status), or fail with the process's output.
+wait_up() {
+    local name=$1 url=$2
+    for _ in $(seq 1 100); do
+        if ! kill -0 "${PID[$name]}" 2>/dev/null; then
+            cat "$DIR/$name.out" >&2 || true
+            die "$name exited at start"
+        fi
+        curl -s -o /dev/null --max-time 1 "$url" && return 0
+        sleep 0.1
+    done
+    cat "$DIR/$name.out" >&2 || true
+    die "$name did not come up on $url"
+}
+
+TEAM_KEY_SHA256="$(printf '%s' "$TEAM_KEY" | "$BIN" hash-key)"
+
+start_upstream() {
+    mkdir -p "$DIR/upstream-body"
+    render upstream.nginx.conf "$DIR/upstream.nginx.conf"
+    start upstream "$LOAD_CPU" nginx -e "$DIR/upstream.error.log" -p "$DIR" -c "$DIR/upstream.nginx.conf"
+    wait_up upstream "http://127.0.0.1:$UPSTREAM_PORT/__status"
+}
+
+# start_gateway NAME PORT ADMIN_PORT CACHE_MAX_BYTES
+start_gateway() {
+    local name=$1
+    GATEWAY_PORT=$2 GATEWAY_ADMIN_PORT=$3 CACHE_MAX_BYTES=$4 AUDIT_FILE="$name.audit.jsonl"
+    render gateway.toml "$DIR/$name.toml"
+    DIALNEXA_KEY_BENCH="$ORG_KEY" "$BIN" check --config "$DIR/$name.toml" >/dev/null || die "gateway config rejected"
+    DIALNEXA_KEY_BENCH="$ORG_KEY" RUST_LOG=warn start "$name" "$PROXY_CPU" "$BIN" --config "$DIR/$name.toml"
+    wait_up "$name" "http://127.0.0.1:$GATEWAY_ADMIN_PORT/healthz"
+    GATEWAY_PORT=$((PORT_BASE + 1)) GATEWAY_ADMIN_PORT=$((PORT_BASE + 2))
+}
+
+start_nginx() {
+    mkdir -p "$DIR/nginx-body" "$DIR/nginx-proxy-temp" "$NGINX_CACHE_DIR"
+    render nginx.conf "$DIR/nginx.conf"
+    start nginx "$PROXY_CPU" nginx -e "$DIR/nginx.error.log" -p "$DIR" -c "$DIR/nginx.conf"
+    wait_up nginx "http://127.0.0.1:$NGINX_PORT/"
+}
+
+start_haproxy() {
+    printf '%s bench\n' "$TEAM_KEY" >"$DIR/haproxy-teams.map"
+    printf 'bench bench\n' >"$DIR/haproxy-orgs.map"
+    printf 'bench %s\n' "$ORG_KEY" >"$DIR/haproxy-org-keys.map"
+    render haproxy.cfg "$DIR/haproxy.cfg"
+    haproxy -c -q -f "$DIR/haproxy.cfg" >&2 || die "haproxy config rejected"
+    start haproxy "$PROXY_CPU" haproxy -db -f "$DIR/haproxy.cfg"
+    wait_up haproxy "http://127.0.0.1:$HAPROXY_PORT/"
+}
+
+start_ceiling() {
+    mkdir -p "$DIR/ceiling-body"
+    render ceiling.nginx.conf "$DIR/ceiling.nginx.conf"
+    start ceiling "$PROXY_CPU" nginx -e "$DIR/ceiling.error.log" -p "$DIR" -c "$DIR/ceiling.nginx.conf"
+    wait_up ceiling "http://127.0.0.1:$CEILING_PORT/v1/agents2/x"
+}
+
+declare -A PORT=([gateway]=$GATEWAY_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT [ceiling]=$CEILING_PORT)
+PEERS=(gateway haproxy nginx)
+
+# === measuring ===
+
+cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
+user_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 }'; }
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+upstream_requests() {
+    curl -s --max-time 2 "http://127.0.0.1:$UPSTREAM_PORT/__status" | awk 'NR == 3 { print $3 }'
+}
+gateway_metric() { # NAME ADMIN_PORT
+    curl -s --max-time 5 "http://127.0.0.1:$2/metrics" | awk -v m="$1" '$1 == m && !f { print $2; f = 1 }'
+}
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+
+# Latency as wrk prints it (812.00us, 1.23ms, 2.01s) in microseconds.
+to_us() {
+    awk -v v="$1" 'BEGIN {
+        if (v ~ /us$/) { sub(/us$/, "", v); print v + 0 }
+        else if (v ~ /ms$/) { sub(/ms$/, "", v); print v * 1000 }
+        else if (v ~ /m$/) { sub(/m$/, "", v); print v * 60000000 }
+        else if (v ~ /s$/) { sub(/s$/, "", v); print v * 1000000 }
+        else print "nan" }'
+}
+
+wrk_load() { # DURATION URL [wrk args...]: wrk on the load core with the team key
+    local duration=$1 url=$2
+    shift 2
+    taskset -c "$LOAD_CPU" wrk -t"$WRK_THREADS" -c"$CONNS" -d"${duration}s" --latency --timeout 5s \
+        -H "Authorization: Bearer $TEAM_KEY" "$@" "$url"
+}
+
+# warm PROXY PREFIX COUNT: fetches COUNT distinct agents (PREFIX000000, PREFIX000001, ...) through
+# PROXY, 64 at a time over kept-alive connections (curl --parallel), so they are cached.
+warm() {
+    local proxy=$1 prefix=$2 count=$3 list="$DIR/warm-$1-$2.curl" out="$DIR/warm-$1-$2.txt" bad
+    awk -v n="$count" -v base="http://127.0.0.1:${PORT[$proxy]}/v1/agents2/$prefix" 'BEGIN {
+        for (i = 0; i < n; i++) printf "url = \"%s%06d\"\noutput = \"/dev/null\"\n", base, i }' >"$list"
+    taskset -c "$LOAD_CPU" curl -s --parallel --parallel-max 64 --max-time 120 -w '%{http_code}\n' \
+        -H "Authorization: Bearer $TEAM_KEY" -K "$list" >"$out" 2>"$out.err" || true
+    bad=$(grep -vc '^200$' "$out" || true)
+    [ "$bad" = 0 ] || FAILURES+=("warm $proxy: $bad of $count answers were not 200 ($(sort "$out" | uniq -c | sort -rn | head -3 | tr -s ' ' | paste -sd,))")
+    rm -f "$list"
+}
+
+RESULTS="$DIR/results.tsv"
+printf 'scenario\tproxy\trps\tp50_us\tp99_us\tcpu_us\trequests\terrors\tnon2xx\tupstream_per_req\taudit_per_req\tuser_us\n' >"$RESULTS"
+
+# measure SCENARIO PROXY URL [wrk args...]: one measured wrk run, one row in results.tsv.
+measure() {
+    local scenario=$1 proxy=$2 url=$3
+    shift 3
+    local pid=${PID[$proxy]} out="$DIR/wrk-$scenario-$proxy.txt"
+    local t0 t1 u0 u1 a0=0 a1=0 s0 s1
+    [ "$proxy" = gateway ] && a0=$(gateway_metric dialnexa_gateway_audit_lines_written_total "$GATEWAY_ADMIN_PORT")
+    u0=$(upstream_requests)
+    t0=$(cpu_ticks "$pid")
+    s0=$(user_ticks "$pid")
+    wrk_load "$DURATION" "$url" "$@" >"$out" 2>&1 || { cat "$out" >&2; FAILURES+=("$scenario/$proxy: wrk failed"); }
+    t1=$(cpu_ticks "$pid")
+    s1=$(user_ticks "$pid")
+    u1=$(upstream_requests)
+    if [ "$proxy" = gateway ]; then
+        sleep 0.2 # the audit writer drains its buffer
+        a1=$(gateway_metric dialnexa_gateway_audit_lines_written_total "$GATEWAY_ADMIN_PORT")
+        : >"$DIR/gateway.audit.jsonl" # the lines were counted; keep the disk from filling
+    fi
+    kill -0 "$pid" 2>/dev/null || die "$proxy died during $scenario"
+
+    local requests rps p50 p99 non2xx errors
+    requests=$(awk '/ requests in / { print $1; exit }' "$out")
+    rps=$(awk '/^Requests\/sec:/ { print $2; exit }' "$out")
+    p50=$(to_us "$(awk '$1 == "50%" { print $2; exit }' "$out")")
+    p99=$(to_us "$(awk '$1 == "99%" { print $2; exit }' "$out")")
+    non2xx=$(awk '/Non-2xx or 3xx responses:/ { print $NF; exit }' "$out")
+    errors=$(awk '/Socket errors:/ { gsub(/,/, ""); print $4 + $6 + $8 + $10; exit }' "$out")
+    requests=${requests:-0} rps=${rps:-0} non2xx=${non2xx:-0} errors=${errors:-0}
+    local cpu upr apr usr
+    cpu=$(awk -v d=$((t1 - t0)) -v n="$requests" -v t="$TICK_US" 'BEGIN { printf "%.2f", n ? d * t / n : 0 }')
+    usr=$(awk -v d=$((s1 - s0)) -v n="$requests" -v t="$TICK_US" 'BEGIN { printf "%.2f", n ? d * t / n : 0 }')
+    # The status request itself counts once.
+    upr=$(awk -v d=$((u1 - u0 - 1)) -v n="$requests" 'BEGIN { printf "%.3f", n ? d / n : 0 }')
+    apr=$(awk -v d=$((a1 - a0)) -v n="$requests" -v g="$proxy" 'BEGIN { if (g != "gateway") print "-"; else printf "%.3f", n ? d / n : 0 }')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$proxy" "$rps" "$p50" "$p99" "$cpu" \
+        "$requests" "$errors" "$non2xx" "$upr" "$apr" "$usr" >>"$RESULTS"
+    log "$(printf '%-10s %-8s %9s req/s  p50 %7sus  p99 %7sus  cpu %6sus/req (user %s)  upstream/req %s  errors %s non2xx %s' \
+        "$scenario" "$proxy" "$rps" "$p50" "$p99" "$cpu" "$usr" "$upr" "$errors" "$non2xx")"
+    [ "$requests" -gt 0 ] || FAILURES+=("$scenario/$proxy: no request completed")
+    [ "$errors" = 0 ] || FAILURES+=("$scenario/$proxy: $errors socket errors")
+    [ "$non2xx" = 0 ] || FAILURES+=("$scenario/$proxy: $non2xx non-2xx answers")
+}
+
+# === sanity: the same job everywhere ===
+
+sanity() {
+    local proxy=$1 base="http://127.0.0.1:${PORT[$1]}" code headers
+    code=$(curl -s -o /dev/null -w '%{http_code}' "$base/v1/agents2/sanity-1")
+    [ "$proxy" = ceiling ] || [ "$code" = 401 ] || die "$proxy answered $code without a team key (expected 401)"
+    curl -s -o /dev/null -H "Authorization: Bearer $TEAM_KEY" "$base/v1/agents2/sanity-1"
+    headers=$(curl -s -D - -o "$DIR/sanity-$proxy.json" -H "Authorization: Bearer $TEAM_KEY" "$base/v1/agents2/sanity-1")
+    grep -q '^HTTP/1.1 200' <<<"$headers" || die "$proxy: GET with the team key did not answer 200"
+    grep -q '"id":"sanity-1"' "$DIR/sanity-$proxy.json" || die "$proxy: unexpected body"
+    case $proxy in
+        gateway) grep -qi '^x-cache: HIT' <<<"$headers" || die "gateway: second GET was not a cache hit" ;;
+        nginx) grep -qi '^x-cache: HIT' <<<"$headers" || die "nginx: second GET was not a cache hit" ;;
+        haproxy) grep -qi '^age:' <<<"$headers" || die "haproxy: second GET was not a cache hit" ;;
+    esac
+}
+
+# === scenarios ===
+
+NONCE="$(date +%s%N | tail -c 9)"
+
+scenario_hit_hot() {
+    local proxy
+    for proxy in "${PEERS[@]}"; do
+        curl -s -o /dev/null -H "Authorization: Bearer $TEAM_KEY" "http://127.0.0.1:${PORT[$proxy]}/v1/agents2/hot-000001"
+    done
+    for proxy in "${PEERS[@]}" ceiling; do
+        measure hit-hot "$proxy" "http://127.0.0.1:${PORT[$proxy]}/v1/agents2/hot-000001"
+    done
+}
+
+scenario_hit_spread() {
+    local proxy
+    for proxy in "${PEERS[@]}"; do
+        warm "$proxy" "s$NONCE" "$SPREAD_AGENTS"
+    done
+    for proxy in "${PEERS[@]}" ceiling; do
+        BENCH_AGENTS=$SPREAD_AGENTS BENCH_PREFIX="s$NONCE" measure hit-spread "$proxy" \
+            "http://127.0.0.1:${PORT[$proxy]}/" -s "$BENCH/lua/spread.lua"
+    done
+}
+
+scenario_miss() { # NAME PREFIX
+    local proxy
+    for proxy in "${PEERS[@]}"; do
+        BENCH_PREFIX="$2$NONCE-$proxy" measure "$1" "$proxy" "http://127.0.0.1:${PORT[$proxy]}/" -s "$BENCH/lua/unique.lua"
+    done
+}
+
+scenario_mix() {
+    local proxy
+    for proxy in "${PEERS[@]}"; do
+        warm "$proxy" "x$NONCE" "$MIX_AGENTS"
+        BENCH_AGENTS=$MIX_AGENTS BENCH_PREFIX="x$NONCE" BENCH_PATCH_PERCENT=$PATCH_PERCENT measure mix "$proxy" \
+            "http://127.0.0.1:${PORT[$proxy]}/" -s "$BENCH/lua/mix.lua"
+    done
+}
+
+RSS_LINES=()
+# A fresh gateway (cache.max_bytes $2) fetches RSS_AGENTS distinct agents; reports RSS and cache bytes.
+scenario_rss_one() { # NAME CACHE_MAX_BYTES
+    local name=$1 max=$2 base_kib after_kib bytes entries body total
+    start_gateway "$name" "$RSS_PORT" "$RSS_ADMIN_PORT" "$max"
+    PORT[$name]=$RSS_PORT
+    curl -s -o /dev/null -H "Authorization: Bearer $TEAM_KEY" "http://127.0.0.1:$RSS_PORT/v1/agents2/r000000"
+    body=$(curl -s -H "Authorization: Bearer $TEAM_KEY" "http://127.0.0.1:$RSS_PORT/v1/agents2/r000000" | wc -c)
+    sleep 0.5
+    base_kib=$(rss_kib "${PID[$name]}")
+    warm "$name" r "$RSS_AGENTS"
+    sleep 1
+    bytes=$(gateway_metric dialnexa_gateway_cache_bytes "$RSS_ADMIN_PORT")
+    entries=$(gateway_metric dialnexa_gateway_cache_entries "$RSS_ADMIN_PORT")
+    after_kib=$(rss_kib "${PID[$name]}")
+    total=$((body * RSS_AGENTS))
+    RSS_LINES+=("$(printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s' "$name" "$RSS_AGENTS" "$body" "$total" "$max" \
+        "${bytes:-0}" "${entries:-0}" "$base_kib $after_kib")")
+    log "$(printf '%s: %s agents of %s B (%s B in all): RSS %s KiB -> %s KiB; cache_bytes %s of max %s; entries %s' \
+        "$name" "$RSS_AGENTS" "$body" "$total" "$base_kib" "$after_kib" "$bytes" "$max" "$entries")"
+    [ "${bytes:-0}" -le "$max" ] || FAILURES+=("$name: cache_bytes $bytes exceeds cache.max_bytes $max")
+    stop "$name"
+}
+
+scenario_rss() {
+    # Room for every agent: RSS against the bodies' bytes.
+    scenario_rss_one gateway-rss $((1024 * 1024 * 1024))
+    # Less room than the agents need: the byte bound holds.
+    scenario_rss_one gateway-bounded $((RSS_AGENTS * 3300 / 4))
+}
+
+# === run ===
+
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
+log "work directory $DIR; proxies on CPU $PROXY_CPU, wrk + upstream on CPU $LOAD_CPU; ${DURATION}s per run, $CONNS connections"
+start_upstream
+start_gateway gateway "$GATEWAY_PORT" "$GATEWAY_ADMIN_PORT" "$CACHE_MAX_BYTES"
+start_nginx
+start_haproxy
+start_ceiling
+for proxy in "${PEERS[@]}" ceiling; do sanity "$proxy"; done
+log "all proxies up and doing the job"
+
+STARTED_AT="$(date -u +%Y-%m-%dT%H:%MZ)"
+for s in $SCENARIOS; do
+    case $s in
+        hit-hot) scenario_hit_hot ;;
+        hit-spread) scenario_hit_spread ;;
+        miss-0ms) scenario_miss miss-0ms m ;;
+        miss-20ms) scenario_miss miss-20ms slow- ;;
+        mix) scenario_mix ;;
+        rss) scenario_rss ;;
+        *) die "unknown scenario $s" ;;
+    esac
+done
+LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+# A hit scenario that went upstream measured the wrong thing.
+while IFS=$'\t' read -r scenario proxy _ _ _ _ _ _ _ upr _ _; do
+    case $scenario in hit-*)
+        awk -v u="$upr" 'BEGIN { exit !(u > 0.01) }' && FAILURES+=("$scenario/$proxy: $upr upstream requests per request: not cache hits") ;;
+    esac
+done < <(tail -n +2 "$RESULTS")
+
+# === report ===
+
+report() {
+    local rss_tsv="$DIR/rss.tsv"
+    printf '%s\n' "${RSS_LINES[@]:-}" >"$rss_tsv"
+    awk -F'\t' -v rssfile="$rss_tsv" '
+    function fmt_us(v) { return v >= 1000 ? sprintf("%.2f ms", v / 1000) : sprintf("%.0f µs", v) }
+    function ratio(a, b) { return (b > 0 && a != "") ? sprintf("%.2f", a / b) : "—" }
+    NR == 1 { next }
+    {
+        key = $1 SUBSEP $2
+        rps[key] = $3; p50[key] = $4; p99[key] = $5; cpu[key] = $6; req[key] = $7
+        err[key] = $8 + $9; upr[key] = $10; apr[key] = $11; usr[key] = $12
+        if (!($1 in seen)) { seen[$1] = 1; order[++ns] = $1 }
+        has[key] = 1
+    }
+    END {
+        print "| scenario | proxy | req/s | p50 | p99 | proxy CPU µs/req | of which user | upstream req/req | audit lines/req | errors + non-2xx |"
+        print "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        split("gateway haproxy nginx ceiling", px, " ")
+        for (i = 1; i <= ns; i++) for (j = 1; j <= 4; j++) {
+            k = order[i] SUBSEP px[j]; if (!(k in has)) continue
+            printf "| %s | %s | %.0f | %s | %s | %.1f | %.1f | %s | %s | %d |\n", order[i], px[j], rps[k], fmt_us(p50[k]), fmt_us(p99[k]), cpu[k], usr[k], upr[k], apr[k], err[k]
+        }
+        print ""
+        print "Ratios, gateway ÷ peer (req/s: higher is better for the gateway; p50, p99, CPU: lower is better):"
+        print ""
+        print "| scenario | gateway ÷ | req/s | p50 | p99 | CPU µs/req |"
+        print "| --- | --- | ---: | ---: | ---: | ---: |"
+        for (i = 1; i <= ns; i++) for (j = 2; j <= 4; j++) {
+            g = order[i] SUBSEP "gateway"; k = order[i] SUBSEP px[j]
+            if (!(k in has) || !(g in has)) continue
+            printf "| %s | %s | %s | %s | %s | %s |\n", order[i], px[j], ratio(rps[g], rps[k]), ratio(p50[g], p50[k]), ratio(p99[g], p99[k]), ratio(cpu[g], cpu[k])
+        }
+        print ""
+        print "Targets (issue 7), in this run:"
+        print ""
+        print "| target | measured | met |"
+        print "| --- | ---: | :---: |"
+        split("hit-hot hit-spread", hits, " ")
+        for (i = 1; i <= 2; i++) {
+            s = hits[i]; g = s SUBSEP "gateway"; h = s SUBSEP "haproxy"; n = s SUBSEP "nginx"; c = s SUBSEP "ceiling"
+            if (!((g in has) && (h in has))) continue
+            target(s ": CPU/request ≤ 0.9× HAProxy", cpu[g] / cpu[h], 0.9, 1)
+            if (c in has) target(s ": CPU/request ≤ 1.3× the ceiling", cpu[g] / cpu[c], 1.3, 1)
+            target(s ": req/s ≥ 1.0× HAProxy", rps[g] / rps[h], 1.0, 0)
+            if (n in has) target(s ": req/s ≥ 1.5× NGINX", rps[g] / rps[n], 1.5, 0)
+            best = p99[h]; if ((n in has) && p99[n] < best) best = p99[n]
+            target(s ": p99 ≤ the best peer", p99[g] / best, 1.0, 1)
+        }
+        g = "miss-0ms" SUBSEP "gateway"; h = "miss-0ms" SUBSEP "haproxy"
+        if ((g in has) && (h in has)) target("miss-0ms: CPU/request ≤ 1.0× HAProxy", cpu[g] / cpu[h], 1.0, 1)
+        while ((getline line < rssfile) > 0) {
+            split(line, r, "\t"); if (r[1] != "gateway-rss") continue
+            split(r[8], kib, " ")
+            target(sprintf("rss: RSS with %d cached agents ≤ 1.3× their body bytes", r[2]), kib[2] * 1024 / r[4], 1.3, 1)
+        }
+    }
+    function target(name, v, limit, lower) {
+        ok = lower ? (v <= limit) : (v >= limit)
+        printf "| %s | %.2f× | %s |\n", name, v, ok ? "yes" : "**no**"
+    }' "$RESULTS"
+    if [ ${#RSS_LINES[@]} -gt 0 ]; then
+        echo
+        echo "Memory: a fresh gateway fetches N distinct agents (\`GET /v1/agents2/rNNNNNN\`, all cached), then RSS (VmRSS) and the admin \`/metrics\` cache figures are read:"
+        echo
+        echo "| instance | agents | body bytes each | body bytes in all | cache.max_bytes | dialnexa_gateway_cache_bytes | cache entries | RSS at start | RSS after | RSS ÷ body bytes | RSS growth per agent |"
+        echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        local line
+        for line in "${RSS_LINES[@]}"; do
+            awk -F'\t' '{ split($8, k, " ");
+                printf "| %s | %d | %d | %.1f MiB | %.1f MiB | %.1f MiB | %d | %.1f MiB | %.1f MiB | %.2f | %.0f B |\n",
+                    $1, $2, $3, $4 / 1048576, $5 / 1048576, $6 / 1048576, $7, k[1] / 1024, k[2] / 1024, k[2] * 1024 / $4, (k[2] - k[1]) * 1024 / $2 }' <<<"$line"
+        done
+    fi
+}
+
+machine() {
+    echo "- Date: $STARTED_AT (UTC); load average before/after: $LOAD_BEFORE / $LOAD_AFTER"
+    echo "- Command: \`bench/run.sh${ARGS_TEXT:+ $ARGS_TEXT}\` (${DURATION} s per run, wrk -t$WRK_THREADS -c$CONNS, upstream delay for miss-20ms: $SLOW_MS ms)"
+    echo "- Gateway: $("$BIN" --version) at $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet HEAD -- src 2>/dev/null || echo ' + uncommitted src changes'), $(rustc --version 2>/dev/null | cut -d' ' -f1-2)"
+    echo "- Peers: $(nginx -v 2>&1 | sed 's/^nginx version: //'), HAProxy $(haproxy -v | awk 'NR == 1 { print $3 }'), $(wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }')"
+    echo "- CPU: $(lscpu | awk -F: '/^Model name/ { gsub(/^ +/, "", $2); print $2; exit }'), $(nproc) CPUs; kernel $(uname -r); $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)"
+    echo "- Pinning: every proxy on CPU $PROXY_CPU (gateway \`server.worker_threads = 1\`, NGINX \`worker_processes 1\`, HAProxy \`nbthread 1\`); wrk and the fake upstream on CPU $LOAD_CPU"
+    echo "- **The gateway's audit log was ON** (file sink, one JSON line per request; the \`audit lines/req\` column counts them from \`dialnexa_gateway_audit_lines_written_total\`). NGINX and HAProxy ran without access logs."
+}
+
+REPORT="$DIR/report.md"
+{
+    echo "### $LABEL"
+    echo
+    if [ "$SMOKE" = 1 ]; then
+        echo "Smoke mode: 1 s runs and small data sets check that the benchmark works; its figures mean nothing."
+        echo
+    fi
+    machine
+    echo
+    report
+} >"$REPORT"
+echo
+cat "$REPORT"
+
+if [ -n "$DOCS" ] && [ ${#FAILURES[@]} -eq 0 ]; then
+    mkdir -p "$(dirname "$DOCS")"
+    [ -f "$DOCS" ] || printf '# Benchmarks\n\nWritten by bench/run.sh.\n' >"$DOCS"
+    begin="<!-- bench:begin $LABEL -->" end="<!-- bench:end $LABEL -->"
+    if grep -qF "$begin" "$DOCS"; then
+        awk -v b="$begin" -v e="$end" -v f="$REPORT" '
+            $0 == b { print; while ((getline l < f) > 0) print l; skip = 1; next }
+            $0 == e { skip = 0 }
+            !skip' "$DOCS" >"$DOCS.tmp"
+        mv "$DOCS.tmp" "$DOCS"
+    else
+        { echo; echo "$begin"; cat "$REPORT"; echo "$end"; } >>"$DOCS"
+    fi
+    log "figures written to $DOCS (section \"$LABEL\")"
+fi
+
+if [ ${#FAILURES[@]} -gt 0 ]; then
+    log "FAILED:"
+    printf '  - %s\n' "${FAILURES[@]}" >&2
+    exit 1
+fi
+log "done: every proxy up, every run without errors or non-2xx answers"
