@@ -136,20 +136,6 @@ fn assert_line_matches(lines: &[Value], r: &TestResponse, method: &str, path: &s
     line
 }
 
-/// Runs the futures concurrently (each on its own task) and returns their results in order.
-async fn join_all<F>(futures: Vec<F>) -> Vec<F::Output>
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for h in handles {
-        out.push(h.await.expect("request task"));
-    }
-    out
-}
-
 /// One request to send: method, path, headers, body.
 type Planned = (Method, &'static str, Vec<(&'static str, String)>, Bytes);
 

@@ -9,3 +9,4 @@ mod cache;
 mod forwarding;
 mod operations;
 mod ratelimit;
+mod soak;

@@ -105,7 +105,7 @@ async fn burst_of_three_allows_exactly_three_then_429_and_forwards_nothing_more(
     );
     assert_eq!(upstream.total(), 1);
 
-    let answers = futures_join(
+    let answers = join_all(
         (0..10)
             .map(|_| {
                 let c = c.clone();
@@ -372,18 +372,4 @@ async fn refusals_are_counted_per_team_in_metrics() {
 
 fn statuses(answers: &[TestResponse]) -> Vec<u16> {
     answers.iter().map(|r| r.status).collect()
-}
-
-/// Runs the futures concurrently (each on its own task) and returns their results in order.
-async fn futures_join<F>(futures: Vec<F>) -> Vec<F::Output>
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for h in handles {
-        out.push(h.await.expect("request task"));
-    }
-    out
 }

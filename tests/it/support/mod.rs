@@ -14,6 +14,20 @@ pub use upstream::{FakeUpstream, Reply};
 
 use std::time::{Duration, Instant};
 
+/// Runs the futures concurrently (each on its own task) and returns their results in order.
+pub async fn join_all<F>(futures: Vec<F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.expect("request task"));
+    }
+    out
+}
+
 /// Waits for `cond` to hold, polling; panics with `what` after 10 s. For conditions that become
 /// true through another task (a request reaching upstream, an audit line being written), never
 /// for timing assumptions.

@@ -75,6 +75,8 @@ type Override = Arc<dyn Fn(&Recorded) -> Option<Reply> + Send + Sync>;
 #[derive(Default)]
 struct State {
     requests: Mutex<Vec<Recorded>>,
+    /// Off for long runs (the soak), where keeping every request would grow memory by itself.
+    not_recording: std::sync::atomic::AtomicBool,
     /// Agent versions: a GET answers the version current when the request *arrived*.
     versions: Mutex<HashMap<String, u64>>,
     delays: Mutex<HashMap<Method, Duration>>,
@@ -140,6 +142,13 @@ impl FakeUpstream {
         self.state.requests.lock().unwrap().len()
     }
 
+    /// Stops keeping requests (`requests()`, `count()` and `total()` stay where they are).
+    pub fn stop_recording(&self) {
+        self.state
+            .not_recording
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub fn clear(&self) {
         self.state.requests.lock().unwrap().clear();
     }
@@ -200,7 +209,12 @@ async fn handle(
         headers: parts.headers.clone(),
         body,
     };
-    state.requests.lock().unwrap().push(rec.clone());
+    if !state
+        .not_recording
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        state.requests.lock().unwrap().push(rec.clone());
+    }
     let custom = state
         .overrides
         .lock()
