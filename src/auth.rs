@@ -43,16 +43,20 @@ impl fmt::Debug for KeyDigest {
 }
 
 /// The team key the client presented: `Authorization: Bearer <key>` first, else `X-Api-Key`.
-/// An `Authorization` header with another scheme counts as no key.
+/// An `Authorization` header with another scheme (say, Basic for some other hop) is not a team key,
+/// so `X-Api-Key` still counts beside it.
 pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    if let Some(value) = headers.get(header::AUTHORIZATION) {
-        let text = value.to_str().ok()?;
-        let (scheme, token) = text.split_once(' ')?;
-        let token = token.trim();
-        return (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token);
-    }
-    let key = headers.get("x-api-key")?.to_str().ok()?.trim();
-    (!key.is_empty()).then_some(key)
+    bearer_token(headers).or_else(|| {
+        let key = headers.get("x-api-key")?.to_str().ok()?.trim();
+        (!key.is_empty()).then_some(key)
+    })
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let text = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = text.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// Whether `access` allows `method`: read-only teams may only read.
@@ -105,6 +109,13 @@ mod tests {
             None
         );
         assert_eq!(presented_key(&headers(&[("x-api-key", " ")])), None);
+        assert_eq!(
+            presented_key(&headers(&[
+                ("authorization", "Basic abc"),
+                ("x-api-key", "xyz")
+            ])),
+            Some("xyz")
+        );
         assert_eq!(presented_key(&HeaderMap::new()), None);
     }
 
