@@ -757,3 +757,40 @@ fn gen_key_prints_a_different_key_each_run() {
     let distinct: std::collections::HashSet<_> = keys.iter().collect();
     assert_eq!(distinct.len(), keys.len(), "{keys:?}");
 }
+
+#[tokio::test]
+async fn sigusr1_reopens_the_audit_file_after_logrotate_moved_it() {
+    let upstream = FakeUpstream::start().await;
+    let mut gw = GatewayBuilder::new(upstream.base_url())
+        .spawn_binary()
+        .await;
+    let c = gw.client();
+    assert_eq!(c.get("/v1/calls", BILLING).await.status, 200);
+    wait_until("first line written", || gw.audit().len() == 1).await;
+
+    // What logrotate does: move the file away, then signal.
+    let rotated = gw.audit_path.with_extension("jsonl.1");
+    std::fs::rename(&gw.audit_path, &rotated).unwrap();
+    gw.signal("USR1");
+    let path = gw.audit_path.clone();
+    wait_until("a new audit file at the configured path", || path.exists()).await;
+    assert_eq!(c.get("/v1/calls?after=rotate", BILLING).await.status, 200);
+    wait_until("second line written", || gw.audit().len() == 1).await;
+
+    let moved = std::fs::read_to_string(&rotated).unwrap();
+    assert_eq!(
+        moved.lines().count(),
+        1,
+        "the old file keeps the line written before the move"
+    );
+    assert_eq!(gw.audit()[0]["path"], "/v1/calls");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&gw.audit_path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    gw.signal("TERM");
+    assert_eq!(gw.wait_exit(Duration::from_secs(15)).await, Some(0));
+}
