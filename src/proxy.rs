@@ -122,12 +122,18 @@ impl Exchange<'_> {
             self.record.changed_fields = audit::changed_fields(&body);
         }
 
-        match (&route.agent, self.gw.cache_enabled(self.rt)) {
-            (Some(agent), Some(cache)) if agent.is_item && parts.method == Method::GET => {
+        let cacheable = route
+            .agent
+            .as_ref()
+            .filter(|a| a.is_item && parts.method == Method::GET);
+        match (cacheable, self.gw.cache_enabled(self.rt)) {
+            (Some(agent), Some(cache)) => {
                 self.read_agent(cache, &team, &route, agent, &parts, request_id)
                     .await
             }
-            _ => {
+            // Caching is off (`cache.enabled = false`): a cacheable read still says how it was served.
+            (Some(_), None) => Ok(self.bypass(&team, &route, &parts, request_id).await),
+            (None, _) => {
                 self.forward(&team, &route, &parts, body, request_id, Purpose::Forward)
                     .await
             }
@@ -260,29 +266,7 @@ impl Exchange<'_> {
         let directive = cache::client_directive(&parts.headers);
         let ticket = match directive {
             ClientDirective::Bypass => {
-                self.record.cache = Some(CacheOutcome::Bypass);
-                self.gw.metrics.cache_bypass.inc();
-                let forwarded = self
-                    .forward(
-                        team,
-                        route,
-                        parts,
-                        Bytes::new(),
-                        request_id,
-                        Purpose::Forward,
-                    )
-                    .await;
-                let mut resp = match forwarded {
-                    Ok(resp) => resp,
-                    Err(e) => return Ok(self.error_response(&e, CacheOutcome::Bypass, "bypass")),
-                };
-                mark(
-                    &mut resp,
-                    CacheOutcome::Bypass,
-                    "dialnexa-gateway; fwd=bypass".into(),
-                    None,
-                );
-                return Ok(resp);
+                return Ok(self.bypass(team, route, parts, request_id).await);
             }
             ClientDirective::Refresh => cache.refresh_ticket(org, agent.family, &agent.id, &query),
             ClientDirective::Normal => {
@@ -357,6 +341,41 @@ impl Exchange<'_> {
         match failure {
             Err(answer) => Ok(self.miss_response(&answer, fwd)),
             Ok(e) => Ok(self.error_response(&e, CacheOutcome::Miss, fwd)),
+        }
+    }
+
+    /// A cacheable read served without the cache (client `no-store`, or caching turned off): forwarded
+    /// as is and marked `BYPASS`, failures included.
+    async fn bypass(
+        &mut self,
+        team: &TeamState,
+        route: &Route,
+        parts: &Parts,
+        request_id: &HeaderValue,
+    ) -> Response<ProxyBody> {
+        self.record.cache = Some(CacheOutcome::Bypass);
+        self.gw.metrics.cache_bypass.inc();
+        let forwarded = self
+            .forward(
+                team,
+                route,
+                parts,
+                Bytes::new(),
+                request_id,
+                Purpose::Forward,
+            )
+            .await;
+        match forwarded {
+            Ok(mut resp) => {
+                mark(
+                    &mut resp,
+                    CacheOutcome::Bypass,
+                    "dialnexa-gateway; fwd=bypass".into(),
+                    None,
+                );
+                resp
+            }
+            Err(e) => self.error_response(&e, CacheOutcome::Bypass, "bypass"),
         }
     }
 

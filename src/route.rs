@@ -99,10 +99,15 @@ fn has_encoded_control(lower: &str) -> bool {
 }
 
 /// `/v1/x` → `/x`; `/x` (legacy, unversioned) → `/x`; `/v2/x` → the gateway's own 404.
+/// `/admin/...` is the gateway's own 404 too: the admin API lives on the admin listener only, and a
+/// team key must never reach it, nor send such a path upstream under the org's key.
 fn strip_version(path: &str) -> Result<&str, GatewayError> {
     let first = path[1..].split('/').next().unwrap_or("");
     if first == "v1" {
         return Ok(&path[3..]);
+    }
+    if first == "admin" {
+        return Err(GatewayError::NotFound);
     }
     let is_version =
         first.len() > 1 && first.starts_with('v') && first[1..].bytes().all(|b| b.is_ascii_digit());
@@ -150,6 +155,17 @@ mod tests {
         assert_eq!(parse("/calls").unwrap().upstream_path, "/calls");
         assert_eq!(parse("/v1").unwrap().upstream_path, "/");
         assert_eq!(parse("/v1x/y").unwrap().upstream_path, "/v1x/y");
+    }
+
+    #[test]
+    fn admin_paths_are_not_served_on_the_api_listener() {
+        assert!(matches!(
+            parse("/admin/cache/purge"),
+            Err(GatewayError::NotFound)
+        ));
+        assert!(matches!(parse("/admin"), Err(GatewayError::NotFound)));
+        assert!(parse("/v1/admin/x").is_ok());
+        assert!(parse("/administrators").is_ok());
     }
 
     #[test]

@@ -1157,7 +1157,7 @@ async fn admin_purge_without_the_admin_token_is_401_and_purges_nothing() {
         let r = purge(&gw, auth.as_deref(), body).await;
         assert_eq!(r.status, 401);
     }
-    // The admin API does not exist on the API listener: the admin token is no team key there.
+    // The admin API does not exist on the API listener: its paths are the gateway's own 404.
     let r = c
         .send(
             Method::POST,
@@ -1166,7 +1166,7 @@ async fn admin_purge_without_the_admin_token_is_401_and_purges_nothing() {
             Bytes::from_static(body.as_bytes()),
         )
         .await;
-    assert_eq!(r.status, 401);
+    assert_eq!(r.status, 404);
     assert_eq!(x_cache(&c.get("/v1/agents2/a1", BILLING).await), "HIT");
     assert_eq!(upstream.total(), 1);
 }
@@ -1210,4 +1210,22 @@ async fn metrics_count_hits_misses_and_invalidations() {
         ) >= 1.0
     );
     assert_eq!(metric(&after_write, "dialnexa_gateway_cache_entries"), 0.0);
+}
+
+#[tokio::test]
+async fn with_caching_turned_off_agent_reads_say_bypass_and_always_go_upstream() {
+    let upstream = FakeUpstream::start().await;
+    let gw = GatewayBuilder::new(upstream.base_url())
+        .cache("enabled = false")
+        .start()
+        .await;
+    let c = gw.client();
+    for _ in 0..2 {
+        let r = c.get("/v1/agents2/a1", BILLING).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-cache"), Some("BYPASS"));
+    }
+    assert_eq!(upstream.count(&Method::GET, "/v1/agents2/a1"), 2);
+    let lines = gw.audit_lines(2).await;
+    assert!(lines.iter().all(|l| l["cache"] == "bypass"));
 }

@@ -353,3 +353,23 @@ async fn the_sdk_shape_works_legacy_path_bearer_and_gzip_accept() {
     assert_eq!(second.body, first.body);
     assert_eq!(upstream.total(), 1);
 }
+
+#[tokio::test]
+async fn admin_paths_are_404_on_the_api_listener_and_never_forwarded() {
+    let (upstream, gw) = setup().await;
+    let c = gw.client();
+    for key in [BILLING, ADMIN_TOKEN] {
+        let auth = format!("Bearer {key}");
+        let r = c
+            .send(
+                Method::POST,
+                "/admin/cache/purge",
+                &[("authorization", &auth)],
+                Bytes::from_static(b"{}"),
+            )
+            .await;
+        assert_eq!(r.status, 404);
+        assert_eq!(r.json()["code"], "not_found");
+    }
+    assert_eq!(upstream.total(), 0);
+}
