@@ -32,17 +32,11 @@ pub async fn handle(
         }
         (&Method::GET | &Method::HEAD, "/readyz") => probe(StatusCode::OK, "ready"),
         (&Method::GET, "/metrics") => {
-            if let Some(cache) = &gw.cache {
-                cache.refresh_gauges().await;
-            }
+            gw.cache.refresh_gauges().await;
+            let content_type = metrics_content_type(req.headers());
             let mut resp = Response::new(body::full(gw.metrics.encode()));
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                // prometheus-client renders OpenMetrics text (`# EOF`, `# UNIT`); say so, or scrapers lose the types.
-                HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
             resp.map(AuditedBody::unaudited)
         }
         (_, path) if path.starts_with("/admin/") => admin_api(gw, req, client_ip).await,
@@ -131,14 +125,10 @@ async fn admin_action(
     };
     record.org = purge.org.as_deref().map(Arc::from);
     record.agent_id = purge.agent_id.clone();
-    let purged = match &gw.cache {
-        Some(cache) => {
-            cache
-                .purge(purge.org.as_deref(), purge.agent_id.as_deref())
-                .await
-        }
-        None => 0,
-    };
+    let purged = gw
+        .cache
+        .purge(purge.org.as_deref(), purge.agent_id.as_deref())
+        .await;
     record.invalidated = purged;
     let body = serde_json::json!({
         "purged": purged,
@@ -151,4 +141,20 @@ async fn admin_action(
         HeaderValue::from_static("application/json"),
     );
     Ok(resp)
+}
+
+/// prometheus-client renders OpenMetrics text. A scraper that asks for OpenMetrics (Prometheus does)
+/// is told so, which keeps the types and units; anyone else gets the classic Prometheus text type,
+/// whose parsers read this rendering too (`# EOF` and `# UNIT` are comments to them).
+fn metrics_content_type(headers: &http::HeaderMap) -> &'static str {
+    let wants_openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    if wants_openmetrics {
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    } else {
+        "text/plain; version=0.0.4; charset=utf-8"
+    }
 }

@@ -21,13 +21,9 @@ use tokio::sync::mpsc;
 
 use crate::body::{BoxError, ProxyBody};
 use crate::cache::CacheOutcome;
-use crate::config::AuditSettings;
+use crate::config::{AuditSettings, AuditSink};
 use crate::error::Decision;
 use crate::metrics::Metrics;
-
-/// Lines buffered between requests and the writer. Large enough to absorb a slow disk for a moment
-/// at tens of thousands of requests per second; beyond it requests wait.
-const BUFFER_LINES: usize = 16 * 1024;
 
 /// After writing a burst the writer rests this long before it looks for the next one. Waking it
 /// for every line cost more than the line itself (a futex wake and two context switches per
@@ -196,13 +192,13 @@ enum Sink {
 }
 
 impl Sink {
-    fn open(settings: &AuditSettings) -> Result<Self, AuditOpenError> {
+    fn open(settings: &AuditSink) -> Result<Self, AuditOpenError> {
         match settings {
-            AuditSettings::Stdout => Ok(Self::Stdout(BufWriter::with_capacity(
+            AuditSink::Stdout => Ok(Self::Stdout(BufWriter::with_capacity(
                 SINK_BUFFER_BYTES,
                 io::stdout(),
             ))),
-            AuditSettings::File(path) => Ok(Self::File {
+            AuditSink::File(path) => Ok(Self::File {
                 out: BufWriter::with_capacity(SINK_BUFFER_BYTES, open_append(path)?),
                 path: path.clone(),
             }),
@@ -242,8 +238,8 @@ fn open_append(path: &PathBuf) -> Result<File, AuditOpenError> {
 impl AuditWriter {
     /// Opens the sink (failing start-up if it cannot) and starts the writer thread.
     pub fn start(settings: &AuditSettings, metrics: Arc<Metrics>) -> Result<Self, AuditOpenError> {
-        let sink = Sink::open(settings)?;
-        let (tx, rx) = mpsc::channel(BUFFER_LINES);
+        let sink = Sink::open(&settings.sink)?;
+        let (tx, rx) = mpsc::channel(settings.buffer_lines.get());
         let writer_metrics = metrics.clone();
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
@@ -337,6 +333,8 @@ pub struct AuditedBody {
     inner: ProxyBody,
     pending: Option<(Box<AuditRecord>, AuditLog)>,
     reserving: Option<Reserve>,
+    /// The body's last frame, held back until the line is queued.
+    last: Option<Frame<Bytes>>,
 }
 
 impl AuditedBody {
@@ -345,6 +343,7 @@ impl AuditedBody {
             inner,
             pending: Some((Box::new(record), log)),
             reserving: None,
+            last: None,
         }
     }
 
@@ -354,6 +353,7 @@ impl AuditedBody {
             inner,
             pending: None,
             reserving: None,
+            last: None,
         }
     }
 
@@ -408,7 +408,7 @@ impl Body for AuditedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        if this.reserving.is_none() {
+        if this.reserving.is_none() && this.last.is_none() {
             match std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
                 Some(Ok(frame)) => {
                     if let (Some(data), Some((record, _))) =
@@ -416,7 +416,13 @@ impl Body for AuditedBody {
                     {
                         record.bytes_out += data.len() as u64;
                     }
-                    return Poll::Ready(Some(Ok(frame)));
+                    if this.pending.is_none() || !this.inner.is_end_stream() {
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                    // The last frame: hyper drops a body whose `Content-Length` has been written
+                    // without polling it again, so the line is queued (waiting for room if need
+                    // be) before this frame is let go, or a full buffer would not hold anyone up.
+                    this.last = Some(frame);
                 }
                 // The line is still queued, by Drop, when the connection gives up on this body.
                 Some(Err(e)) => return Poll::Ready(Some(Err(e))),
@@ -424,7 +430,7 @@ impl Body for AuditedBody {
             }
         }
         std::task::ready!(this.poll_queue(cx));
-        Poll::Ready(None)
+        Poll::Ready(this.last.take().map(Ok))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -7,6 +7,7 @@
 //! in-flight fills are coalesced per (variant, generation). So a fill that began before a write is
 //! never served after it, and a read that arrives after a write never joins an older fill.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};
@@ -116,23 +117,58 @@ fn owned_header(value: &HeaderValue) -> HeaderValue {
 }
 
 /// Upstream forbids storing: `no-store` (and `no-cache`, which would need revalidation we do not do).
-/// `private` does not: the cache is per organisation.
+/// `private` does not: the cache is per organisation. A compressed body is not stored either: fills
+/// ask for identity, the cache keeps bodies uncompressed, and an upstream that compresses anyway
+/// would have its encoding replayed to clients that never accepted it.
 fn upstream_forbids_store(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::CACHE_CONTROL)
+    let encoded = headers
+        .get_all(header::CONTENT_ENCODING)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| {
-            let t = t.trim();
-            t.eq_ignore_ascii_case("no-store") || t.eq_ignore_ascii_case("no-cache")
-        })
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    encoded
+        || headers
+            .get_all(header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| {
+                let t = t.trim();
+                t.eq_ignore_ascii_case("no-store") || t.eq_ignore_ascii_case("no-cache")
+            })
 }
 
+/// An agent of one organisation. The id is case-folded: an upstream that reads ids without regard
+/// to case (UUIDs usually are) must not let a write through `ABC` leave `abc` cached. Reads of
+/// different spellings are still kept apart (see [`Stored::spelling`]).
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 struct AgentKey {
     org: Arc<str>,
     agent: Box<str>,
+}
+
+impl AgentKey {
+    fn new(org: &Arc<str>, agent: &str) -> Self {
+        Self {
+            org: org.clone(),
+            agent: fold_case(agent).into(),
+        }
+    }
+}
+
+fn fold_case(id: &str) -> Cow<'_, str> {
+    if id.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(id.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(id)
+    }
+}
+
+/// The id as the request spelled it when that differs from the folded key; `None` (no allocation)
+/// for the usual all-lower-case id.
+fn spelling(id: &str) -> Option<Box<str>> {
+    id.bytes()
+        .any(|b| b.is_ascii_uppercase())
+        .then(|| id.into())
 }
 
 /// One stored answer for one (family, query) variant of an agent.
@@ -144,6 +180,7 @@ pub struct Stored {
     generation: u64,
     family: Family,
     query: Box<str>,
+    spelling: Option<Box<str>>,
 }
 
 impl Stored {
@@ -186,6 +223,7 @@ pub struct Ticket {
     key: AgentKey,
     family: Family,
     query: Box<str>,
+    spelling: Option<Box<str>>,
     stripe: Stripe,
     generation: u64,
     /// An expired variant still inside the stale-if-error window.
@@ -223,6 +261,7 @@ struct FillKey {
     key: AgentKey,
     family: Family,
     query: Box<str>,
+    spelling: Option<Box<str>>,
     generation: u64,
 }
 
@@ -306,14 +345,13 @@ impl AgentCache {
     }
 
     fn ticket(&self, org: &Arc<str>, family: Family, agent: &str, query: &str) -> Ticket {
-        let stripe = Self::stripe(org, agent);
+        let key = AgentKey::new(org, agent);
+        let stripe = Self::stripe(org, &key.agent);
         Ticket {
-            key: AgentKey {
-                org: org.clone(),
-                agent: agent.into(),
-            },
+            key,
             family,
             query: query.into(),
+            spelling: spelling(agent),
             stripe,
             generation: self.generation(stripe),
             stale: None,
@@ -335,7 +373,10 @@ impl AgentCache {
         let mut ticket = self.ticket(org, family, agent, query);
         if let Some(entry) = self.entries.get(&ticket.key).await {
             let found = entry.variants.iter().find(|v| {
-                v.family == family && *v.query == *query && v.generation == ticket.generation
+                v.family == family
+                    && *v.query == *query
+                    && v.spelling == ticket.spelling
+                    && v.generation == ticket.generation
             });
             if let Some(v) = found {
                 let age = v.age();
@@ -381,6 +422,7 @@ impl AgentCache {
             key: ticket.key.clone(),
             family: ticket.family,
             query: ticket.query.clone(),
+            spelling: ticket.spelling.clone(),
             generation: ticket.generation,
         };
         loop {
@@ -461,6 +503,7 @@ impl AgentCache {
             generation: ticket.generation,
             family: ticket.family,
             query: ticket.query.clone(),
+            spelling: ticket.spelling.clone(),
         });
         let horizon = self.ttl + self.stale_window;
         let mut variants: Vec<Arc<Stored>> = match self.entries.get(&ticket.key).await {
@@ -470,7 +513,9 @@ impl AgentCache {
                 // Other variants of the same generation that are still worth keeping.
                 .filter(|v| {
                     v.generation == ticket.generation
-                        && !(v.family == ticket.family && v.query == ticket.query)
+                        && !(v.family == ticket.family
+                            && v.query == ticket.query
+                            && v.spelling == ticket.spelling)
                         && v.age() < horizon
                 })
                 .cloned()
@@ -490,14 +535,11 @@ impl AgentCache {
 
     /// Drops every variant of `agent` in `org`. Returns how many variants were dropped.
     pub async fn invalidate(&self, org: &Arc<str>, agent: &str) -> u64 {
-        let stripe = Self::stripe(org, agent);
+        let key = AgentKey::new(org, agent);
+        let stripe = Self::stripe(org, &key.agent);
         // Bump first: from this instant no stored variant or in-flight fill of the agent is served.
         self.generations[stripe.agent].fetch_add(1, Ordering::SeqCst);
         self.metrics.cache_invalidations.inc();
-        let key = AgentKey {
-            org: org.clone(),
-            agent: agent.into(),
-        };
         match self.entries.remove(&key).await {
             Some(entry) => entry.variants.len() as u64,
             None => 0,
@@ -509,6 +551,8 @@ impl AgentCache {
         if let (Some(org), Some(agent)) = (org, agent) {
             return self.invalidate(&Arc::from(org), agent).await;
         }
+        let agent = agent.map(fold_case);
+        let agent = agent.as_deref();
         // Bump first, as `invalidate` does: listing the entries cannot find fills still in flight,
         // and those must not be stored either.
         match (org, agent) {
@@ -632,6 +676,32 @@ mod tests {
             cache.lookup(&acme, Family::Agents2, "a1", "").await,
             Lookup::Miss(_)
         ));
+    }
+
+    #[tokio::test]
+    async fn spellings_are_cached_apart_and_invalidated_together() {
+        let cache = AgentCache::new(&settings(), Arc::new(Metrics::new()));
+        let org: Arc<str> = Arc::from("acme");
+        for (id, body) in [("abc", "lower"), ("ABC", "upper")] {
+            let Lookup::Miss(t) = cache.lookup(&org, Family::Agents, id, "").await else {
+                panic!()
+            };
+            cache.fill(&t, true, || async { ok(body) }).await;
+        }
+        for (id, body) in [("abc", "lower"), ("ABC", "upper")] {
+            let Lookup::Fresh { stored, .. } = cache.lookup(&org, Family::Agents, id, "").await
+            else {
+                panic!("{id} should be cached")
+            };
+            assert_eq!(stored.body, body);
+        }
+        assert_eq!(cache.invalidate(&org, "Abc").await, 2);
+        for id in ["abc", "ABC"] {
+            assert!(matches!(
+                cache.lookup(&org, Family::Agents, id, "").await,
+                Lookup::Miss(_)
+            ));
+        }
     }
 
     #[tokio::test]

@@ -24,6 +24,8 @@ const DEFAULT_CACHE_MAX_BYTES: u64 = 256 * 1024 * 1024;
 const DEFAULT_MAX_ENTRY_BYTES: u64 = 1024 * 1024;
 const DEFAULT_STALE_IF_ERROR_SECONDS: u64 = 300;
 const DEFAULT_AUDIT_PATH: &str = "audit.jsonl";
+/// Large enough to absorb a slow disk for a moment at tens of thousands of requests per second.
+const DEFAULT_AUDIT_BUFFER_LINES: usize = 16 * 1024;
 const ENV_PREFIX: &str = "DNXGW";
 
 // === raw file shape ===
@@ -77,6 +79,7 @@ struct RawCache {
 struct RawAudit {
     sink: Option<String>,
     path: Option<PathBuf>,
+    buffer_lines: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -151,7 +154,14 @@ pub struct CacheSettings {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AuditSettings {
+pub struct AuditSettings {
+    pub sink: AuditSink,
+    /// Lines queued between requests and the writer; past it requests wait for room.
+    pub buffer_lines: NonZeroUsize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditSink {
     File(PathBuf),
     Stdout,
 }
@@ -486,7 +496,15 @@ fn validate_cache(raw: RawCache, p: &mut Problems) -> Option<CacheSettings> {
 }
 
 fn validate_audit(raw: RawAudit, p: &mut Problems) -> Option<AuditSettings> {
-    match raw.sink.as_deref().unwrap_or("file") {
+    let buffer_lines =
+        match NonZeroUsize::new(raw.buffer_lines.unwrap_or(DEFAULT_AUDIT_BUFFER_LINES)) {
+            Some(n) => n,
+            None => {
+                p.push("audit.buffer_lines", "must be at least 1");
+                return None;
+            }
+        };
+    let sink = match raw.sink.as_deref().unwrap_or("file") {
         "file" => {
             let path = raw
                 .path
@@ -495,17 +513,18 @@ fn validate_audit(raw: RawAudit, p: &mut Problems) -> Option<AuditSettings> {
                 p.push("audit.path", "must not be empty");
                 return None;
             }
-            Some(AuditSettings::File(path))
+            AuditSink::File(path)
         }
-        "stdout" => Some(AuditSettings::Stdout),
+        "stdout" => AuditSink::Stdout,
         other => {
             p.push(
                 "audit.sink",
                 format!("{other:?} is not one of \"file\", \"stdout\""),
             );
-            None
+            return None;
         }
-    }
+    };
+    Some(AuditSettings { sink, buffer_lines })
 }
 
 fn validate_org(name: &str, raw: RawOrg, key: &str, p: &mut Problems) -> Option<Org> {
@@ -728,7 +747,8 @@ api_key_file = "{}"
         assert_eq!(s.upstream.timeout, Duration::from_secs(15));
         assert!(s.cache.enabled);
         assert_eq!(s.cache.ttl, Duration::from_secs(60));
-        assert_eq!(s.audit, AuditSettings::File(PathBuf::from("audit.jsonl")));
+        assert_eq!(s.audit.sink, AuditSink::File(PathBuf::from("audit.jsonl")));
+        assert_eq!(s.audit.buffer_lines.get(), 16 * 1024);
         assert!(s.admin_token.is_none());
         let team = &s.teams[0];
         assert_eq!(team.access, Access::ReadWrite);

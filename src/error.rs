@@ -30,6 +30,8 @@ pub enum GatewayError {
     UpstreamUnreachable,
     #[error("upstream did not answer within {0:?}")]
     UpstreamTimeout(Duration),
+    #[error("upstream gave an answer the gateway cannot pass on: {0}")]
+    UpstreamInvalid(&'static str),
     #[error("admin token required")]
     AdminUnauthenticated,
     #[error("admin API is disabled (no admin.token_sha256 configured)")]
@@ -62,7 +64,7 @@ impl GatewayError {
             Self::ReadOnly => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
+            Self::UpstreamUnreachable | Self::UpstreamInvalid(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -79,6 +81,7 @@ impl GatewayError {
             Self::BodyUnreadable => "body_unreadable",
             Self::UpstreamUnreachable => "upstream_unreachable",
             Self::UpstreamTimeout(_) => "upstream_timeout",
+            Self::UpstreamInvalid(_) => "upstream_invalid_response",
             Self::AdminUnauthenticated => "invalid_admin_token",
             Self::AdminDisabled => "admin_disabled",
             Self::NotFound => "not_found",
@@ -99,7 +102,9 @@ impl GatewayError {
             | Self::AdminDisabled
             | Self::InvalidAdminRequest(_) => Decision::BadRequest,
             // The request was allowed; forwarding it failed.
-            Self::UpstreamUnreachable | Self::UpstreamTimeout(_) => Decision::Allowed,
+            Self::UpstreamUnreachable | Self::UpstreamTimeout(_) | Self::UpstreamInvalid(_) => {
+                Decision::Allowed
+            }
         }
     }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::request::Parts;
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
@@ -98,12 +98,21 @@ impl Exchange<'_> {
         req: Request<Incoming>,
         request_id: &HeaderValue,
     ) -> Result<Response<ProxyBody>, GatewayError> {
-        // A malformed path is refused before anything else, identified or not.
-        let route = route::parse(req.uri().path())?;
+        // The team is looked up first so that every answer, refusals of bad paths included, is
+        // audited with the key that was presented and carries the team's quota; but a malformed path
+        // is refused before anything else, identified or not.
+        let team = self.identify(req.headers());
+        let is_read = auth::is_read(req.method());
+        let route = match route::parse(req.uri().path()) {
+            Ok(route) => route,
+            Err(e) => {
+                self.verdict = team.map(|t| t.limiter.peek(!is_read));
+                return Err(e);
+            }
+        };
         self.record.agent_id = route.agent.as_ref().map(|a| a.id.clone());
 
-        let team = self.identify(req.headers())?;
-        let is_read = auth::is_read(req.method());
+        let team = team.ok_or(GatewayError::Unauthenticated)?;
         if !auth::allows(team.team.access, req.method()) {
             self.verdict = Some(team.limiter.peek(!is_read));
             return Err(GatewayError::ReadOnly);
@@ -140,17 +149,14 @@ impl Exchange<'_> {
         }
     }
 
-    /// Step 1: the team behind the presented key, by digest.
-    fn identify(&mut self, headers: &HeaderMap) -> Result<Arc<TeamState>, GatewayError> {
+    /// Step 1: the team behind the presented key, by digest; `None` is a `401` once the path passed.
+    fn identify(&mut self, headers: &HeaderMap) -> Option<Arc<TeamState>> {
         let digest = auth::presented_key(headers).map(KeyDigest::of);
         self.record.key_id = digest.map(KeyDigest::key_id);
-        let team = digest
-            .and_then(|d| self.rt.team(&d))
-            .ok_or(GatewayError::Unauthenticated)?
-            .clone();
+        let team = self.rt.team(&digest?)?.clone();
         self.record.team = Some(team.team.name.clone());
         self.record.org = Some(team.team.org.name.clone());
-        Ok(team)
+        Some(team)
     }
 
     /// Step 3: after authentication and before the cache, so cache hits spend quota too: a hit still
@@ -185,18 +191,34 @@ impl Exchange<'_> {
         purpose: Purpose,
     ) -> Result<Response<ProxyBody>, GatewayError> {
         let req = self.upstream_request(team, route, parts, body, request_id, purpose)?;
-        let pending = self.invalidation_for(team, route, &parts.method).await;
+        let upstream = self.rt.upstream.clone();
+        let timeout = self.rt.settings.upstream.timeout;
         let started = Instant::now();
-        let result = self
-            .rt
-            .upstream
-            .send(&req, self.rt.settings.upstream.timeout)
-            .await;
+        let result = match self.invalidation_for(team, route, &parts.method).await {
+            None => upstream.send(&req, timeout).await,
+            Some(pending) => {
+                // A write to an agent runs to its end in a task of its own: if the client goes away,
+                // upstream may still apply it, so the second invalidation must follow upstream's
+                // answer, not the client's departure (which would drop the request mid-flight).
+                let write = tokio::spawn(async move {
+                    let result = upstream.send(&req, timeout).await;
+                    // Again once the answer (or failure) is back: a read that filled in between is
+                    // dropped too.
+                    (result, pending.complete().await)
+                });
+                match write.await {
+                    Ok((result, invalidated)) => {
+                        self.record.invalidated += invalidated;
+                        result
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "agent write task failed");
+                        Err(GatewayError::UpstreamUnreachable)
+                    }
+                }
+            }
+        };
         self.upstream_took(started.elapsed());
-        if let Some(pending) = pending {
-            // Again once the answer (or failure) is back: a read that filled in between is dropped too.
-            self.record.invalidated += pending.complete().await;
-        }
         let resp = result?;
         self.record.upstream_status = Some(resp.status().as_u16());
         Ok(crate::upstream::passthrough(resp))
@@ -233,7 +255,8 @@ impl Exchange<'_> {
         method: &Method,
     ) -> Option<PendingInvalidation> {
         let agent = route.agent.as_ref().filter(|_| !auth::is_read(method))?;
-        let cache = self.gw.cache.as_ref()?;
+        // Also while caching is off: entries stored before a reload turned it off outlive it.
+        let cache = &self.gw.cache;
         self.record.invalidated += cache.invalidate(&team.team.org.name, &agent.id).await;
         Some(PendingInvalidation {
             cache: cache.clone(),
@@ -307,6 +330,14 @@ impl Exchange<'_> {
         };
 
         let failure = match outcome {
+            // Conditional headers are never sent on a fill, so a `304` has no body to pass on and
+            // the client, which may not have asked conditionally either, must not see it.
+            FillOutcome::Answer(answer) if answer.status == StatusCode::NOT_MODIFIED => {
+                self.record.upstream_status = Some(answer.status.as_u16());
+                Ok(GatewayError::UpstreamInvalid(
+                    "304 Not Modified to an unconditional request",
+                ))
+            }
             FillOutcome::Answer(answer) if !answer.status.is_server_error() => {
                 return Ok(self.miss_response(&answer, fwd));
             }

@@ -4,6 +4,7 @@
 //! governor's keyed limiter applies one quota to every key, so each team owns its own direct
 //! limiters; a config reload hands the same `TeamLimiter` to a team whose quotas did not change.
 
+use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -94,6 +95,21 @@ impl Bucket {
         (status(policy, self.quota, remaining, wait), wait)
     }
 
+    /// Starts this (new) bucket as full as `old` is: what a team spent under its old quota stays
+    /// spent under the new one, up to the new burst.
+    fn take_over(&self, old: &Bucket) {
+        let remaining = old.peek(PolicyName::Team).remaining;
+        let spent = old.quota.burst.get().saturating_sub(remaining);
+        let Some(spent) = NonZeroU32::new(spent.min(self.quota.burst.get())) else {
+            return;
+        };
+        if let Ok(Ok(snapshot)) = self.gcra.check_n(spent) {
+            if let Ok(mut last) = self.last.lock() {
+                *last = (Instant::now(), snapshot.remaining_burst_capacity());
+            }
+        }
+    }
+
     fn peek(&self, policy: PolicyName) -> QuotaStatus {
         let (at, remaining) = self.last.lock().map(|l| *l).unwrap_or((Instant::now(), 0));
         let refilled =
@@ -143,6 +159,21 @@ impl TeamLimiter {
             general: Bucket::new(general),
             write: write.map(Bucket::new),
         }
+    }
+
+    /// The limiter for a team whose quotas a reload changed: the new quotas, with what the team had
+    /// already spent carried over, so a reload is never a way to refill a bucket.
+    pub fn succeeding(
+        previous: &TeamLimiter,
+        general: RateQuota,
+        write: Option<RateQuota>,
+    ) -> Self {
+        let next = Self::new(general, write);
+        next.general.take_over(&previous.general);
+        if let (Some(new), Some(old)) = (&next.write, &previous.write) {
+            new.take_over(old);
+        }
+        next
     }
 
     /// Whether this limiter enforces exactly these quotas (a reload keeps it if so).
@@ -253,7 +284,6 @@ fn reset_seconds(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::num::NonZeroU32;
 
     fn quota(per_minute: u32, burst: u32) -> RateQuota {
         RateQuota {
@@ -343,6 +373,21 @@ mod tests {
             "\"team\";q=600;w=60, \"team-write\";q=1;w=60"
         );
         assert!(header(&h, "ratelimit").starts_with("\"team-write\";r=0;"));
+    }
+
+    #[test]
+    fn a_changed_quota_keeps_what_was_spent() {
+        let old = TeamLimiter::new(quota(1, 5), Some(quota(1, 2)));
+        // Two writes and two reads: 4 general cells and 2 write cells spent.
+        for is_write in [true, true, false, false] {
+            assert!(old.check(is_write).retry_after.is_none());
+        }
+        let next = TeamLimiter::succeeding(&old, quota(1, 6), Some(quota(1, 3)));
+        assert_eq!(next.peek(false).general.remaining, 2);
+        assert_eq!(next.peek(true).write.unwrap().remaining, 1);
+        // A smaller burst than was spent starts empty, not negative.
+        let empty = TeamLimiter::succeeding(&old, quota(1, 2), None);
+        assert!(empty.check(false).retry_after.is_some());
     }
 
     #[test]

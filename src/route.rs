@@ -13,11 +13,15 @@ pub enum Family {
 }
 
 impl Family {
+    /// Case-insensitively: DialNexa's router (like Express's default) does not tell `/Agents` from
+    /// `/agents`, so a write through either must invalidate the same agent.
     fn parse(segment: &str) -> Option<Self> {
-        match segment {
-            "agents2" => Some(Self::Agents2),
-            "agents" => Some(Self::Agents),
-            _ => None,
+        if segment.eq_ignore_ascii_case("agents2") {
+            Some(Self::Agents2)
+        } else if segment.eq_ignore_ascii_case("agents") {
+            Some(Self::Agents)
+        } else {
+            None
         }
     }
 }
@@ -40,12 +44,58 @@ pub struct Route {
 /// Parses the raw (still percent-encoded) request path.
 pub fn parse(raw_path: &str) -> Result<Route, GatewayError> {
     check_safe(raw_path)?;
-    let rest = strip_version(raw_path)?;
+    let canonical = canonicalize(raw_path)?;
+    let rest = strip_version(&canonical)?;
     let upstream_path = if rest.is_empty() { "/" } else { rest };
     Ok(Route {
         upstream_path: upstream_path.to_owned(),
         agent: agent_path(upstream_path),
     })
+}
+
+/// The path in one canonical spelling (RFC 3986 §6.2.2): percent-encoded unreserved characters
+/// decoded, other escapes in upper case, runs of `/` merged (as NGINX's `merge_slashes` does).
+/// This is what is matched, cached under, invalidated and forwarded, so `/agents/ab%63`,
+/// `/agents//abc` and `/agents/abc` are one agent for the cache exactly as they are for upstream.
+fn canonicalize(path: &str) -> Result<Cow<'_, str>, GatewayError> {
+    let bytes = path.as_bytes();
+    if !bytes.contains(&b'%') && !path.contains("//") {
+        return Ok(Cow::Borrowed(path));
+    }
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out: Vec<u8> = Vec::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let decoded = bytes
+                .get(i + 1..i + 3)
+                .and_then(|hex| std::str::from_utf8(hex).ok())
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                .ok_or(GatewayError::BadPath(
+                    "malformed percent-encoding in the path",
+                ))?;
+            if decoded.is_ascii_alphanumeric() || b"-._~".contains(&decoded) {
+                out.push(decoded);
+            } else {
+                out.extend_from_slice(&[
+                    b'%',
+                    HEX[usize::from(decoded >> 4)],
+                    HEX[usize::from(decoded & 0xf)],
+                ]);
+            }
+            i += 3;
+            continue;
+        }
+        if !(b == b'/' && out.last() == Some(&b'/')) {
+            out.push(b);
+        }
+        i += 1;
+    }
+    // Only `%XX` escapes were replaced, by ASCII; every other byte is copied in order.
+    String::from_utf8(out)
+        .map(Cow::Owned)
+        .map_err(|_| GatewayError::BadPath("the path is not valid UTF-8"))
 }
 
 /// Refuses anything that could walk out of the API prefix or smuggle a separator past an upstream
@@ -129,11 +179,12 @@ fn agent_path(path: &str) -> Option<AgentPath> {
     })
 }
 
-/// Query string in a canonical order so `?a=1&b=2` and `?b=2&a=1` share a cache entry.
+/// Query string in a canonical order so `?a=1&b=2` and `?b=2&a=1` share a cache entry. Sorted by
+/// name only, and stably: the order of a repeated name's values can matter to upstream.
 pub fn normalize_query(query: Option<&str>) -> String {
     let Some(q) = query else { return String::new() };
     let mut pairs: Vec<&str> = q.split('&').filter(|p| !p.is_empty()).collect();
-    pairs.sort_unstable();
+    pairs.sort_by_key(|pair| pair.split('=').next().unwrap_or(pair));
     pairs.join("&")
 }
 
@@ -219,6 +270,30 @@ mod tests {
     }
 
     #[test]
+    fn equivalent_spellings_of_a_path_are_one_path() {
+        for p in [
+            "/v1/agents/ab%63",
+            "/v1/agents//abc",
+            "//v1/agents/abc",
+            "/v1/%61gents/abc",
+            "/%761/agents/abc",
+        ] {
+            let route = parse(p).unwrap();
+            assert_eq!(route.upstream_path, "/agents/abc", "{p}");
+            assert_eq!(route.agent.unwrap().id, "abc", "{p}");
+        }
+        // Escapes that must stay escapes keep their meaning, in one case.
+        assert_eq!(
+            parse("/v1/agents/a%20b%3a").unwrap().upstream_path,
+            "/agents/a%20b%3A"
+        );
+        let upper = parse("/v1/Agents/abc").unwrap().agent.unwrap();
+        assert_eq!((upper.family, upper.id.as_str()), (Family::Agents, "abc"));
+        assert!(bad("/v1/agents/a%zz"));
+        assert!(bad("/v1/agents/a%4"));
+    }
+
+    #[test]
     fn query_order_does_not_matter() {
         assert_eq!(
             normalize_query(Some("b=2&a=1")),
@@ -226,5 +301,6 @@ mod tests {
         );
         assert_eq!(normalize_query(Some("")), "");
         assert_eq!(normalize_query(None), "");
+        assert_eq!(normalize_query(Some("a=2&b=1&a=1")), "a=2&a=1&b=1");
     }
 }

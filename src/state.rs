@@ -32,7 +32,8 @@ pub struct Runtime {
 
 impl Runtime {
     /// Builds a snapshot, keeping from `previous` the limiter of every team whose quotas did not
-    /// change and the upstream connection pool if its connect timeout did not change.
+    /// change (and what a team had spent when they did) and the upstream connection pool if its
+    /// connect timeout did not change.
     pub fn build(settings: Settings, previous: Option<&Runtime>) -> Self {
         let old_limiters: HashMap<&str, &Arc<TeamLimiter>> = previous
             .map(|p| {
@@ -46,7 +47,12 @@ impl Runtime {
         for team in &settings.teams {
             let limiter = match old_limiters.get(&*team.name) {
                 Some(l) if l.has_quotas(team.rate_limit, team.write_rate_limit) => Arc::clone(l),
-                _ => Arc::new(TeamLimiter::new(team.rate_limit, team.write_rate_limit)),
+                Some(l) => Arc::new(TeamLimiter::succeeding(
+                    l,
+                    team.rate_limit,
+                    team.write_rate_limit,
+                )),
+                None => Arc::new(TeamLimiter::new(team.rate_limit, team.write_rate_limit)),
             };
             let state = Arc::new(TeamState {
                 team: team.clone(),
@@ -81,8 +87,8 @@ impl Runtime {
 /// Everything shared by both listeners for the life of the process.
 pub struct Gateway {
     runtime: ArcSwap<Runtime>,
-    /// `None` when `cache.enabled = false` at start (turning the cache on needs a restart).
-    pub cache: Option<Arc<AgentCache>>,
+    /// Built even when `cache.enabled = false`, so a reload can turn caching on; sized at start.
+    pub cache: Arc<AgentCache>,
     pub audit: AuditLog,
     pub metrics: Arc<Metrics>,
     draining: AtomicBool,
@@ -96,10 +102,7 @@ impl Gateway {
         audit: AuditLog,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let cache = settings
-            .cache
-            .enabled
-            .then(|| Arc::new(AgentCache::new(&settings.cache, metrics.clone())));
+        let cache = Arc::new(AgentCache::new(&settings.cache, metrics.clone()));
         Self {
             runtime: ArcSwap::from_pointee(Runtime::build(settings, None)),
             cache,
@@ -139,7 +142,7 @@ impl Gateway {
     }
 
     pub fn cache_enabled(&self, rt: &Runtime) -> Option<&Arc<AgentCache>> {
-        self.cache.as_ref().filter(|_| rt.settings.cache.enabled)
+        rt.settings.cache.enabled.then_some(&self.cache)
     }
 
     pub fn start_draining(&self) {

@@ -4,6 +4,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -645,4 +647,75 @@ async fn graceful_shutdown_writes_a_line_for_every_answered_request() {
     assert_eq!(ids, answered);
     assert_eq!(gateway.metrics.audit_failed.get(), 0);
     assert_eq!(gateway.metrics.audit_written.get(), lines.len() as u64);
+}
+
+#[tokio::test]
+async fn a_stalled_sink_holds_requests_back_and_loses_no_line() {
+    let upstream = FakeUpstream::start().await;
+    let mut gw = GatewayBuilder::new(upstream.base_url())
+        .audit("buffer_lines = 2")
+        .audit_fifo()
+        .start()
+        .await;
+    // ~3 KB lines: the FIFO (64 KiB), the writer's buffer (64 KiB) and the 2-line channel hold
+    // about 45 of them; every request past that must wait for room.
+    let path = format!("/v1/calls/{}", "x".repeat(3000));
+    const REQUESTS: usize = 150;
+    const HELD_AT_MOST: usize = 80;
+    let finished = Arc::new(AtomicUsize::new(0));
+    let c = gw.client();
+    let requests: Vec<_> = (0..REQUESTS)
+        .map(|i| {
+            let (c, path, finished) = (c.clone(), path.clone(), finished.clone());
+            async move {
+                let id = format!("stalled-{i}");
+                let headers = [
+                    ("authorization", "Bearer not-a-team-key"),
+                    ("x-request-id", id.as_str()),
+                ];
+                let r = c.send(Method::GET, &path, &headers, Bytes::new()).await;
+                finished.fetch_add(1, Ordering::SeqCst);
+                r.status
+            }
+        })
+        .collect();
+    let all = tokio::spawn(join_all(requests));
+
+    let metrics = gw.running().gateway().metrics.clone();
+    wait_until("requests waiting for room in the audit buffer", || {
+        metrics.audit_backpressure_waits.get() >= (REQUESTS - HELD_AT_MOST) as u64
+    })
+    .await;
+    // Waiting requests cannot finish while the sink is stalled, however long it stays stalled; the
+    // pause only gives a gateway that let them go (lines held elsewhere) the time to show it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let done = finished.load(Ordering::SeqCst);
+    assert!(
+        done <= HELD_AT_MOST,
+        "{done} requests finished while their lines could not be written"
+    );
+
+    // The sink comes back: every request finishes, and every line arrives once.
+    let fifo = gw.audit_fifo.take().expect("audit FIFO");
+    let reader = std::thread::spawn(move || {
+        let mut ids = Vec::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(fifo)) {
+            let line: Value = serde_json::from_str(&line.unwrap()).unwrap();
+            ids.push(line["request_id"].as_str().unwrap().to_owned());
+            if ids.len() == REQUESTS {
+                break;
+            }
+        }
+        ids
+    });
+    let statuses = all.await.unwrap();
+    assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
+    let ids = tokio::task::spawn_blocking(move || reader.join().unwrap())
+        .await
+        .unwrap();
+    let unique: BTreeSet<String> = ids.iter().cloned().collect();
+    let expected: BTreeSet<String> = (0..REQUESTS).map(|i| format!("stalled-{i}")).collect();
+    assert_eq!(ids.len(), REQUESTS);
+    assert_eq!(unique, expected);
+    assert_eq!(metrics.audit_failed.get(), 0);
 }

@@ -500,6 +500,109 @@ async fn a_read_that_fills_while_a_write_is_in_flight_is_dropped_when_the_write_
     assert_eq!((x_cache(&after), fetch_no(&after)), ("MISS", 3));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_client_went_away_still_invalidates_when_upstream_answers() {
+    let (upstream, gw) = setup().await;
+    number_fetches(&upstream);
+    upstream.set_delay(Method::PATCH, Duration::from_millis(1500));
+    let c = gw.client();
+    assert_eq!(fetch_no(&c.get("/v1/agents2/a1", BILLING).await), 1);
+
+    let mut writer = tokio::net::TcpStream::connect(gw.api).await.unwrap();
+    writer
+        .write_all(
+            format!(
+                "PATCH /v1/agents2/a1 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {BILLING}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    wait_until("upstream received the PATCH", || {
+        upstream.count(&Method::PATCH, "/v1/agents2/a1") == 1
+    })
+    .await;
+    drop(writer);
+    wait_until("the abandoned PATCH is audited", || {
+        gw.audit()
+            .iter()
+            .any(|l| l["method"] == "PATCH" && l["status"] == 499)
+    })
+    .await;
+
+    // Upstream is still working on the write; a read now fills the cache with what it had before.
+    let during = c.get("/v1/agents2/a1", SUPPORT).await;
+    assert_eq!((x_cache(&during), fetch_no(&during)), ("MISS", 2));
+    assert_eq!(x_cache(&c.get("/v1/agents2/a1", SUPPORT).await), "HIT");
+    let metrics = gw.running().gateway().metrics.clone();
+    let invalidations = metrics.cache_invalidations.get();
+
+    // When upstream answers the write, that read is dropped although nobody waits for the answer.
+    wait_until("the second invalidation, on upstream's answer", || {
+        metrics.cache_invalidations.get() > invalidations
+    })
+    .await;
+    let after = c.get("/v1/agents2/a1", BILLING).await;
+    assert_eq!((x_cache(&after), fetch_no(&after)), ("MISS", 3));
+}
+
+#[tokio::test]
+async fn spellings_of_one_agent_path_are_one_agent() {
+    let (upstream, gw) = setup().await;
+    let c = gw.client();
+    assert_eq!(x_cache(&c.get("/v1/agents/abc", BILLING).await), "MISS");
+    // Percent-encoded unreserved characters and doubled slashes name the same agent...
+    for path in ["/v1/agents/ab%63", "/v1//agents/abc", "/v1/agents//abc"] {
+        let r = c.get(path, BILLING).await;
+        assert_eq!((x_cache(&r), version(&r)), ("HIT", 1), "{path}");
+    }
+    // ...so writes through them invalidate it, and upstream sees the one canonical path.
+    let r = send_write(&c, Method::PATCH, "/v1/agents/ab%63", BILLING).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(upstream.requests().last().unwrap().uri, "/v1/agents/abc");
+    let r = c.get("/v1/agents//abc", SUPPORT).await;
+    assert_eq!((x_cache(&r), version(&r)), ("MISS", 2));
+
+    // Family and id are matched without regard to case for invalidation, as upstream routes them.
+    assert_eq!(x_cache(&c.get("/v1/agents/abc", BILLING).await), "HIT");
+    let r = send_write(&c, Method::PATCH, "/v1/Agents/ABC", BILLING).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(x_cache(&c.get("/v1/agents/abc", BILLING).await), "MISS");
+    assert_eq!(upstream.count(&Method::GET, "/v1/agents/abc"), 3);
+}
+
+#[tokio::test]
+async fn a_304_or_a_compressed_answer_to_a_fill_is_never_cached_or_replayed() {
+    let (upstream, gw) = setup().await;
+    upstream.set_override(|r| match r.path() {
+        "/v1/agents2/not-modified" => {
+            let mut reply = Reply::json(304, json!({}));
+            reply.body = Bytes::new();
+            Some(reply)
+        }
+        "/v1/agents2/gzipped" => {
+            Some(Reply::json(200, json!({"id": "gzipped"})).with_header("content-encoding", "gzip"))
+        }
+        _ => None,
+    });
+    let c = gw.client();
+    // A fill never asks conditionally, so a 304 has no body to give the client, which did not ask
+    // conditionally either.
+    let r = c.get("/v1/agents2/not-modified", BILLING).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.json()["code"], "upstream_invalid_response");
+    assert_eq!(x_cache(&r), "MISS");
+
+    // Upstream compressed although asked for identity: passed on as sent, never stored.
+    for _ in 0..2 {
+        let r = c.get("/v1/agents2/gzipped", BILLING).await;
+        assert_eq!((r.status, x_cache(&r)), (200, "MISS"));
+        assert_eq!(r.header("content-encoding"), Some("gzip"));
+    }
+    assert_eq!(upstream.count(&Method::GET, "/v1/agents2/gzipped"), 2);
+}
+
 // === coalescing ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -144,12 +144,25 @@ async fn probes_and_metrics_are_served_on_the_admin_listener_only() {
     );
     let m = admin.send(Method::GET, "/metrics", &[], "").await;
     assert_eq!(m.status, 200);
-    assert!(
-        m.header("content-type")
-            .is_some_and(|t| t.starts_with("text/plain") || t.contains("openmetrics-text")),
-        "{:?}",
-        m.header("content-type")
+    assert_eq!(
+        m.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
     );
+    // A scraper that asks for OpenMetrics (as Prometheus does) is told it gets it.
+    let om = admin
+        .send(
+            Method::GET,
+            "/metrics",
+            &[(
+                "accept",
+                "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+            )],
+            "",
+        )
+        .await;
+    assert!(om
+        .header("content-type")
+        .is_some_and(|t| t.starts_with("application/openmetrics-text")));
     let text = String::from_utf8(m.body.to_vec()).unwrap();
     assert!(
         text.contains("# TYPE dialnexa_gateway_requests counter"),

@@ -295,7 +295,7 @@ async fn every_answer_to_an_identified_team_carries_its_quota_and_401_does_not()
 }
 
 #[tokio::test]
-async fn reload_keeps_unchanged_quotas_restarts_changed_ones_and_drops_removed_teams() {
+async fn reload_keeps_every_teams_state_applies_changed_quotas_and_drops_removed_teams() {
     let (_upstream, gw) = start(&[
         ("billing", SLOW_BURST_3, None),
         ("support", SLOW_BURST_3, None),
@@ -317,8 +317,8 @@ async fn reload_keeps_unchanged_quotas_restarts_changed_ones_and_drops_removed_t
 
     // billing's quota did not change: its bucket carried over (2 left before, 1 after this one).
     assert_quota_headers(&c.get("/v1/calls", BILLING).await, 3, 6, 1);
-    // support's did: a fresh bucket of the new size.
-    assert_quota_headers(&c.get("/v1/calls", SUPPORT).await, 4, 12, 3);
+    // support's did: the new quota, with the 2 requests it had spent still spent (4 - 2 - 1 left).
+    assert_quota_headers(&c.get("/v1/calls", SUPPORT).await, 4, 12, 1);
     let gone = c.get("/v1/calls", RIVAL).await;
     assert_eq!(gone.status, 401);
     assert_eq!(gone.json()["code"], "invalid_team_key");
@@ -341,7 +341,7 @@ async fn reload_keeps_unchanged_quotas_restarts_changed_ones_and_drops_removed_t
     let still = c.get("/v1/calls", BILLING).await;
     assert_eq!(still.status, 200);
     assert_quota_headers(&still, 3, 6, 0);
-    assert_quota_headers(&c.get("/v1/calls", SUPPORT).await, 4, 12, 2);
+    assert_quota_headers(&c.get("/v1/calls", SUPPORT).await, 4, 12, 0);
     assert_eq!(c.get("/v1/calls", RIVAL).await.status, 401);
     assert!(gw
         .metrics()

@@ -30,6 +30,8 @@ pub struct GatewayBuilder {
     server: Vec<String>,
     upstream_extra: Vec<String>,
     cache: Vec<String>,
+    audit: Vec<String>,
+    audit_fifo: bool,
     team_limits: Vec<(String, String, Option<String>)>,
     extra_teams: String,
     binary_env: Vec<(String, String)>,
@@ -43,6 +45,8 @@ impl GatewayBuilder {
             server: Vec::new(),
             upstream_extra: Vec::new(),
             cache: Vec::new(),
+            audit: Vec::new(),
+            audit_fifo: false,
             team_limits: Vec::new(),
             extra_teams: String::new(),
             binary_env: Vec::new(),
@@ -65,6 +69,19 @@ impl GatewayBuilder {
     /// A raw `key = value` line for `[cache]`.
     pub fn cache(mut self, line: &str) -> Self {
         self.cache.push(line.into());
+        self
+    }
+
+    /// A raw `key = value` line for `[audit]` (the sink is always the file `audit.jsonl`).
+    pub fn audit(mut self, line: &str) -> Self {
+        self.audit.push(line.into());
+        self
+    }
+
+    /// Makes the audit file a FIFO whose reading end the test holds ([`TestGateway::audit_fifo`]):
+    /// until the test reads it, the sink stalls as a hung disk would.
+    pub fn audit_fifo(mut self) -> Self {
+        self.audit_fifo = true;
         self
     }
 
@@ -104,7 +121,7 @@ impl GatewayBuilder {
             "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\n{}\n\
              [upstream]\nbase_url = \"{}\"\n{}\n\
              [cache]\n{}\n\
-             [audit]\nsink = \"file\"\npath = \"{}\"\n\
+             [audit]\nsink = \"file\"\npath = \"{}\"\n{}\n\
              [admin]\ntoken_sha256 = \"{}\"\n\
              [orgs.acme]\napi_key_file = \"{}\"\n[orgs.globex]\napi_key_file = \"{}\"\n",
             self.server.join("\n"),
@@ -112,6 +129,7 @@ impl GatewayBuilder {
             upstream_extra.join("\n"),
             self.cache.join("\n"),
             dir.join("audit.jsonl").display(),
+            self.audit.join("\n"),
             KeyDigest::of(ADMIN_TOKEN).to_hex(),
             dir.join("acme.key").display(),
             dir.join("globex.key").display(),
@@ -142,6 +160,13 @@ impl GatewayBuilder {
 
     fn prepare(&self, listen: &str, admin: &str) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
+        if self.audit_fifo {
+            let made = Command::new("mkfifo")
+                .arg(dir.path().join("audit.jsonl"))
+                .status()
+                .unwrap();
+            assert!(made.success(), "mkfifo failed");
+        }
         std::fs::write(dir.path().join("acme.key"), format!("{ORG_KEY_ACME}\n")).unwrap();
         std::fs::write(dir.path().join("globex.key"), ORG_KEY_GLOBEX).unwrap();
         let config = dir.path().join("gateway.toml");
@@ -152,15 +177,22 @@ impl GatewayBuilder {
     /// Starts the gateway in this test's runtime.
     pub async fn start(self) -> TestGateway {
         let (dir, config) = self.prepare("127.0.0.1:0", "127.0.0.1:0");
+        // Opening a FIFO waits for the other end: ours opens while the gateway starts.
+        let fifo_path = dir.path().join("audit.jsonl");
+        let audit_fifo = self
+            .audit_fifo
+            .then(|| std::thread::spawn(move || std::fs::File::open(fifo_path).unwrap()));
         let settings =
             Settings::load(&config).unwrap_or_else(|e| panic!("test config invalid: {e}"));
         let running = server::start(settings, Some(config.clone())).await.unwrap();
+        let audit_fifo = audit_fifo.map(|opening| opening.join().unwrap());
         TestGateway {
             api: running.api_addr,
             admin: running.admin_addr,
             audit_path: dir.path().join("audit.jsonl"),
             config_path: config,
             running: Some(running),
+            audit_fifo,
             _dir: dir,
         }
     }
@@ -254,6 +286,8 @@ pub struct TestGateway {
     pub audit_path: PathBuf,
     pub config_path: PathBuf,
     pub running: Option<RunningGateway>,
+    /// The reading end of the audit FIFO, with [`GatewayBuilder::audit_fifo`].
+    pub audit_fifo: Option<std::fs::File>,
     _dir: tempfile::TempDir,
 }
 
