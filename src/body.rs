@@ -1,8 +1,15 @@
 //! The one response body type every stage hands back: a boxed stream of bytes, so cached answers,
 //! gateway errors and streamed upstream bodies travel through the same pipeline.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
 use bytes::Bytes;
+use http_body::Frame;
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
+use tokio::time::Sleep;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -17,25 +24,81 @@ pub fn empty() -> ProxyBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
-/// Streams an upstream body to the client without buffering it.
-pub fn stream(body: hyper::body::Incoming) -> ProxyBody {
-    body.map_err(BoxError::from).boxed_unsync()
+/// Streams an upstream body to the client without buffering it, giving up if upstream sends
+/// nothing for `idle` (see [`Upstream`]).
+pub fn stream(body: hyper::body::Incoming, idle: Duration) -> ProxyBody {
+    Upstream::new(body, idle).boxed_unsync()
 }
 
 /// An upstream body of which the first chunks were already read (while deciding whether the answer
 /// fits in the cache): replays them, then streams the rest.
 pub struct Prefixed {
     prefix: std::collections::VecDeque<Bytes>,
-    rest: hyper::body::Incoming,
+    rest: Upstream,
 }
 
 impl Prefixed {
-    pub fn boxed(prefix: Vec<Bytes>, rest: hyper::body::Incoming) -> ProxyBody {
+    pub fn boxed(prefix: Vec<Bytes>, rest: hyper::body::Incoming, idle: Duration) -> ProxyBody {
         Self {
             prefix: prefix.into(),
-            rest,
+            rest: Upstream::new(rest, idle),
         }
         .boxed_unsync()
+    }
+}
+
+/// An upstream body being streamed, with a read timeout as NGINX's `proxy_read_timeout`: the
+/// status line is long gone to the client, so a `504` is no longer possible, but an upstream
+/// that stalls mid-body must not hold the client (and a connection) forever. The answer is cut off
+/// instead, which the client sees as an incomplete response.
+pub struct Upstream {
+    body: hyper::body::Incoming,
+    idle: Duration,
+    deadline: Pin<Box<Sleep>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("upstream sent nothing for {0:?} in the middle of its answer")]
+pub struct UpstreamStalled(Duration);
+
+impl Upstream {
+    fn new(body: hyper::body::Incoming, idle: Duration) -> Self {
+        Self {
+            body,
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+}
+
+impl http_body::Body for Upstream {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let next = tokio::time::Instant::now() + this.idle;
+                this.deadline.as_mut().reset(next);
+                Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
+            }
+            Poll::Pending => {
+                std::task::ready!(this.deadline.as_mut().poll(cx));
+                Poll::Ready(Some(Err(Box::new(UpstreamStalled(this.idle)))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -44,14 +107,12 @@ impl http_body::Body for Prefixed {
     type Error = BoxError;
 
     fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Some(chunk) = self.prefix.pop_front() {
-            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(chunk))));
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
-        std::pin::Pin::new(&mut self.rest)
-            .poll_frame(cx)
-            .map_err(BoxError::from)
+        Pin::new(&mut self.rest).poll_frame(cx)
     }
 }

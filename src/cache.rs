@@ -219,6 +219,7 @@ struct Stripe {
 }
 
 /// A read the cache could not answer fresh: what a fill needs to store its answer correctly.
+#[derive(Clone)]
 pub struct Ticket {
     key: AgentKey,
     family: Family,
@@ -267,7 +268,7 @@ struct FillKey {
 
 type Inflight = Mutex<HashMap<FillKey, watch::Receiver<Option<Shared>>>>;
 
-/// Removes the leader's in-flight entry however the leader ends (answered, failed or cancelled).
+/// Removes the leader's in-flight entry however the leader ends (answered, failed or panicked).
 struct InflightGuard<'a> {
     inflight: &'a Inflight,
     key: FillKey,
@@ -409,10 +410,15 @@ impl AgentCache {
 
     /// Fetches through `fetch`, sharing one upstream request between concurrent misses of the same
     /// variant and generation when `coalesce` is set, and stores a cacheable answer.
-    pub async fn fill<F, Fut>(&self, ticket: &Ticket, coalesce: bool, fetch: F) -> FillOutcome
+    pub async fn fill<F, Fut>(
+        self: &Arc<Self>,
+        ticket: &Ticket,
+        coalesce: bool,
+        fetch: F,
+    ) -> FillOutcome
     where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<CacheFetch, GatewayError>>,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<CacheFetch, GatewayError>> + Send + 'static,
     {
         self.metrics.cache_misses.inc();
         if !coalesce {
@@ -440,17 +446,26 @@ impl AgentCache {
                 }
             };
             if let Some(tx) = leader {
-                let _guard = InflightGuard {
-                    inflight: &self.inflight,
-                    key: fill_key,
-                };
-                return self.lead(ticket, fetch, Some(tx)).await;
+                // The shared fetch runs in a task of its own: if the client that started it goes
+                // away, the requests waiting on it still get its answer instead of starting over.
+                let (cache, ticket) = (Arc::clone(self), ticket.clone());
+                let shared = tokio::spawn(async move {
+                    let _guard = InflightGuard {
+                        inflight: &cache.inflight,
+                        key: fill_key,
+                    };
+                    cache.lead(&ticket, fetch, Some(tx)).await
+                });
+                return shared.await.unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "cache fill task failed");
+                    FillOutcome::Failed(GatewayError::UpstreamUnreachable)
+                });
             }
             let Some(mut rx) = joined else { continue };
             self.metrics.cache_coalesced.inc();
             let shared = match rx.wait_for(Option::is_some).await {
                 Ok(v) => v.clone(),
-                // The leader was cancelled (its client went away): try again, maybe as the leader.
+                // The leader's task ended without an answer (it panicked): try again.
                 Err(_) => continue,
             };
             return match shared {
@@ -636,7 +651,7 @@ mod tests {
 
     #[tokio::test]
     async fn fill_that_started_before_an_invalidation_is_not_served() {
-        let cache = AgentCache::new(&settings(), Arc::new(Metrics::new()));
+        let cache = Arc::new(AgentCache::new(&settings(), Arc::new(Metrics::new())));
         let org: Arc<str> = Arc::from("acme");
         let Lookup::Miss(ticket) = cache.lookup(&org, Family::Agents2, "a1", "").await else {
             panic!()
@@ -655,7 +670,7 @@ mod tests {
 
     #[tokio::test]
     async fn orgs_never_share_and_families_are_invalidated_together() {
-        let cache = AgentCache::new(&settings(), Arc::new(Metrics::new()));
+        let cache = Arc::new(AgentCache::new(&settings(), Arc::new(Metrics::new())));
         let (acme, other): (Arc<str>, Arc<str>) = (Arc::from("acme"), Arc::from("other"));
         for family in [Family::Agents2, Family::Agents] {
             let Lookup::Miss(t) = cache.lookup(&acme, family, "a1", "").await else {
@@ -680,7 +695,7 @@ mod tests {
 
     #[tokio::test]
     async fn spellings_are_cached_apart_and_invalidated_together() {
-        let cache = AgentCache::new(&settings(), Arc::new(Metrics::new()));
+        let cache = Arc::new(AgentCache::new(&settings(), Arc::new(Metrics::new())));
         let org: Arc<str> = Arc::from("acme");
         for (id, body) in [("abc", "lower"), ("ABC", "upper")] {
             let Lookup::Miss(t) = cache.lookup(&org, Family::Agents, id, "").await else {
@@ -706,7 +721,7 @@ mod tests {
 
     #[tokio::test]
     async fn no_store_and_non_200_answers_are_not_stored() {
-        let cache = AgentCache::new(&settings(), Arc::new(Metrics::new()));
+        let cache = Arc::new(AgentCache::new(&settings(), Arc::new(Metrics::new())));
         let org: Arc<str> = Arc::from("acme");
         let Lookup::Miss(t) = cache.lookup(&org, Family::Agents2, "a1", "").await else {
             panic!()
@@ -746,7 +761,7 @@ mod tests {
 
     #[tokio::test]
     async fn purge_by_org_or_by_agent_id_also_drops_fills_in_flight() {
-        let cache = AgentCache::new(&settings(), Arc::new(Metrics::new()));
+        let cache = Arc::new(AgentCache::new(&settings(), Arc::new(Metrics::new())));
         let org: Arc<str> = Arc::from("acme");
         for (agent, scope_org, scope_agent) in
             [("a1", Some("acme"), None), ("a2", None, Some("a2"))]

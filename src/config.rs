@@ -289,6 +289,8 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         Some(hex) => parse_digest(&hex, "admin.token_sha256", &mut p),
     });
 
+    // Declared orgs, valid or not: a team naming an invalid one is not reported a second time.
+    let declared: HashSet<String> = raw.orgs.keys().cloned().collect();
     let mut orgs: HashMap<String, Org> = HashMap::new();
     for (name, org) in raw.orgs {
         let key = format!("orgs.{name}");
@@ -301,6 +303,12 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         }
     }
 
+    if raw.teams.is_empty() {
+        p.push(
+            "teams",
+            "at least one [teams.<name>] is required (without one every request is refused)",
+        );
+    }
     let mut teams = Vec::new();
     let mut seen_digests: HashMap<KeyDigest, String> = HashMap::new();
     for (name, team) in raw.teams {
@@ -309,7 +317,11 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
             p.push(&key, "team names must be lowercase [a-z0-9_-]+");
             continue;
         }
-        if let Some(team) = validate_team(&name, team, &key, &orgs, &mut seen_digests, &mut p) {
+        let known = KnownOrgs {
+            valid: &orgs,
+            declared: &declared,
+        };
+        if let Some(team) = validate_team(&name, team, &key, known, &mut seen_digests, &mut p) {
             teams.push(team);
         }
     }
@@ -475,7 +487,7 @@ fn validate_cache(raw: RawCache, p: &mut Problems) -> Option<CacheSettings> {
         if max_entry_bytes == 0 {
             p.push("cache.max_entry_bytes", "must be greater than 0");
         }
-        if max_entry_bytes > max_bytes {
+        if max_bytes > 0 && max_entry_bytes > max_bytes {
             p.push("cache.max_entry_bytes", "must not exceed cache.max_bytes");
         }
         // The weigher counts in u32; one entry can never weigh more than that.
@@ -625,11 +637,18 @@ fn validate_rate(raw: Option<RawRate>, key: &str, p: &mut Problems) -> Option<Ra
     })
 }
 
+/// The organisations a team may name: the valid ones, and every one the file declares.
+#[derive(Clone, Copy)]
+struct KnownOrgs<'a> {
+    valid: &'a HashMap<String, Org>,
+    declared: &'a HashSet<String>,
+}
+
 fn validate_team(
     name: &str,
     raw: RawTeam,
     key: &str,
-    orgs: &HashMap<String, Org>,
+    orgs: KnownOrgs<'_>,
     seen: &mut HashMap<KeyDigest, String>,
     p: &mut Problems,
 ) -> Option<Team> {
@@ -638,10 +657,15 @@ fn validate_team(
             p.push(&format!("{key}.org"), "is required");
             None
         }
-        Some(org_name) => match orgs.get(&org_name) {
+        Some(org_name) => match orgs.valid.get(&org_name) {
             Some(org) => Some(org.clone()),
+            // Its own problem is already reported, under `orgs.<name>`.
+            None if orgs.declared.contains(&org_name) => None,
             None => {
-                p.push(&format!("{key}.org"), format!("unknown organisation {org_name:?} (no [orgs.{org_name}] section, or it is invalid)"));
+                p.push(
+                    &format!("{key}.org"),
+                    format!("unknown organisation {org_name:?} (no [orgs.{org_name}] section)"),
+                );
                 None
             }
         },
@@ -771,6 +795,28 @@ api_key_file = "{}"
         assert!(
             p[0].starts_with("teams.billing.org: unknown organisation \"nope\""),
             "{p:?}"
+        );
+    }
+
+    #[test]
+    fn an_invalid_org_is_one_problem_not_one_per_team() {
+        let missing = Path::new("/nonexistent/acme.key");
+        let p = problems(&base(
+            missing,
+            &format!("[teams.billing]\norg = \"acme\"\nkey_sha256 = [\"{DIGEST_A}\"]\nrate_limit = {{ per_minute = 1, burst = 1 }}"),
+        ));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("orgs.acme.api_key_file"), "{p:?}");
+    }
+
+    #[test]
+    fn a_config_without_teams_is_refused() {
+        let key = key_file("k");
+        assert_eq!(
+            problems(&base(key.path(), "")),
+            vec![
+                "teams: at least one [teams.<name>] is required (without one every request is refused)"
+            ]
         );
     }
 

@@ -65,8 +65,10 @@ Team key (made up for this run): {team_key}
   curl -si http://{api}/v1/agents2/agt_demo_support -H 'Authorization: Bearer {team_key}'
   # change it: every cached variant is dropped, the next read is a MISS with the new body
   curl -si -X PATCH http://{api}/v1/agents2/agt_demo_support -H 'Authorization: Bearer {team_key}' -H 'Content-Type: application/json' -d '{{"llm":{{"settings":{{"temperature":0.3}}}}}}'
-  # the legacy unversioned path the Python SDK uses, with X-Api-Key
-  curl -si http://{api}/agents/agt_demo_support -H 'X-Api-Key: {team_key}'
+  # the legacy unversioned path the Python SDK uses, with X-Api-Key (served as /v1/agents2/...)
+  curl -si http://{api}/agents2/agt_demo_support -H 'X-Api-Key: {team_key}'
+  # the other family names the same agent, cached apart until a write drops both
+  curl -si http://{api}/v1/agents/agt_demo_support -H 'Authorization: Bearer {team_key}'
   # no key: 401
   curl -si http://{api}/v1/agents2
   # metrics and an admin purge

@@ -221,7 +221,7 @@ impl Exchange<'_> {
         self.upstream_took(started.elapsed());
         let resp = result?;
         self.record.upstream_status = Some(resp.status().as_u16());
-        Ok(crate::upstream::passthrough(resp))
+        Ok(crate::upstream::passthrough(resp, timeout))
     }
 
     fn upstream_request(
@@ -277,7 +277,7 @@ impl Exchange<'_> {
     /// Step 4 for `GET /{agents2|agents}/{id}`: hit, coalesced miss, refresh or bypass.
     async fn read_agent(
         &mut self,
-        cache: &AgentCache,
+        cache: &Arc<AgentCache>,
         team: &TeamState,
         route: &Route,
         agent: &AgentPath,
@@ -313,14 +313,16 @@ impl Exchange<'_> {
             request_id,
             Purpose::CacheFill,
         )?;
-        let upstream = &self.rt.upstream;
+        let upstream = self.rt.upstream.clone();
         let timeout = self.rt.settings.upstream.timeout;
         let max_entry = cache.max_entry_bytes();
         let started = Instant::now();
         let outcome = cache
-            .fill(&ticket, directive == ClientDirective::Normal, || {
-                upstream.fetch_buffered(&req, timeout, max_entry)
-            })
+            .fill(
+                &ticket,
+                directive == ClientDirective::Normal,
+                move || async move { upstream.fetch_buffered(&req, timeout, max_entry).await },
+            )
             .await;
         self.upstream_took(started.elapsed());
         let fwd = if directive == ClientDirective::Refresh {

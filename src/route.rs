@@ -36,7 +36,8 @@ pub struct AgentPath {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
-    /// The path after the version prefix, starting with `/` (appended to `upstream.base_url`).
+    /// The path after the version prefix, appended to `upstream.base_url`: starts with `/`, or is
+    /// empty for the bare `/v1` (which is then `upstream.base_url` itself).
     pub upstream_path: String,
     pub agent: Option<AgentPath>,
 }
@@ -45,8 +46,7 @@ pub struct Route {
 pub fn parse(raw_path: &str) -> Result<Route, GatewayError> {
     check_safe(raw_path)?;
     let canonical = canonicalize(raw_path)?;
-    let rest = strip_version(&canonical)?;
-    let upstream_path = if rest.is_empty() { "/" } else { rest };
+    let upstream_path = strip_version(&canonical)?;
     Ok(Route {
         upstream_path: upstream_path.to_owned(),
         agent: agent_path(upstream_path),
@@ -168,7 +168,7 @@ fn strip_version(path: &str) -> Result<&str, GatewayError> {
 }
 
 fn agent_path(path: &str) -> Option<AgentPath> {
-    let mut segments = path[1..].split('/');
+    let mut segments = path.strip_prefix('/')?.split('/');
     let family = Family::parse(segments.next()?)?;
     let id = segments.next().filter(|s| !s.is_empty())?;
     let rest: Vec<&str> = segments.collect();
@@ -204,7 +204,9 @@ mod tests {
         );
         assert_eq!(parse("/agents2/a1").unwrap().upstream_path, "/agents2/a1");
         assert_eq!(parse("/calls").unwrap().upstream_path, "/calls");
-        assert_eq!(parse("/v1").unwrap().upstream_path, "/");
+        assert_eq!(parse("/v1").unwrap().upstream_path, "");
+        assert_eq!(parse("/v1/").unwrap().upstream_path, "/");
+        assert_eq!(parse("/").unwrap().upstream_path, "/");
         assert_eq!(parse("/v1x/y").unwrap().upstream_path, "/v1x/y");
     }
 

@@ -294,7 +294,8 @@ impl Upstream {
             total += data.len() as u64;
             chunks.push(data);
             if total > max_bytes {
-                let resp = Response::from_parts(parts, body::Prefixed::boxed(chunks, incoming));
+                let resp =
+                    Response::from_parts(parts, body::Prefixed::boxed(chunks, incoming, timeout));
                 return Ok(CacheFetch::TooLarge(resp));
             }
         }
@@ -323,10 +324,11 @@ fn closed_before_answer(e: &hyper_util::client::legacy::Error) -> bool {
 }
 
 /// An upstream answer streamed to the client as is, minus hop-by-hop headers.
-pub fn passthrough(resp: Response<Incoming>) -> Response<ProxyBody> {
+/// Upstream going quiet for `idle` mid-body cuts the answer off.
+pub fn passthrough(resp: Response<Incoming>, idle: Duration) -> Response<ProxyBody> {
     let (mut parts, incoming) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, body::stream(incoming))
+    Response::from_parts(parts, body::stream(incoming, idle))
 }
 
 #[cfg(test)]

@@ -719,3 +719,28 @@ async fn a_stalled_sink_holds_requests_back_and_loses_no_line() {
     assert_eq!(unique, expected);
     assert_eq!(metrics.audit_failed.get(), 0);
 }
+
+#[tokio::test]
+async fn a_refused_path_is_audited_with_the_key_that_was_presented() {
+    let (upstream, gw) = start().await;
+    let c = gw.client();
+    let auth = bearer(BILLING);
+    for (n, (path, status)) in [("/v1/agents2/%2e%2e", 400), ("/v2/agents2/a1", 404)]
+        .into_iter()
+        .enumerate()
+    {
+        let r = c
+            .send(Method::GET, path, &[("authorization", &auth)], Bytes::new())
+            .await;
+        assert_eq!(r.status, status, "{path}");
+        // An identified team's answer carries its quota, refusal or not.
+        assert!(r.header("ratelimit-limit").is_some(), "{path}");
+        let lines = gw.audit_lines(n + 1).await;
+        let line = line_for(&lines, request_id(&r));
+        assert_eq!(line["key_id"], key_id(BILLING), "{path}");
+        assert_eq!(line["team"], "billing", "{path}");
+        assert_eq!(line["decision"], "bad_request", "{path}");
+        assert_eq!(line["upstream_status"], Value::Null, "{path}");
+    }
+    assert_eq!(upstream.total(), 0);
+}

@@ -132,10 +132,21 @@ async fn legacy_unversioned_paths_map_to_v1_and_other_versions_are_404() {
     assert_eq!(r.status, 200);
     assert_eq!(upstream.requests()[1].uri, "/v1/calls?limit=5");
 
+    // The path after `/v1` is appended as is, even when it is empty.
+    for (path, seen) in [
+        ("/v1", "/v1"),
+        ("/v1?x=1", "/v1?x=1"),
+        ("/v1/", "/v1/"),
+        ("/", "/v1/"),
+    ] {
+        assert_eq!(c.get(path, BILLING).await.status, 200, "{path}");
+        assert_eq!(upstream.requests().last().unwrap().uri, seen, "{path}");
+    }
+
     let r = c.get("/v2/agents2/a1", BILLING).await;
     assert_eq!(r.status, 404);
     assert_eq!(r.json()["code"], "unknown_api_version");
-    assert_eq!(upstream.total(), 2);
+    assert_eq!(upstream.total(), 6);
 }
 
 #[tokio::test]
@@ -372,4 +383,50 @@ async fn admin_paths_are_404_on_the_api_listener_and_never_forwarded() {
         assert_eq!(r.json()["code"], "not_found");
     }
     assert_eq!(upstream.total(), 0);
+}
+
+#[tokio::test]
+async fn an_upstream_that_stalls_mid_body_is_cut_off_after_the_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that answers its headers and half its body, then goes quiet for good.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stalled = tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let _ = conn.read(&mut buf).await.unwrap();
+        conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345")
+            .await
+            .unwrap();
+        // Held open, silent, until the test ends.
+        std::future::pending::<()>().await;
+        drop(conn);
+    });
+    let gw = GatewayBuilder::new(format!("http://{addr}/v1"))
+        .upstream("timeout_ms = 300")
+        .start()
+        .await;
+
+    let mut client = tokio::net::TcpStream::connect(gw.api).await.unwrap();
+    client
+        .write_all(
+            format!(
+                "GET /v1/calls HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {BILLING}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    // Bounded only so that a gateway without the read timeout fails here instead of hanging.
+    let read = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut answer)).await;
+    assert!(
+        read.is_ok(),
+        "the gateway held the client past the upstream timeout"
+    );
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    // The client sees an answer cut short: the connection closed before the promised length.
+    assert!(text.ends_with("\r\n\r\n12345"), "{text}");
+    stalled.abort();
 }
