@@ -33,8 +33,12 @@ pub async fn handle(
         (&Method::GET | &Method::HEAD, "/readyz") => probe(StatusCode::OK, "ready"),
         (&Method::GET, "/metrics") => {
             gw.cache.refresh_gauges().await;
-            let content_type = metrics_content_type(req.headers());
-            let mut resp = Response::new(body::full(gw.metrics.encode()));
+            let (content_type, text) = if wants_openmetrics(req.headers()) {
+                (OPENMETRICS, gw.metrics.encode())
+            } else {
+                (PROMETHEUS_TEXT, gw.metrics.encode_prometheus_text())
+            };
+            let mut resp = Response::new(body::full(text));
             resp.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
             resp.map(AuditedBody::unaudited)
@@ -143,18 +147,15 @@ async fn admin_action(
     Ok(resp)
 }
 
-/// prometheus-client renders OpenMetrics text. A scraper that asks for OpenMetrics (Prometheus does)
-/// is told so, which keeps the types and units; anyone else gets the classic Prometheus text type,
-/// whose parsers read this rendering too (`# EOF` and `# UNIT` are comments to them).
-fn metrics_content_type(headers: &http::HeaderMap) -> &'static str {
-    let wants_openmetrics = headers
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// A scraper that asks for OpenMetrics (Prometheus does) gets it, with types and units; anyone
+/// else gets the classic Prometheus text format.
+fn wants_openmetrics(headers: &http::HeaderMap) -> bool {
+    headers
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("application/openmetrics-text"));
-    if wants_openmetrics {
-        "application/openmetrics-text; version=1.0.0; charset=utf-8"
-    } else {
-        "text/plain; version=0.0.4; charset=utf-8"
-    }
+        .any(|v| v.contains("application/openmetrics-text"))
 }

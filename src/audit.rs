@@ -357,6 +357,16 @@ impl AuditedBody {
         }
     }
 
+    /// The response will never be sent: its client went away while the request ran on (a write
+    /// runs to upstream's answer). The line is written now, with `status`, keeping what upstream did.
+    pub fn client_gone(mut self, status: u16) {
+        if let Some((mut record, log)) = self.pending.take() {
+            record.status = status;
+            Self::seal(&mut record);
+            log.submit_detached(record);
+        }
+    }
+
     fn seal(record: &mut AuditRecord) {
         record.latency_ms = millis(record.started.elapsed());
     }

@@ -11,6 +11,7 @@ use http::request::Parts;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use tokio::sync::oneshot;
 
 use crate::audit::{self, AuditRecord, AuditedBody};
 use crate::auth::{self, KeyDigest};
@@ -35,6 +36,35 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Serves one request of the API listener. Never fails: every refusal is an answer, every answer
 /// carries its audit line.
 pub async fn handle(
+    gw: Arc<Gateway>,
+    req: Request<Incoming>,
+    client_ip: IpAddr,
+) -> Response<AuditedBody> {
+    if auth::is_read(req.method()) {
+        return exchange(gw, req, client_ip).await;
+    }
+    // A write runs to its end in a task of its own, as with NGINX's `proxy_ignore_client_abort on`:
+    // once sent, upstream may apply it whether or not the client stays, so the second invalidation
+    // must follow upstream's answer, and the audit line must say what upstream did with it.
+    let (answer, answered) = oneshot::channel();
+    tokio::spawn(async move {
+        let resp = exchange(gw, req, client_ip).await;
+        if let Err(resp) = answer.send(resp) {
+            resp.into_body().client_gone(CLIENT_CLOSED_REQUEST);
+        }
+    });
+    match answered.await {
+        Ok(resp) => resp,
+        // The task panicked; its `Exchange` wrote the audit line as it unwound.
+        Err(_) => {
+            let mut resp = Response::new(body::empty());
+            *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            resp.map(AuditedBody::unaudited)
+        }
+    }
+}
+
+async fn exchange(
     gw: Arc<Gateway>,
     req: Request<Incoming>,
     client_ip: IpAddr,
@@ -191,34 +221,15 @@ impl Exchange<'_> {
         purpose: Purpose,
     ) -> Result<Response<ProxyBody>, GatewayError> {
         let req = self.upstream_request(team, route, parts, body, request_id, purpose)?;
-        let upstream = self.rt.upstream.clone();
         let timeout = self.rt.settings.upstream.timeout;
+        let pending = self.invalidation_for(team, route, &parts.method).await;
         let started = Instant::now();
-        let result = match self.invalidation_for(team, route, &parts.method).await {
-            None => upstream.send(&req, timeout).await,
-            Some(pending) => {
-                // A write to an agent runs to its end in a task of its own: if the client goes away,
-                // upstream may still apply it, so the second invalidation must follow upstream's
-                // answer, not the client's departure (which would drop the request mid-flight).
-                let write = tokio::spawn(async move {
-                    let result = upstream.send(&req, timeout).await;
-                    // Again once the answer (or failure) is back: a read that filled in between is
-                    // dropped too.
-                    (result, pending.complete().await)
-                });
-                match write.await {
-                    Ok((result, invalidated)) => {
-                        self.record.invalidated += invalidated;
-                        result
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "agent write task failed");
-                        Err(GatewayError::UpstreamUnreachable)
-                    }
-                }
-            }
-        };
+        let result = self.rt.upstream.send(&req, timeout).await;
         self.upstream_took(started.elapsed());
+        if let Some(pending) = pending {
+            // Again once the answer (or failure) is back: a read that filled in between is dropped too.
+            self.record.invalidated += pending.complete().await;
+        }
         let resp = result?;
         self.record.upstream_status = Some(resp.status().as_u16());
         Ok(crate::upstream::passthrough(resp, timeout))

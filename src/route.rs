@@ -54,15 +54,23 @@ pub fn parse(raw_path: &str) -> Result<Route, GatewayError> {
 }
 
 /// The path in one canonical spelling (RFC 3986 §6.2.2): percent-encoded unreserved characters
-/// decoded, other escapes in upper case, runs of `/` merged (as NGINX's `merge_slashes` does).
+/// decoded, other escapes in upper case, raw non-ASCII bytes (which a URI may not hold) encoded,
+/// runs of `/` merged (as NGINX's `merge_slashes` does).
 /// This is what is matched, cached under, invalidated and forwarded, so `/agents/ab%63`,
 /// `/agents//abc` and `/agents/abc` are one agent for the cache exactly as they are for upstream.
 fn canonicalize(path: &str) -> Result<Cow<'_, str>, GatewayError> {
     let bytes = path.as_bytes();
-    if !bytes.contains(&b'%') && !path.contains("//") {
+    if path.is_ascii() && !bytes.contains(&b'%') && !path.contains("//") {
         return Ok(Cow::Borrowed(path));
     }
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let escape = |out: &mut Vec<u8>, byte: u8| {
+        out.extend_from_slice(&[
+            b'%',
+            HEX[usize::from(byte >> 4)],
+            HEX[usize::from(byte & 0xf)],
+        ]);
+    };
     let mut out: Vec<u8> = Vec::with_capacity(path.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -78,21 +86,19 @@ fn canonicalize(path: &str) -> Result<Cow<'_, str>, GatewayError> {
             if decoded.is_ascii_alphanumeric() || b"-._~".contains(&decoded) {
                 out.push(decoded);
             } else {
-                out.extend_from_slice(&[
-                    b'%',
-                    HEX[usize::from(decoded >> 4)],
-                    HEX[usize::from(decoded & 0xf)],
-                ]);
+                escape(&mut out, decoded);
             }
             i += 3;
             continue;
         }
-        if !(b == b'/' && out.last() == Some(&b'/')) {
+        if !b.is_ascii() {
+            escape(&mut out, b);
+        } else if !(b == b'/' && out.last() == Some(&b'/')) {
             out.push(b);
         }
         i += 1;
     }
-    // Only `%XX` escapes were replaced, by ASCII; every other byte is copied in order.
+    // Every byte pushed is ASCII.
     String::from_utf8(out)
         .map(Cow::Owned)
         .map_err(|_| GatewayError::BadPath("the path is not valid UTF-8"))
@@ -291,6 +297,10 @@ mod tests {
         );
         let upper = parse("/v1/Agents/abc").unwrap().agent.unwrap();
         assert_eq!((upper.family, upper.id.as_str()), (Family::Agents, "abc"));
+        assert_eq!(
+            parse("/v1/agents/\u{e9}").unwrap().upstream_path,
+            parse("/v1/agents/%c3%a9").unwrap().upstream_path
+        );
         assert!(bad("/v1/agents/a%zz"));
         assert!(bad("/v1/agents/a%4"));
     }

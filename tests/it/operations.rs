@@ -163,9 +163,13 @@ async fn probes_and_metrics_are_served_on_the_admin_listener_only() {
     assert!(om
         .header("content-type")
         .is_some_and(|t| t.starts_with("application/openmetrics-text")));
+    let om_text = String::from_utf8(om.body.to_vec()).unwrap();
+    assert!(om_text.contains("# TYPE dialnexa_gateway_requests counter\n"));
+    assert!(om_text.ends_with("# EOF\n"));
     let text = String::from_utf8(m.body.to_vec()).unwrap();
+    // The classic format declares a counter under its samples' name.
     assert!(
-        text.contains("# TYPE dialnexa_gateway_requests counter"),
+        text.contains("# TYPE dialnexa_gateway_requests_total counter\n"),
         "{text}"
     );
 
