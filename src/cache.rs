@@ -219,7 +219,6 @@ struct Stripe {
 }
 
 /// A read the cache could not answer fresh: what a fill needs to store its answer correctly.
-#[derive(Clone)]
 pub struct Ticket {
     key: AgentKey,
     family: Family,
@@ -229,6 +228,11 @@ pub struct Ticket {
     generation: u64,
     /// An expired variant still inside the stale-if-error window.
     stale: Option<Arc<Stored>>,
+    /// Whether the lookup found the agent at all. If not (the usual miss), the fill stores its
+    /// variant without first reading the entry back to merge: a variant another fill of the same
+    /// agent stored meanwhile may be replaced, which costs that variant one more miss, never a
+    /// wrong answer, and saves a map lookup on every first read of an agent.
+    merge: bool,
 }
 
 pub enum Lookup {
@@ -266,9 +270,10 @@ struct FillKey {
     generation: u64,
 }
 
-type Inflight = Mutex<HashMap<FillKey, watch::Receiver<Option<Shared>>>>;
+type Inflight =
+    Mutex<HashMap<FillKey, watch::Receiver<Option<Shared>>, foldhash::fast::RandomState>>;
 
-/// Removes the leader's in-flight entry however the leader ends (answered, failed or panicked).
+/// Removes the leader's in-flight entry however the leader ends (answered, failed or cancelled).
 struct InflightGuard<'a> {
     inflight: &'a Inflight,
     key: FillKey,
@@ -314,7 +319,7 @@ impl AgentCache {
             generations: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             org_generations: (0..SCOPE_STRIPES).map(|_| AtomicU64::new(0)).collect(),
             id_generations: (0..SCOPE_STRIPES).map(|_| AtomicU64::new(0)).collect(),
-            inflight: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(HashMap::default()),
             ttl: settings.ttl,
             stale_window: settings.stale_if_error,
             max_entry_bytes: settings.max_entry_bytes,
@@ -356,6 +361,8 @@ impl AgentCache {
             stripe,
             generation: self.generation(stripe),
             stale: None,
+            // A refresh skips the lookup: merge, so the agent's other variants stay.
+            merge: true,
         }
     }
 
@@ -372,7 +379,9 @@ impl AgentCache {
 
     pub async fn lookup(&self, org: &Arc<str>, family: Family, agent: &str, query: &str) -> Lookup {
         let mut ticket = self.ticket(org, family, agent, query);
-        if let Some(entry) = self.entries.get(&ticket.key).await {
+        let entry = self.entries.get(&ticket.key).await;
+        ticket.merge = entry.is_some();
+        if let Some(entry) = entry {
             let found = entry.variants.iter().find(|v| {
                 v.family == family
                     && *v.query == *query
@@ -410,15 +419,10 @@ impl AgentCache {
 
     /// Fetches through `fetch`, sharing one upstream request between concurrent misses of the same
     /// variant and generation when `coalesce` is set, and stores a cacheable answer.
-    pub async fn fill<F, Fut>(
-        self: &Arc<Self>,
-        ticket: &Ticket,
-        coalesce: bool,
-        fetch: F,
-    ) -> FillOutcome
+    pub async fn fill<F, Fut>(&self, ticket: &Ticket, coalesce: bool, fetch: F) -> FillOutcome
     where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<CacheFetch, GatewayError>> + Send + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<CacheFetch, GatewayError>>,
     {
         self.metrics.cache_misses.inc();
         if !coalesce {
@@ -446,26 +450,17 @@ impl AgentCache {
                 }
             };
             if let Some(tx) = leader {
-                // The shared fetch runs in a task of its own: if the client that started it goes
-                // away, the requests waiting on it still get its answer instead of starting over.
-                let (cache, ticket) = (Arc::clone(self), ticket.clone());
-                let shared = tokio::spawn(async move {
-                    let _guard = InflightGuard {
-                        inflight: &cache.inflight,
-                        key: fill_key,
-                    };
-                    cache.lead(&ticket, fetch, Some(tx)).await
-                });
-                return shared.await.unwrap_or_else(|e| {
-                    tracing::error!(error = %e, "cache fill task failed");
-                    FillOutcome::Failed(GatewayError::UpstreamUnreachable)
-                });
+                let _guard = InflightGuard {
+                    inflight: &self.inflight,
+                    key: fill_key,
+                };
+                return self.lead(ticket, fetch, Some(tx)).await;
             }
             let Some(mut rx) = joined else { continue };
             self.metrics.cache_coalesced.inc();
             let shared = match rx.wait_for(Option::is_some).await {
                 Ok(v) => v.clone(),
-                // The leader's task ended without an answer (it panicked): try again.
+                // The leader was cancelled (its client went away): try again, maybe as the leader.
                 Err(_) => continue,
             };
             return match shared {
@@ -521,7 +516,12 @@ impl AgentCache {
             spelling: ticket.spelling.clone(),
         });
         let horizon = self.ttl + self.stale_window;
-        let mut variants: Vec<Arc<Stored>> = match self.entries.get(&ticket.key).await {
+        let existing = if ticket.merge {
+            self.entries.get(&ticket.key).await
+        } else {
+            None
+        };
+        let mut variants: Vec<Arc<Stored>> = match existing {
             Some(entry) => entry
                 .variants
                 .iter()
@@ -651,7 +651,7 @@ mod tests {
 
     #[tokio::test]
     async fn fill_that_started_before_an_invalidation_is_not_served() {
-        let cache = Arc::new(AgentCache::new(&settings(), Arc::new(Metrics::new())));
+        let cache = AgentCache::new(&settings(), Arc::new(Metrics::new()));
         let org: Arc<str> = Arc::from("acme");
         let Lookup::Miss(ticket) = cache.lookup(&org, Family::Agents2, "a1", "").await else {
             panic!()
@@ -670,7 +670,7 @@ mod tests {
 
     #[tokio::test]
     async fn orgs_never_share_and_families_are_invalidated_together() {
-        let cache = Arc::new(AgentCache::new(&settings(), Arc::new(Metrics::new())));
+        let cache = AgentCache::new(&settings(), Arc::new(Metrics::new()));
         let (acme, other): (Arc<str>, Arc<str>) = (Arc::from("acme"), Arc::from("other"));
         for family in [Family::Agents2, Family::Agents] {
             let Lookup::Miss(t) = cache.lookup(&acme, family, "a1", "").await else {
@@ -695,7 +695,7 @@ mod tests {
 
     #[tokio::test]
     async fn spellings_are_cached_apart_and_invalidated_together() {
-        let cache = Arc::new(AgentCache::new(&settings(), Arc::new(Metrics::new())));
+        let cache = AgentCache::new(&settings(), Arc::new(Metrics::new()));
         let org: Arc<str> = Arc::from("acme");
         for (id, body) in [("abc", "lower"), ("ABC", "upper")] {
             let Lookup::Miss(t) = cache.lookup(&org, Family::Agents, id, "").await else {
@@ -721,7 +721,7 @@ mod tests {
 
     #[tokio::test]
     async fn no_store_and_non_200_answers_are_not_stored() {
-        let cache = Arc::new(AgentCache::new(&settings(), Arc::new(Metrics::new())));
+        let cache = AgentCache::new(&settings(), Arc::new(Metrics::new()));
         let org: Arc<str> = Arc::from("acme");
         let Lookup::Miss(t) = cache.lookup(&org, Family::Agents2, "a1", "").await else {
             panic!()
@@ -761,7 +761,7 @@ mod tests {
 
     #[tokio::test]
     async fn purge_by_org_or_by_agent_id_also_drops_fills_in_flight() {
-        let cache = Arc::new(AgentCache::new(&settings(), Arc::new(Metrics::new())));
+        let cache = AgentCache::new(&settings(), Arc::new(Metrics::new()));
         let org: Arc<str> = Arc::from("acme");
         for (agent, scope_org, scope_agent) in
             [("a1", Some("acme"), None), ("a2", None, Some("a2"))]

@@ -288,7 +288,7 @@ impl Exchange<'_> {
     /// Step 4 for `GET /{agents2|agents}/{id}`: hit, coalesced miss, refresh or bypass.
     async fn read_agent(
         &mut self,
-        cache: &Arc<AgentCache>,
+        cache: &AgentCache,
         team: &TeamState,
         route: &Route,
         agent: &AgentPath,
@@ -324,16 +324,14 @@ impl Exchange<'_> {
             request_id,
             Purpose::CacheFill,
         )?;
-        let upstream = self.rt.upstream.clone();
+        let upstream = &self.rt.upstream;
         let timeout = self.rt.settings.upstream.timeout;
         let max_entry = cache.max_entry_bytes();
         let started = Instant::now();
         let outcome = cache
-            .fill(
-                &ticket,
-                directive == ClientDirective::Normal,
-                move || async move { upstream.fetch_buffered(&req, timeout, max_entry).await },
-            )
+            .fill(&ticket, directive == ClientDirective::Normal, || {
+                upstream.fetch_buffered(&req, timeout, max_entry)
+            })
             .await;
         self.upstream_took(started.elapsed());
         let fwd = if directive == ClientDirective::Refresh {
