@@ -25,7 +25,8 @@ pub async fn handle(
     req: Request<Incoming>,
     client_ip: IpAddr,
 ) -> Response<AuditedBody> {
-    match (req.method(), req.uri().path()) {
+    let method = req.method().clone();
+    let mut resp = match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/healthz") => probe(StatusCode::OK, "ok"),
         (&Method::GET | &Method::HEAD, "/readyz") if gw.is_draining() => {
             probe(StatusCode::SERVICE_UNAVAILABLE, "draining")
@@ -41,22 +42,22 @@ pub async fn handle(
             let mut resp = Response::new(body::full(text));
             resp.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-            resp.map(AuditedBody::unaudited)
+            resp
         }
-        (_, path) if path.starts_with("/admin/") => admin_api(gw, req, client_ip).await,
+        (_, path) if path.starts_with("/admin/") => {
+            return admin_api(gw, req, client_ip).await;
+        }
         _ => {
             let id = request_id::generate();
-            GatewayError::NotFound
-                .to_response(id.to_str().unwrap_or_default())
-                .map(AuditedBody::unaudited)
+            GatewayError::NotFound.to_response(id.to_str().unwrap_or_default())
         }
-    }
+    };
+    body::drop_for_head(&method, &mut resp);
+    resp.map(AuditedBody::unaudited)
 }
 
-fn probe(status: StatusCode, text: &'static str) -> Response<AuditedBody> {
-    let mut resp = Response::new(AuditedBody::unaudited(body::full(Bytes::from_static(
-        text.as_bytes(),
-    ))));
+fn probe(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+    let mut resp = Response::new(body::full(Bytes::from_static(text.as_bytes())));
     *resp.status_mut() = status;
     resp
 }
@@ -80,8 +81,10 @@ async fn admin_api(
         req.method(),
         req.uri().path(),
     );
-    let digest = auth::presented_key(req.headers()).map(KeyDigest::of);
-    record.key_id = digest.map(KeyDigest::key_id);
+    record.key_id = auth::presented_key(req.headers()).map(|k| KeyDigest::of(k).key_id());
+    // The admin token is a Bearer token only: `X-Api-Key` is the team keys' header.
+    let digest = auth::bearer_token(req.headers()).map(KeyDigest::of);
+    let method = req.method().clone();
     let result = admin_action(&gw, req, digest, &mut record).await;
     let mut resp = match result {
         Ok(resp) => resp,
@@ -91,6 +94,7 @@ async fn admin_api(
         }
     };
     resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
+    body::drop_for_head(&method, &mut resp);
     record.status = resp.status().as_u16();
     let log = gw.audit.clone();
     resp.map(|b| AuditedBody::new(b, record, log))

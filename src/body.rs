@@ -24,6 +24,15 @@ pub fn empty() -> ProxyBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
+/// A `HEAD` answer carries a `GET` answer's headers and never a body. hyper leaves the body out
+/// itself on HTTP/1.1 but sends it on HTTP/2, where the client then sees a protocol error: the
+/// gateway's own answers (errors, probes) are the ones with a body to leave out.
+pub fn drop_for_head(method: &http::Method, resp: &mut http::Response<ProxyBody>) {
+    if method == http::Method::HEAD {
+        *resp.body_mut() = empty();
+    }
+}
+
 /// Streams an upstream body to the client without buffering it, giving up if upstream sends
 /// nothing for `idle` (see [`Upstream`]).
 pub fn stream(body: hyper::body::Incoming, idle: Duration) -> ProxyBody {

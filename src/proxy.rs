@@ -47,7 +47,8 @@ pub async fn handle(
     // once sent, upstream may apply it whether or not the client stays, so the second invalidation
     // must follow upstream's answer, and the audit line must say what upstream did with it.
     let (answer, answered) = oneshot::channel();
-    tokio::spawn(async move {
+    let writes = gw.clone();
+    writes.spawn_write(async move {
         let resp = exchange(gw, req, client_ip).await;
         if let Err(resp) = answer.send(resp) {
             resp.into_body().client_gone(CLIENT_CLOSED_REQUEST);
@@ -55,7 +56,8 @@ pub async fn handle(
     });
     match answered.await {
         Ok(resp) => resp,
-        // The task panicked; its `Exchange` wrote the audit line as it unwound.
+        // The task panicked, or was cancelled at shutdown: its `Exchange` wrote the audit line
+        // as it was dropped.
         Err(_) => {
             let mut resp = Response::new(body::empty());
             *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
@@ -154,9 +156,9 @@ impl Exchange<'_> {
             incoming,
             &parts.headers,
             self.rt.settings.server.max_body_bytes,
+            &mut self.record.bytes_in,
         )
         .await?;
-        self.record.bytes_in = body.len() as u64;
         if !is_read {
             self.record.changed_fields = audit::changed_fields(&body);
         }
@@ -458,6 +460,7 @@ impl Exchange<'_> {
         request_id: HeaderValue,
         method: &Method,
     ) -> Response<AuditedBody> {
+        body::drop_for_head(method, &mut resp);
         let headers = resp.headers_mut();
         headers.insert(X_REQUEST_ID.clone(), request_id);
         if let Some(verdict) = &self.verdict {
@@ -572,10 +575,12 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 /// Reads the request body whole, refusing it past `limit` whether it declared its length or not.
 /// Bodies are small JSON documents bounded by `limit`; holding them lets the gateway refuse an
 /// oversized one before anything reaches upstream and name the changed fields in the audit line.
+/// `seen` counts the bytes received, refused ones included.
 async fn read_body(
     mut incoming: Incoming,
     headers: &HeaderMap,
     limit: u64,
+    seen: &mut u64,
 ) -> Result<Bytes, GatewayError> {
     let declared = content_length(headers);
     let mut too_large = declared.is_some_and(|len| len > limit);
@@ -583,7 +588,6 @@ async fn read_body(
         return Err(GatewayError::BodyTooLarge { limit });
     }
     let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(limit) as usize);
-    let mut seen: u64 = 0;
     let drain_deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
     loop {
         let frame = if too_large {
@@ -599,12 +603,12 @@ async fn read_body(
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        seen += data.len() as u64;
-        if seen > limit {
+        *seen += data.len() as u64;
+        if *seen > limit {
             too_large = true;
             buf.clear();
         }
-        if seen > DRAIN_LIMIT {
+        if *seen > DRAIN_LIMIT {
             break;
         }
         if !too_large {

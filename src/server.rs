@@ -17,7 +17,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::audit::{AuditOpenError, AuditWriter, AuditedBody};
 use crate::config::{ConfigError, Settings};
@@ -136,6 +136,7 @@ impl RunningGateway {
         self.gateway.start_draining();
         let _ = self.stop_api.send(true);
         let _ = self.api_task.await;
+        self.gateway.cancel_writes().await;
         let _ = self.stop_admin.send(true);
         let _ = self.admin_task.await;
         self.audit.finish().await;
@@ -155,6 +156,9 @@ async fn serve<H, Fut>(
     Fut: Future<Output = Response<AuditedBody>> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
+    // Kept so that connections still open when the grace period ends can be cancelled before the
+    // audit log is closed: a cancelled request still writes its line (as the client going away does).
+    let mut connections = JoinSet::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -181,7 +185,8 @@ async fn serve<H, Fut>(
                 });
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
-                tokio::spawn(async move {
+                while connections.try_join_next().is_some() {}
+                connections.spawn(async move {
                     let conn = builder.serve_connection(TokioIo::new(stream), service);
                     if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(error = %e, "connection ended with an error");
@@ -194,8 +199,12 @@ async fn serve<H, Fut>(
     drop(listener);
     tokio::select! {
         _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(grace) => tracing::warn!(?grace, "grace period over; closing remaining connections"),
+        _ = tokio::time::sleep(grace) => {
+            tracing::warn!(?grace, open = connections.len(), "grace period over; closing remaining connections");
+            connections.abort_all();
+        }
     }
+    while connections.join_next().await.is_some() {}
 }
 
 /// The process signals the gateway answers, installed before serving so none hits the default action.

@@ -1,12 +1,14 @@
 //! The config snapshot requests run on (`Runtime`, swapped whole by a reload) and the process-wide
-//! parts that outlive reloads (`Gateway`: cache, audit log, metrics, drain flag).
+//! parts that outlive reloads (`Gateway`: cache, audit log, metrics, drain flag, writes in flight).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+use tokio::task::JoinSet;
 
 use crate::audit::AuditLog;
 use crate::auth::KeyDigest;
@@ -93,6 +95,8 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     draining: AtomicBool,
     config_path: Option<PathBuf>,
+    /// Writes run in tasks of their own (see `proxy::handle`); kept to cancel them at shutdown.
+    writes: Mutex<JoinSet<()>>,
 }
 
 impl Gateway {
@@ -110,6 +114,7 @@ impl Gateway {
             metrics,
             draining: AtomicBool::new(false),
             config_path,
+            writes: Mutex::new(JoinSet::new()),
         }
     }
 
@@ -143,6 +148,22 @@ impl Gateway {
 
     pub fn cache_enabled(&self, rt: &Runtime) -> Option<&Arc<AgentCache>> {
         rt.settings.cache.enabled.then_some(&self.cache)
+    }
+
+    /// Runs a write to its end whatever its client does.
+    pub fn spawn_write(&self, write: impl Future<Output = ()> + Send + 'static) {
+        let mut writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        while writes.try_join_next().is_some() {}
+        writes.spawn(write);
+    }
+
+    /// At shutdown, once the grace period is over: cancels the writes still waiting for upstream
+    /// (each still writes its audit line) and waits until they are gone.
+    pub async fn cancel_writes(&self) {
+        let mut writes =
+            std::mem::take(&mut *self.writes.lock().unwrap_or_else(|e| e.into_inner()));
+        writes.abort_all();
+        while writes.join_next().await.is_some() {}
     }
 
     pub fn start_draining(&self) {

@@ -499,6 +499,8 @@ async fn oversized_body_is_audited_as_bad_request_and_invalidates_nothing() {
     let l = assert_line_matches(&lines, &r, "PATCH", "/v1/agents2/a1");
     assert_eq!(l["decision"], "bad_request");
     assert_eq!(l["status"], 413);
+    // What the client sent, though none of it went further.
+    assert_eq!(l["bytes_in"], big.len());
     assert_eq!(l["team"], "billing");
     assert_eq!(l["upstream_status"], Value::Null);
     assert_eq!(l["invalidated"], 0);
@@ -743,4 +745,44 @@ async fn a_refused_path_is_audited_with_the_key_that_was_presented() {
         assert_eq!(line["upstream_status"], Value::Null, "{path}");
     }
     assert_eq!(upstream.total(), 0);
+}
+
+#[tokio::test]
+async fn requests_cut_off_when_the_grace_period_ends_are_still_audited() {
+    let upstream = FakeUpstream::start().await;
+    let mut gw = GatewayBuilder::new(upstream.base_url())
+        .server("shutdown_grace_ms = 200")
+        .start()
+        .await;
+    // Upstream takes far longer than the grace period.
+    upstream.set_delay(Method::GET, Duration::from_secs(5));
+    upstream.set_delay(Method::PATCH, Duration::from_secs(5));
+    let c = gw.client();
+    let tasks: Vec<_> = (0..15)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                if i % 3 == 0 {
+                    c.patch(&format!("/v1/agents2/a{i}"), BILLING, "{}").await
+                } else {
+                    c.get("/v1/calls", BILLING).await
+                }
+            })
+        })
+        .collect();
+    wait_until("every request reached upstream", || upstream.total() == 15).await;
+
+    let running = gw.running.take().expect("gateway running");
+    let gateway = running.gateway().clone();
+    running.shutdown().await;
+    for t in tasks {
+        // Cut off: the client sees its connection closed.
+        assert!(t.await.is_err());
+    }
+    // Read at once: shutdown returns only after the sink is flushed.
+    let lines = gw.audit();
+    assert_eq!(lines.len(), 15, "{lines:?}");
+    assert!(lines.iter().all(|l| l["status"] == 499), "{lines:?}");
+    assert_eq!(lines.iter().filter(|l| l["method"] == "PATCH").count(), 5);
+    assert_eq!(gateway.metrics.audit_failed.get(), 0);
 }

@@ -1263,6 +1263,17 @@ async fn admin_purge_without_the_admin_token_is_401_and_purges_nothing() {
         let r = purge(&gw, auth.as_deref(), body).await;
         assert_eq!(r.status, 401);
     }
+    // The admin token is a Bearer token, not an `X-Api-Key`.
+    let r = gw
+        .admin_client()
+        .send(
+            Method::POST,
+            "/admin/cache/purge",
+            &[("x-api-key", ADMIN_TOKEN)],
+            Bytes::from_static(body.as_bytes()),
+        )
+        .await;
+    assert_eq!(r.status, 401);
     // The admin API does not exist on the API listener: its paths are the gateway's own 404.
     let r = c
         .send(

@@ -430,3 +430,43 @@ async fn an_upstream_that_stalls_mid_body_is_cut_off_after_the_timeout() {
     assert!(text.ends_with("\r\n\r\n12345"), "{text}");
     stalled.abort();
 }
+
+#[tokio::test]
+async fn head_answers_carry_no_body_over_http2_either() {
+    let (upstream, gw) = setup().await;
+    let h2 = Client::h2(gw.api);
+    // The gateway's own answers have a body for GET; a HEAD gets their headers only.
+    let auth = format!("Bearer {BILLING}");
+    for (path, headers, status) in [
+        ("/v1/agents2/a1", vec![], 401),
+        (
+            "/v2/agents2/a1",
+            vec![("authorization", auth.as_str())],
+            404,
+        ),
+        (
+            "/v1/agents2/%2e%2e",
+            vec![("authorization", auth.as_str())],
+            400,
+        ),
+        (
+            "/v1/agents2/a1",
+            vec![("authorization", auth.as_str())],
+            200,
+        ),
+    ] {
+        let r = h2.send(Method::HEAD, path, &headers, Bytes::new()).await;
+        assert_eq!(r.status, status, "{path}");
+        assert!(r.body.is_empty(), "{path}");
+    }
+    let r = h2
+        .send(Method::HEAD, "/v1/agents2/a1", &[], Bytes::new())
+        .await;
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    // Only the last one was the team's and well-formed.
+    assert_eq!(upstream.total(), 1);
+    let probe = Client::h2(gw.admin)
+        .send(Method::HEAD, "/healthz", &[], Bytes::new())
+        .await;
+    assert_eq!((probe.status, probe.body.len()), (200, 0));
+}

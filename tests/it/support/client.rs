@@ -46,6 +46,16 @@ impl Client {
         }
     }
 
+    /// A client speaking HTTP/2 in the clear (h2c, prior knowledge).
+    pub fn h2(base: SocketAddr) -> Self {
+        Self {
+            base,
+            inner: HyperClient::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build_http(),
+        }
+    }
+
     pub async fn send(
         &self,
         method: Method,
