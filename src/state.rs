@@ -28,7 +28,9 @@ pub struct TeamState {
 /// happen meanwhile.
 pub struct Runtime {
     pub settings: Settings,
-    teams: HashMap<KeyDigest, Arc<TeamState>>,
+    /// Looked up on every request. foldhash, not SipHash: the map is small and only changes on
+    /// reload, so no choice of presented keys can make its lookups slow.
+    teams: HashMap<KeyDigest, Arc<TeamState>, foldhash::fast::RandomState>,
     pub upstream: Upstream,
 }
 
@@ -45,7 +47,7 @@ impl Runtime {
                     .collect()
             })
             .unwrap_or_default();
-        let mut teams = HashMap::new();
+        let mut teams = HashMap::default();
         for team in &settings.teams {
             let limiter = match old_limiters.get(&*team.name) {
                 Some(l) if l.has_quotas(team.rate_limit, team.write_rate_limit) => Arc::clone(l),
