@@ -154,12 +154,52 @@ async fn admin_action(
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// A scraper that asks for OpenMetrics (Prometheus does) gets it, with types and units; anyone
-/// else gets the classic Prometheus text format.
+/// A scraper that prefers OpenMetrics (Prometheus does) gets it, with types and units; anyone else
+/// gets the classic Prometheus text format. Preference by the `q` weights of `Accept`: OpenMetrics
+/// when it is acceptable (`q` > 0) and weighs at least as much as any text type.
 fn wants_openmetrics(headers: &http::HeaderMap) -> bool {
-    headers
+    let (mut openmetrics, mut text) = (0.0_f32, 0.0_f32);
+    let items = headers
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("application/openmetrics-text"))
+        .flat_map(|v| v.split(','));
+    for item in items {
+        let mut params = item.split(';').map(str::trim);
+        let media = params.next().unwrap_or("").to_ascii_lowercase();
+        let q = params
+            .find_map(|p| p.strip_prefix("q=").and_then(|q| q.parse::<f32>().ok()))
+            .unwrap_or(1.0);
+        match media.as_str() {
+            "application/openmetrics-text" => openmetrics = openmetrics.max(q),
+            "text/plain" | "text/*" | "*/*" => text = text.max(q),
+            _ => {}
+        }
+    }
+    openmetrics > 0.0 && openmetrics >= text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(value: &str) -> bool {
+        let mut h = http::HeaderMap::new();
+        h.insert(header::ACCEPT, HeaderValue::from_str(value).unwrap());
+        wants_openmetrics(&h)
+    }
+
+    #[test]
+    fn openmetrics_only_when_preferred() {
+        // What Prometheus sends.
+        assert!(accept("application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"));
+        assert!(accept("application/openmetrics-text"));
+        assert!(!accept("*/*"));
+        assert!(!accept("text/plain"));
+        assert!(!accept("application/openmetrics-text;q=0"));
+        assert!(!accept(
+            "text/plain;version=0.0.4;q=0.9,application/openmetrics-text;q=0.1"
+        ));
+        assert!(!wants_openmetrics(&http::HeaderMap::new()));
+    }
 }

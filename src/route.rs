@@ -157,16 +157,18 @@ fn has_encoded_control(lower: &str) -> bool {
 /// `/v1/x` → `/x`; `/x` (legacy, unversioned) → `/x`; `/v2/x` → the gateway's own 404.
 /// `/admin/...` is the gateway's own 404 too: the admin API lives on the admin listener only, and a
 /// team key must never reach it, nor send such a path upstream under the org's key.
+/// The first segment is matched without regard to case, as upstream's router does.
 fn strip_version(path: &str) -> Result<&str, GatewayError> {
     let first = path[1..].split('/').next().unwrap_or("");
-    if first == "v1" {
+    if first.eq_ignore_ascii_case("v1") {
         return Ok(&path[3..]);
     }
-    if first == "admin" {
+    if first.eq_ignore_ascii_case("admin") {
         return Err(GatewayError::NotFound);
     }
-    let is_version =
-        first.len() > 1 && first.starts_with('v') && first[1..].bytes().all(|b| b.is_ascii_digit());
+    let is_version = first.len() > 1
+        && first.starts_with(['v', 'V'])
+        && first[1..].bytes().all(|b| b.is_ascii_digit());
     if is_version {
         return Err(GatewayError::UnknownVersion(first.to_owned()));
     }
@@ -236,6 +238,15 @@ mod tests {
             parse("/v10"),
             Err(GatewayError::UnknownVersion(_))
         ));
+        assert!(matches!(
+            parse("/V2/agents2/a1"),
+            Err(GatewayError::UnknownVersion(_))
+        ));
+        assert_eq!(
+            parse("/V1/agents2/a1").unwrap().upstream_path,
+            "/agents2/a1"
+        );
+        assert!(matches!(parse("/Admin/x"), Err(GatewayError::NotFound)));
     }
 
     #[test]

@@ -458,13 +458,20 @@ async fn head_answers_carry_no_body_over_http2_either() {
         let r = h2.send(Method::HEAD, path, &headers, Bytes::new()).await;
         assert_eq!(r.status, status, "{path}");
         assert!(r.body.is_empty(), "{path}");
+        // The length a GET would have, not 0.
+        let get = h2.send(Method::GET, path, &headers, Bytes::new()).await;
+        assert_eq!(
+            r.header("content-length"),
+            Some(get.body.len().to_string().as_str()),
+            "{path}"
+        );
     }
     let r = h2
         .send(Method::HEAD, "/v1/agents2/a1", &[], Bytes::new())
         .await;
     assert_eq!(r.header("www-authenticate"), Some("Bearer"));
-    // Only the last one was the team's and well-formed.
-    assert_eq!(upstream.total(), 1);
+    // Only the last path was the team's and well-formed: its HEAD and its GET went upstream.
+    assert_eq!(upstream.total(), 2);
     let probe = Client::h2(gw.admin)
         .send(Method::HEAD, "/healthz", &[], Bytes::new())
         .await;
