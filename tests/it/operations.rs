@@ -318,13 +318,7 @@ async fn sighup_adds_and_removes_teams_while_requests_keep_being_answered() {
         .await;
     assert_eq!(r.status, 200);
     let seen = upstream
-        .requests()
-        .into_iter()
-        .find(|r| {
-            r.headers
-                .get("x-request-id")
-                .is_some_and(|v| v == "newcomer-after-reload")
-        })
+        .request_with_id("newcomer-after-reload")
         .expect("newcomer's request reached upstream");
     assert_eq!(
         seen.headers["authorization"],
@@ -466,13 +460,7 @@ async fn sighup_rereads_the_organisation_key_files() {
                 .await;
             assert_eq!(r.status, 200);
             let seen = upstream
-                .requests()
-                .into_iter()
-                .find(|r| {
-                    r.headers
-                        .get("x-request-id")
-                        .is_some_and(|v| v == request_id)
-                })
+                .request_with_id(request_id)
                 .expect("request reached upstream");
             seen.headers["authorization"].to_str().unwrap().to_owned()
         }

@@ -128,6 +128,15 @@ impl FakeUpstream {
     }
 
     /// Requests with this method whose path (without query) starts with `path_prefix`.
+    /// The recorded request that carried this `X-Request-Id`.
+    pub fn request_with_id(&self, request_id: &str) -> Option<Recorded> {
+        self.requests().into_iter().find(|r| {
+            r.headers
+                .get("x-request-id")
+                .is_some_and(|v| v == request_id)
+        })
+    }
+
     pub fn count(&self, method: &Method, path_prefix: &str) -> usize {
         self.state
             .requests
