@@ -16,9 +16,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use serde::{Serialize, Serializer};
 use tokio::sync::mpsc;
 
+use crate::audit_line;
 use crate::body::{BoxError, ProxyBody};
 use crate::cache::CacheOutcome;
 use crate::config::{AuditSettings, AuditSink};
@@ -34,11 +34,10 @@ const BATCH_PAUSE: Duration = Duration::from_millis(2);
 /// The sink's write buffer: one `write(2)` per this many bytes of lines (~150 lines) under load.
 const SINK_BUFFER_BYTES: usize = 64 * 1024;
 
-/// One audit line. Field names and meanings are the contract's; values never include keys, tokens
-/// or body values.
-#[derive(Debug, Serialize)]
+/// One audit line, written by [`audit_line::write`]. Field names and meanings are the contract's;
+/// values never include keys, tokens or body values.
+#[derive(Debug)]
 pub struct AuditRecord {
-    #[serde(serialize_with = "rfc3339_millis")]
     pub ts: SystemTime,
     pub request_id: String,
     pub team: Option<Arc<str>>,
@@ -58,7 +57,7 @@ pub struct AuditRecord {
     pub bytes_out: u64,
     pub changed_fields: Option<Vec<String>>,
     pub invalidated: u64,
-    #[serde(skip)]
+    /// When the request arrived, for `latency_ms`; not written.
     pub started: Instant,
 }
 
@@ -114,10 +113,6 @@ fn method_name(method: &http::Method) -> Cow<'static, str> {
         Method::OPTIONS => "OPTIONS",
         _ => return Cow::Owned(method.as_str().to_owned()),
     })
-}
-
-fn rfc3339_millis<S: Serializer>(ts: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&humantime::format_rfc3339_millis(*ts))
 }
 
 /// Milliseconds with microsecond precision: cache hits take well under a millisecond.
@@ -302,16 +297,13 @@ fn write_loop(mut sink: Sink, mut rx: mpsc::Receiver<Msg>, metrics: &Metrics) {
     }
 }
 
-/// Serializes into `line` first, then hands the whole line to the sink in one write: serde_json
-/// writes dozens of fragments per record, and each through `BufWriter` cost more than into a `Vec`.
+/// Writes into `line` first, then hands the whole line to the sink in one write: a record is
+/// dozens of fragments, and each through `BufWriter` cost more than into a `Vec`.
 fn write_line(sink: &mut Sink, line: &mut Vec<u8>, record: &AuditRecord, metrics: &Metrics) {
     line.clear();
-    let result = serde_json::to_writer(&mut *line, record)
-        .map_err(io::Error::from)
-        .and_then(|()| {
-            line.push(b'\n');
-            sink.out().write_all(line)
-        });
+    audit_line::write(record, line);
+    line.push(b'\n');
+    let result = sink.out().write_all(line);
     match result {
         Ok(()) => {
             metrics.audit_written.inc();
@@ -527,7 +519,9 @@ mod tests {
             &http::Method::GET,
             "/v1/x",
         );
-        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        let mut line = Vec::new();
+        audit_line::write(&r, &mut line);
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
         for field in [
             "ts",
             "request_id",

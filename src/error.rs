@@ -43,14 +43,26 @@ pub enum GatewayError {
 }
 
 /// What an audit line records about how the request was decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     Allowed,
     Unauthenticated,
     Forbidden,
     RateLimited,
     BadRequest,
+}
+
+impl Decision {
+    /// The audit line's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Unauthenticated => "unauthenticated",
+            Self::Forbidden => "forbidden",
+            Self::RateLimited => "rate_limited",
+            Self::BadRequest => "bad_request",
+        }
+    }
 }
 
 impl GatewayError {
@@ -133,7 +145,7 @@ impl GatewayError {
             Self::RateLimited { retry_after } => {
                 headers.insert(
                     header::RETRY_AFTER,
-                    HeaderValue::from(whole_seconds(*retry_after)),
+                    crate::header_text::number(whole_seconds(*retry_after)),
                 );
             }
             _ => {}

@@ -1,9 +1,28 @@
-//! Header values assembled from text and numbers without `core::fmt`. On the cache-hit path the
+//! Header values (and audit lines, see `audit_line`) assembled from text and numbers without
+//! `core::fmt`. On the cache-hit path the
 //! `format!` calls behind the quota and `Cache-Status` headers cost more instructions than the rest
 //! of those headers together (callgrind), so the per-request values are written here by hand.
 
+use std::sync::LazyLock;
+
 use bytes::{BufMut, BytesMut};
 use http::HeaderValue;
+
+/// Numbers below this come from a table built once: `Age`, `RateLimit-Reset` and, for most
+/// quotas, `RateLimit-Remaining` are small, and cloning a built value costs no allocation.
+const SMALL_NUMBERS: u64 = 1024;
+
+static SMALL: LazyLock<Vec<HeaderValue>> =
+    LazyLock::new(|| (0..SMALL_NUMBERS).map(HeaderValue::from).collect());
+
+/// `n` in decimal as a header value.
+pub fn number(n: u64) -> HeaderValue {
+    if n < SMALL_NUMBERS {
+        SMALL[n as usize].clone()
+    } else {
+        HeaderValue::from(n)
+    }
+}
 
 /// A header value being written: text pieces and decimal numbers, then [`HeaderText::finish`].
 pub struct HeaderText(BytesMut);
@@ -18,18 +37,8 @@ impl HeaderText {
         self
     }
 
-    pub fn push_u64(&mut self, mut n: u64) -> &mut Self {
-        let mut digits = [0u8; 20];
-        let mut at = digits.len();
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        self.0.put_slice(&digits[at..]);
+    pub fn push_u64(&mut self, n: u64) -> &mut Self {
+        self.0.put_slice(decimal(n, &mut [0; 20]));
         self
     }
 
@@ -37,6 +46,20 @@ impl HeaderText {
     pub fn finish(self) -> Option<HeaderValue> {
         HeaderValue::from_maybe_shared(self.0.freeze()).ok()
     }
+}
+
+/// `n` in decimal, written into the end of `buf`.
+pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[at..]
 }
 
 /// Lowercase hex of `bytes` into `out` (which must be twice as long): `hex::encode` collects
@@ -68,6 +91,24 @@ mod tests {
                 t.finish().unwrap(),
                 format!("\"team\";r={n};t={}", n / 3).as_str()
             );
+        }
+    }
+
+    #[test]
+    fn number_values_match_the_standard_ones() {
+        for n in [
+            0u64,
+            1,
+            9,
+            10,
+            599,
+            1023,
+            1024,
+            1025,
+            1_000_000_000,
+            u64::MAX,
+        ] {
+            assert_eq!(number(n), HeaderValue::from(n));
         }
     }
 

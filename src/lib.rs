@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod audit_line;
 pub mod auth;
 pub mod body;
 pub mod cache;

@@ -18,7 +18,7 @@ use crate::auth::{self, KeyDigest};
 use crate::body::{self, ProxyBody};
 use crate::cache::{self, AgentCache, CacheOutcome, ClientDirective, FillOutcome, Lookup, Stored};
 use crate::error::GatewayError;
-use crate::header_text::HeaderText;
+use crate::header_text::{self, HeaderText};
 use crate::ratelimit::{self, Verdict};
 use crate::request_id::{self, X_REQUEST_ID};
 use crate::route::{self, AgentPath, Route};
@@ -195,11 +195,12 @@ impl Exchange<'_> {
     /// costs the gateway work, and a team's quota should not depend on what other teams warmed.
     fn rate_limit(&mut self, team: &TeamState, is_read: bool) -> Result<(), GatewayError> {
         let verdict = team.limiter.check(!is_read);
+        let retry_after = verdict.retry_after;
         self.verdict = Some(verdict);
         let label = crate::metrics::TeamLabel {
             team: crate::metrics::TeamName(team.team.name.clone()),
         };
-        match verdict.retry_after {
+        match retry_after {
             Some(retry_after) => {
                 self.gw.metrics.rate_limited.get_or_create(&label).inc();
                 Err(GatewayError::RateLimited { retry_after })
@@ -540,7 +541,7 @@ fn mark(
     }
     match age {
         Some(age) => {
-            headers.insert(header::AGE, HeaderValue::from(age.as_secs()));
+            headers.insert(header::AGE, header_text::number(age.as_secs()));
         }
         None => {
             headers.remove(header::AGE);
@@ -560,7 +561,7 @@ fn mark_hit(resp: &mut Response<ProxyBody>, ttl_left: Duration, age: Duration) {
     if let Some(v) = status.finish() {
         headers.insert(CACHE_STATUS.clone(), v);
     }
-    headers.insert(header::AGE, HeaderValue::from(age.as_secs()));
+    headers.insert(header::AGE, header_text::number(age.as_secs()));
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {

@@ -5,7 +5,7 @@
 //! limiters; a config reload hands the same `TeamLimiter` to a team whose quotas did not change.
 
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
@@ -16,7 +16,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::RateQuota;
 use crate::error::whole_seconds;
-use crate::header_text::HeaderText;
+use crate::header_text::{self, HeaderText};
 
 type Gcra = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
@@ -48,12 +48,44 @@ pub struct QuotaStatus {
 }
 
 /// What the limiter says about one request, with everything the headers need.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Verdict {
     pub general: QuotaStatus,
     pub write: Option<QuotaStatus>,
     /// `Some(wait)` when refused: the time until the refusing quota lets one request through.
     pub retry_after: Option<Duration>,
+    fixed: Arc<FixedHeaders>,
+}
+
+/// The header values that only change with the quotas, built once per limiter instead of per
+/// answer (each was an allocation and a number formatted on every request).
+#[derive(Debug)]
+struct FixedHeaders {
+    general_limit: HeaderValue,
+    write_limit: Option<HeaderValue>,
+    /// `RateLimit-Policy` for reads (the general quota) and for writes (both quotas).
+    read_policy: Option<HeaderValue>,
+    write_policy: Option<HeaderValue>,
+}
+
+impl FixedHeaders {
+    fn new(general: RateQuota, write: Option<RateQuota>) -> Self {
+        let mut read_policy = HeaderText::with_capacity(32);
+        policy_item(&mut read_policy, PolicyName::Team, general);
+        let write_policy = write.map(|w| {
+            let mut both = HeaderText::with_capacity(64);
+            policy_item(&mut both, PolicyName::Team, general);
+            both.push(", ");
+            policy_item(&mut both, PolicyName::TeamWrite, w);
+            both
+        });
+        Self {
+            general_limit: HeaderValue::from(general.burst.get()),
+            write_limit: write.map(|w| HeaderValue::from(w.burst.get())),
+            read_policy: read_policy.finish(),
+            write_policy: write_policy.and_then(HeaderText::finish),
+        }
+    }
 }
 
 impl Verdict {
@@ -151,6 +183,7 @@ fn status(
 pub struct TeamLimiter {
     general: Bucket,
     write: Option<Bucket>,
+    fixed: Arc<FixedHeaders>,
 }
 
 impl TeamLimiter {
@@ -158,6 +191,7 @@ impl TeamLimiter {
         Self {
             general: Bucket::new(general),
             write: write.map(Bucket::new),
+            fixed: Arc::new(FixedHeaders::new(general, write)),
         }
     }
 
@@ -197,6 +231,7 @@ impl TeamLimiter {
                 general: self.general.peek(PolicyName::Team),
                 write: Some(status),
                 retry_after: Some(wait),
+                fixed: self.fixed.clone(),
             };
         }
         let (general, retry_after) = self.general.check(PolicyName::Team);
@@ -204,6 +239,7 @@ impl TeamLimiter {
             general,
             write: write.map(|(status, _)| status),
             retry_after,
+            fixed: self.fixed.clone(),
         }
     }
 
@@ -217,6 +253,7 @@ impl TeamLimiter {
                 .filter(|_| is_write)
                 .map(|b| b.peek(PolicyName::TeamWrite)),
             retry_after: None,
+            fixed: self.fixed.clone(),
         }
     }
 }
@@ -232,23 +269,27 @@ static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 pub fn apply_headers(verdict: &Verdict, headers: &mut HeaderMap) {
     let binding = verdict.binding();
     let reset = reset_seconds(binding.reset);
+    let fixed = &verdict.fixed;
+    let limit = match binding.policy {
+        PolicyName::TeamWrite => fixed.write_limit.as_ref(),
+        PolicyName::Team => None,
+    };
     headers.insert(
         RATELIMIT_LIMIT.clone(),
-        HeaderValue::from(binding.quota.burst.get()),
+        limit.unwrap_or(&fixed.general_limit).clone(),
     );
     headers.insert(
         RATELIMIT_REMAINING.clone(),
-        HeaderValue::from(binding.remaining),
+        header_text::number(binding.remaining.into()),
     );
-    headers.insert(RATELIMIT_RESET.clone(), HeaderValue::from(reset));
-    let mut policy = HeaderText::with_capacity(64);
-    policy_item(&mut policy, &verdict.general);
-    if let Some(w) = &verdict.write {
-        policy.push(", ");
-        policy_item(&mut policy, w);
-    }
-    if let Some(v) = policy.finish() {
-        headers.insert(RATELIMIT_POLICY.clone(), v);
+    headers.insert(RATELIMIT_RESET.clone(), header_text::number(reset));
+    let policy = if verdict.write.is_some() {
+        &fixed.write_policy
+    } else {
+        &fixed.read_policy
+    };
+    if let Some(v) = policy {
+        headers.insert(RATELIMIT_POLICY.clone(), v.clone());
     }
     let mut current = HeaderText::with_capacity(48);
     current
@@ -264,11 +305,11 @@ pub fn apply_headers(verdict: &Verdict, headers: &mut HeaderMap) {
 }
 
 /// `"team";q=<per_minute>;w=60`
-fn policy_item(out: &mut HeaderText, s: &QuotaStatus) {
+fn policy_item(out: &mut HeaderText, policy: PolicyName, quota: RateQuota) {
     out.push("\"")
-        .push(s.policy.as_str())
+        .push(policy.as_str())
         .push("\";q=")
-        .push_u64(u64::from(s.quota.per_minute.get()))
+        .push_u64(u64::from(quota.per_minute.get()))
         .push(";w=60");
 }
 
@@ -306,6 +347,7 @@ mod tests {
                 general: s,
                 write: None,
                 retry_after: None,
+                fixed: Arc::new(FixedHeaders::new(quota(60, 10), None)),
             },
             &mut h,
         );
@@ -314,6 +356,24 @@ mod tests {
         assert_eq!(header(&h, "ratelimit-reset"), "0");
         assert_eq!(header(&h, "ratelimit-policy"), "\"team\";q=60;w=60");
         assert_eq!(header(&h, "ratelimit"), "\"team\";r=10;t=0");
+    }
+
+    #[test]
+    fn writes_report_the_binding_quota_and_both_policies() {
+        let limiter = TeamLimiter::new(quota(600, 100), Some(quota(60, 2)));
+        let mut h = HeaderMap::new();
+        apply_headers(&limiter.check(true), &mut h);
+        assert_eq!(header(&h, "ratelimit-limit"), "2");
+        assert_eq!(header(&h, "ratelimit-remaining"), "1");
+        assert_eq!(
+            header(&h, "ratelimit-policy"),
+            "\"team\";q=600;w=60, \"team-write\";q=60;w=60"
+        );
+        assert_eq!(header(&h, "ratelimit"), "\"team-write\";r=1;t=1");
+        let mut h = HeaderMap::new();
+        apply_headers(&limiter.check(false), &mut h);
+        assert_eq!(header(&h, "ratelimit-limit"), "100");
+        assert_eq!(header(&h, "ratelimit-policy"), "\"team\";q=600;w=60");
     }
 
     #[test]

@@ -134,7 +134,7 @@ fn check_safe(path: &str) -> Result<(), GatewayError> {
     } else {
         Cow::Borrowed(path)
     };
-    if dots.split('/').any(|seg| seg == ".." || seg == ".") {
+    if has_dot_segment(dots.as_bytes()) {
         return Err(GatewayError::BadPath(
             "dot segments are not allowed in the path",
         ));
@@ -143,6 +143,24 @@ fn check_safe(path: &str) -> Result<(), GatewayError> {
         return Err(GatewayError::BadPath("'..' is not allowed in the path"));
     }
     Ok(())
+}
+
+/// Whether a `/`-separated segment is exactly `.` or `..`, in one pass over the bytes (this runs
+/// on every request; splitting into segments cost more than the rest of routing).
+fn has_dot_segment(path: &[u8]) -> bool {
+    let mut segment_start = 0;
+    for end in path
+        .iter()
+        .enumerate()
+        .filter_map(|(i, &b)| (b == b'/').then_some(i))
+        .chain([path.len()])
+    {
+        if matches!(&path[segment_start..end], b"." | b"..") {
+            return true;
+        }
+        segment_start = end + 1;
+    }
+    false
 }
 
 /// `%00`-`%1f` and `%7f`.
@@ -179,11 +197,16 @@ fn agent_path(path: &str) -> Option<AgentPath> {
     let mut segments = path.strip_prefix('/')?.split('/');
     let family = Family::parse(segments.next()?)?;
     let id = segments.next().filter(|s| !s.is_empty())?;
-    let rest: Vec<&str> = segments.collect();
+    // `/{family}/{id}` or `/{family}/{id}/`.
+    let is_item = match segments.next() {
+        None => true,
+        Some("") => segments.next().is_none(),
+        Some(_) => false,
+    };
     Some(AgentPath {
         family,
         id: id.to_owned(),
-        is_item: rest.is_empty() || rest == [""],
+        is_item,
     })
 }
 
@@ -264,10 +287,16 @@ mod tests {
             "/v1/agents2/a%7F",
             "/v1/agents2/a\\b",
             "/v1/./agents2",
+            "/v1/agents2/.",
+            "/v1/agents2/./",
+            "/.",
+            "/v1/%2e",
         ] {
             assert!(bad(p), "{p} should be refused");
         }
         assert!(!bad("/v1/agents2/a.b"));
+        assert!(!bad("/v1/agents2/.a"));
+        assert!(!bad("/v1/agents2/a./b"));
         assert!(!bad("/v1/agents2/a%20b"));
     }
 
