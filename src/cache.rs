@@ -40,15 +40,6 @@ const SCOPE_STRIPES: usize = 1 << 10;
 const STRIPE_HASH: foldhash::fast::FixedState =
     foldhash::fast::FixedState::with_seed(0x6469_616c_6e65_7861);
 
-/// A typical agent's answer (a few KiB of JSON) plus its bookkeeping, for sizing the table.
-const TYPICAL_ENTRY_BYTES: u64 = 4096;
-
-/// Entries the table is sized for at start: enough for `max_bytes` of typical agents, within
-/// bounds so a huge `max_bytes` does not reserve a huge empty table.
-fn expected_entries(max_bytes: u64) -> usize {
-    (max_bytes / TYPICAL_ENTRY_BYTES).clamp(1024, 1 << 20) as usize
-}
-
 /// Bookkeeping bytes per stored variant beyond its body, so `max_bytes` bounds real memory.
 const VARIANT_OVERHEAD: usize = 160;
 
@@ -321,10 +312,6 @@ impl AgentCache {
         let evictions = metrics.clone();
         let entries = moka::future::Cache::builder()
             .max_capacity(settings.max_bytes)
-            // Sized for a full cache of typical agents up front: growing moka's table re-hashes
-            // every key, each behind a pointer the CPU must fetch, which showed in the miss path's
-            // profile while the cache filled.
-            .initial_capacity(expected_entries(settings.max_bytes))
             .weigher(|k: &AgentKey, v: &Arc<AgentEntry>| v.weight(k))
             // Kept past freshness for the stale-if-error window; freshness is checked per variant.
             .time_to_live(settings.ttl + settings.stale_if_error)
