@@ -247,6 +247,8 @@ pub enum Lookup {
     Fresh {
         stored: Arc<Stored>,
         ttl_left: Duration,
+        /// As of the lookup; read once, the clock is not free.
+        age: Duration,
     },
     Miss(Ticket),
 }
@@ -403,6 +405,7 @@ impl AgentCache {
                     return Lookup::Fresh {
                         stored: v.clone(),
                         ttl_left: self.ttl - age,
+                        age,
                     };
                 }
                 if age < self.ttl + self.stale_window {

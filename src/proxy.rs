@@ -308,10 +308,14 @@ impl Exchange<'_> {
             ClientDirective::Refresh => cache.refresh_ticket(org, agent.family, &agent.id, &query),
             ClientDirective::Normal => {
                 match cache.lookup(org, agent.family, &agent.id, &query).await {
-                    Lookup::Fresh { stored, ttl_left } => {
+                    Lookup::Fresh {
+                        stored,
+                        ttl_left,
+                        age,
+                    } => {
                         self.record.cache = Some(CacheOutcome::Hit);
                         let mut resp = stored_response(&stored);
-                        mark_hit(&mut resp, ttl_left, stored.age());
+                        mark_hit(&mut resp, ttl_left, age);
                         return Ok(resp);
                     }
                     Lookup::Miss(ticket) => ticket,
