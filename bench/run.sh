@@ -7,7 +7,9 @@
 #
 # Options:
 #   --smoke               1 s per run, 1000 spread agents, 2000 RSS agents; docs untouched
-#   --duration S          seconds per measured run (default 10)
+#   --duration S          seconds per measured run (default 6)
+#   --rounds N            measured runs per scenario and proxy, proxies in rotation (default 3);
+#                         the report gives each figure's median over the rounds
 #   --connections N       wrk connections (default 64)
 #   --scenarios "A B"     subset of: hit-hot hit-spread miss-0ms miss-20ms mix rss (default: all)
 #   --bin PATH            gateway binary to use instead of `cargo build --release` (e.g. target/debug/...)
@@ -36,7 +38,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BENCH="$ROOT/bench"
 
 SMOKE=0
-DURATION=10
+DURATION=6
+ROUNDS=3
 CONNS=64
 SCENARIOS="hit-hot hit-spread miss-0ms miss-20ms mix rss"
 BIN=""
@@ -45,6 +48,7 @@ DOCS="$ROOT/docs/benchmarks.md"
 LABEL="Latest run"
 KEEP=0
 DURATION_SET=0
+ROUNDS_SET=0
 ARGS_TEXT="$(printf '%q ' "$@")"
 ARGS_TEXT="${ARGS_TEXT% }"
 
@@ -54,6 +58,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --smoke) SMOKE=1 ;;
         --duration) DURATION="$2"; DURATION_SET=1; shift ;;
+        --rounds) ROUNDS="$2"; ROUNDS_SET=1; shift ;;
         --connections) CONNS="$2"; shift ;;
         --scenarios) SCENARIOS="$2"; shift ;;
         --bin) BIN="$2"; shift ;;
@@ -79,6 +84,7 @@ WRK_THREADS="${BENCH_WRK_THREADS:-1}"
 PORT_BASE="${BENCH_PORT_BASE:-18100}"
 if [ "$SMOKE" = 1 ]; then
     [ "$DURATION_SET" = 1 ] || DURATION=1
+    [ "$ROUNDS_SET" = 1 ] || ROUNDS=1
     SPREAD_AGENTS="${BENCH_SPREAD_AGENTS:-1000}"
     RSS_AGENTS="${BENCH_RSS_AGENTS:-2000}"
     MIX_AGENTS=200
@@ -296,7 +302,7 @@ wrk_load() { # DURATION URL [wrk args...]: wrk on the load core with the team ke
     local duration=$1 url=$2
     shift 2
     taskset -c "$LOAD_CPU" wrk -t"$WRK_THREADS" -c"$CONNS" -d"${duration}s" --latency --timeout 5s \
-        -H "Authorization: Bearer $TEAM_KEY" "$@" "$url"
+        -H "Authorization: Bearer $TEAM_KEY" "$@" "$url" </dev/null
 }
 
 # warm PROXY PREFIX COUNT: fetches COUNT distinct agents (PREFIX000000, PREFIX000001, ...) through
@@ -313,13 +319,14 @@ warm() {
 }
 
 RESULTS="$DIR/results.tsv"
-printf 'scenario\tproxy\trps\tp50_us\tp99_us\tcpu_us\trequests\terrors\tnon2xx\tupstream_per_req\taudit_per_req\tuser_us\n' >"$RESULTS"
+ROUND=1
+printf 'scenario\tproxy\trps\tp50_us\tp99_us\tcpu_us\trequests\terrors\tnon2xx\tupstream_per_req\taudit_per_req\tuser_us\tround\n' >"$RESULTS"
 
-# measure SCENARIO PROXY URL [wrk args...]: one measured wrk run, one row in results.tsv.
+# measure SCENARIO PROXY URL [wrk args...]: one measured wrk run (round $ROUND), one row in results.tsv.
 measure() {
     local scenario=$1 proxy=$2 url=$3
     shift 3
-    local pid=${PID[$proxy]} out="$DIR/wrk-$scenario-$proxy.txt"
+    local pid=${PID[$proxy]} out="$DIR/wrk-$scenario-$proxy-$ROUND.txt"
     local t0 t1 u0 u1 a0=0 a1=0 s0 s1
     [ "$proxy" = gateway ] && a0=$(gateway_metric dialnexa_gateway_audit_lines_written_total "$GATEWAY_ADMIN_PORT")
     u0=$(upstream_requests)
@@ -350,10 +357,10 @@ measure() {
     # The status request itself counts once.
     upr=$(awk -v d=$((u1 - u0 - 1)) -v n="$requests" 'BEGIN { printf "%.3f", n ? d / n : 0 }')
     apr=$(awk -v d=$((a1 - a0)) -v n="$requests" -v g="$proxy" 'BEGIN { if (g != "gateway") print "-"; else printf "%.3f", n ? d / n : 0 }')
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$proxy" "$rps" "$p50" "$p99" "$cpu" \
-        "$requests" "$errors" "$non2xx" "$upr" "$apr" "$usr" >>"$RESULTS"
-    log "$(printf '%-10s %-8s %9s req/s  p50 %7sus  p99 %7sus  cpu %6sus/req (user %s)  upstream/req %s  errors %s non2xx %s' \
-        "$scenario" "$proxy" "$rps" "$p50" "$p99" "$cpu" "$usr" "$upr" "$errors" "$non2xx")"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$proxy" "$rps" "$p50" "$p99" "$cpu" \
+        "$requests" "$errors" "$non2xx" "$upr" "$apr" "$usr" "$ROUND" >>"$RESULTS"
+    log "$(printf '%-10s %-8s round %s %9s req/s  p50 %7sus  p99 %7sus  cpu %6sus/req (user %s)  upstream/req %s  errors %s non2xx %s' \
+        "$scenario" "$proxy" "$ROUND" "$rps" "$p50" "$p99" "$cpu" "$usr" "$upr" "$errors" "$non2xx")"
     [ "$requests" -gt 0 ] || FAILURES+=("$scenario/$proxy: no request completed")
     [ "$errors" = 0 ] || FAILURES+=("$scenario/$proxy: $errors socket errors")
     [ "$non2xx" = 0 ] || FAILURES+=("$scenario/$proxy: $non2xx non-2xx answers")
@@ -380,14 +387,26 @@ sanity() {
 
 NONCE="$(date +%s%N | tail -c 9)"
 
+# rounds PROXY...: the proxies once per round, each round starting one further along the list, so
+# that no proxy always runs first or last while the machine's speed drifts. Prints "ROUND PROXY".
+rounds() {
+    local round i n=$#
+    local proxies=("$@")
+    for round in $(seq 1 "$ROUNDS"); do
+        for i in $(seq 0 $((n - 1))); do
+            echo "$round ${proxies[$(((i + round - 1) % n))]}"
+        done
+    done
+}
+
 scenario_hit_hot() {
     local proxy
     for proxy in "${PEERS[@]}"; do
         curl -s -o /dev/null -H "Authorization: Bearer $TEAM_KEY" "http://127.0.0.1:${PORT[$proxy]}/v1/agents2/hot-000001"
     done
-    for proxy in "${PEERS[@]}" ceiling; do
+    while read -r ROUND proxy; do
         measure hit-hot "$proxy" "http://127.0.0.1:${PORT[$proxy]}/v1/agents2/hot-000001"
-    done
+    done < <(rounds "${PEERS[@]}" ceiling)
 }
 
 scenario_hit_spread() {
@@ -395,26 +414,29 @@ scenario_hit_spread() {
     for proxy in "${PEERS[@]}"; do
         warm "$proxy" "s$NONCE" "$SPREAD_AGENTS"
     done
-    for proxy in "${PEERS[@]}" ceiling; do
+    while read -r ROUND proxy; do
         BENCH_AGENTS=$SPREAD_AGENTS BENCH_PREFIX="s$NONCE" measure hit-spread "$proxy" \
             "http://127.0.0.1:${PORT[$proxy]}/" -s "$BENCH/lua/spread.lua"
-    done
+    done < <(rounds "${PEERS[@]}" ceiling)
 }
 
 scenario_miss() { # NAME PREFIX
     local proxy
-    for proxy in "${PEERS[@]}"; do
-        BENCH_PREFIX="$2$NONCE-$proxy" measure "$1" "$proxy" "http://127.0.0.1:${PORT[$proxy]}/" -s "$BENCH/lua/unique.lua"
-    done
+    # A prefix per proxy and round: every request of every run is a miss.
+    while read -r ROUND proxy; do
+        BENCH_PREFIX="$2$NONCE-$proxy-$ROUND-" measure "$1" "$proxy" "http://127.0.0.1:${PORT[$proxy]}/" -s "$BENCH/lua/unique.lua"
+    done < <(rounds "${PEERS[@]}")
 }
 
 scenario_mix() {
     local proxy
     for proxy in "${PEERS[@]}"; do
         warm "$proxy" "x$NONCE" "$MIX_AGENTS"
+    done
+    while read -r ROUND proxy; do
         BENCH_AGENTS=$MIX_AGENTS BENCH_PREFIX="x$NONCE" BENCH_PATCH_PERCENT=$PATCH_PERCENT measure mix "$proxy" \
             "http://127.0.0.1:${PORT[$proxy]}/" -s "$BENCH/lua/mix.lua"
-    done
+    done < <(rounds "${PEERS[@]}")
 }
 
 RSS_LINES=()
@@ -489,21 +511,34 @@ report() {
     awk -F'\t' -v rssfile="$rss_tsv" '
     function fmt_us(v) { return v >= 1000 ? sprintf("%.2f ms", v / 1000) : sprintf("%.0f µs", v) }
     function ratio(a, b) { return (b > 0 && a != "") ? sprintf("%.2f", a / b) : "—" }
+    # The median of the space-separated numbers in s (mawk has no asort: an insertion sort).
+    function median(s,    v, n, i, j, t) {
+        n = split(s, v, " ")
+        for (i = 2; i <= n; i++) { t = v[i] + 0; for (j = i - 1; j >= 1 && v[j] + 0 > t; j--) v[j + 1] = v[j]; v[j + 1] = t }
+        return n % 2 ? v[(n + 1) / 2] + 0 : (v[n / 2] + v[n / 2 + 1]) / 2
+    }
     NR == 1 { next }
     {
         key = $1 SUBSEP $2
-        rps[key] = $3; p50[key] = $4; p99[key] = $5; cpu[key] = $6; req[key] = $7
-        err[key] = $8 + $9; upr[key] = $10; apr[key] = $11; usr[key] = $12
+        all_rps[key] = all_rps[key] " " $3; all_p50[key] = all_p50[key] " " $4; all_p99[key] = all_p99[key] " " $5
+        all_cpu[key] = all_cpu[key] " " $6; all_usr[key] = all_usr[key] " " $12; all_upr[key] = all_upr[key] " " $10
+        all_apr[key] = all_apr[key] " " $11
+        err[key] += $8 + $9; runs[key]++
         if (!($1 in seen)) { seen[$1] = 1; order[++ns] = $1 }
         has[key] = 1
     }
     END {
-        print "| scenario | proxy | req/s | p50 | p99 | proxy CPU µs/req | of which user | upstream req/req | audit lines/req | errors + non-2xx |"
-        print "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        for (key in has) {
+            rps[key] = median(all_rps[key]); p50[key] = median(all_p50[key]); p99[key] = median(all_p99[key])
+            cpu[key] = median(all_cpu[key]); usr[key] = median(all_usr[key]); upr[key] = sprintf("%.3f", median(all_upr[key]))
+            apr[key] = all_apr[key] ~ /-/ ? "-" : sprintf("%.3f", median(all_apr[key]))
+        }
+        print "| scenario | proxy | runs | req/s | p50 | p99 | proxy CPU µs/req | of which user | upstream req/req | audit lines/req | errors + non-2xx |"
+        print "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         split("gateway haproxy nginx ceiling", px, " ")
         for (i = 1; i <= ns; i++) for (j = 1; j <= 4; j++) {
             k = order[i] SUBSEP px[j]; if (!(k in has)) continue
-            printf "| %s | %s | %.0f | %s | %s | %.1f | %.1f | %s | %s | %d |\n", order[i], px[j], rps[k], fmt_us(p50[k]), fmt_us(p99[k]), cpu[k], usr[k], upr[k], apr[k], err[k]
+            printf "| %s | %s | %d | %.0f | %s | %s | %.1f | %.1f | %s | %s | %d |\n", order[i], px[j], runs[k], rps[k], fmt_us(p50[k]), fmt_us(p99[k]), cpu[k], usr[k], upr[k], apr[k], err[k]
         }
         print ""
         print "Ratios, gateway ÷ peer (req/s: higher is better for the gateway; p50, p99, CPU: lower is better):"
@@ -560,7 +595,7 @@ report() {
 
 machine() {
     echo "- Date: $STARTED_AT (UTC); load average before/after: $LOAD_BEFORE / $LOAD_AFTER"
-    echo "- Command: \`bench/run.sh${ARGS_TEXT:+ $ARGS_TEXT}\` (${DURATION} s per run, wrk -t$WRK_THREADS -c$CONNS, upstream delay for miss-20ms: $SLOW_MS ms)"
+    echo "- Command: \`bench/run.sh${ARGS_TEXT:+ $ARGS_TEXT}\` ($ROUNDS rounds of ${DURATION} s runs per scenario and proxy, proxies in rotation; figures are medians over the rounds; wrk -t$WRK_THREADS -c$CONNS, upstream delay for miss-20ms: $SLOW_MS ms)"
     echo "- Gateway: $("$BIN" --version) at $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet HEAD -- src 2>/dev/null || echo ' + uncommitted src changes'), $(rustc --version 2>/dev/null | cut -d' ' -f1-2)"
     echo "- Peers: $(nginx -v 2>&1 | sed 's/^nginx version: //'), HAProxy $(haproxy -v | awk 'NR == 1 { print $3 }'), $(wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }')"
     echo "- CPU: $(lscpu | awk -F: '/^Model name/ { gsub(/^ +/, "", $2); print $2; exit }'), $(nproc) CPUs; kernel $(uname -r); $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)"
