@@ -322,6 +322,8 @@ impl Exchange<'_> {
                 }
             }
         };
+        // Before the fill, so a client that leaves while it runs is still audited as a miss.
+        self.record.cache = Some(CacheOutcome::Miss);
 
         let req = self.upstream_request(
             team,

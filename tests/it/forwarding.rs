@@ -336,6 +336,21 @@ async fn a_client_that_goes_away_before_the_answer_is_still_audited() {
 }
 
 #[tokio::test]
+async fn a_cache_miss_whose_client_goes_away_is_audited_as_a_miss() {
+    let (upstream, gw) = setup().await;
+    upstream.set_delay(Method::GET, Duration::from_millis(300));
+    let client = gw.client();
+    let pending = tokio::spawn(async move { client.get("/v1/agents2/gone-1", BILLING).await });
+    let up = upstream.clone();
+    wait_until("upstream received the fill", || up.total() == 1).await;
+    pending.abort();
+    let lines = gw.audit_lines(1).await;
+    assert_eq!(lines[0]["status"], 499);
+    assert_eq!(lines[0]["cache"], "miss", "{:?}", lines[0]);
+    assert_eq!(lines[0]["agent_id"], "gone-1");
+}
+
+#[tokio::test]
 async fn the_sdk_shape_works_legacy_path_bearer_and_gzip_accept() {
     let (upstream, gw) = setup().await;
     let auth = format!("Bearer {BILLING}");
