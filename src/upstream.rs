@@ -322,9 +322,18 @@ impl Upstream {
 /// see `main.rs`) would round a ~3 KiB block up to its size class, by as much as a tenth, which
 /// broke the RSS target (100k cached agents ≤ 1.3× their body bytes: 1.33× against 1.25×).
 fn exact_body(chunks: &[Bytes], total: usize) -> Bytes {
-    let mut whole = allocator_api2::vec::Vec::with_capacity_in(total, std::alloc::System);
-    chunks.iter().for_each(|c| whole.extend_from_slice(c));
-    Bytes::from_owner(whole)
+    type SystemBox = allocator_api2::boxed::Box<[u8], std::alloc::System>;
+    // Copied with one `memcpy` (allocator-api2's `Vec::extend_from_slice` copies byte by byte,
+    // which callgrind put at ~30k instructions for a 3 KiB body).
+    let kept = match chunks {
+        [one] => SystemBox::from(&one[..]),
+        many => {
+            let mut whole = Vec::with_capacity(total);
+            many.iter().for_each(|c| whole.extend_from_slice(c));
+            SystemBox::from(&whole[..])
+        }
+    };
+    Bytes::from_owner(kept)
 }
 
 /// hyper's "connection closed before message completed": the pooled connection died under us.
@@ -415,6 +424,22 @@ mod tests {
             assert!(h.get(kept).is_some(), "{kept} not forwarded");
         }
         assert_eq!(h["x-request-id"], "rid");
+    }
+
+    #[test]
+    fn a_kept_body_is_its_chunks_in_order() {
+        let one = [Bytes::from_static(b"{\"id\":\"a1\"}")];
+        assert_eq!(exact_body(&one, 11), one[0]);
+        let many = [
+            Bytes::from_static(b"{\"id\""),
+            Bytes::new(),
+            Bytes::from_static(b":\"a1\"}"),
+        ];
+        assert_eq!(
+            exact_body(&many, 11),
+            Bytes::from_static(b"{\"id\":\"a1\"}")
+        );
+        assert!(exact_body(&[], 0).is_empty());
     }
 
     #[test]
