@@ -452,6 +452,8 @@ impl Exchange<'_> {
         let mut resp = Response::new(body::full(answer.body.clone()));
         *resp.status_mut() = answer.status;
         *resp.headers_mut() = answer.headers.clone();
+        // Room for the gateway's own headers at once, rather than growing the copy while adding them.
+        resp.headers_mut().reserve(ANSWER_HEADERS);
         // Built without `format!`: a miss is the second most frequent answer.
         let mut status = HeaderText::with_capacity(56);
         status
