@@ -30,6 +30,13 @@ pub struct RequestLabels {
     pub status: u16,
 }
 
+/// Handles on one team's series in `rate_allowed` / `rate_limited` (they share the family's value).
+#[derive(Clone, Debug, Default)]
+pub struct TeamCounters {
+    pub allowed: Counter,
+    pub limited: Counter,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TeamLabel {
     pub team: TeamName,
@@ -223,6 +230,18 @@ impl Metrics {
         self.config_reloads
             .get_or_create(&ResultLabel { result })
             .inc();
+    }
+
+    /// A team's quota counters, resolved once per config snapshot: looking a label set up in its
+    /// family hashes it with SipHash under a lock, which every request paid before.
+    pub fn team_counters(&self, team: &Arc<str>) -> TeamCounters {
+        let label = TeamLabel {
+            team: TeamName(team.clone()),
+        };
+        TeamCounters {
+            allowed: self.rate_allowed.get_or_create(&label).clone(),
+            limited: self.rate_limited.get_or_create(&label).clone(),
+        }
     }
 
     /// Drops per-team series of teams a reload removed, so label sets stay bounded.

@@ -197,16 +197,13 @@ impl Exchange<'_> {
         let verdict = team.limiter.check(!is_read);
         let retry_after = verdict.retry_after;
         self.verdict = Some(verdict);
-        let label = crate::metrics::TeamLabel {
-            team: crate::metrics::TeamName(team.team.name.clone()),
-        };
         match retry_after {
             Some(retry_after) => {
-                self.gw.metrics.rate_limited.get_or_create(&label).inc();
+                team.counters.limited.inc();
                 Err(GatewayError::RateLimited { retry_after })
             }
             None => {
-                self.gw.metrics.rate_allowed.get_or_create(&label).inc();
+                team.counters.allowed.inc();
                 Ok(())
             }
         }

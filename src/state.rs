@@ -14,7 +14,7 @@ use crate::audit::AuditLog;
 use crate::auth::KeyDigest;
 use crate::cache::AgentCache;
 use crate::config::{ConfigError, Settings, Team};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TeamCounters};
 use crate::ratelimit::TeamLimiter;
 use crate::upstream::Upstream;
 
@@ -22,6 +22,7 @@ use crate::upstream::Upstream;
 pub struct TeamState {
     pub team: Team,
     pub limiter: Arc<TeamLimiter>,
+    pub counters: TeamCounters,
 }
 
 /// One immutable config snapshot. A request loads it once and finishes on it, whatever reloads
@@ -38,7 +39,7 @@ impl Runtime {
     /// Builds a snapshot, keeping from `previous` the limiter of every team whose quotas did not
     /// change (and what a team had spent when they did) and the upstream connection pool if its
     /// connect timeout did not change.
-    pub fn build(settings: Settings, previous: Option<&Runtime>) -> Self {
+    pub fn build(settings: Settings, previous: Option<&Runtime>, metrics: &Metrics) -> Self {
         let old_limiters: HashMap<&str, &Arc<TeamLimiter>> = previous
             .map(|p| {
                 p.teams
@@ -61,6 +62,7 @@ impl Runtime {
             let state = Arc::new(TeamState {
                 team: team.clone(),
                 limiter,
+                counters: metrics.team_counters(&team.name),
             });
             for digest in &team.key_digests {
                 teams.insert(*digest, state.clone());
@@ -110,7 +112,7 @@ impl Gateway {
     ) -> Self {
         let cache = Arc::new(AgentCache::new(&settings.cache, metrics.clone()));
         Self {
-            runtime: ArcSwap::from_pointee(Runtime::build(settings, None)),
+            runtime: ArcSwap::from_pointee(Runtime::build(settings, None, &metrics)),
             cache,
             audit,
             metrics,
@@ -140,7 +142,7 @@ impl Gateway {
     /// Swaps in `settings`, keeping the state of unchanged teams.
     pub fn apply(&self, settings: Settings) {
         let old = self.runtime.load_full();
-        let new = Runtime::build(settings, Some(&old));
+        let new = Runtime::build(settings, Some(&old), &self.metrics);
         let kept: std::collections::HashSet<&str> = new.team_names().collect();
         for gone in old.team_names().filter(|n| !kept.contains(n)) {
             self.metrics.forget_team(gone);

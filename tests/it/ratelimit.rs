@@ -364,8 +364,10 @@ async fn refusals_are_counted_per_team_in_metrics() {
         metrics.contains("dialnexa_gateway_ratelimit_limited_total{team=\"billing\"} 3"),
         "{metrics}"
     );
+    // Every configured team's series exists from the start, at zero until it is limited (as
+    // Prometheus advises, so that `rate()` and absent-series alerts see it from the first scrape).
     assert!(
-        !metrics.contains("dialnexa_gateway_ratelimit_limited_total{team=\"support\"}"),
+        metrics.contains("dialnexa_gateway_ratelimit_limited_total{team=\"support\"} 0"),
         "{metrics}"
     );
 }
