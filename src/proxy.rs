@@ -11,6 +11,7 @@ use http::request::Parts;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
 
 use crate::audit::{self, AuditRecord, AuditedBody};
@@ -85,6 +86,7 @@ async fn exchange(
         rt: &rt,
         record,
         verdict: None,
+        get_ok: None,
         answered: false,
     };
     let resp = match ex.run(req, &request_id).await {
@@ -103,6 +105,8 @@ struct Exchange<'a> {
     rt: &'a Runtime,
     record: AuditRecord,
     verdict: Option<Verdict>,
+    /// The identified team's `GET 200` counter (see `TeamCounters`).
+    get_ok: Option<Counter>,
     /// Set once the response (and with it the audit line) has been handed over.
     answered: bool,
 }
@@ -188,6 +192,7 @@ impl Exchange<'_> {
         let team = self.rt.team(&digest?)?.clone();
         self.record.team = Some(team.team.name.clone());
         self.record.org = Some(team.team.org.name.clone());
+        self.get_ok = Some(team.counters.get_ok.clone());
         Some(team)
     }
 
@@ -477,9 +482,15 @@ impl Exchange<'_> {
         }
         let status = resp.status().as_u16();
         self.record.status = status;
-        self.gw
-            .metrics
-            .request(self.record.team.as_ref(), method, status);
+        match &self.get_ok {
+            Some(get_ok) if *method == Method::GET && status == 200 => {
+                get_ok.inc();
+            }
+            _ => self
+                .gw
+                .metrics
+                .request(self.record.team.as_ref(), method, status),
+        };
         let log = self.gw.audit.clone();
         self.answered = true;
         let record = std::mem::take(&mut self.record);
