@@ -76,7 +76,8 @@ async fn exchange(
     let request_id = request_id::from_headers(req.headers());
     let method = req.method().clone();
     let record = AuditRecord::new(
-        String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
+        // Always visible ASCII (kept only if sane, else minted as hex), so `to_str` never fails.
+        request_id.to_str().unwrap_or_default().to_owned(),
         client_ip,
         &method,
         req.uri().path(),
