@@ -318,36 +318,35 @@ async fn large_responses_stream_through_intact() {
     assert!(r.body == expected.as_bytes());
 }
 
-#[tokio::test]
-async fn a_client_that_goes_away_before_the_answer_is_still_audited() {
+/// The audit line of a GET to `path` whose client goes away once upstream has the request.
+async fn audit_line_of_an_abandoned_get(path: &'static str) -> serde_json::Value {
     let (upstream, gw) = setup().await;
     upstream.set_delay(Method::GET, Duration::from_millis(300));
     let client = gw.client();
-    let pending = tokio::spawn(async move { client.get("/v1/calls", BILLING).await });
+    let pending = tokio::spawn(async move { client.get(path, BILLING).await });
     let up = upstream.clone();
     wait_until("upstream received the request", || up.total() == 1).await;
     // Dropping the in-flight request closes its connection.
     pending.abort();
-    let lines = gw.audit_lines(1).await;
+    let mut lines = gw.audit_lines(1).await;
     assert_eq!(lines.len(), 1);
-    assert_eq!(lines[0]["status"], 499);
-    assert_eq!(lines[0]["team"], "billing");
-    assert_eq!(lines[0]["path"], "/v1/calls");
+    lines.remove(0)
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_before_the_answer_is_still_audited() {
+    let line = audit_line_of_an_abandoned_get("/v1/calls").await;
+    assert_eq!(line["status"], 499);
+    assert_eq!(line["team"], "billing");
+    assert_eq!(line["path"], "/v1/calls");
 }
 
 #[tokio::test]
 async fn a_cache_miss_whose_client_goes_away_is_audited_as_a_miss() {
-    let (upstream, gw) = setup().await;
-    upstream.set_delay(Method::GET, Duration::from_millis(300));
-    let client = gw.client();
-    let pending = tokio::spawn(async move { client.get("/v1/agents2/gone-1", BILLING).await });
-    let up = upstream.clone();
-    wait_until("upstream received the fill", || up.total() == 1).await;
-    pending.abort();
-    let lines = gw.audit_lines(1).await;
-    assert_eq!(lines[0]["status"], 499);
-    assert_eq!(lines[0]["cache"], "miss", "{:?}", lines[0]);
-    assert_eq!(lines[0]["agent_id"], "gone-1");
+    let line = audit_line_of_an_abandoned_get("/v1/agents2/gone-1").await;
+    assert_eq!(line["status"], 499);
+    assert_eq!(line["cache"], "miss", "{line:?}");
+    assert_eq!(line["agent_id"], "gone-1");
 }
 
 #[tokio::test]
