@@ -1,16 +1,23 @@
 //! Step 3: per-team GCRA quotas (governor), a general one and an optional stricter one for writes,
 //! and the quota headers every response to an identified team carries.
 //!
-//! governor's keyed limiter applies one quota to every key, so each team owns its own direct
-//! limiters; a config reload hands the same `TeamLimiter` to a team whose quotas did not change.
+//! Each team owns its own limiters (governor's keyed limiter applies one quota to every key); a
+//! config reload hands the same `TeamLimiter` to a team whose quotas did not change.
+//!
+//! A request is allowed only if every quota that applies to it has a cell, and a refused request
+//! spends none: a write the general quota refuses must not use up the write quota, nor a write the
+//! write quota refuses the general one. governor cannot give a cell back, so each bucket keeps its
+//! GCRA state in a [`TatCell`] that a check can also just look at.
 
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroU64};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
-use governor::state::{InMemoryState, NotKeyed};
+use governor::nanos::Nanos;
+use governor::state::StateStore;
 use governor::{Quota, RateLimiter};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -18,7 +25,46 @@ use crate::config::RateQuota;
 use crate::error::whole_seconds;
 use crate::header_text::{self, HeaderText};
 
-type Gcra = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+type Gcra = RateLimiter<Intent, TatCell, DefaultClock, StateInformationMiddleware>;
+
+/// What a check does with the cell it finds: spends it, or only looks (for a write, before the other
+/// quota has said yes; for the headers of an answer refused before the limiter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Intent {
+    Look,
+    Spend,
+}
+
+/// One bucket's GCRA state, governor's theoretical arrival time, as its own in-memory store does it
+/// (an atomic swapped only if unchanged since read), except that a `Look` never stores.
+#[derive(Debug, Default)]
+struct TatCell(AtomicU64);
+
+impl StateStore for TatCell {
+    type Key = Intent;
+
+    fn measure_and_replace<T, F, E>(&self, intent: &Intent, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let mut prev = self.0.load(Ordering::Acquire);
+        loop {
+            let (outcome, next) = f(NonZeroU64::new(prev).map(|n| Nanos::from(n.get())))?;
+            if *intent == Intent::Look {
+                return Ok(outcome);
+            }
+            match self.0.compare_exchange_weak(
+                prev,
+                next.into(),
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Ok(outcome),
+                Err(current) => prev = current,
+            }
+        }
+    }
+}
 
 /// Which quota a status describes, named as in the `RateLimit-Policy` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +100,8 @@ pub struct Verdict {
     pub write: Option<QuotaStatus>,
     /// `Some(wait)` when refused: the time until the refusing quota lets one request through.
     pub retry_after: Option<Duration>,
+    /// The quota that refused the request, which its headers then describe.
+    refused_by: Option<PolicyName>,
     fixed: Arc<FixedHeaders>,
 }
 
@@ -89,66 +137,62 @@ impl FixedHeaders {
 }
 
 impl Verdict {
-    /// The quota that binds: the one with fewer requests left.
+    /// The quota that binds: the one that refused the request, else the one with fewer requests left.
     fn binding(&self) -> QuotaStatus {
-        match self.write {
-            Some(w) if w.remaining <= self.general.remaining => w,
+        match (self.refused_by, self.write) {
+            (Some(PolicyName::Team), _) => self.general,
+            (Some(PolicyName::TeamWrite), Some(w)) => w,
+            (None, Some(w)) if w.remaining <= self.general.remaining => w,
             _ => self.general,
         }
     }
 }
 
 struct Bucket {
+    policy: PolicyName,
     quota: RateQuota,
     gcra: Gcra,
-    /// Last decision's remaining count and time, to report quota headers without spending a cell
-    /// (governor has no read-only peek).
-    last: Mutex<(Instant, u32)>,
 }
 
 impl Bucket {
-    fn new(quota: RateQuota) -> Self {
+    fn new(policy: PolicyName, quota: RateQuota) -> Self {
         let gq = Quota::per_minute(quota.per_minute).allow_burst(quota.burst);
         Self {
+            policy,
             quota,
-            gcra: RateLimiter::direct(gq).with_middleware::<StateInformationMiddleware>(),
-            last: Mutex::new((Instant::now(), quota.burst.get())),
+            gcra: Gcra::new(gq, TatCell::default(), DefaultClock::default()),
         }
     }
 
-    fn check(&self, policy: PolicyName) -> (QuotaStatus, Option<Duration>) {
-        let (remaining, wait) = match self.gcra.check() {
+    /// Spends a cell, or says how long until there is one; `Look` answers the same without spending.
+    fn check(&self, intent: Intent) -> (QuotaStatus, Option<Duration>) {
+        let (remaining, wait) = match self.gcra.check_key(&intent) {
             Ok(snapshot) => (snapshot.remaining_burst_capacity(), None),
             Err(not_until) => (0, Some(not_until.wait_time_from(self.gcra.clock().now()))),
         };
-        if let Ok(mut last) = self.last.lock() {
-            *last = (Instant::now(), remaining);
-        }
-        (status(policy, self.quota, remaining, wait), wait)
+        (status(self.policy, self.quota, remaining, wait), wait)
+    }
+
+    /// The state as it is, nothing spent. A look reports what would remain after one more request,
+    /// so the cell it did not take is added back.
+    fn peek(&self) -> QuotaStatus {
+        let (looked, wait) = self.check(Intent::Look);
+        let remaining = match wait {
+            Some(_) => 0,
+            None => (looked.remaining + 1).min(self.quota.burst.get()),
+        };
+        status(self.policy, self.quota, remaining, None)
     }
 
     /// Starts this (new) bucket as full as `old` is: what a team spent under its old quota stays
     /// spent under the new one, up to the new burst.
     fn take_over(&self, old: &Bucket) {
-        let remaining = old.peek(PolicyName::Team).remaining;
+        let remaining = old.peek().remaining;
         let spent = old.quota.burst.get().saturating_sub(remaining);
         let Some(spent) = NonZeroU32::new(spent.min(self.quota.burst.get())) else {
             return;
         };
-        if let Ok(Ok(snapshot)) = self.gcra.check_n(spent) {
-            if let Ok(mut last) = self.last.lock() {
-                *last = (Instant::now(), snapshot.remaining_burst_capacity());
-            }
-        }
-    }
-
-    fn peek(&self, policy: PolicyName) -> QuotaStatus {
-        let (at, remaining) = self.last.lock().map(|l| *l).unwrap_or((Instant::now(), 0));
-        let refilled =
-            (at.elapsed().as_nanos() / emission_interval(self.quota).as_nanos().max(1)) as u64;
-        let remaining =
-            (u64::from(remaining) + refilled).min(u64::from(self.quota.burst.get())) as u32;
-        status(policy, self.quota, remaining, None)
+        let _ = self.gcra.check_key_n(&Intent::Spend, spent);
     }
 }
 
@@ -183,14 +227,18 @@ fn status(
 pub struct TeamLimiter {
     general: Bucket,
     write: Option<Bucket>,
+    /// Held by a write from its look at the write quota to its spend there, so that two writes
+    /// cannot both find its last cell (reads never touch the write quota).
+    writes: Mutex<()>,
     fixed: Arc<FixedHeaders>,
 }
 
 impl TeamLimiter {
     pub fn new(general: RateQuota, write: Option<RateQuota>) -> Self {
         Self {
-            general: Bucket::new(general),
-            write: write.map(Bucket::new),
+            general: Bucket::new(PolicyName::Team, general),
+            write: write.map(|w| Bucket::new(PolicyName::TeamWrite, w)),
+            writes: Mutex::new(()),
             fixed: Arc::new(FixedHeaders::new(general, write)),
         }
     }
@@ -215,46 +263,64 @@ impl TeamLimiter {
         self.general.quota == general && self.write.as_ref().map(|b| b.quota) == write
     }
 
-    /// Spends one cell of the general quota, and of the write quota for writes. The write quota is
-    /// checked first: a write it refuses must not spend a general cell too, or a client retrying
-    /// refused writes would use up its reads' quota (governor cannot give a cell back). It is the
-    /// stricter quota, so it is the one that refuses writes; only a write it allows while the general
-    /// quota is empty costs a write cell for nothing.
+    /// Spends one cell of the general quota, and of the write quota for writes, or none at all.
     pub fn check(&self, is_write: bool) -> Verdict {
-        let write = self
-            .write
-            .as_ref()
-            .filter(|_| is_write)
-            .map(|bucket| bucket.check(PolicyName::TeamWrite));
-        if let Some((status, Some(wait))) = write {
-            return Verdict {
-                general: self.general.peek(PolicyName::Team),
-                write: Some(status),
-                retry_after: Some(wait),
-                fixed: self.fixed.clone(),
-            };
+        match self.write.as_ref().filter(|_| is_write) {
+            Some(write) => self.check_write(write),
+            None => {
+                let (general, retry_after) = self.general.check(Intent::Spend);
+                self.verdict(general, None, retry_after.map(|w| (PolicyName::Team, w)))
+            }
         }
-        let (general, retry_after) = self.general.check(PolicyName::Team);
+    }
+
+    /// A write under both quotas: looks at the write quota, spends a general cell, then the write
+    /// cell it saw. The general quota is spent first because reads compete for it; the write cell
+    /// cannot vanish in between, as the lock keeps other writes out.
+    fn check_write(&self, write: &Bucket) -> Verdict {
+        let _writes = self
+            .writes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let (_, Some(wait)) = write.check(Intent::Look) {
+            let refused = write.peek();
+            return self.verdict(
+                self.general.peek(),
+                Some(refused),
+                Some((PolicyName::TeamWrite, wait)),
+            );
+        }
+        let (general, refused) = self.general.check(Intent::Spend);
+        if let Some(wait) = refused {
+            return self.verdict(general, Some(write.peek()), Some((PolicyName::Team, wait)));
+        }
+        let (spent, refused) = write.check(Intent::Spend);
+        self.verdict(
+            general,
+            Some(spent),
+            refused.map(|w| (PolicyName::TeamWrite, w)),
+        )
+    }
+
+    fn verdict(
+        &self,
+        general: QuotaStatus,
+        write: Option<QuotaStatus>,
+        refusal: Option<(PolicyName, Duration)>,
+    ) -> Verdict {
         Verdict {
             general,
-            write: write.map(|(status, _)| status),
-            retry_after,
+            write,
+            retry_after: refusal.map(|(_, wait)| wait),
+            refused_by: refusal.map(|(by, _)| by),
             fixed: self.fixed.clone(),
         }
     }
 
     /// The quota state without spending anything (for answers refused before the limiter, e.g. 403).
     pub fn peek(&self, is_write: bool) -> Verdict {
-        Verdict {
-            general: self.general.peek(PolicyName::Team),
-            write: self
-                .write
-                .as_ref()
-                .filter(|_| is_write)
-                .map(|b| b.peek(PolicyName::TeamWrite)),
-            retry_after: None,
-            fixed: self.fixed.clone(),
-        }
+        let write = self.write.as_ref().filter(|_| is_write).map(Bucket::peek);
+        self.verdict(self.general.peek(), write, None)
     }
 }
 
@@ -347,6 +413,7 @@ mod tests {
                 general: s,
                 write: None,
                 retry_after: None,
+                refused_by: None,
                 fixed: Arc::new(FixedHeaders::new(quota(60, 10), None)),
             },
             &mut h,
@@ -433,6 +500,58 @@ mod tests {
             "\"team\";q=600;w=60, \"team-write\";q=1;w=60"
         );
         assert!(header(&h, "ratelimit").starts_with("\"team-write\";r=0;"));
+    }
+
+    #[test]
+    fn a_write_the_general_quota_refuses_spends_no_write_cell() {
+        // The general quota is empty after one read; the write quota still has its one cell.
+        let limiter = TeamLimiter::new(quota(60, 1), Some(quota(1, 1)));
+        assert!(limiter.check(false).retry_after.is_none());
+        let refused = limiter.check(true);
+        let wait = refused.retry_after.expect("the general quota is empty");
+        assert!(wait <= Duration::from_secs(1), "{wait:?}");
+        assert_eq!(refused.binding().policy, PolicyName::Team);
+        let mut h = HeaderMap::new();
+        apply_headers(&refused, &mut h);
+        assert_eq!(header(&h, "ratelimit"), "\"team\";r=0;t=1");
+        assert_eq!(header(&h, "ratelimit-limit"), "1");
+        assert_eq!(limiter.peek(true).write.unwrap().remaining, 1);
+    }
+
+    #[test]
+    fn a_write_the_write_quota_refuses_spends_no_general_cell() {
+        let limiter = TeamLimiter::new(quota(1, 3), Some(quota(1, 1)));
+        assert!(limiter.check(true).retry_after.is_none());
+        assert_eq!(limiter.peek(false).general.remaining, 2);
+        for _ in 0..5 {
+            let refused = limiter.check(true);
+            assert_eq!(refused.refused_by, Some(PolicyName::TeamWrite));
+        }
+        assert_eq!(limiter.peek(false).general.remaining, 2);
+        assert!(limiter.check(false).retry_after.is_none());
+        assert!(limiter.check(false).retry_after.is_none());
+        assert!(limiter.check(false).retry_after.is_some());
+    }
+
+    #[test]
+    fn concurrent_writes_spend_exactly_the_cells_there_are() {
+        let limiter = Arc::new(TeamLimiter::new(quota(1, 50), Some(quota(1, 10))));
+        let allowed: usize = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    let limiter = limiter.clone();
+                    scope.spawn(move || {
+                        (0..25)
+                            .filter(|_| limiter.check(true).retry_after.is_none())
+                            .count()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(allowed, 10);
+        // Only the ten allowed writes spent general cells.
+        assert_eq!(limiter.peek(false).general.remaining, 40);
     }
 
     #[test]

@@ -59,6 +59,21 @@ fn assert_quota_headers(r: &TestResponse, limit: u32, per_minute: u32, remaining
     reset
 }
 
+/// POST of `{}` with `Authorization: Bearer <key>`.
+async fn post_json(c: &Client, path: &str, key: &str) -> TestResponse {
+    let auth = format!("Bearer {key}");
+    c.send(
+        Method::POST,
+        path,
+        &[
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ],
+        Bytes::from_static(b"{}"),
+    )
+    .await
+}
+
 fn assert_rate_limited(r: &TestResponse) -> u64 {
     assert_eq!(r.status, 429);
     let body = r.json();
@@ -214,6 +229,46 @@ async fn writes_spend_the_write_quota_and_reads_keep_their_own() {
         assert_quota_headers(&r, 5, 6, remaining);
     }
     assert_rate_limited(&c.get("/v1/calls", BILLING).await);
+}
+
+#[tokio::test]
+async fn a_write_the_general_quota_refuses_keeps_its_write_cell() {
+    // General: one cell per 0.1 s, burst 1. Writes: one a minute. A read empties the general
+    // quota, so the write right after it is refused by the general quota, and must not have spent
+    // the write quota's only cell: once the general quota refills, the write passes.
+    let (upstream, gw) = start(&[(
+        "billing",
+        "{ per_minute = 600, burst = 1 }",
+        Some("{ per_minute = 1, burst = 1 }"),
+    )])
+    .await;
+    let c = gw.client();
+    assert_eq!(c.get("/v1/calls", BILLING).await.status, 200);
+    let refused = post_json(&c, "/v1/calls", BILLING).await;
+    assert_eq!(assert_rate_limited(&refused), 1);
+    // The answer describes the quota that refused it, the general one.
+    let reset = seconds(&refused, "ratelimit-reset");
+    assert_eq!(refused.header("ratelimit-limit"), Some("1"));
+    assert_eq!(
+        refused.header("ratelimit"),
+        Some(format!("\"team\";r=0;t={reset}").as_str())
+    );
+    assert_eq!(upstream.count(&Method::POST, "/v1/calls"), 0);
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let allowed = post_json(&c, "/v1/calls", BILLING).await;
+    assert_eq!(
+        allowed.status, 200,
+        "the refused write spent the write cell"
+    );
+    assert!(
+        allowed
+            .header("ratelimit")
+            .is_some_and(|v| v.starts_with("\"team-write\";r=0;")),
+        "{:?}",
+        allowed.header("ratelimit")
+    );
+    assert_eq!(upstream.count(&Method::POST, "/v1/calls"), 1);
 }
 
 #[tokio::test]
