@@ -238,6 +238,15 @@ impl Exchange<'_> {
         }
         let resp = result?;
         self.record.upstream_status = Some(resp.status().as_u16());
+        // A `304` has no body to pass on, and a client that sent no `If-None-Match` has nothing to
+        // reuse it with (`If-Modified-Since` alone is not sent upstream, see `upstream_headers`).
+        if resp.status() == StatusCode::NOT_MODIFIED
+            && !parts.headers.contains_key(header::IF_NONE_MATCH)
+        {
+            return Err(GatewayError::UpstreamInvalid(
+                "304 Not Modified to a request without If-None-Match",
+            ));
+        }
         Ok(crate::upstream::passthrough(resp, timeout))
     }
 

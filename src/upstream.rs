@@ -138,6 +138,9 @@ fn upstream_headers(
                 .any(|t| t.eq_ignore_ascii_case(name.as_str()))
             || (purpose == Purpose::CacheFill
                 && (CONDITIONAL.contains(name) || name == header::ACCEPT_ENCODING))
+            // The gateway never answers `304` to a request without `If-None-Match`, so a date alone
+            // must not give upstream a reason to (beside one, RFC 9110 §13.1.3 has it ignored anyway).
+            || (name == header::IF_MODIFIED_SINCE && !client.contains_key(header::IF_NONE_MATCH))
         {
             continue;
         }
@@ -433,6 +436,31 @@ mod tests {
             assert!(h.get(kept).is_some(), "{kept} not forwarded");
         }
         assert_eq!(h["x-request-id"], "rid");
+    }
+
+    #[test]
+    fn a_modification_date_goes_upstream_only_beside_an_entity_tag() {
+        let forward = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, HeaderValue::from_static(v));
+            }
+            upstream_headers(
+                &h,
+                &org(),
+                &HeaderValue::from_static("rid"),
+                Purpose::Forward,
+            )
+        };
+        let date = ("if-modified-since", "Wed, 21 Oct 2026 07:28:00 GMT");
+        assert!(forward(&[date]).get("if-modified-since").is_none());
+        let both = forward(&[date, ("if-none-match", "\"v1\"")]);
+        assert!(both.get("if-modified-since").is_some());
+        assert!(both.get("if-none-match").is_some());
+        // Preconditions of writes are not about `304`: they pass.
+        let write = forward(&[("if-match", "\"v1\""), ("if-unmodified-since", date.1)]);
+        assert!(write.get("if-match").is_some());
+        assert!(write.get("if-unmodified-since").is_some());
     }
 
     #[test]

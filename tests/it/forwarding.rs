@@ -298,6 +298,61 @@ async fn upstream_errors_pass_through_untouched() {
 }
 
 #[tokio::test]
+async fn no_304_reaches_a_client_that_sent_no_if_none_match() {
+    let (upstream, gw) = setup().await;
+    // An upstream that answers `304` whatever it is asked.
+    upstream.set_override(|_| {
+        let mut reply = Reply::json(304, serde_json::json!({}));
+        reply.body = Bytes::new();
+        Some(reply.with_header("etag", "\"v7\""))
+    });
+    let c = gw.client();
+    let auth = format!("Bearer {BILLING}");
+    let date = "Wed, 21 Oct 2026 07:28:00 GMT";
+    let get = |path: &'static str, extra: (&'static str, &'static str)| {
+        let c = c.clone();
+        let auth = auth.clone();
+        async move {
+            c.send(
+                Method::GET,
+                path,
+                &[("authorization", auth.as_str()), extra],
+                Bytes::new(),
+            )
+            .await
+        }
+    };
+
+    // No validator, a date only, or the cache bypassed: the gateway's own 502, never a 304.
+    for (path, extra) in [
+        ("/v1/calls", ("accept", "application/json")),
+        ("/v1/calls", ("if-modified-since", date)),
+        ("/v1/agents2/a304", ("cache-control", "no-store")),
+        ("/v1/agents2/a304", ("if-modified-since", date)),
+    ] {
+        let r = get(path, extra).await;
+        assert_eq!(r.status, 502, "{path} with {extra:?}");
+        assert_eq!(r.json()["code"], "upstream_invalid_response");
+    }
+    // A date alone never went upstream, on a forward or on a fill.
+    assert!(upstream
+        .requests()
+        .iter()
+        .all(|r| r.headers.get("if-modified-since").is_none()));
+    assert_eq!(
+        get("/v1/agents2/a304", ("cache-control", "no-store"))
+            .await
+            .header("x-cache"),
+        Some("BYPASS")
+    );
+
+    // With an entity tag the client can use the 304: it passes, with upstream's ETag.
+    let r = get("/v1/calls", ("if-none-match", "\"v7\"")).await;
+    assert_eq!(r.status, 304);
+    assert_eq!(r.header("etag"), Some("\"v7\""));
+}
+
+#[tokio::test]
 async fn large_responses_stream_through_intact() {
     let (upstream, gw) = setup().await;
     let big: String = (0..(4 * 1024 * 1024))
