@@ -13,11 +13,13 @@
 #   --connections N       wrk connections (default 64)
 #   --scenarios "A B"     subset of: hit-hot hit-spread miss-0ms miss-20ms mix rss (default: all)
 #   --bin PATH            gateway binary to use instead of `cargo build --release` (e.g. target/debug/...)
+#   --baseline PATH       a second gateway binary, run beside the first as proxy "baseline" in every
+#                         rotation (same config), to measure a change against the build before it
 #   --install             apt-get install the Debian packages it needs when missing (root)
 #   --docs FILE           where to write the figures (default docs/benchmarks.md; --no-docs: nowhere)
 #   --label TEXT          heading of the docs section (default "Latest run"); one section per label
 #   --keep                keep the work directory (configs, logs, wrk output) and print its path
-# Environment: BENCH_PORT_BASE (default 18100; uses 8 ports from it), BENCH_PROXY_CPU (0),
+# Environment: BENCH_PORT_BASE (default 18100; uses 10 ports from it), BENCH_PROXY_CPU (0),
 #   BENCH_LOAD_CPU (1), BENCH_SLOW_MS (20), BENCH_SPREAD_AGENTS (10000), BENCH_RSS_AGENTS (100000),
 #   BENCH_PATCH_PERCENT (10), BENCH_WRK_THREADS (1).
 #
@@ -43,6 +45,7 @@ ROUNDS=3
 CONNS=64
 SCENARIOS="hit-hot hit-spread miss-0ms miss-20ms mix rss"
 BIN=""
+BASELINE=""
 INSTALL=0
 DOCS="$ROOT/docs/benchmarks.md"
 LABEL="Latest run"
@@ -62,6 +65,7 @@ while [ $# -gt 0 ]; do
         --connections) CONNS="$2"; shift ;;
         --scenarios) SCENARIOS="$2"; shift ;;
         --bin) BIN="$2"; shift ;;
+        --baseline) BASELINE="$2"; shift ;;
         --install) INSTALL=1 ;;
         --docs) DOCS="$2"; shift ;;
         --no-docs) DOCS="" ;;
@@ -100,6 +104,9 @@ HAPROXY_PORT=$((PORT_BASE + 4))
 CEILING_PORT=$((PORT_BASE + 5))
 RSS_PORT=$((PORT_BASE + 6))
 RSS_ADMIN_PORT=$((PORT_BASE + 7))
+BASELINE_PORT=$((PORT_BASE + 8))
+BASELINE_ADMIN_PORT=$((PORT_BASE + 9))
+LAST_PORT=$((PORT_BASE + 9))
 
 # Made-up keys, used on loopback only.
 TEAM_KEY="bench-team-key-not-a-secret"
@@ -138,6 +145,7 @@ if [ -z "$BIN" ]; then
     BIN="$ROOT/target/release/dialnexa-gateway"
 fi
 [ -x "$BIN" ] || die "no gateway binary at $BIN"
+[ -z "$BASELINE" ] || [ -x "$BASELINE" ] || die "no baseline binary at $BASELINE"
 
 # === work directory and processes ===
 
@@ -172,10 +180,10 @@ port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 # Listeners started mid-run (the RSS instances) cannot bind a port that an outgoing connection took
 # from the ephemeral range, so the ports must lie outside it.
 read -r EPHEMERAL_LOW EPHEMERAL_HIGH </proc/sys/net/ipv4/ip_local_port_range || EPHEMERAL_LOW=32768 EPHEMERAL_HIGH=60999
-if [ $((PORT_BASE + 7)) -ge "$EPHEMERAL_LOW" ] && [ "$PORT_BASE" -le "$EPHEMERAL_HIGH" ]; then
+if [ "$LAST_PORT" -ge "$EPHEMERAL_LOW" ] && [ "$PORT_BASE" -le "$EPHEMERAL_HIGH" ]; then
     die "BENCH_PORT_BASE $PORT_BASE overlaps the ephemeral port range $EPHEMERAL_LOW-$EPHEMERAL_HIGH"
 fi
-for p in $(seq "$PORT_BASE" $((PORT_BASE + 7))); do
+for p in $(seq "$PORT_BASE" "$LAST_PORT"); do
     port_free "$p" || die "port $p is in use (set BENCH_PORT_BASE)"
 done
 
@@ -238,13 +246,13 @@ start_upstream() {
     wait_up upstream "http://127.0.0.1:$UPSTREAM_PORT/__status"
 }
 
-# start_gateway NAME PORT ADMIN_PORT CACHE_MAX_BYTES
+# start_gateway NAME PORT ADMIN_PORT CACHE_MAX_BYTES [BINARY]
 start_gateway() {
-    local name=$1
+    local name=$1 bin=${5:-$BIN}
     GATEWAY_PORT=$2 GATEWAY_ADMIN_PORT=$3 CACHE_MAX_BYTES=$4 AUDIT_FILE="$name.audit.jsonl"
     render gateway.toml "$DIR/$name.toml"
-    DIALNEXA_KEY_BENCH="$ORG_KEY" "$BIN" check --config "$DIR/$name.toml" >/dev/null || die "gateway config rejected"
-    DIALNEXA_KEY_BENCH="$ORG_KEY" RUST_LOG=warn start "$name" "$PROXY_CPU" "$BIN" --config "$DIR/$name.toml"
+    DIALNEXA_KEY_BENCH="$ORG_KEY" "$bin" check --config "$DIR/$name.toml" >/dev/null || die "gateway config rejected"
+    DIALNEXA_KEY_BENCH="$ORG_KEY" RUST_LOG=warn start "$name" "$PROXY_CPU" "$bin" --config "$DIR/$name.toml"
     wait_up "$name" "http://127.0.0.1:$GATEWAY_ADMIN_PORT/healthz"
     GATEWAY_PORT=$((PORT_BASE + 1)) GATEWAY_ADMIN_PORT=$((PORT_BASE + 2))
 }
@@ -274,7 +282,14 @@ start_ceiling() {
 }
 
 declare -A PORT=([gateway]=$GATEWAY_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT [ceiling]=$CEILING_PORT)
+# The admin port of each gateway instance, where its audit lines are counted.
+declare -A ADMIN=([gateway]=$GATEWAY_ADMIN_PORT)
 PEERS=(gateway haproxy nginx)
+if [ -n "$BASELINE" ]; then
+    PORT[baseline]=$BASELINE_PORT
+    ADMIN[baseline]=$BASELINE_ADMIN_PORT
+    PEERS=(gateway baseline haproxy nginx)
+fi
 
 # === measuring ===
 
@@ -329,7 +344,8 @@ measure() {
     shift 3
     local pid=${PID[$proxy]} out="$DIR/wrk-$scenario-$proxy-$ROUND.txt"
     local t0 t1 u0 u1 a0=0 a1=0 s0 s1
-    [ "$proxy" = gateway ] && a0=$(gateway_metric dialnexa_gateway_audit_lines_written_total "$GATEWAY_ADMIN_PORT")
+    local admin=${ADMIN[$proxy]:-}
+    [ -n "$admin" ] && a0=$(gateway_metric dialnexa_gateway_audit_lines_written_total "$admin")
     u0=$(upstream_requests)
     t0=$(cpu_ticks "$pid")
     s0=$(user_ticks "$pid")
@@ -337,10 +353,10 @@ measure() {
     t1=$(cpu_ticks "$pid")
     s1=$(user_ticks "$pid")
     u1=$(upstream_requests)
-    if [ "$proxy" = gateway ]; then
+    if [ -n "$admin" ]; then
         sleep 0.2 # the audit writer drains its buffer
-        a1=$(gateway_metric dialnexa_gateway_audit_lines_written_total "$GATEWAY_ADMIN_PORT")
-        : >"$DIR/gateway.audit.jsonl" # the lines were counted; keep the disk from filling
+        a1=$(gateway_metric dialnexa_gateway_audit_lines_written_total "$admin")
+        : >"$DIR/$proxy.audit.jsonl" # the lines were counted; keep the disk from filling
     fi
     kill -0 "$pid" 2>/dev/null || die "$proxy died during $scenario"
 
@@ -357,7 +373,7 @@ measure() {
     usr=$(awk -v d=$((s1 - s0)) -v n="$requests" -v t="$TICK_US" 'BEGIN { printf "%.2f", n ? d * t / n : 0 }')
     # The status request itself counts once.
     upr=$(awk -v d=$((u1 - u0 - 1)) -v n="$requests" 'BEGIN { printf "%.3f", n ? d / n : 0 }')
-    apr=$(awk -v d=$((a1 - a0)) -v n="$requests" -v g="$proxy" 'BEGIN { if (g != "gateway") print "-"; else printf "%.3f", n ? d / n : 0 }')
+    apr=$(awk -v d=$((a1 - a0)) -v n="$requests" -v g="$admin" 'BEGIN { if (g == "") print "-"; else printf "%.3f", n ? d / n : 0 }')
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$proxy" "$rps" "$p50" "$p99" "$cpu" \
         "$requests" "$errors" "$non2xx" "$upr" "$apr" "$usr" "$ROUND" >>"$RESULTS"
     log "$(printf '%-10s %-8s round %s %9s req/s  p50 %7sus  p99 %7sus  cpu %6sus/req (user %s)  upstream/req %s  errors %s non2xx %s' \
@@ -378,7 +394,7 @@ sanity() {
     grep -q '^HTTP/1.1 200' <<<"$headers" || die "$proxy: GET with the team key did not answer 200"
     grep -q '"id":"sanity-1"' "$DIR/sanity-$proxy.json" || die "$proxy: unexpected body"
     case $proxy in
-        gateway) grep -qi '^x-cache: HIT' <<<"$headers" || die "gateway: second GET was not a cache hit" ;;
+        gateway|baseline) grep -qi '^x-cache: HIT' <<<"$headers" || die "$proxy: second GET was not a cache hit" ;;
         nginx) grep -qi '^x-cache: HIT' <<<"$headers" || die "nginx: second GET was not a cache hit" ;;
         haproxy) grep -qi '^age:' <<<"$headers" || die "haproxy: second GET was not a cache hit" ;;
     esac
@@ -477,6 +493,7 @@ LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 log "work directory $DIR; proxies on CPU $PROXY_CPU, wrk + upstream on CPU $LOAD_CPU; ${DURATION}s per run, $CONNS connections"
 start_upstream
 start_gateway gateway "$GATEWAY_PORT" "$GATEWAY_ADMIN_PORT" "$CACHE_MAX_BYTES"
+[ -z "$BASELINE" ] || start_gateway baseline "$BASELINE_PORT" "$BASELINE_ADMIN_PORT" "$CACHE_MAX_BYTES" "$BASELINE"
 start_nginx
 start_haproxy
 start_ceiling
@@ -536,8 +553,8 @@ report() {
         }
         print "| scenario | proxy | runs | req/s | p50 | p99 | proxy CPU µs/req | of which user | upstream req/req | audit lines/req | errors + non-2xx |"
         print "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-        split("gateway haproxy nginx ceiling", px, " ")
-        for (i = 1; i <= ns; i++) for (j = 1; j <= 4; j++) {
+        np = split("gateway baseline haproxy nginx ceiling", px, " ")
+        for (i = 1; i <= ns; i++) for (j = 1; j <= np; j++) {
             k = order[i] SUBSEP px[j]; if (!(k in has)) continue
             printf "| %s | %s | %d | %.0f | %s | %s | %.1f | %.1f | %s | %s | %d |\n", order[i], px[j], runs[k], rps[k], fmt_us(p50[k]), fmt_us(p99[k]), cpu[k], usr[k], upr[k], apr[k], err[k]
         }
@@ -546,7 +563,7 @@ report() {
         print ""
         print "| scenario | gateway ÷ | req/s | p50 | p99 | CPU µs/req |"
         print "| --- | --- | ---: | ---: | ---: | ---: |"
-        for (i = 1; i <= ns; i++) for (j = 2; j <= 4; j++) {
+        for (i = 1; i <= ns; i++) for (j = 2; j <= np; j++) {
             g = order[i] SUBSEP "gateway"; k = order[i] SUBSEP px[j]
             if (!(k in has) || !(g in has)) continue
             printf "| %s | %s | %s | %s | %s | %s |\n", order[i], px[j], ratio(rps[g], rps[k]), ratio(p50[g], p50[k]), ratio(p99[g], p99[k]), ratio(cpu[g], cpu[k])
@@ -598,6 +615,7 @@ machine() {
     echo "- Date: $STARTED_AT (UTC); load average before/after: $LOAD_BEFORE / $LOAD_AFTER"
     echo "- Command: \`bench/run.sh${ARGS_TEXT:+ $ARGS_TEXT}\` ($ROUNDS rounds of ${DURATION} s runs per scenario and proxy, proxies in rotation; figures are medians over the rounds; wrk -t$WRK_THREADS -c$CONNS, upstream delay for miss-20ms: $SLOW_MS ms)"
     echo "- Gateway: $("$BIN" --version) at $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet HEAD -- src 2>/dev/null || echo ' + uncommitted src changes'), $(rustc --version 2>/dev/null | cut -d' ' -f1-2)"
+    if [ -n "$BASELINE" ]; then echo "- Baseline (proxy \`baseline\`, same config): $BASELINE, $("$BASELINE" --version)"; fi
     echo "- Peers: $(nginx -v 2>&1 | sed 's/^nginx version: //'), HAProxy $(haproxy -v | awk 'NR == 1 { print $3 }'), $(wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }')"
     echo "- CPU: $(lscpu | awk -F: '/^Model name/ { gsub(/^ +/, "", $2); print $2; exit }'), $(nproc) CPUs; kernel $(uname -r); $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)"
     echo "- Pinning: every proxy on CPU $PROXY_CPU (gateway \`server.worker_threads = 1\`, NGINX \`worker_processes 1\`, HAProxy \`nbthread 1\`); wrk and the fake upstream on CPU $LOAD_CPU"
