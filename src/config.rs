@@ -234,17 +234,22 @@ impl Settings {
                 path.display()
             )));
         }
-        let source = config::File::from(path)
-            .format(config::FileFormat::Toml)
-            .required(true);
-        Self::build(source, &format!("config file {}", path.display()))
+        let origin = format!("config file {}", path.display());
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::one(format!("{origin}: cannot be read: {e}")))?;
+        Self::from_text(&text, &origin)
     }
 
     /// Same as [`Settings::load`] for TOML held in memory (the demo and tests).
     pub fn from_toml_str(toml: &str) -> Result<Self, ConfigError> {
+        Self::from_text(toml, "config")
+    }
+
+    fn from_text(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        check_syntax(text, origin)?;
         Self::build(
-            config::File::from_str(toml, config::FileFormat::Toml),
-            "config",
+            config::File::from_str(text, config::FileFormat::Toml),
+            origin,
         )
     }
 
@@ -262,9 +267,45 @@ impl Settings {
             )
             .build()
             .and_then(|c| c.try_deserialize())
-            .map_err(|e| ConfigError::one(format!("{origin}: {e}")))?;
+            .map_err(|e| ConfigError::one(one_line(&format!("{origin}: {e}"))))?;
         validate(raw)
     }
+}
+
+/// The TOML syntax, checked before `config` reads the text: its error for a duplicate key or a
+/// typo spans several lines (a source excerpt under a caret); an operator gets one line, with the
+/// line number and the token at fault.
+fn check_syntax(text: &str, origin: &str) -> Result<(), ConfigError> {
+    let Err(e) = toml::de::DeTable::parse(text) else {
+        return Ok(());
+    };
+    let message = one_line(e.message());
+    let problem =
+        match e.span() {
+            Some(span) => {
+                let line = text
+                    .get(..span.start)
+                    .map_or(0, |t| t.matches('\n').count())
+                    + 1;
+                match text.get(span).map(str::trim).filter(|t| {
+                    !t.is_empty() && t.len() <= 64 && !t.contains(|c: char| c.is_control())
+                }) {
+                    Some(token) => format!("{origin}: line {line}: {message}: `{token}`"),
+                    None => format!("{origin}: line {line}: {message}"),
+                }
+            }
+            None => format!("{origin}: {message}"),
+        };
+    Err(ConfigError::one(problem))
+}
+
+/// Joins a multi-line message into one line.
+fn one_line(text: &str) -> String {
+    text.split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 // === validation ===
@@ -755,6 +796,24 @@ api_key_file = "{}"
 
     fn problems(toml: &str) -> Vec<String> {
         Settings::from_toml_str(toml).unwrap_err().problems
+    }
+
+    #[test]
+    fn toml_syntax_errors_are_one_line_naming_line_and_key() {
+        let key = key_file("org-secret");
+        let twice = base(key.path(), "").replace(
+            "[upstream]\n",
+            "[upstream]\ntimeout_ms = 1\ntimeout_ms = 2\n",
+        );
+        assert_eq!(
+            problems(&twice),
+            ["config: line 7: duplicate key: `timeout_ms`"]
+        );
+        let unquoted = base(key.path(), "").replace("[upstream]\n", "[upstream]\nbase = x\n");
+        let p = problems(&unquoted);
+        assert_eq!(p.len(), 1);
+        assert!(p[0].starts_with("config: line 6: "), "{p:?}");
+        assert!(!p[0].contains('\n'), "{p:?}");
     }
 
     #[test]
