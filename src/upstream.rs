@@ -2,6 +2,7 @@
 //! sends it over one pooled hyper-util client (rustls, HTTP/1.1 or HTTP/2 by ALPN; plain http too).
 
 use std::error::Error as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -217,6 +218,23 @@ pub enum CacheFetch {
     TooLarge(Response<ProxyBody>),
 }
 
+/// The CAs an upstream certificate may chain to: the Mozilla roots built in, so the binary works in
+/// a bare container, and the system's store (`/etc/ssl/certs`, or `SSL_CERT_FILE`/`SSL_CERT_DIR` as
+/// OpenSSL reads them), so a private CA installed the usual way is trusted too. Read again whenever
+/// the upstream client is rebuilt (a reload that changes `connect_timeout_ms`).
+fn trusted_roots() -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let system = rustls_native_certs::load_native_certs();
+    for e in &system.errors {
+        tracing::warn!(error = %e, "could not read the system's CA certificates");
+    }
+    let (added, ignored) = roots.add_parsable_certificates(system.certs);
+    tracing::debug!(added, ignored, "system CA certificates");
+    roots
+}
+
 /// The pooled upstream client.
 #[derive(Clone)]
 pub struct Upstream {
@@ -230,10 +248,16 @@ impl Upstream {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(connect_timeout));
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        // ring with the default protocol versions is always a valid provider.
+        .expect("ring provider supports the default TLS versions")
+        .with_root_certificates(trusted_roots())
+        .with_no_client_auth();
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            // ring with the default protocol versions is always a valid provider.
-            .expect("ring provider supports the default TLS versions")
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .enable_http2()

@@ -10,3 +10,4 @@ mod forwarding;
 mod operations;
 mod ratelimit;
 mod soak;
+mod tls;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -19,6 +19,8 @@ use serde_json::json;
 #[derive(Debug, Clone)]
 pub struct Recorded {
     pub method: Method,
+    /// HTTP/1.1 or HTTP/2 (over TLS, as ALPN chose).
+    pub version: Version,
     /// Path and query, as sent.
     pub uri: String,
     pub headers: HeaderMap,
@@ -70,6 +72,16 @@ impl Reply {
     }
 }
 
+async fn serve_connection<IO>(st: Arc<State>, io: IO)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| handle(st.clone(), req));
+    let _ = auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(io), svc)
+        .await;
+}
+
 type Override = Arc<dyn Fn(&Recorded) -> Option<Reply> + Send + Sync>;
 
 #[derive(Default)]
@@ -93,6 +105,15 @@ pub struct FakeUpstream {
 
 impl FakeUpstream {
     pub async fn start() -> Self {
+        Self::serve(None).await
+    }
+
+    /// The same fake over TLS with `tls`, whose ALPN list decides HTTP/2 or HTTP/1.1.
+    pub async fn start_tls(tls: rustls::ServerConfig) -> Self {
+        Self::serve(Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))).await
+    }
+
+    async fn serve(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State::default());
@@ -102,12 +123,17 @@ impl FakeUpstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let st = st.clone();
+                let (st, tls) = (st.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| handle(st.clone(), req));
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    match tls {
+                        // A failed handshake (an untrusted certificate) simply ends the connection.
+                        Some(tls) => {
+                            if let Ok(stream) = tls.accept(stream).await {
+                                serve_connection(st, stream).await;
+                            }
+                        }
+                        None => serve_connection(st, stream).await,
+                    }
                 });
             }
         });
@@ -116,6 +142,11 @@ impl FakeUpstream {
             state,
             task: Arc::new(task),
         }
+    }
+
+    /// `upstream.base_url` for a fake started with [`start_tls`](Self::start_tls), by host name.
+    pub fn https_base_url(&self) -> String {
+        format!("https://localhost:{}/v1", self.addr.port())
     }
 
     /// What the gateway's `upstream.base_url` should be.
@@ -210,6 +241,7 @@ async fn handle(
         .unwrap_or_default();
     let rec = Recorded {
         method: parts.method.clone(),
+        version: parts.version,
         uri: parts
             .uri
             .path_and_query()
