@@ -622,6 +622,10 @@ async fn read_body(
     limit: u64,
     seen: &mut u64,
 ) -> Result<Bytes, GatewayError> {
+    if http_body::Body::is_end_stream(&incoming) {
+        // No body (nearly every read): no buffer, no drain deadline, no clock read.
+        return Ok(Bytes::new());
+    }
     let declared = content_length(headers);
     let mut too_large = declared.is_some_and(|len| len > limit);
     if declared.is_some_and(|len| len > DRAIN_LIMIT) {
