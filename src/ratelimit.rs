@@ -282,8 +282,8 @@ impl TeamLimiter {
             .writes
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let (_, Some(wait)) = write.check(Intent::Look) {
-            let refused = write.peek();
+        // Refused, the look's status is the write quota's as it stands (empty, reset from the wait).
+        if let (refused, Some(wait)) = write.check(Intent::Look) {
             return self.verdict(
                 self.general.peek(),
                 Some(refused),
