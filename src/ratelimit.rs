@@ -66,26 +66,17 @@ impl StateStore for TatCell {
     }
 }
 
-/// Which quota a status describes, named as in the `RateLimit-Policy` header.
+/// Which of a team's quotas a status describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PolicyName {
-    Team,
-    TeamWrite,
-}
-
-impl PolicyName {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Team => "team",
-            Self::TeamWrite => "team-write",
-        }
-    }
+pub enum QuotaKind {
+    General,
+    Write,
 }
 
 /// One quota's state as of this request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuotaStatus {
-    pub policy: PolicyName,
+    pub kind: QuotaKind,
     pub quota: RateQuota,
     /// Requests allowed right now.
     pub remaining: u32,
@@ -101,7 +92,7 @@ pub struct Verdict {
     /// `Some(wait)` when refused: the time until the refusing quota lets one request through.
     pub retry_after: Option<Duration>,
     /// The quota that refused the request, which its headers then describe.
-    refused_by: Option<PolicyName>,
+    refused_by: Option<QuotaKind>,
     fixed: Arc<FixedHeaders>,
 }
 
@@ -109,29 +100,41 @@ pub struct Verdict {
 /// answer (each was an allocation and a number formatted on every request).
 #[derive(Debug)]
 struct FixedHeaders {
-    general_limit: HeaderValue,
-    write_limit: Option<HeaderValue>,
-    /// `RateLimit-Policy` for reads (the general quota) and for writes (both quotas).
-    read_policy: Option<HeaderValue>,
-    write_policy: Option<HeaderValue>,
+    general: QuotaHeaders,
+    write: Option<QuotaHeaders>,
 }
+
+/// `RateLimit-Limit` and `RateLimit-Policy` for one quota.
+#[derive(Debug)]
+struct QuotaHeaders {
+    limit: HeaderValue,
+    policy: Option<HeaderValue>,
+}
+
+impl QuotaHeaders {
+    /// `"team";q=<per_minute>;w=60`: DESIGN's one policy name whichever quota binds, so a client
+    /// reads one form; `q` tells the quotas apart.
+    fn new(quota: RateQuota) -> Self {
+        let mut policy = HeaderText::with_capacity(32);
+        policy
+            .push(POLICY_NAME)
+            .push(";q=")
+            .push_u64(u64::from(quota.per_minute.get()))
+            .push(";w=60");
+        Self {
+            limit: HeaderValue::from(quota.burst.get()),
+            policy: policy.finish(),
+        }
+    }
+}
+
+const POLICY_NAME: &str = "\"team\"";
 
 impl FixedHeaders {
     fn new(general: RateQuota, write: Option<RateQuota>) -> Self {
-        let mut read_policy = HeaderText::with_capacity(32);
-        policy_item(&mut read_policy, PolicyName::Team, general);
-        let write_policy = write.map(|w| {
-            let mut both = HeaderText::with_capacity(64);
-            policy_item(&mut both, PolicyName::Team, general);
-            both.push(", ");
-            policy_item(&mut both, PolicyName::TeamWrite, w);
-            both
-        });
         Self {
-            general_limit: HeaderValue::from(general.burst.get()),
-            write_limit: write.map(|w| HeaderValue::from(w.burst.get())),
-            read_policy: read_policy.finish(),
-            write_policy: write_policy.and_then(HeaderText::finish),
+            general: QuotaHeaders::new(general),
+            write: write.map(QuotaHeaders::new),
         }
     }
 }
@@ -140,8 +143,8 @@ impl Verdict {
     /// The quota that binds: the one that refused the request, else the one with fewer requests left.
     fn binding(&self) -> QuotaStatus {
         match (self.refused_by, self.write) {
-            (Some(PolicyName::Team), _) => self.general,
-            (Some(PolicyName::TeamWrite), Some(w)) => w,
+            (Some(QuotaKind::General), _) => self.general,
+            (Some(QuotaKind::Write), Some(w)) => w,
             (None, Some(w)) if w.remaining <= self.general.remaining => w,
             _ => self.general,
         }
@@ -149,16 +152,16 @@ impl Verdict {
 }
 
 struct Bucket {
-    policy: PolicyName,
+    kind: QuotaKind,
     quota: RateQuota,
     gcra: Gcra,
 }
 
 impl Bucket {
-    fn new(policy: PolicyName, quota: RateQuota) -> Self {
+    fn new(kind: QuotaKind, quota: RateQuota) -> Self {
         let gq = Quota::per_minute(quota.per_minute).allow_burst(quota.burst);
         Self {
-            policy,
+            kind,
             quota,
             gcra: Gcra::new(gq, TatCell::default(), DefaultClock::default()),
         }
@@ -170,7 +173,7 @@ impl Bucket {
             Ok(snapshot) => (snapshot.remaining_burst_capacity(), None),
             Err(not_until) => (0, Some(not_until.wait_time_from(self.gcra.clock().now()))),
         };
-        (status(self.policy, self.quota, remaining, wait), wait)
+        (status(self.kind, self.quota, remaining, wait), wait)
     }
 
     /// The state as it is, nothing spent. A look reports what would remain after one more request,
@@ -181,7 +184,7 @@ impl Bucket {
             Some(_) => 0,
             None => (looked.remaining + 1).min(self.quota.burst.get()),
         };
-        status(self.policy, self.quota, remaining, None)
+        status(self.kind, self.quota, remaining, None)
     }
 
     /// Starts this (new) bucket as full as `old` is: what a team spent under its old quota stays
@@ -203,7 +206,7 @@ fn emission_interval(q: RateQuota) -> Duration {
 
 /// The arithmetic behind the headers. `wait` is set when the request was refused.
 fn status(
-    policy: PolicyName,
+    kind: QuotaKind,
     quota: RateQuota,
     remaining: u32,
     wait: Option<Duration>,
@@ -216,7 +219,7 @@ fn status(
         None => t * burst.saturating_sub(remaining),
     };
     QuotaStatus {
-        policy,
+        kind,
         quota,
         remaining,
         reset,
@@ -236,8 +239,8 @@ pub struct TeamLimiter {
 impl TeamLimiter {
     pub fn new(general: RateQuota, write: Option<RateQuota>) -> Self {
         Self {
-            general: Bucket::new(PolicyName::Team, general),
-            write: write.map(|w| Bucket::new(PolicyName::TeamWrite, w)),
+            general: Bucket::new(QuotaKind::General, general),
+            write: write.map(|w| Bucket::new(QuotaKind::Write, w)),
             writes: Mutex::new(()),
             fixed: Arc::new(FixedHeaders::new(general, write)),
         }
@@ -269,7 +272,7 @@ impl TeamLimiter {
             Some(write) => self.check_write(write),
             None => {
                 let (general, retry_after) = self.general.check(Intent::Spend);
-                self.verdict(general, None, retry_after.map(|w| (PolicyName::Team, w)))
+                self.verdict(general, None, retry_after.map(|w| (QuotaKind::General, w)))
             }
         }
     }
@@ -287,26 +290,26 @@ impl TeamLimiter {
             return self.verdict(
                 self.general.peek(),
                 Some(refused),
-                Some((PolicyName::TeamWrite, wait)),
+                Some((QuotaKind::Write, wait)),
             );
         }
         let (general, refused) = self.general.check(Intent::Spend);
         if let Some(wait) = refused {
-            return self.verdict(general, Some(write.peek()), Some((PolicyName::Team, wait)));
+            return self.verdict(
+                general,
+                Some(write.peek()),
+                Some((QuotaKind::General, wait)),
+            );
         }
         let (spent, refused) = write.check(Intent::Spend);
-        self.verdict(
-            general,
-            Some(spent),
-            refused.map(|w| (PolicyName::TeamWrite, w)),
-        )
+        self.verdict(general, Some(spent), refused.map(|w| (QuotaKind::Write, w)))
     }
 
     fn verdict(
         &self,
         general: QuotaStatus,
         write: Option<QuotaStatus>,
-        refusal: Option<(PolicyName, Duration)>,
+        refusal: Option<(QuotaKind, Duration)>,
     ) -> Verdict {
         Verdict {
             general,
@@ -330,53 +333,34 @@ static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
-/// Writes the quota headers: the `RateLimit-*` trio for the binding quota, and the httpapi draft's
-/// structured `RateLimit-Policy` (every quota that applies) and `RateLimit` (the binding one).
+/// Writes the quota headers, all describing the binding quota: the `RateLimit-*` trio and the
+/// httpapi draft's structured `RateLimit-Policy` and `RateLimit` pair.
 pub fn apply_headers(verdict: &Verdict, headers: &mut HeaderMap) {
     let binding = verdict.binding();
     let reset = reset_seconds(binding.reset);
-    let fixed = &verdict.fixed;
-    let limit = match binding.policy {
-        PolicyName::TeamWrite => fixed.write_limit.as_ref(),
-        PolicyName::Team => None,
+    let fixed = match (binding.kind, &verdict.fixed.write) {
+        (QuotaKind::Write, Some(write)) => write,
+        _ => &verdict.fixed.general,
     };
-    headers.insert(
-        RATELIMIT_LIMIT.clone(),
-        limit.unwrap_or(&fixed.general_limit).clone(),
-    );
+    headers.insert(RATELIMIT_LIMIT.clone(), fixed.limit.clone());
     headers.insert(
         RATELIMIT_REMAINING.clone(),
         header_text::number(binding.remaining.into()),
     );
     headers.insert(RATELIMIT_RESET.clone(), header_text::number(reset));
-    let policy = if verdict.write.is_some() {
-        &fixed.write_policy
-    } else {
-        &fixed.read_policy
-    };
-    if let Some(v) = policy {
+    if let Some(v) = &fixed.policy {
         headers.insert(RATELIMIT_POLICY.clone(), v.clone());
     }
     let mut current = HeaderText::with_capacity(48);
     current
-        .push("\"")
-        .push(binding.policy.as_str())
-        .push("\";r=")
+        .push(POLICY_NAME)
+        .push(";r=")
         .push_u64(u64::from(binding.remaining))
         .push(";t=")
         .push_u64(reset);
     if let Some(v) = current.finish() {
         headers.insert(RATELIMIT.clone(), v);
     }
-}
-
-/// `"team";q=<per_minute>;w=60`
-fn policy_item(out: &mut HeaderText, policy: PolicyName, quota: RateQuota) {
-    out.push("\"")
-        .push(policy.as_str())
-        .push("\";q=")
-        .push_u64(u64::from(quota.per_minute.get()))
-        .push(";w=60");
 }
 
 /// Whole seconds until full: zero when already full, otherwise rounded up.
@@ -405,7 +389,7 @@ mod tests {
 
     #[test]
     fn full_bucket_reports_burst_and_zero_reset() {
-        let s = status(PolicyName::Team, quota(60, 10), 10, None);
+        let s = status(QuotaKind::General, quota(60, 10), 10, None);
         assert_eq!(s.reset, Duration::ZERO);
         let mut h = HeaderMap::new();
         apply_headers(
@@ -426,17 +410,21 @@ mod tests {
     }
 
     #[test]
-    fn writes_report_the_binding_quota_and_both_policies() {
+    fn writes_report_the_binding_quota_under_the_one_policy_name() {
         let limiter = TeamLimiter::new(quota(600, 100), Some(quota(60, 2)));
         let mut h = HeaderMap::new();
         apply_headers(&limiter.check(true), &mut h);
         assert_eq!(header(&h, "ratelimit-limit"), "2");
         assert_eq!(header(&h, "ratelimit-remaining"), "1");
-        assert_eq!(
-            header(&h, "ratelimit-policy"),
-            "\"team\";q=600;w=60, \"team-write\";q=60;w=60"
-        );
-        assert_eq!(header(&h, "ratelimit"), "\"team-write\";r=1;t=1");
+        assert_eq!(header(&h, "ratelimit-policy"), "\"team\";q=60;w=60");
+        assert_eq!(header(&h, "ratelimit"), "\"team\";r=1;t=1");
+        // A write whose general quota has fewer left is described by the general quota.
+        let general_binds = TeamLimiter::new(quota(600, 1), Some(quota(60, 2)));
+        let mut h = HeaderMap::new();
+        apply_headers(&general_binds.check(true), &mut h);
+        assert_eq!(header(&h, "ratelimit-limit"), "1");
+        assert_eq!(header(&h, "ratelimit-policy"), "\"team\";q=600;w=60");
+        assert_eq!(header(&h, "ratelimit"), "\"team\";r=0;t=1");
         let mut h = HeaderMap::new();
         apply_headers(&limiter.check(false), &mut h);
         assert_eq!(header(&h, "ratelimit-limit"), "100");
@@ -447,7 +435,7 @@ mod tests {
     fn empty_bucket_resets_after_wait_plus_the_rest_of_the_burst() {
         // 60/min: one cell per second. Burst 3, empty, next cell in 0.4 s → full in 2.4 s → "3".
         let s = status(
-            PolicyName::Team,
+            QuotaKind::General,
             quota(60, 3),
             0,
             Some(Duration::from_millis(400)),
@@ -491,15 +479,12 @@ mod tests {
         assert!(limiter.check(true).retry_after.is_none());
         let refused = limiter.check(true);
         assert!(refused.retry_after.is_some());
-        assert_eq!(refused.binding().policy, PolicyName::TeamWrite);
+        assert_eq!(refused.binding().kind, QuotaKind::Write);
         assert!(limiter.check(false).retry_after.is_none());
         let mut h = HeaderMap::new();
         apply_headers(&refused, &mut h);
-        assert_eq!(
-            header(&h, "ratelimit-policy"),
-            "\"team\";q=600;w=60, \"team-write\";q=1;w=60"
-        );
-        assert!(header(&h, "ratelimit").starts_with("\"team-write\";r=0;"));
+        assert_eq!(header(&h, "ratelimit-policy"), "\"team\";q=1;w=60");
+        assert!(header(&h, "ratelimit").starts_with("\"team\";r=0;"));
     }
 
     #[test]
@@ -510,7 +495,7 @@ mod tests {
         let refused = limiter.check(true);
         let wait = refused.retry_after.expect("the general quota is empty");
         assert!(wait <= Duration::from_secs(1), "{wait:?}");
-        assert_eq!(refused.binding().policy, PolicyName::Team);
+        assert_eq!(refused.binding().kind, QuotaKind::General);
         let mut h = HeaderMap::new();
         apply_headers(&refused, &mut h);
         assert_eq!(header(&h, "ratelimit"), "\"team\";r=0;t=1");
@@ -525,7 +510,7 @@ mod tests {
         assert_eq!(limiter.peek(false).general.remaining, 2);
         for _ in 0..5 {
             let refused = limiter.check(true);
-            assert_eq!(refused.refused_by, Some(PolicyName::TeamWrite));
+            assert_eq!(refused.refused_by, Some(QuotaKind::Write));
         }
         assert_eq!(limiter.peek(false).general.remaining, 2);
         assert!(limiter.check(false).retry_after.is_none());

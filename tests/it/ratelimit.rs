@@ -202,19 +202,16 @@ async fn writes_spend_the_write_quota_and_reads_keep_their_own() {
     for _ in 0..2 {
         let r = c.patch("/v1/agents2/a1", BILLING, r#"{"name":"n"}"#).await;
         assert_eq!(r.status, 200);
-        assert!(
-            r.header("ratelimit-policy")
-                .is_some_and(|p| p.contains("\"team-write\";q=1;w=60")),
-            "write quota missing from {:?}",
-            r.header("ratelimit-policy")
-        );
+        // The write quota binds, described under DESIGN's one policy name.
+        assert_eq!(r.header("ratelimit-policy"), Some("\"team\";q=1;w=60"));
+        assert_eq!(r.header("ratelimit-limit"), Some("2"));
     }
     for _ in 0..3 {
         let r = c.patch("/v1/agents2/a1", BILLING, r#"{"name":"n"}"#).await;
         assert_rate_limited(&r);
         assert!(
             r.header("ratelimit")
-                .is_some_and(|v| v.starts_with("\"team-write\";r=0;")),
+                .is_some_and(|v| v.starts_with("\"team\";r=0;")),
             "the write quota binds: {:?}",
             r.header("ratelimit")
         );
@@ -264,9 +261,14 @@ async fn a_write_the_general_quota_refuses_keeps_its_write_cell() {
     assert!(
         allowed
             .header("ratelimit")
-            .is_some_and(|v| v.starts_with("\"team-write\";r=0;")),
+            .is_some_and(|v| v.starts_with("\"team\";r=0;")),
         "{:?}",
         allowed.header("ratelimit")
+    );
+    // Both quotas are empty now; the stricter write quota is the one described.
+    assert_eq!(
+        allowed.header("ratelimit-policy"),
+        Some("\"team\";q=1;w=60")
     );
     assert_eq!(upstream.count(&Method::POST, "/v1/calls"), 1);
 }
