@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use moka::notification::RemovalCause;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::body::ProxyBody;
 use crate::config::CacheSettings;
@@ -227,6 +227,7 @@ struct Stripe {
 }
 
 /// A read the cache could not answer fresh: what a fill needs to store its answer correctly.
+#[derive(Clone)]
 pub struct Ticket {
     key: AgentKey,
     family: Family,
@@ -430,10 +431,15 @@ impl AgentCache {
 
     /// Fetches through `fetch`, sharing one upstream request between concurrent misses of the same
     /// variant and generation when `coalesce` is set, and stores a cacheable answer.
-    pub async fn fill<F, Fut>(&self, ticket: &Ticket, coalesce: bool, fetch: F) -> FillOutcome
+    pub async fn fill<F, Fut>(
+        self: &Arc<Self>,
+        ticket: &Ticket,
+        coalesce: bool,
+        fetch: F,
+    ) -> FillOutcome
     where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<CacheFetch, GatewayError>>,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<CacheFetch, GatewayError>> + Send + 'static,
     {
         self.metrics.cache_misses.inc();
         if !coalesce {
@@ -461,11 +467,7 @@ impl AgentCache {
                 }
             };
             if let Some(tx) = leader {
-                let _guard = InflightGuard {
-                    inflight: &self.inflight,
-                    key: fill_key,
-                };
-                return self.lead(ticket, fetch, Some(tx)).await;
+                return self.lead_shared(ticket, fill_key, fetch, tx).await;
             }
             let Some(mut rx) = joined else { continue };
             self.metrics.cache_coalesced.inc();
@@ -480,6 +482,38 @@ impl AgentCache {
                 Some(Shared::FetchYourself) | None => self.lead(ticket, fetch, None).await,
             };
         }
+    }
+
+    /// Runs a fill that others wait on in a task of its own: the fetch belongs to every request
+    /// sharing it, so the client that started it going away must not cancel it (NGINX likewise
+    /// keeps reading a cacheable answer after its client aborts). The answer is still cached and
+    /// the waiters get it from this one upstream request.
+    async fn lead_shared<F, Fut>(
+        self: &Arc<Self>,
+        ticket: &Ticket,
+        fill_key: FillKey,
+        fetch: F,
+        publish: watch::Sender<Option<Shared>>,
+    ) -> FillOutcome
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<CacheFetch, GatewayError>> + Send + 'static,
+    {
+        let cache = Arc::clone(self);
+        let ticket = ticket.clone();
+        let (done, outcome) = oneshot::channel();
+        tokio::spawn(async move {
+            let _guard = InflightGuard {
+                inflight: &cache.inflight,
+                key: fill_key,
+            };
+            // No one to hand it to when the client left; a too-large answer's stream is dropped.
+            let _ = done.send(cache.lead(&ticket, fetch, Some(publish)).await);
+        });
+        // Only a panic in the fetch loses the outcome; its waiters fetch again themselves.
+        outcome
+            .await
+            .unwrap_or(FillOutcome::Failed(GatewayError::UpstreamUnreachable))
     }
 
     async fn lead<F, Fut>(
@@ -662,7 +696,7 @@ mod tests {
 
     #[tokio::test]
     async fn fill_that_started_before_an_invalidation_is_not_served() {
-        let cache = AgentCache::new(&settings(), Arc::new(Metrics::new()));
+        let cache = Arc::new(AgentCache::new(&settings(), Arc::new(Metrics::new())));
         let org: Arc<str> = Arc::from("acme");
         let Lookup::Miss(ticket) = cache.lookup(&org, Family::Agents2, "a1", "").await else {
             panic!()
@@ -681,7 +715,7 @@ mod tests {
 
     #[tokio::test]
     async fn orgs_never_share_and_families_are_invalidated_together() {
-        let cache = AgentCache::new(&settings(), Arc::new(Metrics::new()));
+        let cache = Arc::new(AgentCache::new(&settings(), Arc::new(Metrics::new())));
         let (acme, other): (Arc<str>, Arc<str>) = (Arc::from("acme"), Arc::from("other"));
         for family in [Family::Agents2, Family::Agents] {
             let Lookup::Miss(t) = cache.lookup(&acme, family, "a1", "").await else {
@@ -706,7 +740,7 @@ mod tests {
 
     #[tokio::test]
     async fn spellings_are_cached_apart_and_invalidated_together() {
-        let cache = AgentCache::new(&settings(), Arc::new(Metrics::new()));
+        let cache = Arc::new(AgentCache::new(&settings(), Arc::new(Metrics::new())));
         let org: Arc<str> = Arc::from("acme");
         for (id, body) in [("abc", "lower"), ("ABC", "upper")] {
             let Lookup::Miss(t) = cache.lookup(&org, Family::Agents, id, "").await else {
@@ -732,7 +766,7 @@ mod tests {
 
     #[tokio::test]
     async fn no_store_and_non_200_answers_are_not_stored() {
-        let cache = AgentCache::new(&settings(), Arc::new(Metrics::new()));
+        let cache = Arc::new(AgentCache::new(&settings(), Arc::new(Metrics::new())));
         let org: Arc<str> = Arc::from("acme");
         let Lookup::Miss(t) = cache.lookup(&org, Family::Agents2, "a1", "").await else {
             panic!()
@@ -772,7 +806,7 @@ mod tests {
 
     #[tokio::test]
     async fn purge_by_org_or_by_agent_id_also_drops_fills_in_flight() {
-        let cache = AgentCache::new(&settings(), Arc::new(Metrics::new()));
+        let cache = Arc::new(AgentCache::new(&settings(), Arc::new(Metrics::new())));
         let org: Arc<str> = Arc::from("acme");
         for (agent, scope_org, scope_agent) in
             [("a1", Some("acme"), None), ("a2", None, Some("a2"))]
@@ -788,5 +822,61 @@ mod tests {
                 Lookup::Miss(_)
             ));
         }
+    }
+
+    /// Yields to the other tasks until `done` holds; a current-thread runtime runs them in between.
+    async fn until(done: impl Fn() -> bool) {
+        while !done() {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_shared_fill_outlives_the_request_that_started_it() {
+        let cache = Arc::new(AgentCache::new(&settings(), Arc::new(Metrics::new())));
+        let org: Arc<str> = Arc::from("acme");
+        let Lookup::Miss(ticket) = cache.lookup(&org, Family::Agents2, "a1", "").await else {
+            panic!()
+        };
+        let fetches = Arc::new(AtomicU64::new(0));
+        let (release, released) = oneshot::channel::<()>();
+        let leader = {
+            let (cache, ticket, fetches) = (cache.clone(), ticket.clone(), fetches.clone());
+            tokio::spawn(async move {
+                let fetch = move || async move {
+                    fetches.fetch_add(1, Ordering::SeqCst);
+                    let _ = released.await;
+                    ok("v1")
+                };
+                cache.fill(&ticket, true, fetch).await
+            })
+        };
+        until(|| fetches.load(Ordering::SeqCst) == 1).await;
+        let waiter = {
+            let (cache, ticket, fetches) = (cache.clone(), ticket.clone(), fetches.clone());
+            tokio::spawn(async move {
+                let fetch = move || async move {
+                    fetches.fetch_add(1, Ordering::SeqCst);
+                    ok("v2")
+                };
+                cache.fill(&ticket, true, fetch).await
+            })
+        };
+        until(|| cache.metrics.cache_coalesced.get() == 1).await;
+
+        // The client that started the fill goes away (hyper drops its request future).
+        leader.abort();
+        assert!(matches!(leader.await, Err(e) if e.is_cancelled()));
+        release.send(()).unwrap();
+
+        let FillOutcome::Answer(answer) = waiter.await.unwrap() else {
+            panic!("the waiter got no answer")
+        };
+        assert_eq!(answer.body, "v1");
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+        assert!(matches!(
+            cache.lookup(&org, Family::Agents2, "a1", "").await,
+            Lookup::Fresh { .. }
+        ));
     }
 }

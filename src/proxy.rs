@@ -103,7 +103,8 @@ async fn exchange(
 /// One request on its way through the pipeline: what the audit line and the quota headers need.
 struct Exchange<'a> {
     gw: &'a Gateway,
-    rt: &'a Runtime,
+    /// An `Arc` so a shared cache fill, which outlives a request whose client leaves, can keep it.
+    rt: &'a Arc<Runtime>,
     record: AuditRecord,
     verdict: Option<Verdict>,
     /// The identified team's `GET 200` counter (see `TeamCounters`).
@@ -303,7 +304,7 @@ impl Exchange<'_> {
     /// Step 4 for `GET /{agents2|agents}/{id}`: hit, coalesced miss, refresh or bypass.
     async fn read_agent(
         &mut self,
-        cache: &AgentCache,
+        cache: &Arc<AgentCache>,
         team: &TeamState,
         route: &Route,
         agent: &AgentPath,
@@ -345,14 +346,16 @@ impl Exchange<'_> {
             request_id,
             Purpose::CacheFill,
         )?;
-        let upstream = &self.rt.upstream;
-        let timeout = self.rt.settings.upstream.timeout;
+        let rt = Arc::clone(self.rt);
+        let timeout = rt.settings.upstream.timeout;
         let max_entry = cache.max_entry_bytes();
         let started = Instant::now();
         let outcome = cache
-            .fill(&ticket, directive == ClientDirective::Normal, || {
-                upstream.fetch_buffered(&req, timeout, max_entry)
-            })
+            .fill(
+                &ticket,
+                directive == ClientDirective::Normal,
+                move || async move { rt.upstream.fetch_buffered(&req, timeout, max_entry).await },
+            )
             .await;
         self.upstream_took(started.elapsed());
         let fwd = if directive == ClientDirective::Refresh {

@@ -702,9 +702,10 @@ async fn coalesced_waiters_all_get_502_when_upstream_resets_the_one_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn coalesced_waiter_is_answered_when_the_fetching_client_goes_away() {
+async fn a_shared_fill_survives_the_client_that_started_it_going_away() {
     let (upstream, gw) = setup().await;
-    upstream.set_delay(Method::GET, Duration::from_millis(500));
+    // Long enough that the late GET below surely arrives while the fetch is still out.
+    upstream.set_delay(Method::GET, Duration::from_millis(1500));
     let before = coalesced(&gw);
     let mut leader = tokio::net::TcpStream::connect(gw.api).await.unwrap();
     leader
@@ -726,15 +727,27 @@ async fn coalesced_waiter_is_answered_when_the_fetching_client_goes_away() {
     })
     .await;
     drop(leader);
+    // Joins the same fetch although its first client is gone.
+    let late = spawn_get(&gw.client(), "/v1/agents2/a1", BILLING);
 
-    let r = join_all(vec![waiter]).await.remove(0);
-    assert_eq!(r.status, 200);
-    assert_eq!(version(&r), 1);
-    // The first fetch was abandoned with its client (as NGINX's cache lock does); the waiter
-    // fetched again instead of hanging.
-    assert_eq!(upstream.count(&Method::GET, "/"), 2);
+    for r in join_all(vec![waiter, late]).await {
+        assert_eq!((r.status, x_cache(&r)), (200, "MISS"));
+        assert_eq!(version(&r), 1);
+    }
+    // The fetch belongs to everyone waiting on it, so it ran on without its first client: one
+    // upstream request, and its answer was cached.
+    assert_eq!(upstream.count(&Method::GET, "/"), 1);
     let r = gw.client().get("/v1/agents2/a1", BILLING).await;
     assert_eq!(x_cache(&r), "HIT");
+    let lines = gw.audit_lines(4).await;
+    let gone = lines
+        .iter()
+        .find(|l| l["status"] == 499)
+        .expect("the first client's audit line");
+    assert_eq!(
+        (gone["cache"].as_str(), gone["team"].as_str()),
+        (Some("miss"), Some("billing"))
+    );
 }
 
 // === the write race ===
