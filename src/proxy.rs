@@ -29,8 +29,8 @@ use crate::upstream::{Buffered, Purpose, UpstreamRequest};
 static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
-/// An oversized body is still read (and thrown away) up to this much, so the client is not cut off
-/// mid-send and can read its `413`, as NGINX does; beyond it the connection is simply closed.
+/// A refused request's body is still read (and thrown away) up to this much, so the client is not
+/// cut off mid-send and can read its answer, as NGINX does; beyond it the connection is simply closed.
 const DRAIN_LIMIT: u64 = 16 * 1024 * 1024;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -136,28 +136,15 @@ impl Exchange<'_> {
         req: Request<Incoming>,
         request_id: &HeaderValue,
     ) -> Result<Response<ProxyBody>, GatewayError> {
-        // The team is looked up first so that every answer, refusals of bad paths included, is
-        // audited with the key that was presented and carries the team's quota; but a malformed path
-        // is refused before anything else, identified or not.
-        let team = self.identify(req.headers());
-        let is_read = auth::is_read(req.method());
-        let route = match route::parse(req.uri().path()) {
-            Ok(route) => route,
+        let (parts, incoming) = req.into_parts();
+        let is_read = auth::is_read(&parts.method);
+        let (team, route) = match self.admit(&parts, is_read) {
+            Ok(admitted) => admitted,
             Err(e) => {
-                self.verdict = team.map(|t| t.limiter.peek(!is_read));
+                discard_body(incoming, &parts.headers, &mut self.record.bytes_in).await;
                 return Err(e);
             }
         };
-        self.record.agent_id = route.agent.as_ref().map(|a| a.id.clone());
-
-        let team = team.ok_or(GatewayError::Unauthenticated)?;
-        if !auth::allows(team.team.access, req.method()) {
-            self.verdict = Some(team.limiter.peek(!is_read));
-            return Err(GatewayError::ReadOnly);
-        }
-        self.rate_limit(&team, is_read)?;
-
-        let (parts, incoming) = req.into_parts();
         let body = read_body(
             incoming,
             &parts.headers,
@@ -185,6 +172,34 @@ impl Exchange<'_> {
                     .await
             }
         }
+    }
+
+    /// Steps 1-3, in DESIGN's order of refusals: a malformed path, then `401`, `403`, `429`.
+    fn admit(
+        &mut self,
+        parts: &Parts,
+        is_read: bool,
+    ) -> Result<(Arc<TeamState>, Route), GatewayError> {
+        // The team is looked up first so that every answer, refusals of bad paths included, is
+        // audited with the key that was presented and carries the team's quota; but a malformed path
+        // is refused before anything else, identified or not.
+        let team = self.identify(&parts.headers);
+        let route = match route::parse(parts.uri.path()) {
+            Ok(route) => route,
+            Err(e) => {
+                self.verdict = team.map(|t| t.limiter.peek(!is_read));
+                return Err(e);
+            }
+        };
+        self.record.agent_id = route.agent.as_ref().map(|a| a.id.clone());
+
+        let team = team.ok_or(GatewayError::Unauthenticated)?;
+        if !auth::allows(team.team.access, &parts.method) {
+            self.verdict = Some(team.limiter.peek(!is_read));
+            return Err(GatewayError::ReadOnly);
+        }
+        self.rate_limit(&team, is_read)?;
+        Ok((team, route))
     }
 
     /// Step 1: the team behind the presented key, by digest; `None` is a `401` once the path passed.
@@ -626,44 +641,57 @@ async fn read_body(
     seen: &mut u64,
 ) -> Result<Bytes, GatewayError> {
     if http_body::Body::is_end_stream(&incoming) {
-        // No body (nearly every read): no buffer, no drain deadline, no clock read.
+        // No body (nearly every read): no buffer, no clock read.
         return Ok(Bytes::new());
     }
     let declared = content_length(headers);
-    let mut too_large = declared.is_some_and(|len| len > limit);
-    if declared.is_some_and(|len| len > DRAIN_LIMIT) {
+    if declared.is_some_and(|len| len > limit) {
+        discard_body(incoming, headers, seen).await;
         return Err(GatewayError::BodyTooLarge { limit });
     }
-    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(limit) as usize);
-    let drain_deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-    loop {
-        let frame = if too_large {
-            match tokio::time::timeout_at(drain_deadline, incoming.frame()).await {
-                Ok(frame) => frame,
-                Err(_) => break,
-            }
-        } else {
-            incoming.frame().await
-        };
-        let Some(frame) = frame else { break };
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+    while let Some(frame) = incoming.frame().await {
         let frame = frame.map_err(|_| GatewayError::BodyUnreadable)?;
         let Ok(data) = frame.into_data() else {
             continue;
         };
         *seen += data.len() as u64;
         if *seen > limit {
-            too_large = true;
-            buf.clear();
+            discard_body(incoming, headers, seen).await;
+            return Err(GatewayError::BodyTooLarge { limit });
         }
-        if *seen > DRAIN_LIMIT {
-            break;
-        }
-        if !too_large {
-            buf.extend_from_slice(&data);
-        }
-    }
-    if too_large {
-        return Err(GatewayError::BodyTooLarge { limit });
+        buf.extend_from_slice(&data);
     }
     Ok(buf.freeze())
+}
+
+/// Reads and throws away the rest of a body the gateway refused (`400`, `401`, `403`, `429`,
+/// `413`), so the client can finish sending and read its answer: a connection closed with request
+/// bytes unread is reset by the kernel, and the client usually loses the answer with it. NGINX
+/// discards such bodies too. Bounded by `DRAIN_LIMIT` bytes in all and `DRAIN_TIMEOUT`; past
+/// either the connection is simply closed. A client waiting on `Expect: 100-continue` has sent
+/// nothing yet, and the answer itself tells it not to.
+async fn discard_body(mut incoming: Incoming, headers: &HeaderMap, seen: &mut u64) {
+    let waits_to_send = *seen == 0
+        && headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if http_body::Body::is_end_stream(&incoming)
+        || waits_to_send
+        || content_length(headers).is_some_and(|len| len > DRAIN_LIMIT)
+    {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    while *seen <= DRAIN_LIMIT {
+        match tokio::time::timeout_at(deadline, incoming.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    *seen += data.len() as u64;
+                }
+            }
+            // Ended, broke off, or too slow: nothing more to wait for.
+            _ => return,
+        }
+    }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Method;
 
-use crate::support::client::raw_status;
+use crate::support::client::{raw_exchange, raw_status};
 use crate::support::*;
 
 async fn setup() -> (FakeUpstream, TestGateway) {
@@ -243,6 +243,38 @@ async fn oversized_bodies_are_413_and_never_forwarded_with_or_without_length() {
     assert_eq!(ok.status, 200);
     assert_eq!(upstream.total(), 1);
     assert_eq!(upstream.requests()[0].body.len(), 1024);
+}
+
+#[tokio::test]
+async fn a_request_refused_before_its_body_was_read_still_gets_its_answer() {
+    let (upstream, gw) = setup().await;
+    // More than loopback's socket buffers hold, so the client is still sending when the gateway
+    // has decided; less than the 16 MiB the gateway reads and discards.
+    let body = vec![b'x'; 12 << 20];
+    for (key, status) in [("team-key-nobody", 401), (VIEWER, 403)] {
+        let mut raw = format!(
+            "POST /v1/calls HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {key}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        raw.extend_from_slice(&body);
+        let answered = raw_exchange(gw.api, &raw).await;
+        assert!(
+            matches!(answered, Ok(s) if s == status),
+            "expected {status}, got {answered:?}"
+        );
+    }
+    let lines = gw.audit_lines(2).await;
+    for line in &lines {
+        assert_eq!(line["bytes_in"], body.len());
+    }
+    // A client that waits for `100 Continue` is answered at once and never asked for its body.
+    let waiting = format!(
+        "POST /v1/calls HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer team-key-nobody\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        body.len()
+    );
+    assert_eq!(raw_status(gw.api, waiting.as_bytes()).await, 401);
+    assert_eq!(upstream.total(), 0);
 }
 
 #[tokio::test]

@@ -107,8 +107,14 @@ impl Client {
 
 /// Sends `raw` as is and returns the status code of the answer (0 if the connection closed first).
 pub async fn raw_status(addr: SocketAddr, raw: &[u8]) -> u16 {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(raw).await.unwrap();
+    raw_exchange(addr, raw).await.expect("request sent")
+}
+
+/// Writes `raw` whole, then reads the answer's status (0 if none came), as a naive client does;
+/// `Err` when the gateway reset the connection before taking the whole request.
+pub async fn raw_exchange(addr: SocketAddr, raw: &[u8]) -> std::io::Result<u16> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(raw).await?;
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
         let mut chunk = [0u8; 4096];
@@ -126,8 +132,9 @@ pub async fn raw_status(addr: SocketAddr, raw: &[u8]) -> u16 {
     })
     .await;
     let text = String::from_utf8_lossy(&buf);
-    text.split_whitespace()
+    Ok(text
+        .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+        .unwrap_or(0))
 }
