@@ -141,13 +141,13 @@ impl Exchange<'_> {
         let (team, route) = match self.admit(&parts, is_read) {
             Ok(admitted) => admitted,
             Err(e) => {
-                discard_body(incoming, &parts.headers, &mut self.record.bytes_in).await;
+                discard_body(incoming, &parts, &mut self.record.bytes_in).await;
                 return Err(e);
             }
         };
         let body = read_body(
             incoming,
-            &parts.headers,
+            &parts,
             self.rt.settings.server.max_body_bytes,
             &mut self.record.bytes_in,
         )
@@ -636,7 +636,7 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 /// `seen` counts the bytes received, refused ones included.
 async fn read_body(
     mut incoming: Incoming,
-    headers: &HeaderMap,
+    parts: &Parts,
     limit: u64,
     seen: &mut u64,
 ) -> Result<Bytes, GatewayError> {
@@ -644,9 +644,9 @@ async fn read_body(
         // No body (nearly every read): no buffer, no clock read.
         return Ok(Bytes::new());
     }
-    let declared = content_length(headers);
+    let declared = content_length(&parts.headers);
     if declared.is_some_and(|len| len > limit) {
-        discard_body(incoming, headers, seen).await;
+        discard_body(incoming, parts, seen).await;
         return Err(GatewayError::BodyTooLarge { limit });
     }
     let mut buf = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
@@ -657,7 +657,7 @@ async fn read_body(
         };
         *seen += data.len() as u64;
         if *seen > limit {
-            discard_body(incoming, headers, seen).await;
+            discard_body(incoming, parts, seen).await;
             return Err(GatewayError::BodyTooLarge { limit });
         }
         buf.extend_from_slice(&data);
@@ -666,19 +666,21 @@ async fn read_body(
 }
 
 /// Reads and throws away the rest of a body the gateway refused (`400`, `401`, `403`, `429`,
-/// `413`), so the client can finish sending and read its answer: a connection closed with request
-/// bytes unread is reset by the kernel, and the client usually loses the answer with it. NGINX
-/// discards such bodies too. Bounded by `DRAIN_LIMIT` bytes in all and `DRAIN_TIMEOUT`; past
-/// either the connection is simply closed. A client waiting on `Expect: 100-continue` has sent
-/// nothing yet, and the answer itself tells it not to.
-async fn discard_body(mut incoming: Incoming, headers: &HeaderMap, seen: &mut u64) {
+/// `413`), so the client can finish sending and read its answer. On HTTP/1 a connection closed
+/// with request bytes unread is reset by the kernel, and the client usually loses the answer with
+/// it; on HTTP/2 the stream is reset instead, which clients such as curl also report as a failure.
+/// NGINX discards such bodies too. Bounded by `DRAIN_LIMIT` bytes in all and `DRAIN_TIMEOUT`; past
+/// either the connection or stream is simply closed. A client waiting on `Expect: 100-continue`
+/// has sent nothing yet and is told by the answer itself not to.
+async fn discard_body(mut incoming: Incoming, parts: &Parts, seen: &mut u64) {
     let waits_to_send = *seen == 0
-        && headers
+        && parts
+            .headers
             .get(header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     if http_body::Body::is_end_stream(&incoming)
         || waits_to_send
-        || content_length(headers).is_some_and(|len| len > DRAIN_LIMIT)
+        || content_length(&parts.headers).is_some_and(|len| len > DRAIN_LIMIT)
     {
         return;
     }
