@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::audit::{AuditOpenError, AuditWriter, AuditedBody};
+use crate::audit::{AuditOpenError, AuditRecord, AuditWriter, AuditedBody};
 use crate::config::{ConfigError, Settings};
 use crate::metrics::Metrics;
 use crate::state::Gateway;
@@ -73,6 +73,7 @@ pub async fn start(
     let (stop_admin, admin_rx) = watch::channel(false);
     let api_task = tokio::spawn(serve(
         api,
+        Listener::Api,
         gateway.clone(),
         crate::proxy::handle,
         api_rx,
@@ -80,6 +81,7 @@ pub async fn start(
     ));
     let admin_task = tokio::spawn(serve(
         admin,
+        Listener::Admin,
         gateway.clone(),
         crate::admin::handle,
         admin_rx,
@@ -144,9 +146,42 @@ impl RunningGateway {
     }
 }
 
+/// Which listener a connection came in on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    /// Requests the HTTP layer could not parse are audited here too.
+    Api,
+    /// Only `/admin/*` actions are audited here, which an unparsed request cannot be shown to be.
+    Admin,
+}
+
+/// The status hyper answered a request it could not parse with, if it answered one (see its
+/// `Server::on_error`): `400`, `414` or `431`, then the connection is closed. The request never
+/// reached the pipeline, but it gets its audit line all the same.
+fn automatic_answer(err: &(dyn std::error::Error + 'static)) -> Option<u16> {
+    let mut source = Some(err);
+    while let Some(e) = source {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            return match h {
+                // hyper names no predicate for its two "too large" kinds apart but this text.
+                h if h.is_parse_too_large() && h.to_string() == "URI too long" => Some(414),
+                h if h.is_parse_too_large() => Some(431),
+                h if h.is_parse() && !h.is_parse_version_h2() && !h.is_parse_status() => {
+                    // hyper's internal parse failure gets no answer.
+                    (!h.to_string().starts_with("internal error")).then_some(400)
+                }
+                _ => None,
+            };
+        }
+        source = e.source();
+    }
+    None
+}
+
 /// Accepts connections until told to stop, then waits for open ones up to `grace`.
 async fn serve<H, Fut>(
     listener: TcpListener,
+    role: Listener,
     gw: Arc<Gateway>,
     handler: H,
     mut stop: watch::Receiver<bool>,
@@ -178,18 +213,27 @@ async fn serve<H, Fut>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let gw = gw.clone();
+                let conn_gw = gw.clone();
                 let service = service_fn(move |req| {
-                    let gw = gw.clone();
+                    let gw = conn_gw.clone();
                     async move { Ok::<_, Infallible>(handler(gw, req, peer.ip()).await) }
                 });
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
+                let gw = gw.clone();
                 while connections.try_join_next().is_some() {}
                 connections.spawn(async move {
                     let conn = builder.serve_connection(TokioIo::new(stream), service);
                     if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(error = %e, "connection ended with an error");
+                        match automatic_answer(&*e) {
+                            Some(status) if role == Listener::Api => {
+                                let id = crate::request_id::generate();
+                                let record = AuditRecord::unparsed(id, peer.ip(), status);
+                                gw.audit.submit_detached(Box::new(record));
+                            }
+                            _ => {}
+                        }
                     }
                 });
             }

@@ -13,6 +13,7 @@ use http::Method;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::support::client::raw_status;
 use crate::support::*;
 
 /// Small enough that a 2 KiB body is refused with `413`.
@@ -745,6 +746,49 @@ async fn a_refused_path_is_audited_with_the_key_that_was_presented() {
         assert_eq!(line["upstream_status"], Value::Null, "{path}");
     }
     assert_eq!(upstream.total(), 0);
+}
+
+#[tokio::test]
+async fn requests_the_http_layer_cannot_parse_are_still_audited() {
+    let (upstream, gw) = start().await;
+    // A raw control byte in the path, more header lines than the parser takes, and a request line
+    // that is not HTTP at all: each is refused before there is a request to route. (Few bytes
+    // each, so the gateway has read them all when it closes, and the answer is not lost to a reset.)
+    let mut many_headers = b"GET /v1/calls HTTP/1.1\r\nHost: gw\r\n".to_vec();
+    for n in 0..200 {
+        many_headers.extend_from_slice(format!("X-H{n}: v\r\n").as_bytes());
+    }
+    many_headers.extend_from_slice(b"\r\n");
+    let long_uri = format!(
+        "GET /v1/{} HTTP/1.1\r\nHost: gw\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    let cases: [(&[u8], u16); 4] = [
+        (b"GET /v1/agents2/a\x01b HTTP/1.1\r\nHost: gw\r\n\r\n", 400),
+        (&many_headers, 431),
+        (long_uri.as_bytes(), 414),
+        (b"\x16\x03\x01 not http\r\n\r\n", 400),
+    ];
+    for (n, (raw, status)) in cases.into_iter().enumerate() {
+        assert_eq!(raw_status(gw.api, raw).await, status);
+        let lines = gw.audit_lines(n + 1).await;
+        let line = &lines[n];
+        assert_line_shape(line);
+        assert_eq!(line["status"], status);
+        assert_eq!(line["decision"], "bad_request");
+        assert_eq!((&line["method"], &line["path"]), (&"".into(), &"".into()));
+        assert_eq!(
+            (&line["team"], &line["key_id"]),
+            (&Value::Null, &Value::Null)
+        );
+    }
+    assert_eq!(upstream.total(), 0);
+    // A connection that just closes sent no request, and leaves no line.
+    drop(tokio::net::TcpStream::connect(gw.api).await.unwrap());
+    let r = gw.client().get("/v1/calls", BILLING).await;
+    let lines = gw.audit_lines(5).await;
+    assert_eq!(lines.len(), 5);
+    assert_eq!(lines[4]["request_id"], request_id(&r));
 }
 
 #[tokio::test]
