@@ -362,17 +362,24 @@ impl Exchange<'_> {
             Purpose::CacheFill,
         )?;
         let rt = Arc::clone(self.rt);
+        let metrics = Arc::clone(&self.gw.metrics);
         let timeout = rt.settings.upstream.timeout;
         let max_entry = cache.max_entry_bytes();
         let started = Instant::now();
+        // The fetch runs once however many requests share it, so it alone feeds the histogram;
+        // each request's audit line has the time it waited for the answer.
+        let fetch = move || async move {
+            let sent = Instant::now();
+            let fetched = rt.upstream.fetch_buffered(&req, timeout, max_entry).await;
+            metrics
+                .upstream_duration
+                .observe(sent.elapsed().as_secs_f64());
+            fetched
+        };
         let outcome = cache
-            .fill(
-                &ticket,
-                directive == ClientDirective::Normal,
-                move || async move { rt.upstream.fetch_buffered(&req, timeout, max_entry).await },
-            )
+            .fill(&ticket, directive == ClientDirective::Normal, fetch)
             .await;
-        self.upstream_took(started.elapsed());
+        self.record.upstream_latency_ms = Some(audit::millis(started.elapsed()));
         let fwd = if directive == ClientDirective::Refresh {
             "request"
         } else {

@@ -612,9 +612,11 @@ async fn hundred_concurrent_cold_gets_make_one_upstream_request() {
     let (upstream, gw) = setup().await;
     // Long enough that the requests overlap the one fetch.
     upstream.set_delay(Method::GET, Duration::from_millis(300));
-    let coalesced_before = metric(
-        &gw.metrics().await,
-        "dialnexa_gateway_cache_coalesced_total",
+    let before = gw.metrics().await;
+    let coalesced_before = metric(&before, "dialnexa_gateway_cache_coalesced_total");
+    let fetches_before = metric(
+        &before,
+        "dialnexa_gateway_upstream_request_duration_seconds_count",
     );
     let tasks = (0..100)
         // A client each: its own pool, so its own connection.
@@ -633,11 +635,15 @@ async fn hundred_concurrent_cold_gets_make_one_upstream_request() {
     assert_eq!(misses + hits, 100);
     assert!(misses > 1, "the requests did not overlap the fetch");
     // Every miss but the one that fetched waited for that fetch.
-    let coalesced_after = metric(
-        &gw.metrics().await,
-        "dialnexa_gateway_cache_coalesced_total",
-    );
+    let after = gw.metrics().await;
+    let coalesced_after = metric(&after, "dialnexa_gateway_cache_coalesced_total");
     assert_eq!(coalesced_after - coalesced_before, (misses - 1) as f64);
+    // The upstream latency histogram counts upstream requests, not the requests that shared one.
+    let fetches_after = metric(
+        &after,
+        "dialnexa_gateway_upstream_request_duration_seconds_count",
+    );
+    assert_eq!(fetches_after - fetches_before, 1.0);
 }
 
 /// Starts one slow cold GET, then `waiters` more once upstream has the first, and waits until all
