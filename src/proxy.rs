@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
 
-use crate::audit::{self, AuditRecord, AuditedBody};
+use crate::audit::{self, AuditLog, AuditRecord, AuditedBody};
 use crate::auth::{self, KeyDigest};
 use crate::body::{self, ProxyBody};
 use crate::cache::{self, AgentCache, CacheOutcome, ClientDirective, FillOutcome, Lookup, Stored};
@@ -24,7 +24,7 @@ use crate::ratelimit::{self, Verdict};
 use crate::request_id::{self, X_REQUEST_ID};
 use crate::route::{self, AgentPath, Route};
 use crate::state::{Gateway, Runtime, TeamState};
-use crate::upstream::{Buffered, Purpose, UpstreamRequest};
+use crate::upstream::{Buffered, CacheFetch, Purpose, UpstreamRequest};
 
 static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
@@ -49,7 +49,7 @@ pub async fn handle(
     // must follow upstream's answer, and the audit line must say what upstream did with it.
     let (answer, answered) = oneshot::channel();
     let writes = gw.clone();
-    writes.spawn_write(async move {
+    writes.spawn_unattended(async move {
         let resp = exchange(gw, req, client_ip).await;
         if let Err(resp) = answer.send(resp) {
             resp.into_body().client_gone(CLIENT_CLOSED_REQUEST);
@@ -89,6 +89,7 @@ async fn exchange(
         verdict: None,
         get_ok: None,
         answered: false,
+        fill: None,
     };
     let resp = match ex.run(req, &request_id).await {
         Ok(resp) => resp,
@@ -111,6 +112,15 @@ struct Exchange<'a> {
     get_ok: Option<Counter>,
     /// Set once the response (and with it the audit line) has been handed over.
     answered: bool,
+    /// While this request's cache fill may be fetching: what upstream answered it. The fill runs on
+    /// if the client leaves (see `AgentCache::fill`), so the line of a client that left waits for it.
+    fill: Option<oneshot::Receiver<Fetched>>,
+}
+
+/// What a cache fill's upstream request came back with.
+struct Fetched {
+    status: Option<u16>,
+    took: Duration,
 }
 
 /// HTTP status NGINX logs for a client that closed the connection before it was answered.
@@ -126,7 +136,42 @@ impl Drop for Exchange<'_> {
         let mut record = Box::new(std::mem::take(&mut self.record));
         record.status = CLIENT_CLOSED_REQUEST;
         record.latency_ms = audit::millis(record.started.elapsed());
-        self.gw.audit.submit_detached(record);
+        match self.fill.take() {
+            // `spawn_unattended` needs the runtime, which a request is always dropped inside.
+            Some(fetched) if tokio::runtime::Handle::try_current().is_ok() => {
+                let line = LateLine {
+                    record: Some(record),
+                    audit: self.gw.audit.clone(),
+                };
+                self.gw.spawn_unattended(line.after(fetched));
+            }
+            _ => self.gw.audit.submit_detached(record),
+        }
+    }
+}
+
+/// The audit line of a client that left while the cache fill it started was fetching: written
+/// with upstream's status once the fetch is back (or at once if this request never fetched), and
+/// as it is if shutdown cancels the wait.
+struct LateLine {
+    record: Option<Box<AuditRecord>>,
+    audit: AuditLog,
+}
+
+impl LateLine {
+    async fn after(mut self, fetched: oneshot::Receiver<Fetched>) {
+        if let (Ok(f), Some(record)) = (fetched.await, self.record.as_mut()) {
+            record.upstream_status = f.status;
+            record.upstream_latency_ms = Some(audit::millis(f.took));
+        }
+    }
+}
+
+impl Drop for LateLine {
+    fn drop(&mut self) {
+        if let Some(record) = self.record.take() {
+            self.audit.submit_detached(record);
+        }
     }
 }
 
@@ -368,17 +413,26 @@ impl Exchange<'_> {
         let started = Instant::now();
         // The fetch runs once however many requests share it, so it alone feeds the histogram;
         // each request's audit line has the time it waited for the answer.
+        let (fetched_tx, fetched_rx) = oneshot::channel();
         let fetch = move || async move {
             let sent = Instant::now();
             let fetched = rt.upstream.fetch_buffered(&req, timeout, max_entry).await;
-            metrics
-                .upstream_duration
-                .observe(sent.elapsed().as_secs_f64());
+            let took = sent.elapsed();
+            metrics.upstream_duration.observe(took.as_secs_f64());
+            let status = match &fetched {
+                Ok(CacheFetch::Buffered(answer)) => Some(answer.status.as_u16()),
+                Ok(CacheFetch::TooLarge(resp)) => Some(resp.status().as_u16()),
+                Err(_) => None,
+            };
+            // Only read if the client left meanwhile.
+            let _ = fetched_tx.send(Fetched { status, took });
             fetched
         };
+        self.fill = Some(fetched_rx);
         let outcome = cache
             .fill(&ticket, directive == ClientDirective::Normal, fetch)
             .await;
+        self.fill = None;
         self.record.upstream_latency_ms = Some(audit::millis(started.elapsed()));
         let fwd = if directive == ClientDirective::Refresh {
             "request"

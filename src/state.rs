@@ -1,5 +1,5 @@
 //! The config snapshot requests run on (`Runtime`, swapped whole by a reload) and the process-wide
-//! parts that outlive reloads (`Gateway`: cache, audit log, metrics, drain flag, writes in flight).
+//! parts that outlive reloads (`Gateway`: cache, audit log, metrics, drain flag, work left unattended).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -100,7 +100,7 @@ pub struct Gateway {
     draining: AtomicBool,
     config_path: Option<PathBuf>,
     /// Writes run in tasks of their own (see `proxy::handle`); kept to cancel them at shutdown.
-    writes: Mutex<JoinSet<()>>,
+    unattended: Mutex<JoinSet<()>>,
 }
 
 impl Gateway {
@@ -118,7 +118,7 @@ impl Gateway {
             metrics,
             draining: AtomicBool::new(false),
             config_path,
-            writes: Mutex::new(JoinSet::new()),
+            unattended: Mutex::new(JoinSet::new()),
         }
     }
 
@@ -154,20 +154,21 @@ impl Gateway {
         rt.settings.cache.enabled.then_some(&self.cache)
     }
 
-    /// Runs a write to its end whatever its client does.
-    pub fn spawn_write(&self, write: impl Future<Output = ()> + Send + 'static) {
-        let mut writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
-        while writes.try_join_next().is_some() {}
-        writes.spawn(write);
+    /// Runs work that must end whether or not its client stays: a write (once sent, upstream may
+    /// apply it anyway) and the audit line of a client that left a cache fill it had started.
+    pub fn spawn_unattended(&self, work: impl Future<Output = ()> + Send + 'static) {
+        let mut unattended = self.unattended.lock().unwrap_or_else(|e| e.into_inner());
+        while unattended.try_join_next().is_some() {}
+        unattended.spawn(work);
     }
 
-    /// At shutdown, once the grace period is over: cancels the writes still waiting for upstream
-    /// (each still writes its audit line) and waits until they are gone.
-    pub async fn cancel_writes(&self) {
-        let mut writes =
-            std::mem::take(&mut *self.writes.lock().unwrap_or_else(|e| e.into_inner()));
-        writes.abort_all();
-        while writes.join_next().await.is_some() {}
+    /// At shutdown, once the grace period is over: cancels what is still waiting for upstream
+    /// (each still writes its audit line) and waits until it is gone.
+    pub async fn cancel_unattended(&self) {
+        let mut unattended =
+            std::mem::take(&mut *self.unattended.lock().unwrap_or_else(|e| e.into_inner()));
+        unattended.abort_all();
+        while unattended.join_next().await.is_some() {}
     }
 
     pub fn start_draining(&self) {

@@ -808,6 +808,9 @@ async fn requests_cut_off_when_the_grace_period_ends_are_still_audited() {
             tokio::spawn(async move {
                 if i % 3 == 0 {
                     c.patch(&format!("/v1/agents2/a{i}"), BILLING, "{}").await
+                } else if i == 1 {
+                    // A cache fill: its line waits for the fill, which shutdown cuts short.
+                    c.get("/v1/agents2/filling", BILLING).await
                 } else {
                     c.get("/v1/calls", BILLING).await
                 }
@@ -828,5 +831,12 @@ async fn requests_cut_off_when_the_grace_period_ends_are_still_audited() {
     assert_eq!(lines.len(), 15, "{lines:?}");
     assert!(lines.iter().all(|l| l["status"] == 499), "{lines:?}");
     assert_eq!(lines.iter().filter(|l| l["method"] == "PATCH").count(), 5);
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l["path"] == "/v1/agents2/filling")
+            .count(),
+        1
+    );
     assert_eq!(gateway.metrics.audit_failed.get(), 0);
 }

@@ -754,6 +754,9 @@ async fn a_shared_fill_survives_the_client_that_started_it_going_away() {
         (gone["cache"].as_str(), gone["team"].as_str()),
         (Some("miss"), Some("billing"))
     );
+    // Its request is the one upstream answered, which its line says once the fill is back.
+    assert_eq!(gone["upstream_status"], 200, "{gone:?}");
+    assert!(gone["upstream_latency_ms"].is_number(), "{gone:?}");
 }
 
 // === the write race ===

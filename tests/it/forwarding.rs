@@ -437,6 +437,8 @@ async fn a_client_that_goes_away_before_the_answer_is_still_audited() {
     assert_eq!(line["status"], 499);
     assert_eq!(line["team"], "billing");
     assert_eq!(line["path"], "/v1/calls");
+    // A plain forward ends with its client: no answer from upstream to name.
+    assert_eq!(line["upstream_status"], serde_json::Value::Null);
 }
 
 #[tokio::test]
@@ -445,6 +447,8 @@ async fn a_cache_miss_whose_client_goes_away_is_audited_as_a_miss() {
     assert_eq!(line["status"], 499);
     assert_eq!(line["cache"], "miss", "{line:?}");
     assert_eq!(line["agent_id"], "gone-1");
+    // The fill it started ran on, and the line waited for upstream's answer.
+    assert_eq!(line["upstream_status"], 200, "{line:?}");
 }
 
 #[tokio::test]
