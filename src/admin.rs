@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
@@ -14,11 +13,12 @@ use crate::audit::{AuditRecord, AuditedBody};
 use crate::auth::{self, KeyDigest};
 use crate::body::{self, ProxyBody};
 use crate::error::GatewayError;
+use crate::request_body::{self, BodyLimits};
 use crate::request_id::{self, X_REQUEST_ID};
 use crate::state::Gateway;
 
 /// Purge requests are tiny JSON objects.
-const ADMIN_BODY_LIMIT: usize = 64 * 1024;
+const ADMIN_BODY_LIMIT: u64 = 64 * 1024;
 
 pub async fn handle(
     gw: Arc<Gateway>,
@@ -107,21 +107,26 @@ async fn admin_action(
     record: &mut AuditRecord,
 ) -> Result<Response<ProxyBody>, GatewayError> {
     let rt = gw.runtime();
-    let expected = rt.settings.admin_token.ok_or(GatewayError::AdminDisabled)?;
-    if digest != Some(expected) {
-        return Err(GatewayError::AdminUnauthenticated);
+    let (parts, incoming) = req.into_parts();
+    let refusal = match rt.settings.admin_token {
+        None => Some(GatewayError::AdminDisabled),
+        Some(expected) if digest != Some(expected) => Some(GatewayError::AdminUnauthenticated),
+        Some(_) if parts.method != Method::POST || parts.uri.path() != "/admin/cache/purge" => {
+            Some(GatewayError::NotFound)
+        }
+        Some(_) => None,
+    };
+    if let Some(refusal) = refusal {
+        // Read what the client is still sending, so it gets its answer rather than a reset.
+        request_body::discard(incoming, &parts, &mut record.bytes_in).await;
+        return Err(refusal);
     }
-    if req.method() != Method::POST || req.uri().path() != "/admin/cache/purge" {
-        return Err(GatewayError::NotFound);
-    }
-    let bytes = Limited::new(req.into_body(), ADMIN_BODY_LIMIT)
-        .collect()
-        .await
-        .map_err(|_| {
-            GatewayError::InvalidAdminRequest("body unreadable or larger than 64 KiB".into())
-        })?
-        .to_bytes();
-    record.bytes_in = bytes.len() as u64;
+    let limits = BodyLimits {
+        max_bytes: ADMIN_BODY_LIMIT,
+        idle: rt.settings.server.limits.body_timeout,
+    };
+    // The same reader as the API listener's: an oversized body is `413` after it was drained.
+    let bytes = request_body::read(incoming, &parts, limits, &mut record.bytes_in).await?;
     let purge: PurgeRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
         PurgeRequest::default()
     } else {

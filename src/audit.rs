@@ -127,14 +127,8 @@ impl AuditRecord {
 impl AuditRecord {
     /// A request the HTTP layer refused before it could be parsed (a raw control byte, a head too
     /// large): it has no method or path to name, so both are empty.
-    pub fn unparsed(request_id: http::HeaderValue, client_ip: IpAddr, status: u16) -> Self {
-        let mut record = Self::new(
-            // Minted ids are hex, so always text.
-            request_id.to_str().unwrap_or_default().to_owned(),
-            client_ip,
-            &http::Method::GET,
-            "",
-        );
+    pub fn unparsed(request_id: String, client_ip: IpAddr, status: u16) -> Self {
+        let mut record = Self::new(request_id, client_ip, &http::Method::GET, "");
         record.method = Cow::Borrowed("");
         record.status = status;
         record.decision = Decision::BadRequest;

@@ -65,6 +65,25 @@ pub fn allows(access: Access, method: &Method) -> bool {
     access == Access::ReadWrite || is_read(method)
 }
 
+/// The methods the gateway forwards, as the `Allow` header of its `405` lists them. Any other
+/// (`TRACE`, `CONNECT`, lowercase or made-up ones) is refused before it could reach upstream with
+/// the org key injected: an upstream that echoes `TRACE` would hand that key back.
+pub const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
+/// Whether the gateway forwards `method` at all (see [`ALLOWED_METHODS`]).
+pub fn is_forwardable(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET
+            | Method::HEAD
+            | Method::POST
+            | Method::PUT
+            | Method::PATCH
+            | Method::DELETE
+            | Method::OPTIONS
+    )
+}
+
 /// GET and HEAD: the methods that neither change state nor spend the write quota.
 pub fn is_read(method: &Method) -> bool {
     method == Method::GET || method == Method::HEAD

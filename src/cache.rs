@@ -128,6 +128,20 @@ fn owned_header(value: &HeaderValue) -> HeaderValue {
 /// `private` does not: the cache is per organisation. A compressed body is not stored either: fills
 /// ask for identity, the cache keeps bodies uncompressed, and an upstream that compresses anyway
 /// would have its encoding replayed to clients that never accepted it.
+/// An answer made for the request that asked and no other (DESIGN, cache rules): it sets a cookie,
+/// or says with `Vary` that it depends on request headers a fill does not send (only
+/// `Accept-Encoding`, which a fill pins to `identity`, is harmless). Neither stored nor handed to
+/// the requests that waited on it.
+pub fn is_personal(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::SET_COOKIE)
+        || headers
+            .get_all(header::VARY)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .any(|name| !name.is_empty() && !name.eq_ignore_ascii_case(b"accept-encoding"))
+}
+
 fn upstream_forbids_store(headers: &HeaderMap) -> bool {
     let encoded = headers
         .get_all(header::CONTENT_ENCODING)
@@ -256,8 +270,11 @@ pub enum Lookup {
 
 /// What a fill produced for this request.
 pub enum FillOutcome {
-    /// A whole upstream answer, possibly shared with other waiters.
+    /// A whole upstream answer to this request's own fetch.
     Answer(Arc<Buffered>),
+    /// A whole upstream answer to a fetch another request started and this one waited on: it is
+    /// served as a hit would be, with the stored status, `Content-Type` and body only.
+    Joined(Arc<Buffered>),
     /// Too large to cache; this request streams it.
     Streaming(Response<ProxyBody>),
     Failed(GatewayError),
@@ -477,7 +494,7 @@ impl AgentCache {
                 Err(_) => continue,
             };
             return match shared {
-                Some(Shared::Answer(a)) => FillOutcome::Answer(a),
+                Some(Shared::Answer(a)) => FillOutcome::Joined(a),
                 Some(Shared::Failed(e)) => FillOutcome::Failed(e),
                 Some(Shared::FetchYourself) | None => self.lead(ticket, fetch, None).await,
             };
@@ -527,6 +544,10 @@ impl AgentCache {
         Fut: Future<Output = Result<CacheFetch, GatewayError>>,
     {
         let (outcome, shared) = match fetch().await {
+            Ok(CacheFetch::Buffered(answer)) if is_personal(&answer.headers) => {
+                let answer = Arc::new(answer);
+                (FillOutcome::Answer(answer), Shared::FetchYourself)
+            }
             Ok(CacheFetch::Buffered(answer)) => {
                 let answer = Arc::new(answer);
                 // Stored before it is published, so a read that finds no fill in flight finds the entry.
@@ -661,6 +682,24 @@ impl AgentCache {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn answers_that_set_cookies_or_vary_on_request_headers_are_personal() {
+        let with = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(*k, HeaderValue::from_static(v));
+            }
+            is_personal(&h)
+        };
+        assert!(!with(&[("content-type", "application/json")]));
+        assert!(!with(&[("vary", "Accept-Encoding")]));
+        assert!(!with(&[("vary", "accept-encoding, ")]));
+        assert!(with(&[("vary", "Accept-Encoding, Accept-Language")]));
+        assert!(with(&[("vary", "accept-encoding"), ("vary", "Cookie")]));
+        assert!(with(&[("vary", "*")]));
+        assert!(with(&[("set-cookie", "session=1")]));
+    }
+
     use super::*;
 
     fn settings() -> CacheSettings {
@@ -869,7 +908,7 @@ mod tests {
         assert!(matches!(leader.await, Err(e) if e.is_cancelled()));
         release.send(()).unwrap();
 
-        let FillOutcome::Answer(answer) = waiter.await.unwrap() else {
+        let FillOutcome::Joined(answer) = waiter.await.unwrap() else {
             panic!("the waiter got no answer")
         };
         assert_eq!(answer.body, "v1");

@@ -17,6 +17,10 @@ use crate::auth::KeyDigest;
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
 const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
+const DEFAULT_REQUEST_HEADER_TIMEOUT_MS: u64 = 30_000;
+const DEFAULT_REQUEST_BODY_TIMEOUT_MS: u64 = 60_000;
+const DEFAULT_IDLE_TIMEOUT_MS: u64 = 75_000;
+const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
 const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 2_000;
 const DEFAULT_TIMEOUT_MS: u64 = 15_000;
 const DEFAULT_TTL_SECONDS: u64 = 60;
@@ -53,6 +57,10 @@ struct RawServer {
     admin_listen: Option<String>,
     max_body_bytes: Option<u64>,
     shutdown_grace_ms: Option<u64>,
+    request_header_timeout_ms: Option<u64>,
+    request_body_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    max_connections: Option<usize>,
     worker_threads: Option<usize>,
 }
 
@@ -133,7 +141,22 @@ pub struct ServerSettings {
     pub admin_listen: SocketAddr,
     pub max_body_bytes: u64,
     pub shutdown_grace: Duration,
+    pub limits: ConnectionLimits,
     pub worker_threads: Option<NonZeroUsize>,
+}
+
+/// What a client may hold without sending a request (DESIGN, "Limits on slow, idle and too many
+/// clients").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// From accepting a connection, or finishing its last answer, to a complete request head.
+    pub header_timeout: Duration,
+    /// The longest wait between two reads of a request body.
+    pub body_timeout: Duration,
+    /// A keep-alive connection with no request in flight is closed after this.
+    pub idle_timeout: Duration,
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub max_connections: NonZeroUsize,
 }
 
 #[derive(Debug, Clone)]
@@ -477,6 +500,28 @@ fn validate_server(raw: RawServer, p: &mut Problems) -> Option<ServerSettings> {
         "server.shutdown_grace_ms",
         p,
     );
+    let header_timeout = positive_ms(
+        raw.request_header_timeout_ms,
+        DEFAULT_REQUEST_HEADER_TIMEOUT_MS,
+        "server.request_header_timeout_ms",
+        p,
+    );
+    let body_timeout = positive_ms(
+        raw.request_body_timeout_ms,
+        DEFAULT_REQUEST_BODY_TIMEOUT_MS,
+        "server.request_body_timeout_ms",
+        p,
+    );
+    let idle_timeout = positive_ms(
+        raw.idle_timeout_ms,
+        DEFAULT_IDLE_TIMEOUT_MS,
+        "server.idle_timeout_ms",
+        p,
+    );
+    let max_connections = NonZeroUsize::new(raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS));
+    if max_connections.is_none() {
+        p.push("server.max_connections", "must be at least 1");
+    }
     let worker_threads = match raw.worker_threads {
         None => None,
         Some(n) => {
@@ -491,6 +536,12 @@ fn validate_server(raw: RawServer, p: &mut Problems) -> Option<ServerSettings> {
         }
     };
     let (listen, admin_listen, shutdown_grace) = (listen?, admin_listen?, shutdown_grace?);
+    let limits = ConnectionLimits {
+        header_timeout: header_timeout?,
+        body_timeout: body_timeout?,
+        idle_timeout: idle_timeout?,
+        max_connections: max_connections?,
+    };
     if listen == admin_listen && listen.port() != 0 {
         p.push("server.admin_listen", "must differ from server.listen");
     }
@@ -499,6 +550,7 @@ fn validate_server(raw: RawServer, p: &mut Problems) -> Option<ServerSettings> {
         admin_listen,
         max_body_bytes,
         shutdown_grace,
+        limits,
         worker_threads,
     })
 }

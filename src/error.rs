@@ -26,6 +26,12 @@ pub enum GatewayError {
     BodyTooLarge { limit: u64 },
     #[error("request body could not be read")]
     BodyUnreadable,
+    #[error("the client sent no part of its request body for {0:?}")]
+    BodyTimeout(Duration),
+    #[error("the client did not send a complete request head in time")]
+    HeaderTimeout,
+    #[error("method {0} is not allowed; allowed methods are listed in the Allow header")]
+    MethodNotAllowed(String),
     #[error("upstream unreachable")]
     UpstreamUnreachable,
     #[error("upstream did not answer within {0:?}")]
@@ -72,6 +78,8 @@ impl GatewayError {
                 StatusCode::BAD_REQUEST
             }
             Self::UnknownVersion(_) | Self::NotFound | Self::AdminDisabled => StatusCode::NOT_FOUND,
+            Self::BodyTimeout(_) | Self::HeaderTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unauthenticated | Self::AdminUnauthenticated => StatusCode::UNAUTHORIZED,
             Self::ReadOnly => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -91,6 +99,8 @@ impl GatewayError {
             Self::RateLimited { .. } => "rate_limited",
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::BodyUnreadable => "body_unreadable",
+            Self::BodyTimeout(_) | Self::HeaderTimeout => "request_timeout",
+            Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::UpstreamUnreachable => "upstream_unreachable",
             Self::UpstreamTimeout(_) => "upstream_timeout",
             Self::UpstreamInvalid(_) => "upstream_invalid_response",
@@ -110,6 +120,9 @@ impl GatewayError {
             | Self::UnknownVersion(_)
             | Self::BodyTooLarge { .. }
             | Self::BodyUnreadable
+            | Self::BodyTimeout(_)
+            | Self::HeaderTimeout
+            | Self::MethodNotAllowed(_)
             | Self::NotFound
             | Self::AdminDisabled
             | Self::InvalidAdminRequest(_) => Decision::BadRequest,
@@ -120,8 +133,8 @@ impl GatewayError {
         }
     }
 
-    /// The gateway's own answer, in DialNexa's error shape.
-    pub fn to_response(&self, request_id: &str) -> Response<ProxyBody> {
+    /// The body of the gateway's own answer: DialNexa's error shape plus `code` and `request_id`.
+    pub fn body_json(&self, request_id: &str) -> Vec<u8> {
         let status = self.status();
         let body = ErrorBody {
             status_code: status.as_u16(),
@@ -130,7 +143,13 @@ impl GatewayError {
             code: self.code(),
             request_id,
         };
-        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
+
+    /// The gateway's own answer, in DialNexa's error shape.
+    pub fn to_response(&self, request_id: &str) -> Response<ProxyBody> {
+        let status = self.status();
+        let bytes = self.body_json(request_id);
         let mut resp = Response::new(body::full(Bytes::from(bytes)));
         *resp.status_mut() = status;
         let headers = resp.headers_mut();
@@ -141,6 +160,12 @@ impl GatewayError {
         match self {
             Self::Unauthenticated | Self::AdminUnauthenticated => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::MethodNotAllowed(_) => {
+                headers.insert(
+                    header::ALLOW,
+                    HeaderValue::from_static(crate::auth::ALLOWED_METHODS),
+                );
             }
             Self::RateLimited { retry_after } => {
                 headers.insert(

@@ -18,6 +18,7 @@ pub mod header_text;
 pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;
+pub mod request_body;
 pub mod request_id;
 pub mod route;
 pub mod server;

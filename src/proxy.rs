@@ -6,10 +6,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
@@ -21,6 +20,7 @@ use crate::cache::{self, AgentCache, CacheOutcome, ClientDirective, FillOutcome,
 use crate::error::GatewayError;
 use crate::header_text::{self, HeaderText};
 use crate::ratelimit::{self, Verdict};
+use crate::request_body::{self, BodyLimits};
 use crate::request_id::{self, X_REQUEST_ID};
 use crate::route::{self, AgentPath, Route};
 use crate::state::{Gateway, Runtime, TeamState};
@@ -28,11 +28,6 @@ use crate::upstream::{Buffered, CacheFetch, Purpose, UpstreamRequest};
 
 static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
-
-/// A refused request's body is still read (and thrown away) up to this much, so the client is not
-/// cut off mid-send and can read its answer, as NGINX does; beyond it the connection is simply closed.
-const DRAIN_LIMIT: u64 = 16 * 1024 * 1024;
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves one request of the API listener. Never fails: every refusal is an answer, every answer
 /// carries its audit line.
@@ -186,17 +181,15 @@ impl Exchange<'_> {
         let (team, route) = match self.admit(&parts, is_read) {
             Ok(admitted) => admitted,
             Err(e) => {
-                discard_body(incoming, &parts, &mut self.record.bytes_in).await;
+                request_body::discard(incoming, &parts, &mut self.record.bytes_in).await;
                 return Err(e);
             }
         };
-        let body = read_body(
-            incoming,
-            &parts,
-            self.rt.settings.server.max_body_bytes,
-            &mut self.record.bytes_in,
-        )
-        .await?;
+        let limits = BodyLimits {
+            max_bytes: self.rt.settings.server.max_body_bytes,
+            idle: self.rt.settings.server.limits.body_timeout,
+        };
+        let body = request_body::read(incoming, &parts, limits, &mut self.record.bytes_in).await?;
         if !is_read {
             self.record.changed_fields = audit::changed_fields(&body);
         }
@@ -229,7 +222,16 @@ impl Exchange<'_> {
         // audited with the key that was presented and carries the team's quota; but a malformed path
         // is refused before anything else, identified or not.
         let team = self.identify(&parts.headers);
-        let route = match route::parse(parts.uri.path()) {
+        // A method outside the allow-list is refused with the malformed paths, before anything
+        // else: `TRACE` to an upstream that echoes it would hand back the org key injected.
+        let route = route::parse(parts.uri.path()).and_then(|route| {
+            if auth::is_forwardable(&parts.method) {
+                Ok(route)
+            } else {
+                Err(GatewayError::MethodNotAllowed(parts.method.to_string()))
+            }
+        });
+        let route = match route {
             Ok(route) => route,
             Err(e) => {
                 self.verdict = team.map(|t| t.limiter.peek(!is_read));
@@ -440,19 +442,25 @@ impl Exchange<'_> {
             "miss"
         };
 
+        // A request that waited on another's fetch is served what a hit would be.
+        let joined = matches!(outcome, FillOutcome::Joined(_));
         let failure = match outcome {
             // Conditional headers are never sent on a fill, so a `304` has no body to pass on and
             // the client, which may not have asked conditionally either, must not see it.
-            FillOutcome::Answer(answer) if answer.status == StatusCode::NOT_MODIFIED => {
+            FillOutcome::Answer(answer) | FillOutcome::Joined(answer)
+                if answer.status == StatusCode::NOT_MODIFIED =>
+            {
                 self.record.upstream_status = Some(answer.status.as_u16());
                 Ok(GatewayError::UpstreamInvalid(
                     "304 Not Modified to an unconditional request",
                 ))
             }
-            FillOutcome::Answer(answer) if !answer.status.is_server_error() => {
-                return Ok(self.miss_response(&answer, fwd));
+            FillOutcome::Answer(answer) | FillOutcome::Joined(answer)
+                if !answer.status.is_server_error() =>
+            {
+                return Ok(self.miss_response(&answer, fwd, joined));
             }
-            FillOutcome::Answer(answer) => Err(answer),
+            FillOutcome::Answer(answer) | FillOutcome::Joined(answer) => Err(answer),
             FillOutcome::Streaming(mut resp) => {
                 self.record.cache = Some(CacheOutcome::Miss);
                 self.record.upstream_status = Some(resp.status().as_u16());
@@ -481,7 +489,7 @@ impl Exchange<'_> {
             return Ok(resp);
         }
         match failure {
-            Err(answer) => Ok(self.miss_response(&answer, fwd)),
+            Err(answer) => Ok(self.miss_response(&answer, fwd, joined)),
             Ok(e) => Ok(self.error_response(&e, CacheOutcome::Miss, fwd)),
         }
     }
@@ -537,14 +545,24 @@ impl Exchange<'_> {
         resp
     }
 
-    fn miss_response(&mut self, answer: &Buffered, fwd: &str) -> Response<ProxyBody> {
+    /// A miss answered from upstream: the answer as upstream sent it to the request that fetched
+    /// it, and only what a hit would carry to one that `joined` another's fetch (so it never gets
+    /// that request's upstream `Set-Cookie` or quota headers).
+    fn miss_response(&mut self, answer: &Buffered, fwd: &str, joined: bool) -> Response<ProxyBody> {
         self.record.cache = Some(CacheOutcome::Miss);
         self.record.upstream_status = Some(answer.status.as_u16());
         let mut resp = Response::new(body::full(answer.body.clone()));
         *resp.status_mut() = answer.status;
-        *resp.headers_mut() = answer.headers.clone();
-        // Room for the gateway's own headers at once, rather than growing the copy while adding them.
-        resp.headers_mut().reserve(ANSWER_HEADERS);
+        if joined {
+            *resp.headers_mut() = HeaderMap::with_capacity(ANSWER_HEADERS);
+            if let Some(ct) = answer.headers.get(header::CONTENT_TYPE) {
+                resp.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
+            }
+        } else {
+            *resp.headers_mut() = answer.headers.clone();
+            // Room for the gateway's own headers at once, rather than growing the copy while adding them.
+            resp.headers_mut().reserve(ANSWER_HEADERS);
+        }
         // Built without `format!`: a miss is the second most frequent answer.
         let mut status = HeaderText::with_capacity(56);
         status
@@ -680,81 +698,4 @@ fn mark_hit(resp: &mut Response<ProxyBody>, ttl_left: Duration, age: Duration) {
         headers.insert(CACHE_STATUS.clone(), v);
     }
     headers.insert(header::AGE, header_text::number(age.as_secs()));
-}
-
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
-}
-
-/// Reads the request body whole, refusing it past `limit` whether it declared its length or not.
-/// Bodies are small JSON documents bounded by `limit`; holding them lets the gateway refuse an
-/// oversized one before anything reaches upstream and name the changed fields in the audit line.
-/// `seen` counts the bytes received, refused ones included.
-async fn read_body(
-    mut incoming: Incoming,
-    parts: &Parts,
-    limit: u64,
-    seen: &mut u64,
-) -> Result<Bytes, GatewayError> {
-    if http_body::Body::is_end_stream(&incoming) {
-        // No body (nearly every read): no buffer, no clock read.
-        return Ok(Bytes::new());
-    }
-    let declared = content_length(&parts.headers);
-    if declared.is_some_and(|len| len > limit) {
-        discard_body(incoming, parts, seen).await;
-        return Err(GatewayError::BodyTooLarge { limit });
-    }
-    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
-    while let Some(frame) = incoming.frame().await {
-        let frame = frame.map_err(|_| GatewayError::BodyUnreadable)?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        *seen += data.len() as u64;
-        if *seen > limit {
-            discard_body(incoming, parts, seen).await;
-            return Err(GatewayError::BodyTooLarge { limit });
-        }
-        buf.extend_from_slice(&data);
-    }
-    Ok(buf.freeze())
-}
-
-/// Reads and throws away the rest of a body the gateway refused (`400`, `401`, `403`, `429`,
-/// `413`), so the client can finish sending and read its answer. On HTTP/1 a connection closed
-/// with request bytes unread is reset by the kernel, and the client usually loses the answer with
-/// it; on HTTP/2 the stream is reset instead, which clients such as curl also report as a failure.
-/// NGINX discards such bodies too. Bounded by `DRAIN_LIMIT` bytes in all and `DRAIN_TIMEOUT`; past
-/// either the connection or stream is simply closed. A client waiting on `Expect: 100-continue`
-/// has sent nothing yet and is told by the answer itself not to.
-async fn discard_body(mut incoming: Incoming, parts: &Parts, seen: &mut u64) {
-    let waits_to_send = *seen == 0
-        && parts
-            .headers
-            .get(header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if http_body::Body::is_end_stream(&incoming)
-        || waits_to_send
-        || content_length(&parts.headers).is_some_and(|len| len > DRAIN_LIMIT)
-    {
-        return;
-    }
-    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-    while *seen <= DRAIN_LIMIT {
-        match tokio::time::timeout_at(deadline, incoming.frame()).await {
-            Ok(Some(Ok(frame))) => {
-                if let Ok(data) = frame.into_data() {
-                    *seen += data.len() as u64;
-                }
-            }
-            // Ended, broke off, or too slow: nothing more to wait for.
-            _ => return,
-        }
-    }
 }

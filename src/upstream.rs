@@ -39,6 +39,9 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
+/// Where `Transfer-Encoding` sits in [`HOP_BY_HOP`].
+const TRANSFER_ENCODING_AT: usize = 7;
+
 /// Client headers that must not reach DialNexa: the team's credentials, the gateway's host, and
 /// anything that would leak internal addresses.
 static CLIENT_ONLY: [HeaderName; 9] = [
@@ -51,17 +54,6 @@ static CLIENT_ONLY: [HeaderName; 9] = [
     HeaderName::from_static("x-forwarded-proto"),
     HeaderName::from_static("x-real-ip"),
     header::FORWARDED,
-];
-
-/// Conditional and range headers are dropped on cache fills: a fill is shared by every waiter and
-/// stored, so it must be the full representation.
-static CONDITIONAL: [HeaderName; 6] = [
-    header::IF_NONE_MATCH,
-    header::IF_MODIFIED_SINCE,
-    header::IF_MATCH,
-    header::IF_UNMODIFIED_SINCE,
-    header::RANGE,
-    header::IF_RANGE,
 ];
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -129,6 +121,9 @@ fn upstream_headers(
     request_id: &HeaderValue,
     purpose: Purpose,
 ) -> HeaderMap {
+    if purpose == Purpose::CacheFill {
+        return fill_headers(client, org, request_id);
+    }
     let mut out = HeaderMap::with_capacity(client.len() + 2);
     let connection_named = connection_tokens(client);
     for (name, value) in client {
@@ -137,8 +132,7 @@ fn upstream_headers(
             || connection_named
                 .iter()
                 .any(|t| t.eq_ignore_ascii_case(name.as_str()))
-            || (purpose == Purpose::CacheFill
-                && (CONDITIONAL.contains(name) || name == header::ACCEPT_ENCODING))
+            || name == header::COOKIE
             // The gateway never answers `304` to a request without `If-None-Match`, so a date alone
             // must not give upstream a reason to (beside one, RFC 9110 §13.1.3 has it ignored anyway).
             || (name == header::IF_MODIFIED_SINCE && !client.contains_key(header::IF_NONE_MATCH))
@@ -147,12 +141,48 @@ fn upstream_headers(
         }
         out.append(name.clone(), value.clone());
     }
-    if purpose == Purpose::CacheFill {
-        out.insert(
-            header::ACCEPT_ENCODING,
-            HeaderValue::from_static("identity"),
-        );
+    if let Some(cookie) = one_cookie(client) {
+        out.insert(header::COOKIE, cookie);
     }
+    out.insert(header::AUTHORIZATION, org.authorization.clone());
+    out.insert(X_REQUEST_ID.clone(), request_id.clone());
+    out
+}
+
+/// What an HTTP/2 client sends as several `Cookie` fields ("crumbs"), joined with `"; "` into the
+/// one field an HTTP/1.1 upstream expects (RFC 9113 §8.2.3).
+fn one_cookie(client: &HeaderMap) -> Option<HeaderValue> {
+    let mut crumbs = client.get_all(header::COOKIE).iter();
+    let first = crumbs.next()?;
+    let mut joined = first.as_bytes().to_vec();
+    for crumb in crumbs {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(crumb.as_bytes());
+    }
+    HeaderValue::from_bytes(&joined).ok()
+}
+
+/// Headers a request of the organisation may share with every other, sent on a cache fill
+/// besides the org key, identity encoding and the request id. A fill is stored for, and handed
+/// to, every team of the organisation, so nothing one requester sent of its own (cookies,
+/// languages, custom headers, preconditions) may shape it.
+static FILL_SHARED: [HeaderName; 3] = [
+    header::ACCEPT,
+    HeaderName::from_static("traceparent"),
+    HeaderName::from_static("tracestate"),
+];
+
+fn fill_headers(client: &HeaderMap, org: &Org, request_id: &HeaderValue) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(FILL_SHARED.len() + 3);
+    for name in &FILL_SHARED {
+        for value in client.get_all(name) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
     out.insert(header::AUTHORIZATION, org.authorization.clone());
     out.insert(X_REQUEST_ID.clone(), request_id.clone());
     out
@@ -198,6 +228,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         for name in connection_tokens(headers) {
             headers.remove(name.as_str());
         }
+    }
+    // RFC 9112 §6.3: beside `Transfer-Encoding`, a `Content-Length` says nothing true about the
+    // body; passed on, a client would read that many bytes and take the rest for the next answer.
+    // Without it hyper frames the body the gateway actually sends.
+    if present[TRANSFER_ENCODING_AT] {
+        headers.remove(header::CONTENT_LENGTH);
     }
     for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         headers.remove(name);
@@ -345,6 +381,8 @@ impl Upstream {
                 return Ok(CacheFetch::TooLarge(resp));
             }
         }
+        // The body is whole now: its length is what it is, whatever upstream declared.
+        parts.headers.remove(header::CONTENT_LENGTH);
         Ok(CacheFetch::Buffered(Buffered {
             status: parts.status,
             headers: parts.headers,
@@ -501,6 +539,67 @@ mod tests {
             Bytes::from_static(b"{\"id\":\"a1\"}")
         );
         assert!(exact_body(&[], 0).is_empty());
+    }
+
+    #[test]
+    fn transfer_encoding_is_where_reframing_looks_for_it() {
+        assert_eq!(HOP_BY_HOP[TRANSFER_ENCODING_AT], header::TRANSFER_ENCODING);
+    }
+
+    #[test]
+    fn an_answer_with_both_framings_loses_its_content_length() {
+        let mut both = HeaderMap::new();
+        both.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        both.insert("content-length", HeaderValue::from_static("5"));
+        strip_hop_by_hop(&mut both);
+        assert!(both.is_empty(), "{both:?}");
+        let mut length_only = HeaderMap::new();
+        length_only.insert("content-length", HeaderValue::from_static("5"));
+        strip_hop_by_hop(&mut length_only);
+        assert_eq!(length_only["content-length"], "5");
+    }
+
+    #[test]
+    fn cookie_crumbs_reach_upstream_as_one_cookie() {
+        let mut h = HeaderMap::new();
+        h.append("cookie", HeaderValue::from_static("a=1"));
+        h.append("cookie", HeaderValue::from_static("b=2"));
+        let out = upstream_headers(
+            &h,
+            &org(),
+            &HeaderValue::from_static("rid"),
+            Purpose::Forward,
+        );
+        assert_eq!(
+            out.get_all("cookie").iter().collect::<Vec<_>>(),
+            ["a=1; b=2"]
+        );
+    }
+
+    #[test]
+    fn a_fill_sends_only_what_the_organisation_shares() {
+        let mut h = client_headers();
+        h.insert("cookie", HeaderValue::from_static("session=team-a"));
+        h.insert("accept-language", HeaderValue::from_static("de"));
+        h.insert("x-team-secret", HeaderValue::from_static("1"));
+        let out = upstream_headers(
+            &h,
+            &org(),
+            &HeaderValue::from_static("rid"),
+            Purpose::CacheFill,
+        );
+        let mut names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "accept",
+                "accept-encoding",
+                "authorization",
+                "traceparent",
+                "x-request-id"
+            ]
+        );
     }
 
     #[test]

@@ -12,11 +12,10 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::audit::{AuditOpenError, AuditRecord, AuditWriter, AuditedBody};
@@ -24,8 +23,9 @@ use crate::config::{ConfigError, Settings};
 use crate::metrics::Metrics;
 use crate::state::Gateway;
 
-/// Slow or idle clients may not hold a connection open without sending a request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+mod connection;
+use connection::{Activity, Tracked, Watched};
+
 /// The admin listener outlives the API drain by this much, so probes see `503` until the end.
 const ADMIN_GRACE: Duration = Duration::from_secs(1);
 
@@ -184,71 +184,178 @@ async fn serve<H, Fut>(
     role: Listener,
     gw: Arc<Gateway>,
     handler: H,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     grace: Duration,
 ) where
     H: Fn(Arc<Gateway>, Request<Incoming>, IpAddr) -> Fut + Copy + Send + Sync + 'static,
     Fut: Future<Output = Response<AuditedBody>> + Send + 'static,
 {
-    let graceful = GracefulShutdown::new();
     // Kept so that connections still open when the grace period ends can be cancelled before the
     // audit log is closed: a cancelled request still writes its line (as the client going away does).
     let mut connections = JoinSet::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    let builder = Arc::new(builder);
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    // `max_connections` is read once: the permits are the listener's, so it needs a restart.
+    let limit = gw.runtime().settings.server.limits.max_connections.get();
+    let permits = Arc::new(Semaphore::new(limit));
+    let mut accept_errors = AcceptErrors::default();
+    let mut stopping = stop.clone();
     loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let conn_gw = gw.clone();
-                let service = service_fn(move |req| {
-                    let gw = conn_gw.clone();
-                    async move { Ok::<_, Infallible>(handler(gw, req, peer.ip()).await) }
-                });
-                let builder = builder.clone();
-                let watcher = graceful.watcher();
-                let gw = gw.clone();
-                while connections.try_join_next().is_some() {}
-                connections.spawn(async move {
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                        match automatic_answer(&*e) {
-                            Some(status) if role == Listener::Api => {
-                                let id = crate::request_id::generate();
-                                let record = AuditRecord::unparsed(id, peer.ip(), status);
-                                gw.audit.submit_detached(Box::new(record));
-                            }
-                            _ => {}
-                        }
-                    }
-                });
+        // Beyond `max_connections`, new clients wait in the kernel's backlog, not in memory here.
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            _ = stopping.changed() => break,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stopping.changed() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(conn) => {
+                accept_errors.recovered();
+                conn
             }
-            _ = stop.changed() => break,
-        }
+            Err(e) => {
+                // Out of file descriptors and the like: established clients keep being served while
+                // the listener backs off, and a burst of failures is one log line, not thousands.
+                let pause = accept_errors.failed(&e);
+                drop(permit);
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => continue,
+                    _ = stopping.changed() => break,
+                }
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let limits = gw.runtime().settings.server.limits;
+        let conn = Connection {
+            gw: gw.clone(),
+            builder: builder.clone(),
+            stop: stop.clone(),
+            role,
+            peer,
+            quiet_limit: limits.header_timeout.min(limits.idle_timeout),
+        };
+        while connections.try_join_next().is_some() {}
+        connections.spawn(async move {
+            conn.serve(stream, handler).await;
+            drop(permit);
+        });
     }
     drop(listener);
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(grace) => {
-            tracing::warn!(?grace, open = connections.len(), "grace period over; closing remaining connections");
-            connections.abort_all();
+    let drained = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, drained).await.is_err() {
+        tracing::warn!(
+            ?grace,
+            open = connections.len(),
+            "grace period over; closing remaining connections"
+        );
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
+    }
+}
+
+/// Failed accepts in a row: logged once when a burst starts and once when it ends, with a pause
+/// that doubles up to a second so a listener out of descriptors does not spin.
+#[derive(Default)]
+struct AcceptErrors {
+    in_a_row: u64,
+}
+
+impl AcceptErrors {
+    const FIRST_PAUSE: Duration = Duration::from_millis(10);
+    const MAX_PAUSE: Duration = Duration::from_secs(1);
+
+    fn failed(&mut self, e: &std::io::Error) -> Duration {
+        if self.in_a_row == 0 {
+            tracing::warn!(error = %e, "accept failed; backing off until connections can be accepted again");
+        }
+        self.in_a_row += 1;
+        let doublings = u32::try_from(self.in_a_row.min(8)).unwrap_or(8) - 1;
+        (Self::FIRST_PAUSE * 2u32.pow(doublings)).min(Self::MAX_PAUSE)
+    }
+
+    fn recovered(&mut self) {
+        if self.in_a_row > 0 {
+            tracing::warn!(failed = self.in_a_row, "accepting connections again");
+            self.in_a_row = 0;
         }
     }
-    while connections.join_next().await.is_some() {}
+}
+
+/// One accepted client and what serving it needs.
+struct Connection {
+    gw: Arc<Gateway>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    stop: watch::Receiver<bool>,
+    role: Listener,
+    peer: SocketAddr,
+    quiet_limit: Duration,
+}
+
+impl Connection {
+    /// Serves the connection until the client closes it, it stays quiet too long (see
+    /// [`connection`]), or the server stops (in-flight requests finish first).
+    async fn serve<H, Fut>(mut self, stream: tokio::net::TcpStream, handler: H)
+    where
+        H: Fn(Arc<Gateway>, Request<Incoming>, IpAddr) -> Fut + Copy + Send + Sync + 'static,
+        Fut: Future<Output = Response<AuditedBody>> + Send + 'static,
+    {
+        let activity = Activity::new();
+        let (gw, ip, seen) = (self.gw.clone(), self.peer.ip(), activity.clone());
+        let service = service_fn(move |req: Request<Incoming>| {
+            let in_flight = seen.begin(req.version());
+            let gw = gw.clone();
+            async move {
+                let resp = handler(gw, req, ip).await;
+                Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, in_flight)))
+            }
+        });
+        let conn = self
+            .builder
+            .serve_connection(Watched::new(stream, activity.clone()), service);
+        tokio::pin!(conn);
+        let mut closing = false;
+        let result = loop {
+            tokio::select! {
+                result = conn.as_mut() => break result,
+                _ = self.stop.changed(), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                _ = activity.quiet_for(self.quiet_limit), if !closing => {
+                    closing = true;
+                    if activity.is_h2() {
+                        // GOAWAY: the client learns no stream was lost and reconnects when it needs to.
+                        conn.as_mut().graceful_shutdown();
+                    } else {
+                        activity.expire();
+                    }
+                }
+            }
+        };
+        if let Some(id) = activity.timed_out_request() {
+            self.audit_unparsed(id, 408);
+        }
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "connection ended with an error");
+            if let Some(status) = automatic_answer(&*e) {
+                let id = crate::request_id::generate();
+                self.audit_unparsed(id.to_str().unwrap_or_default().to_owned(), status);
+            }
+        }
+    }
+
+    /// The audit line of a request that never reached the pipeline (API listener only: the admin
+    /// listener audits only `/admin/*` actions, which an unparsed request cannot be shown to be).
+    fn audit_unparsed(&self, request_id: String, status: u16) {
+        if self.role == Listener::Api {
+            let record = AuditRecord::unparsed(request_id, self.peer.ip(), status);
+            self.gw.audit.submit_detached(Box::new(record));
+        }
+    }
 }
 
 /// The process signals the gateway answers, installed before serving so none hits the default action.
