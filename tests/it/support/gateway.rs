@@ -36,6 +36,7 @@ pub struct GatewayBuilder {
     extra_teams: String,
     binary_env: Vec<(String, String)>,
     capture_stdout: bool,
+    fd_limit: Option<u32>,
 }
 
 impl GatewayBuilder {
@@ -51,7 +52,14 @@ impl GatewayBuilder {
             extra_teams: String::new(),
             binary_env: Vec::new(),
             capture_stdout: false,
+            fd_limit: None,
         }
+    }
+
+    /// Runs the binary with at most `n` open file descriptors (util-linux's `prlimit`).
+    pub fn fd_limit(mut self, n: u32) -> Self {
+        self.fd_limit = Some(n);
+        self
     }
 
     /// A raw `key = value` line for `[server]`.
@@ -201,7 +209,16 @@ impl GatewayBuilder {
     pub async fn spawn_binary(self) -> BinaryGateway {
         let (api, admin) = (free_port(), free_port());
         let (dir, config) = self.prepare(&api.to_string(), &admin.to_string());
-        let child = Command::new(env!("CARGO_BIN_EXE_dialnexa-gateway"))
+        let bin = env!("CARGO_BIN_EXE_dialnexa-gateway");
+        let mut command = match self.fd_limit {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = command
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "warn")
@@ -358,6 +375,15 @@ impl BinaryGateway {
 
     pub fn audit(&self) -> Vec<serde_json::Value> {
         read_audit(&self.audit_path)
+    }
+
+    /// Everything the binary wrote to stderr; call once it has exited.
+    pub fn stderr(&mut self) -> String {
+        let mut text = String::new();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut pipe, &mut text);
+        }
+        text
     }
 
     pub fn signal(&self, sig: &str) {
