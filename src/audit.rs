@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use crate::audit_line;
 use crate::body::{BoxError, ProxyBody};
 use crate::cache::CacheOutcome;
-use crate::config::{AuditSettings, AuditSink};
+use crate::settings::{AuditSettings, AuditSink};
 use crate::error::Decision;
 use crate::metrics::Metrics;
 

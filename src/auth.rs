@@ -6,8 +6,14 @@ use std::fmt;
 use http::{header, HeaderMap, Method};
 use sha2::{Digest, Sha256};
 
-use crate::config::Access;
 use crate::header_text::hex_into;
+
+/// What a team may do: everything, or only read (GET and HEAD).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    ReadWrite,
+    ReadOnly,
+}
 
 /// SHA-256 of a key. Keys themselves are never stored; config holds only these.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]

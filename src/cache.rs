@@ -21,7 +21,7 @@ use moka::notification::RemovalCause;
 use tokio::sync::{oneshot, watch};
 
 use crate::body::ProxyBody;
-use crate::config::CacheSettings;
+use crate::settings::CacheSettings;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::route::Family;

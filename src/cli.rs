@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use rand::RngCore;
 
 use crate::auth::KeyDigest;
-use crate::config::Settings;
+use crate::settings::Settings;
 use crate::server::{self, Signals};
 use crate::telemetry::{self, LogFormat};
 

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use anyhow::Context;
 
 use crate::auth::KeyDigest;
-use crate::config::Settings;
+use crate::settings::Settings;
 use crate::server::{self, Signals};
 use crate::sim::Simulator;
 

@@ -12,6 +12,7 @@ pub mod body;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod settings;
 pub mod demo;
 pub mod error;
 pub mod header_text;

@@ -21,7 +21,7 @@ use governor::state::StateStore;
 use governor::{Quota, RateLimiter};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::RateQuota;
+use crate::settings::RateQuota;
 use crate::error::whole_seconds;
 use crate::header_text::{self, HeaderText};
 

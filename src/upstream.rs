@@ -18,7 +18,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 
 use crate::body::{self, ProxyBody};
-use crate::config::Org;
+use crate::settings::Org;
 use crate::error::GatewayError;
 
 /// Idle pooled connections are closed after this; kept below the usual 60 s upstream keep-alive so

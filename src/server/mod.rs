@@ -19,7 +19,8 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::audit::{AuditOpenError, AuditRecord, AuditWriter, AuditedBody};
-use crate::config::{ConfigError, Settings};
+use crate::config::ConfigError;
+use crate::settings::Settings;
 use crate::metrics::Metrics;
 use crate::state::Gateway;
 

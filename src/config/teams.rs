@@ -1,0 +1,198 @@
+//! Organisations and teams: org keys read from env or file, key digests, quotas, and the checks
+//! across them (a team's org exists, no key belongs to two teams).
+
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use http::HeaderValue;
+
+use super::raw::*;
+use super::validate::Problems;
+use crate::auth::{Access, KeyDigest};
+use crate::settings::*;
+
+pub(super) fn validate_org(name: &str, raw: RawOrg, key: &str, p: &mut Problems) -> Option<Org> {
+    let secret = match (raw.api_key_env, raw.api_key_file) {
+        (Some(var), None) => match std::env::var(&var) {
+            Ok(v) if !v.trim().is_empty() => v.trim().to_owned(),
+            Ok(_) => {
+                p.push(
+                    &format!("{key}.api_key_env"),
+                    format!("environment variable {var} is empty"),
+                );
+                return None;
+            }
+            Err(_) => {
+                p.push(
+                    &format!("{key}.api_key_env"),
+                    format!("environment variable {var} is not set"),
+                );
+                return None;
+            }
+        },
+        (None, Some(path)) => match std::fs::read_to_string(&path) {
+            Ok(v) if !v.trim().is_empty() => v.trim().to_owned(),
+            Ok(_) => {
+                p.push(
+                    &format!("{key}.api_key_file"),
+                    format!("{} is empty", path.display()),
+                );
+                return None;
+            }
+            Err(e) => {
+                p.push(
+                    &format!("{key}.api_key_file"),
+                    format!("cannot read {}: {e}", path.display()),
+                );
+                return None;
+            }
+        },
+        (Some(_), Some(_)) => {
+            p.push(key, "set api_key_env or api_key_file, not both");
+            return None;
+        }
+        (None, None) => {
+            p.push(key, "needs api_key_env or api_key_file");
+            return None;
+        }
+    };
+    match HeaderValue::from_str(&format!("Bearer {secret}")) {
+        Ok(mut authorization) => {
+            authorization.set_sensitive(true);
+            Some(Org {
+                name: Arc::from(name),
+                authorization,
+            })
+        }
+        Err(_) => {
+            p.push(
+                key,
+                "the organisation key contains characters not allowed in an HTTP header",
+            );
+            None
+        }
+    }
+}
+
+pub(super) fn parse_digest(hex: &str, key: &str, p: &mut Problems) -> Option<KeyDigest> {
+    match KeyDigest::from_hex(hex) {
+        Some(d) => Some(d),
+        None => {
+            p.push(
+                key,
+                "must be a SHA-256 digest: 64 hex characters (see `dialnexa-gateway hash-key`)",
+            );
+            None
+        }
+    }
+}
+
+fn validate_rate(raw: Option<RawRate>, key: &str, p: &mut Problems) -> Option<RateQuota> {
+    let raw = raw?;
+    let per_minute = raw.per_minute.and_then(NonZeroU32::new);
+    let burst = raw.burst.and_then(NonZeroU32::new);
+    if per_minute.is_none() {
+        p.push(
+            &format!("{key}.per_minute"),
+            "is required and must be at least 1",
+        );
+    }
+    if burst.is_none() {
+        p.push(
+            &format!("{key}.burst"),
+            "is required and must be at least 1",
+        );
+    }
+    Some(RateQuota {
+        per_minute: per_minute?,
+        burst: burst?,
+    })
+}
+
+/// The organisations a team may name: the valid ones, and every one the file declares.
+#[derive(Clone, Copy)]
+pub(super) struct KnownOrgs<'a> {
+    pub(super) valid: &'a HashMap<String, Org>,
+    pub(super) declared: &'a HashSet<String>,
+}
+
+pub(super) fn validate_team(
+    name: &str,
+    raw: RawTeam,
+    key: &str,
+    orgs: KnownOrgs<'_>,
+    seen: &mut HashMap<KeyDigest, String>,
+    p: &mut Problems,
+) -> Option<Team> {
+    let org = match raw.org {
+        None => {
+            p.push(&format!("{key}.org"), "is required");
+            None
+        }
+        Some(org_name) => match orgs.valid.get(&org_name) {
+            Some(org) => Some(org.clone()),
+            // Its own problem is already reported, under `orgs.<name>`.
+            None if orgs.declared.contains(&org_name) => None,
+            None => {
+                p.push(
+                    &format!("{key}.org"),
+                    format!("unknown organisation {org_name:?} (no [orgs.{org_name}] section)"),
+                );
+                None
+            }
+        },
+    };
+    if raw.key_sha256.is_empty() {
+        p.push(&format!("{key}.key_sha256"), "needs at least one digest");
+    }
+    let mut digests = Vec::new();
+    let mut own = HashSet::new();
+    for (i, hex) in raw.key_sha256.iter().enumerate() {
+        let item = format!("{key}.key_sha256[{i}]");
+        let Some(d) = parse_digest(hex, &item, p) else {
+            continue;
+        };
+        if !own.insert(d) {
+            p.push(&item, "duplicate digest within this team");
+            continue;
+        }
+        if let Some(other) = seen.insert(d, name.to_owned()) {
+            p.push(&item, format!("digest already belongs to team {other:?}"));
+            continue;
+        }
+        digests.push(d);
+    }
+    let access = match raw.access.as_deref().unwrap_or("read_write") {
+        "read_write" => Some(Access::ReadWrite),
+        "read_only" => Some(Access::ReadOnly),
+        other => {
+            p.push(
+                &format!("{key}.access"),
+                format!("{other:?} is not one of \"read_write\", \"read_only\""),
+            );
+            None
+        }
+    };
+    let rate_limit = match raw.rate_limit {
+        None => {
+            p.push(
+                &format!("{key}.rate_limit"),
+                "is required, e.g. { per_minute = 600, burst = 60 }",
+            );
+            None
+        }
+        some => validate_rate(some, &format!("{key}.rate_limit"), p),
+    };
+    let write_rate_limit =
+        validate_rate(raw.write_rate_limit, &format!("{key}.write_rate_limit"), p);
+    Some(Team {
+        name: Arc::from(name),
+        org: org?,
+        key_digests: digests,
+        access: access?,
+        rate_limit: rate_limit?,
+        write_rate_limit,
+    })
+}
+

@@ -1,0 +1,114 @@
+//! The validated configuration every stage reads: typed values (`Duration`, `NonZeroU32`,
+//! `SocketAddr`), built only by the config loader from the operators' TOML. Stages import these
+//! types, never the parsing.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+
+use crate::auth::{Access, KeyDigest};
+
+/// The whole validated configuration. Built only by [`Settings::load`] / [`Settings::from_toml_str`].
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub upstream: UpstreamSettings,
+    pub cache: CacheSettings,
+    pub audit: AuditSettings,
+    /// `None`: the admin API (`/admin/*`) is off.
+    pub admin_token: Option<KeyDigest>,
+    pub teams: Vec<Team>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub max_body_bytes: u64,
+    pub shutdown_grace: Duration,
+    pub limits: ConnectionLimits,
+    pub worker_threads: Option<NonZeroUsize>,
+}
+
+/// What a client may hold without sending a request (DESIGN, "Limits on slow, idle and too many
+/// clients").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// From accepting a connection, or finishing its last answer, to a complete request head.
+    pub header_timeout: Duration,
+    /// The longest wait between two reads of a request body.
+    pub body_timeout: Duration,
+    /// A keep-alive connection with no request in flight is closed after this.
+    pub idle_timeout: Duration,
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub max_connections: NonZeroUsize,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// Scheme, authority and path prefix, without a trailing slash (`https://api.dialnexa.com/v1`).
+    pub base_url: String,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    pub enabled: bool,
+    pub ttl: Duration,
+    pub max_bytes: u64,
+    pub max_entry_bytes: u64,
+    pub stale_if_error: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditSettings {
+    pub sink: AuditSink,
+    /// Lines queued between requests and the writer; past it requests wait for room.
+    pub buffer_lines: NonZeroUsize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditSink {
+    File(PathBuf),
+    Stdout,
+}
+
+/// An organisation: its name and the ready-made `Authorization` value carrying its DialNexa key.
+#[derive(Clone)]
+pub struct Org {
+    pub name: Arc<str>,
+    /// `Bearer <org key>`, marked sensitive so hyper never logs it.
+    pub authorization: HeaderValue,
+}
+
+impl fmt::Debug for Org {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Org")
+            .field("name", &self.name)
+            .field("authorization", &"<redacted>")
+            .finish()
+    }
+}
+
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RateQuota {
+    pub per_minute: NonZeroU32,
+    pub burst: NonZeroU32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Team {
+    pub name: Arc<str>,
+    pub org: Org,
+    pub key_digests: Vec<KeyDigest>,
+    pub access: Access,
+    pub rate_limit: RateQuota,
+    pub write_rate_limit: Option<RateQuota>,
+}
