@@ -9,11 +9,12 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use crate::audit::{AuditRecord, AuditedBody};
+use crate::audit::{AuditRecord, AuditedBody, PendingLine};
 use crate::auth::{self, KeyDigest};
-use crate::body::{self, ProxyBody};
+use crate::cache::Scope;
 use crate::error::GatewayError;
-use crate::request_body::{self, BodyLimits};
+use crate::http::{self as body, ProxyBody};
+use crate::proxy::request_body::{self, BodyLimits};
 use crate::request_id::{self, X_REQUEST_ID};
 use crate::state::Gateway;
 
@@ -85,19 +86,20 @@ async fn admin_api(
     // The admin token is a Bearer token only: `X-Api-Key` is the team keys' header.
     let digest = auth::bearer_token(req.headers()).map(KeyDigest::of);
     let method = req.method().clone();
-    let result = admin_action(&gw, req, digest, &mut record).await;
+    let mut line = PendingLine::new(record, gw.audit.clone());
+    let result = admin_action(&gw, req, digest, line.record()).await;
     let mut resp = match result {
         Ok(resp) => resp,
         Err(e) => {
+            let record = line.record();
             record.decision = e.decision();
             e.to_response(&record.request_id)
         }
     };
     resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
     body::drop_for_head(&method, &mut resp);
-    record.status = resp.status().as_u16();
-    let log = gw.audit.clone();
-    resp.map(|b| AuditedBody::new(b, record, log))
+    let status = resp.status().as_u16();
+    resp.map(|b| line.attach(status, b))
 }
 
 async fn admin_action(
@@ -106,7 +108,7 @@ async fn admin_action(
     digest: Option<KeyDigest>,
     record: &mut AuditRecord,
 ) -> Result<Response<ProxyBody>, GatewayError> {
-    let rt = gw.runtime();
+    let rt = gw.snapshot();
     let (parts, incoming) = req.into_parts();
     let refusal = match rt.settings.admin_token {
         None => Some(GatewayError::AdminDisabled),
@@ -138,10 +140,8 @@ async fn admin_action(
     };
     record.org = purge.org.as_deref().map(Arc::from);
     record.agent_id = purge.agent_id.clone();
-    let purged = gw
-        .cache
-        .purge(purge.org.as_deref(), purge.agent_id.as_deref())
-        .await;
+    let scope = Scope::of_purge(purge.org.as_deref(), purge.agent_id.as_deref());
+    let purged = gw.invalidate(&scope).await;
     record.invalidated = purged;
     let body = serde_json::json!({
         "purged": purged,

@@ -9,8 +9,8 @@ use clap::{Parser, Subcommand};
 use rand::RngCore;
 
 use crate::auth::KeyDigest;
-use crate::settings::Settings;
 use crate::server::{self, Signals};
+use crate::settings::Settings;
 use crate::telemetry::{self, LogFormat};
 
 #[derive(Debug, Parser)]

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use anyhow::Context;
 
 use crate::auth::KeyDigest;
-use crate::settings::Settings;
 use crate::server::{self, Signals};
+use crate::settings::Settings;
 use crate::sim::Simulator;
 
 pub async fn run(listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::Result<()> {

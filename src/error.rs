@@ -6,7 +6,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use serde::Serialize;
 use std::time::Duration;
 
-use crate::body::{self, ProxyBody};
+use crate::http::{self as body, ProxyBody};
 
 /// Why the gateway refused or failed a request. Upstream's own error answers never become one of
 /// these: they pass through untouched.

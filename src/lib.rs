@@ -6,23 +6,21 @@
 
 pub mod admin;
 pub mod audit;
-pub mod audit_line;
 pub mod auth;
-pub mod body;
 pub mod cache;
 pub mod cli;
 pub mod config;
-pub mod settings;
 pub mod demo;
 pub mod error;
 pub mod header_text;
+pub mod http;
 pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;
-pub mod request_body;
 pub mod request_id;
 pub mod route;
 pub mod server;
+pub mod settings;
 pub mod sim;
 pub mod state;
 pub mod telemetry;

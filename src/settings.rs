@@ -96,7 +96,6 @@ impl fmt::Debug for Org {
     }
 }
 
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RateQuota {
     pub per_minute: NonZeroU32,

@@ -1,5 +1,6 @@
-//! The config snapshot requests run on (`Runtime`, swapped whole by a reload) and the process-wide
-//! parts that outlive reloads (`Gateway`: cache, audit log, metrics, drain flag, work left unattended).
+//! The config snapshot requests run on ([`Snapshot`], swapped whole by a reload) and the process-wide
+//! parts that outlive reloads ([`Gateway`]: cache, quotas, audit log, metrics, drain flag, work left
+//! unattended), with the one entry point for every invalidation, [`Gateway::invalidate`].
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -12,40 +13,40 @@ use tokio::task::JoinSet;
 
 use crate::audit::AuditLog;
 use crate::auth::KeyDigest;
-use crate::cache::AgentCache;
+use crate::cache::{AgentCache, Scope};
 use crate::config::ConfigError;
-use crate::settings::{Settings, Team};
 use crate::metrics::{Metrics, TeamCounters};
-use crate::ratelimit::TeamLimiter;
-use crate::upstream::Upstream;
+use crate::ratelimit::{Quotas, TeamLimiter};
+use crate::settings::{Settings, Team};
+use crate::upstream::UpstreamClient;
 
 /// A team as requests see it: its config and its (reload-surviving) limiter.
 pub struct TeamState {
-    pub team: Team,
+    pub settings: Team,
     pub limiter: Arc<TeamLimiter>,
     pub counters: TeamCounters,
 }
 
 /// One immutable config snapshot. A request loads it once and finishes on it, whatever reloads
 /// happen meanwhile.
-pub struct Runtime {
+pub struct Snapshot {
     pub settings: Settings,
     /// Looked up on every request. foldhash, not SipHash: the map is small and only changes on
     /// reload, so no choice of presented keys can make its lookups slow.
     teams: HashMap<KeyDigest, Arc<TeamState>, foldhash::fast::RandomState>,
-    pub upstream: Upstream,
+    pub upstream: UpstreamClient,
 }
 
-impl Runtime {
+impl Snapshot {
     /// Builds a snapshot, keeping from `previous` the limiter of every team whose quotas did not
     /// change (and what a team had spent when they did) and the upstream connection pool if its
     /// connect timeout did not change.
-    pub fn build(settings: Settings, previous: Option<&Runtime>, metrics: &Metrics) -> Self {
+    pub fn build(settings: Settings, previous: Option<&Snapshot>, metrics: &Metrics) -> Self {
         let old_limiters: HashMap<&str, &Arc<TeamLimiter>> = previous
             .map(|p| {
                 p.teams
                     .values()
-                    .map(|t| (&*t.team.name, &t.limiter))
+                    .map(|t| (&*t.settings.name, &t.limiter))
                     .collect()
             })
             .unwrap_or_default();
@@ -61,7 +62,7 @@ impl Runtime {
                 None => Arc::new(TeamLimiter::new(team.rate_limit, team.write_rate_limit)),
             };
             let state = Arc::new(TeamState {
-                team: team.clone(),
+                settings: team.clone(),
                 limiter,
                 counters: metrics.team_counters(&team.name),
             });
@@ -73,7 +74,7 @@ impl Runtime {
             Some(p) if p.upstream.connect_timeout() == settings.upstream.connect_timeout => {
                 p.upstream.clone()
             }
-            _ => Upstream::new(settings.upstream.connect_timeout),
+            _ => UpstreamClient::new(settings.upstream.connect_timeout),
         };
         Self {
             settings,
@@ -87,15 +88,17 @@ impl Runtime {
     }
 
     fn team_names(&self) -> impl Iterator<Item = &str> {
-        self.teams.values().map(|t| &*t.team.name)
+        self.teams.values().map(|t| &*t.settings.name)
     }
 }
 
 /// Everything shared by both listeners for the life of the process.
 pub struct Gateway {
-    runtime: ArcSwap<Runtime>,
+    snapshot: ArcSwap<Snapshot>,
     /// Built even when `cache.enabled = false`, so a reload can turn caching on; sized at start.
     pub cache: Arc<AgentCache>,
+    /// Where quota state lives; the pipeline asks it, never a limiter directly.
+    pub quotas: Quotas,
     pub audit: AuditLog,
     pub metrics: Arc<Metrics>,
     draining: AtomicBool,
@@ -113,8 +116,9 @@ impl Gateway {
     ) -> Self {
         let cache = Arc::new(AgentCache::new(&settings.cache, metrics.clone()));
         Self {
-            runtime: ArcSwap::from_pointee(Runtime::build(settings, None, &metrics)),
+            snapshot: ArcSwap::from_pointee(Snapshot::build(settings, None, &metrics)),
             cache,
+            quotas: Quotas::Local,
             audit,
             metrics,
             draining: AtomicBool::new(false),
@@ -123,8 +127,8 @@ impl Gateway {
         }
     }
 
-    pub fn runtime(&self) -> Arc<Runtime> {
-        self.runtime.load_full()
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
     }
 
     /// Re-reads the config file (and the org keys it names) and swaps it in if valid. An invalid
@@ -142,16 +146,23 @@ impl Gateway {
 
     /// Swaps in `settings`, keeping the state of unchanged teams.
     pub fn apply(&self, settings: Settings) {
-        let old = self.runtime.load_full();
-        let new = Runtime::build(settings, Some(&old), &self.metrics);
+        let old = self.snapshot.load_full();
+        let new = Snapshot::build(settings, Some(&old), &self.metrics);
         let kept: std::collections::HashSet<&str> = new.team_names().collect();
         for gone in old.team_names().filter(|n| !kept.contains(n)) {
             self.metrics.forget_team(gone);
         }
-        self.runtime.store(Arc::new(new));
+        self.snapshot.store(Arc::new(new));
     }
 
-    pub fn cache_enabled(&self, rt: &Runtime) -> Option<&Arc<AgentCache>> {
+    /// Drops what `scope` names from the cache, and stops fills in flight there from being
+    /// stored: the one way anything is invalidated (writes, both times; admin purges). Returns how
+    /// many stored variants were dropped.
+    pub async fn invalidate(&self, scope: &Scope) -> u64 {
+        self.cache.invalidate(scope).await
+    }
+
+    pub fn cache_enabled(&self, rt: &Snapshot) -> Option<&Arc<AgentCache>> {
         rt.settings.cache.enabled.then_some(&self.cache)
     }
 

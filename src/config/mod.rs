@@ -86,17 +86,14 @@ impl Settings {
     }
 }
 
-/// The TOML syntax, checked before `config` reads the text: its error for a duplicate key or a
-/// typo spans several lines (a source excerpt under a caret); an operator gets one line with the
-
 #[cfg(test)]
 mod tests {
     use super::toml_errors::key_on_line;
-    use crate::settings::*;
     use crate::auth::Access;
+    use crate::settings::*;
+    use std::io::Write;
     use std::path::{Path, PathBuf};
     use std::time::Duration;
-    use std::io::Write;
 
     const DIGEST_A: &str = "1111111111111111111111111111111111111111111111111111111111111111";
     const DIGEST_B: &str = "2222222222222222222222222222222222222222222222222222222222222222";
@@ -347,4 +344,3 @@ key_sha256 = ["{DIGEST_A}"]
         assert!(p.iter().any(|l| l.contains("lowercase")), "{p:?}");
     }
 }
-

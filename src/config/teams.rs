@@ -195,4 +195,3 @@ pub(super) fn validate_team(
         write_rate_limit,
     })
 }
-

@@ -3,6 +3,8 @@
 
 use super::ConfigError;
 
+/// The TOML syntax, checked before `config` reads the text: its error for a duplicate key or a
+/// typo spans several lines (a source excerpt under a caret); an operator gets one line with the
 pub(super) fn check_syntax(text: &str, origin: &str) -> Result<(), ConfigError> {
     let Err(e) = toml::de::DeTable::parse(text) else {
         return Ok(());

@@ -8,7 +8,6 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
-
 use super::raw::*;
 use super::teams::{parse_digest, validate_org, validate_team, KnownOrgs};
 use super::ConfigError;

@@ -1,4 +1,4 @@
-//! Listeners and lifecycle: binds the API and admin listeners, serves HTTP/1.1 and h2c on both,
+//! Listeners and lifecycle (the room around the pipeline): binds the API and admin listeners, serves HTTP/1.1 and h2c on both,
 //! reloads, and shuts down gracefully (stop accepting, `/readyz` 503, finish in-flight requests up
 //! to `server.shutdown_grace_ms`, flush the audit sink).
 
@@ -20,12 +20,15 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::audit::{AuditOpenError, AuditRecord, AuditWriter, AuditedBody};
 use crate::config::ConfigError;
-use crate::settings::Settings;
 use crate::metrics::Metrics;
+use crate::settings::Settings;
 use crate::state::Gateway;
 
 mod connection;
+mod signals;
+
 use connection::{Activity, Tracked, Watched};
+pub use signals::Signals;
 
 /// The admin listener outlives the API drain by this much, so probes see `503` until the end.
 const ADMIN_GRACE: Duration = Duration::from_secs(1);
@@ -196,7 +199,7 @@ async fn serve<H, Fut>(
     let mut connections = JoinSet::new();
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     // `max_connections` is read once: the permits are the listener's, so it needs a restart.
-    let limit = gw.runtime().settings.server.limits.max_connections.get();
+    let limit = gw.snapshot().settings.server.limits.max_connections.get();
     let permits = Arc::new(Semaphore::new(limit));
     let mut accept_errors = AcceptErrors::default();
     let mut stopping = stop.clone();
@@ -230,7 +233,7 @@ async fn serve<H, Fut>(
             }
         };
         let _ = stream.set_nodelay(true);
-        let limits = gw.runtime().settings.server.limits;
+        let limits = gw.snapshot().settings.server.limits;
         let conn = Connection {
             gw: gw.clone(),
             builder: builder.clone(),
@@ -356,41 +359,5 @@ impl Connection {
             let record = AuditRecord::unparsed(request_id, self.peer.ip(), status);
             self.gw.audit.submit_detached(Box::new(record));
         }
-    }
-}
-
-/// The process signals the gateway answers, installed before serving so none hits the default action.
-pub struct Signals {
-    hangup: tokio::signal::unix::Signal,
-    user1: tokio::signal::unix::Signal,
-    terminate: tokio::signal::unix::Signal,
-    interrupt: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    pub fn install() -> std::io::Result<Self> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(Self {
-            hangup: signal(SignalKind::hangup())?,
-            user1: signal(SignalKind::user_defined1())?,
-            terminate: signal(SignalKind::terminate())?,
-            interrupt: signal(SignalKind::interrupt())?,
-        })
-    }
-}
-
-impl RunningGateway {
-    /// Serves until `SIGTERM`/`SIGINT`, reloading on `SIGHUP` and reopening the audit file on `SIGUSR1`.
-    pub async fn run_until_signalled(self, mut signals: Signals) {
-        loop {
-            tokio::select! {
-                _ = signals.hangup.recv() => { let _ = self.reload(); }
-                _ = signals.user1.recv() => self.reopen_audit().await,
-                _ = signals.terminate.recv() => break,
-                _ = signals.interrupt.recv() => break,
-            }
-        }
-        tracing::info!("shutting down: draining in-flight requests");
-        self.shutdown().await;
     }
 }

@@ -10,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use dialnexa_gateway::auth::KeyDigest;
-use dialnexa_gateway::settings::Settings;
 use dialnexa_gateway::server::{self, RunningGateway};
+use dialnexa_gateway::settings::Settings;
 
 use super::{wait_until, Client};
 

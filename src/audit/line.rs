@@ -352,4 +352,43 @@ mod tests {
         r.ts = UNIX_EPOCH + Duration::from_millis(951_782_400_999); // 2000-02-29T00:00:00.999Z
         assert!(line(&r).starts_with("{\"ts\":\"2000-02-29T00:00:00.999Z\""));
     }
+
+    #[test]
+    fn record_serializes_every_contract_field() {
+        let r = AuditRecord::new(
+            "rid".into(),
+            "127.0.0.1".parse().unwrap(),
+            &http::Method::GET,
+            "/v1/x",
+        );
+        let mut line = Vec::new();
+        write(&r, &mut line);
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        for field in [
+            "ts",
+            "request_id",
+            "team",
+            "key_id",
+            "org",
+            "client_ip",
+            "method",
+            "path",
+            "agent_id",
+            "status",
+            "upstream_status",
+            "cache",
+            "decision",
+            "latency_ms",
+            "upstream_latency_ms",
+            "bytes_in",
+            "bytes_out",
+            "changed_fields",
+            "invalidated",
+        ] {
+            assert!(v.get(field).is_some(), "missing {field}");
+        }
+        assert!(v["ts"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(v["decision"], "allowed");
+        assert!(v.get("started").is_none());
+    }
 }

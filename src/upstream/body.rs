@@ -1,5 +1,5 @@
-//! The one response body type every stage hands back: a boxed stream of bytes, so cached answers,
-//! gateway errors and streamed upstream bodies travel through the same pipeline.
+//! Upstream bodies on their way to the client: streamed without buffering, with a read timeout, and
+//! replayed after a look at their first chunks.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -8,57 +8,29 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::Frame;
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
+use http_body_util::BodyExt;
 use tokio::time::Sleep;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
-
-pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
-}
-
-pub fn empty() -> ProxyBody {
-    Empty::new().map_err(|never| match never {}).boxed_unsync()
-}
-
-/// A `HEAD` answer carries a `GET` answer's headers and never a body. hyper leaves the body out
-/// itself on HTTP/1.1 but sends it on HTTP/2, where the client then sees a protocol error: the
-/// gateway's own answers (errors, probes) are the ones with a body to leave out.
-/// The `Content-Length` stays the one the `GET` would have (RFC 9110 §8.6).
-pub fn drop_for_head(method: &http::Method, resp: &mut http::Response<ProxyBody>) {
-    if method != http::Method::HEAD {
-        return;
-    }
-    let length = http_body::Body::size_hint(resp.body()).exact();
-    if let Some(length) = length.filter(|n| *n > 0) {
-        resp.headers_mut()
-            .entry(http::header::CONTENT_LENGTH)
-            .or_insert_with(|| http::HeaderValue::from(length));
-    }
-    *resp.body_mut() = empty();
-}
+use crate::http::{BoxError, ProxyBody};
 
 /// Streams an upstream body to the client without buffering it, giving up if upstream sends
-/// nothing for `idle` (see [`Upstream`]).
+/// nothing for `idle` (see [`StreamedBody`]).
 pub fn stream(body: hyper::body::Incoming, idle: Duration) -> ProxyBody {
-    Upstream::new(body, idle).boxed_unsync()
+    StreamedBody::new(body, idle).boxed_unsync()
 }
 
 /// An upstream body of which the first chunks were already read (while deciding whether the answer
 /// fits in the cache): replays them, then streams the rest.
 pub struct Prefixed {
     prefix: std::collections::VecDeque<Bytes>,
-    rest: Upstream,
+    rest: StreamedBody,
 }
 
 impl Prefixed {
     pub fn boxed(prefix: Vec<Bytes>, rest: hyper::body::Incoming, idle: Duration) -> ProxyBody {
         Self {
             prefix: prefix.into(),
-            rest: Upstream::new(rest, idle),
+            rest: StreamedBody::new(rest, idle),
         }
         .boxed_unsync()
     }
@@ -68,7 +40,7 @@ impl Prefixed {
 /// status line is long gone to the client, so a `504` is no longer possible, but an upstream
 /// that stalls mid-body must not hold the client (and a connection) forever. The answer is cut off
 /// instead, which the client sees as an incomplete response.
-pub struct Upstream {
+pub struct StreamedBody {
     body: hyper::body::Incoming,
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
@@ -78,7 +50,7 @@ pub struct Upstream {
 #[error("upstream sent nothing for {0:?} in the middle of its answer")]
 pub struct UpstreamStalled(Duration);
 
-impl Upstream {
+impl StreamedBody {
     fn new(body: hyper::body::Incoming, idle: Duration) -> Self {
         Self {
             body,
@@ -88,7 +60,7 @@ impl Upstream {
     }
 }
 
-impl http_body::Body for Upstream {
+impl http_body::Body for StreamedBody {
     type Data = Bytes;
     type Error = BoxError;
 

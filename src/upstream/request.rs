@@ -1,29 +1,13 @@
-//! The forward step: builds the upstream request (credential swap, header hygiene, request id) and
-//! sends it over one pooled hyper-util client (rustls, HTTP/1.1 or HTTP/2 by ALPN; plain http too).
-
-use std::error::Error as _;
-use std::sync::Arc;
-use std::time::Duration;
+//! The upstream request: URL, method and body, and the header hygiene both ways (credential swap,
+//! hop-by-hop and proxy headers, what a shared cache fill may carry, re-framing of answers).
 
 use bytes::Bytes;
-use http::{
-    header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri,
-};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use tokio::time::Instant;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
+use http_body_util::Full;
 
-use crate::body::{self, ProxyBody};
-use crate::settings::Org;
 use crate::error::GatewayError;
-
-/// Idle pooled connections are closed after this; kept below the usual 60 s upstream keep-alive so
-/// the pool rarely picks a connection the server is about to close.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::request_id::X_REQUEST_ID;
+use crate::settings::Org;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus the proxy ones; never forwarded in either direction.
 /// Header names, not strings: comparing a parsed name with a standard one is a tag comparison.
@@ -56,8 +40,6 @@ static CLIENT_ONLY: [HeaderName; 9] = [
     header::FORWARDED,
 ];
 
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
 /// Why a request goes upstream: a plain forward passes the client's negotiation headers through;
 /// a cache fill asks for the full, uncompressed representation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,10 +50,10 @@ pub enum Purpose {
 
 /// Everything needed to (re)send one upstream request.
 pub struct UpstreamRequest {
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    pub(super) method: Method,
+    pub(super) uri: Uri,
+    pub(super) headers: HeaderMap,
+    pub(super) body: Bytes,
 }
 
 impl UpstreamRequest {
@@ -106,7 +88,7 @@ impl UpstreamRequest {
         })
     }
 
-    fn to_request(&self) -> Request<Full<Bytes>> {
+    pub(super) fn to_request(&self) -> Request<Full<Bytes>> {
         let mut req = Request::new(Full::new(self.body.clone()));
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
@@ -240,196 +222,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// An upstream answer read whole (for the cache and for coalesced waiters).
-#[derive(Debug)]
-pub struct Buffered {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-/// What a cache fill got: the whole answer, or an answer too large to keep, already half read.
-pub enum CacheFetch {
-    Buffered(Buffered),
-    TooLarge(Response<ProxyBody>),
-}
-
-/// The CAs an upstream certificate may chain to: the Mozilla roots built in, so the binary works in
-/// a bare container, and the system's store (`/etc/ssl/certs`, or `SSL_CERT_FILE`/`SSL_CERT_DIR` as
-/// OpenSSL reads them), so a private CA installed the usual way is trusted too. Read again whenever
-/// the upstream client is rebuilt (a reload that changes `connect_timeout_ms`).
-fn trusted_roots() -> rustls::RootCertStore {
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    let system = rustls_native_certs::load_native_certs();
-    for e in &system.errors {
-        tracing::warn!(error = %e, "could not read the system's CA certificates");
-    }
-    let (added, ignored) = roots.add_parsable_certificates(system.certs);
-    tracing::debug!(added, ignored, "system CA certificates");
-    roots
-}
-
-/// The pooled upstream client.
-#[derive(Clone)]
-pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
-    connect_timeout: Duration,
-}
-
-impl Upstream {
-    pub fn new(connect_timeout: Duration) -> Self {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(connect_timeout));
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        // ring with the default protocol versions is always a valid provider.
-        .expect("ring provider supports the default TLS versions")
-        .with_root_certificates(trusted_roots())
-        .with_no_client_auth();
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build(connector);
-        Self {
-            client,
-            connect_timeout,
-        }
-    }
-
-    pub fn connect_timeout(&self) -> Duration {
-        self.connect_timeout
-    }
-
-    /// Sends `req`, answering `502` when upstream cannot be reached and `504` past `deadline`.
-    /// An idempotent read is retried once when a pooled connection turned out to be closed.
-    pub async fn send(
-        &self,
-        req: &UpstreamRequest,
-        timeout: Duration,
-    ) -> Result<Response<Incoming>, GatewayError> {
-        self.send_until(req, Instant::now() + timeout, timeout)
-            .await
-    }
-
-    async fn send_until(
-        &self,
-        req: &UpstreamRequest,
-        deadline: Instant,
-        timeout: Duration,
-    ) -> Result<Response<Incoming>, GatewayError> {
-        let retryable = req.method == Method::GET || req.method == Method::HEAD;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let sent =
-                tokio::time::timeout_at(deadline, self.client.request(req.to_request())).await;
-            match sent {
-                Err(_) => return Err(GatewayError::UpstreamTimeout(timeout)),
-                Ok(Ok(resp)) => return Ok(resp),
-                Ok(Err(e)) if retryable && attempt == 1 && closed_before_answer(&e) => continue,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, source = ?e.source(), uri = %req.uri, "upstream request failed");
-                    return Err(GatewayError::UpstreamUnreachable);
-                }
-            }
-        }
-    }
-
-    /// Sends a cache fill and reads the answer whole if it fits in `max_bytes`.
-    /// `timeout` covers the whole answer, body included.
-    pub async fn fetch_buffered(
-        &self,
-        req: &UpstreamRequest,
-        timeout: Duration,
-        max_bytes: u64,
-    ) -> Result<CacheFetch, GatewayError> {
-        let deadline = Instant::now() + timeout;
-        let resp = self.send_until(req, deadline, timeout).await?;
-        let (mut parts, mut incoming) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        let mut chunks: Vec<Bytes> = Vec::new();
-        let mut total: u64 = 0;
-        loop {
-            let frame = match tokio::time::timeout_at(deadline, incoming.frame()).await {
-                Err(_) => return Err(GatewayError::UpstreamTimeout(timeout)),
-                Ok(None) => break,
-                Ok(Some(Err(e))) => {
-                    tracing::warn!(error = %e, "upstream body failed");
-                    return Err(GatewayError::UpstreamUnreachable);
-                }
-                Ok(Some(Ok(frame))) => frame,
-            };
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            total += data.len() as u64;
-            chunks.push(data);
-            if total > max_bytes {
-                let resp =
-                    Response::from_parts(parts, body::Prefixed::boxed(chunks, incoming, timeout));
-                return Ok(CacheFetch::TooLarge(resp));
-            }
-        }
-        // The body is whole now: its length is what it is, whatever upstream declared.
-        parts.headers.remove(header::CONTENT_LENGTH);
-        Ok(CacheFetch::Buffered(Buffered {
-            status: parts.status,
-            headers: parts.headers,
-            body: exact_body(&chunks, total as usize),
-        }))
-    }
-}
-
-/// The body in one block of exactly its size from the system allocator, for the cache to keep.
-/// A slice of hyper's read buffer would pin the whole buffer; the binary's allocator (mimalloc,
-/// see `main.rs`) would round a ~3 KiB block up to its size class, by as much as a tenth, which
-/// broke the RSS target (100k cached agents ≤ 1.3× their body bytes: 1.33× against 1.25×).
-fn exact_body(chunks: &[Bytes], total: usize) -> Bytes {
-    type SystemBox = allocator_api2::boxed::Box<[u8], std::alloc::System>;
-    // Copied with one `memcpy` (allocator-api2's `Vec::extend_from_slice` copies byte by byte,
-    // which callgrind put at ~30k instructions for a 3 KiB body).
-    let kept = match chunks {
-        [one] => SystemBox::from(&one[..]),
-        many => {
-            let mut whole = Vec::with_capacity(total);
-            many.iter().for_each(|c| whole.extend_from_slice(c));
-            SystemBox::from(&whole[..])
-        }
-    };
-    Bytes::from_owner(kept)
-}
-
-/// hyper's "connection closed before message completed": the pooled connection died under us.
-fn closed_before_answer(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut source = e.source();
-    while let Some(s) = source {
-        if let Some(h) = s.downcast_ref::<hyper::Error>() {
-            return h.is_incomplete_message();
-        }
-        source = s.source();
-    }
-    false
-}
-
-/// An upstream answer streamed to the client as is, minus hop-by-hop headers.
-/// Upstream going quiet for `idle` mid-body cuts the answer off.
-pub fn passthrough(resp: Response<Incoming>, idle: Duration) -> Response<ProxyBody> {
-    let (mut parts, incoming) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, body::stream(incoming, idle))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -523,22 +315,6 @@ mod tests {
         let write = forward(&[("if-match", "\"v1\""), ("if-unmodified-since", date.1)]);
         assert!(write.get("if-match").is_some());
         assert!(write.get("if-unmodified-since").is_some());
-    }
-
-    #[test]
-    fn a_kept_body_is_its_chunks_in_order() {
-        let one = [Bytes::from_static(b"{\"id\":\"a1\"}")];
-        assert_eq!(exact_body(&one, 11), one[0]);
-        let many = [
-            Bytes::from_static(b"{\"id\""),
-            Bytes::new(),
-            Bytes::from_static(b":\"a1\"}"),
-        ];
-        assert_eq!(
-            exact_body(&many, 11),
-            Bytes::from_static(b"{\"id\":\"a1\"}")
-        );
-        assert!(exact_body(&[], 0).is_empty());
     }
 
     #[test]

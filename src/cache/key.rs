@@ -1,0 +1,64 @@
+//! What the cache is keyed by: an organisation's agent (case-folded), the spelling a read used,
+//! and the [`Scope`] of an invalidation.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+/// An agent of one organisation. The id is case-folded: an upstream that reads ids without regard
+/// to case (UUIDs usually are) must not let a write through `ABC` leave `abc` cached. Reads of
+/// different spellings are still kept apart (see [`Stored::spelling`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub(super) struct AgentKey {
+    pub(super) org: Arc<str>,
+    pub(super) agent: Box<str>,
+}
+
+impl AgentKey {
+    pub(super) fn new(org: &Arc<str>, agent: &str) -> Self {
+        Self {
+            org: org.clone(),
+            agent: fold_case(agent).into(),
+        }
+    }
+}
+
+pub(super) fn fold_case(id: &str) -> Cow<'_, str> {
+    if id.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(id.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(id)
+    }
+}
+
+/// The id as the request spelled it when that differs from the folded key; `None` (no allocation)
+/// for the usual all-lower-case id.
+pub(super) fn spelling(id: &str) -> Option<Box<str>> {
+    id.bytes()
+        .any(|b| b.is_ascii_uppercase())
+        .then(|| id.into())
+}
+
+/// What an invalidation drops: one agent of one organisation (a write, or a purge naming both),
+/// every agent of an organisation, one agent id in every organisation, or everything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    Agent { org: Arc<str>, agent: String },
+    Org(String),
+    AgentId(String),
+    All,
+}
+
+impl Scope {
+    /// The admin purge's scope: `{"org": ..., "agent_id": ...}`, either optional.
+    pub fn of_purge(org: Option<&str>, agent: Option<&str>) -> Self {
+        match (org, agent) {
+            (Some(org), Some(agent)) => Self::Agent {
+                org: Arc::from(org),
+                agent: agent.to_owned(),
+            },
+            (Some(org), None) => Self::Org(org.to_owned()),
+            (None, Some(agent)) => Self::AgentId(agent.to_owned()),
+            (None, None) => Self::All,
+        }
+    }
+}

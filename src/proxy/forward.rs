@@ -1,0 +1,133 @@
+//! Steps 4-5 for everything but cacheable agent reads: the request forwarded with the org key
+//! injected, the answer streamed back, and a write to an agent invalidated around it (when it is
+//! sent upstream, and again when its answer or failure is back).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{header, HeaderValue, Method, Response, StatusCode};
+
+use super::Exchange;
+use crate::audit;
+use crate::auth;
+use crate::cache::Scope;
+use crate::error::GatewayError;
+use crate::http::ProxyBody;
+use crate::route::Route;
+use crate::state::{Gateway, TeamState};
+use crate::upstream::{Purpose, UpstreamRequest};
+
+/// Forwards the request and streams upstream's answer back.
+pub(super) async fn forward(
+    ex: &mut Exchange<'_>,
+    team: &TeamState,
+    route: &Route,
+    parts: &Parts,
+    body: Bytes,
+    request_id: &HeaderValue,
+) -> Result<Response<ProxyBody>, GatewayError> {
+    let req = upstream_request(ex, team, route, parts, body, request_id, Purpose::Forward)?;
+    let timeout = ex.snapshot.settings.upstream.timeout;
+    let pending = invalidate_before(ex, team, route, &parts.method).await;
+    let started = Instant::now();
+    let result = ex.snapshot.upstream.send(&req, timeout).await;
+    upstream_took(ex, started.elapsed());
+    if let Some(pending) = pending {
+        // Again once the answer (or failure) is back: a read that filled in between is dropped too.
+        ex.record().invalidated += pending.complete().await;
+    }
+    let resp = result?;
+    ex.record().upstream_status = Some(resp.status().as_u16());
+    // A `304` has no body to pass on, and a client that sent no `If-None-Match` has nothing to
+    // reuse it with (`If-Modified-Since` alone is not sent upstream, see `upstream::request`).
+    if resp.status() == StatusCode::NOT_MODIFIED
+        && !parts.headers.contains_key(header::IF_NONE_MATCH)
+    {
+        return Err(GatewayError::UpstreamInvalid(
+            "304 Not Modified to a request without If-None-Match",
+        ));
+    }
+    Ok(crate::upstream::passthrough(resp, timeout))
+}
+
+pub(super) fn upstream_request(
+    ex: &Exchange<'_>,
+    team: &TeamState,
+    route: &Route,
+    parts: &Parts,
+    body: Bytes,
+    request_id: &HeaderValue,
+    purpose: Purpose,
+) -> Result<UpstreamRequest, GatewayError> {
+    UpstreamRequest::new(
+        &ex.snapshot.settings.upstream.base_url,
+        &route.upstream_path,
+        parts.uri.query(),
+        &parts.method,
+        &parts.headers,
+        &team.settings.org,
+        request_id,
+        body,
+        purpose,
+    )
+}
+
+/// Step 5, first time: for a write to an agent or below it, invalidates now (as it is sent
+/// upstream) and returns the second invalidation, due when the answer is back.
+async fn invalidate_before(
+    ex: &mut Exchange<'_>,
+    team: &TeamState,
+    route: &Route,
+    method: &Method,
+) -> Option<PendingInvalidation> {
+    let agent = route.agent.as_ref().filter(|_| !auth::is_read(method))?;
+    let scope = Scope::Agent {
+        org: team.settings.org.name.clone(),
+        agent: agent.id.clone(),
+    };
+    // Also while caching is off: entries stored before a reload turned it off outlive it.
+    ex.record().invalidated += ex.gw.invalidate(&scope).await;
+    Some(PendingInvalidation {
+        gw: Arc::clone(ex.gw),
+        scope: Some(scope),
+    })
+}
+
+/// The upstream time of this request's own forward, for its audit line and the histogram.
+fn upstream_took(ex: &mut Exchange<'_>, took: Duration) {
+    ex.record().upstream_latency_ms = Some(audit::millis(took));
+    ex.gw.metrics.upstream_duration.observe(took.as_secs_f64());
+}
+
+/// The second invalidation of a write. If the request is dropped before upstream answers (shutdown
+/// cut it off), the invalidation still happens, from a task of its own.
+struct PendingInvalidation {
+    gw: Arc<Gateway>,
+    /// Taken once done.
+    scope: Option<Scope>,
+}
+
+impl PendingInvalidation {
+    async fn complete(mut self) -> u64 {
+        match self.scope.take() {
+            Some(scope) => self.gw.invalidate(&scope).await,
+            None => 0,
+        }
+    }
+}
+
+impl Drop for PendingInvalidation {
+    fn drop(&mut self) {
+        let Some(scope) = self.scope.take() else {
+            return;
+        };
+        let gw = Arc::clone(&self.gw);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                gw.invalidate(&scope).await;
+            });
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! THE PIPELINE of the API listener; read this file first. One request, top to bottom:
+//!
+//! route → identify → authorize → rate-limit → read body → agent read (cache) or forward
+//! (+ invalidate around a write) → respond, with the audit line owned by a [`PendingLine`] from the
+//! first step to the last. Each step is a call into its own room; the files beside this one are the
+//! pipeline's own steps: [`agent_read`] (step 4), [`forward`] (steps 4-5), [`request_body`] and
+//! [`respond`] (per-request headers, metrics, the hand-off to audit).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::oneshot;
+
+use crate::audit::{self, AuditRecord, AuditedBody, PendingLine};
+use crate::auth::{self, KeyDigest};
+use crate::cache::CacheStatus;
+use crate::error::GatewayError;
+use crate::http::ProxyBody;
+use crate::ratelimit::Verdict;
+use crate::request_id;
+use crate::route::{self, Route};
+use crate::state::{Gateway, Snapshot, TeamState};
+
+mod agent_read;
+mod forward;
+pub mod request_body;
+mod respond;
+
+use request_body::BodyLimits;
+
+/// Serves one request of the API listener. Never fails: every refusal is an answer, every answer
+/// carries its audit line.
+pub async fn handle(
+    gw: Arc<Gateway>,
+    req: Request<Incoming>,
+    client_ip: IpAddr,
+) -> Response<AuditedBody> {
+    if auth::is_read(req.method()) {
+        return exchange(gw, req, client_ip).await;
+    }
+    // A write runs to its end in a task of its own, as with NGINX's `proxy_ignore_client_abort on`:
+    // once sent, upstream may apply it whether or not the client stays, so the second invalidation
+    // must follow upstream's answer, and the audit line must say what upstream did with it.
+    let (answer, answered) = oneshot::channel();
+    let writes = gw.clone();
+    writes.spawn_unattended(async move {
+        let resp = exchange(gw, req, client_ip).await;
+        if let Err(resp) = answer.send(resp) {
+            resp.into_body().abandon();
+        }
+    });
+    match answered.await {
+        Ok(resp) => resp,
+        // The task panicked, or was cancelled at shutdown: its pending line was written as it
+        // was dropped.
+        Err(_) => {
+            let mut resp = Response::new(crate::http::empty());
+            *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            resp.map(AuditedBody::unaudited)
+        }
+    }
+}
+
+async fn exchange(
+    gw: Arc<Gateway>,
+    req: Request<Incoming>,
+    client_ip: IpAddr,
+) -> Response<AuditedBody> {
+    let snapshot = gw.snapshot();
+    let request_id = request_id::from_headers(req.headers());
+    let method = req.method().clone();
+    let record = AuditRecord::new(
+        // Always visible ASCII (kept only if sane, else minted as hex), so `to_str` never fails.
+        request_id.to_str().unwrap_or_default().to_owned(),
+        client_ip,
+        &method,
+        req.uri().path(),
+    );
+    let mut ex = Exchange {
+        gw: &gw,
+        snapshot: &snapshot,
+        line: PendingLine::new(record, gw.audit.clone()),
+        verdict: None,
+        get_ok: None,
+        cache: None,
+    };
+    let answer = match ex.run(req, &request_id).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            ex.record().decision = e.decision();
+            e.to_response(&ex.record().request_id)
+        }
+    };
+    ex.respond(answer, request_id, &method)
+}
+
+/// One request on its way through the pipeline: its pending audit line and what the answer's
+/// per-request headers need.
+struct Exchange<'a> {
+    gw: &'a Arc<Gateway>,
+    /// An `Arc` so a shared cache fill, which outlives a request whose client leaves, can keep it.
+    snapshot: &'a Arc<Snapshot>,
+    line: PendingLine,
+    verdict: Option<Verdict>,
+    /// The identified team's `GET 200` counter (see `TeamCounters`).
+    get_ok: Option<Counter>,
+    /// How the cache took part, for agent reads; rendered into the answer by `respond`.
+    cache: Option<CacheStatus>,
+}
+
+impl Exchange<'_> {
+    async fn run(
+        &mut self,
+        req: Request<Incoming>,
+        request_id: &HeaderValue,
+    ) -> Result<Response<ProxyBody>, GatewayError> {
+        let (parts, incoming) = req.into_parts();
+        let is_read = auth::is_read(&parts.method);
+
+        // Steps 0-3: route, identify, authorize, rate-limit. A refused request's body is still
+        // read and thrown away, so its client gets the answer instead of a reset.
+        let (team, route) = match self.admit(&parts, is_read).await {
+            Ok(admitted) => admitted,
+            Err(e) => {
+                request_body::discard(incoming, &parts, &mut self.record().bytes_in).await;
+                return Err(e);
+            }
+        };
+
+        // The body, whole (413 past `max_body_bytes`, 408 when it stalls), before anything is sent.
+        let limits = BodyLimits {
+            max_bytes: self.snapshot.settings.server.max_body_bytes,
+            idle: self.snapshot.settings.server.limits.body_timeout,
+        };
+        let body =
+            request_body::read(incoming, &parts, limits, &mut self.record().bytes_in).await?;
+        if !is_read {
+            self.record().changed_fields = audit::changed_fields(&body);
+        }
+
+        // Step 4: a cacheable agent read goes through the cache; everything else is forwarded,
+        // a write to an agent with step 5's invalidation before and after.
+        let agent_read = route
+            .agent
+            .as_ref()
+            .filter(|a| a.is_item && parts.method == Method::GET);
+        match agent_read {
+            Some(agent) => agent_read::read(self, &team, &route, agent, &parts, request_id).await,
+            None => forward::forward(self, &team, &route, &parts, body, request_id).await,
+        }
+    }
+
+    /// Steps 0-3, in DESIGN's order of refusals: a malformed path or method, then `401`, `403`, `429`.
+    async fn admit(
+        &mut self,
+        parts: &Parts,
+        is_read: bool,
+    ) -> Result<(Arc<TeamState>, Route), GatewayError> {
+        // The team is looked up first so that every answer, refusals of bad paths included, is
+        // audited with the key that was presented and carries the team's quota; but a malformed
+        // request is refused before anything else, identified or not.
+        let team = self.identify(&parts.headers);
+        let route = match well_formed(parts) {
+            Ok(route) => route,
+            Err(e) => {
+                if let Some(team) = &team {
+                    self.peek_quota(team, is_read).await;
+                }
+                return Err(e);
+            }
+        };
+        self.record().agent_id = route.agent.as_ref().map(|a| a.id.clone());
+
+        let team = team.ok_or(GatewayError::Unauthenticated)?;
+        if !auth::allows(team.settings.access, &parts.method) {
+            self.peek_quota(&team, is_read).await;
+            return Err(GatewayError::ReadOnly);
+        }
+        self.rate_limit(&team, is_read).await?;
+        Ok((team, route))
+    }
+
+    /// Step 1: the team behind the presented key, by digest; `None` is a `401` once the path passed.
+    fn identify(&mut self, headers: &HeaderMap) -> Option<Arc<TeamState>> {
+        let digest = auth::presented_key(headers).map(KeyDigest::of);
+        self.record().key_id = digest.map(KeyDigest::key_id);
+        let team = self.snapshot.team(&digest?)?.clone();
+        let record = self.record();
+        record.team = Some(team.settings.name.clone());
+        record.org = Some(team.settings.org.name.clone());
+        self.get_ok = Some(team.counters.get_ok.clone());
+        Some(team)
+    }
+
+    /// Step 3: after authentication and before the cache, so cache hits spend quota too: a hit still
+    /// costs the gateway work, and a team's quota should not depend on what other teams warmed.
+    async fn rate_limit(&mut self, team: &TeamState, is_read: bool) -> Result<(), GatewayError> {
+        let verdict = self.gw.quotas.check(&team.limiter, !is_read).await;
+        let retry_after = verdict.retry_after;
+        self.verdict = Some(verdict);
+        match retry_after {
+            Some(retry_after) => {
+                team.counters.limited.inc();
+                Err(GatewayError::RateLimited { retry_after })
+            }
+            None => {
+                team.counters.allowed.inc();
+                Ok(())
+            }
+        }
+    }
+
+    /// The quota headers of an answer refused before the limiter: the state, nothing spent.
+    async fn peek_quota(&mut self, team: &TeamState, is_read: bool) {
+        self.verdict = Some(self.gw.quotas.peek(&team.limiter, !is_read).await);
+    }
+
+    fn record(&mut self) -> &mut AuditRecord {
+        self.line.record()
+    }
+
+    /// How the cache took part: the audit field now (a client that leaves mid-fill is still
+    /// audited as a miss), the headers when the answer is sent.
+    fn cache_status(&mut self, status: CacheStatus) {
+        self.cache = Some(status);
+        self.record().cache = Some(status.outcome());
+    }
+}
+
+/// Step 0: a path the gateway serves, with a method it forwards. A method outside the allow-list
+/// is refused with the malformed paths: `TRACE` to an upstream that echoes it would hand back the
+/// org key injected.
+fn well_formed(parts: &Parts) -> Result<Route, GatewayError> {
+    let route = route::parse(parts.uri.path())?;
+    if !auth::is_forwardable(&parts.method) {
+        return Err(GatewayError::MethodNotAllowed(parts.method.to_string()));
+    }
+    Ok(route)
+}

@@ -1,0 +1,42 @@
+//! The last step: the answer's per-request headers (request id, quota, how the cache took part),
+//! the request metric, and the hand-off of the audit line to the answer's body.
+
+use http::{HeaderValue, Method, Response};
+
+use super::Exchange;
+use crate::audit::AuditedBody;
+use crate::http::{self as body, ProxyBody};
+use crate::ratelimit;
+use crate::request_id::X_REQUEST_ID;
+
+impl Exchange<'_> {
+    /// Adds the per-request headers, records the request, and attaches the audit line to the body.
+    pub(super) fn respond(
+        mut self,
+        mut resp: Response<ProxyBody>,
+        request_id: HeaderValue,
+        method: &Method,
+    ) -> Response<AuditedBody> {
+        body::drop_for_head(method, &mut resp);
+        let headers = resp.headers_mut();
+        headers.insert(X_REQUEST_ID.clone(), request_id);
+        if let Some(verdict) = &self.verdict {
+            ratelimit::apply_headers(verdict, headers);
+        }
+        if let Some(cache) = self.cache {
+            cache.render(headers);
+        }
+        let status = resp.status().as_u16();
+        match &self.get_ok {
+            Some(get_ok) if *method == Method::GET && status == 200 => {
+                get_ok.inc();
+            }
+            _ => {
+                let team = self.record().team.clone();
+                self.gw.metrics.request(team.as_ref(), method, status);
+            }
+        };
+        let line = self.line;
+        resp.map(|b| line.attach(status, b))
+    }
+}

@@ -1,0 +1,40 @@
+//! The process signals the gateway answers: `SIGHUP` reloads, `SIGUSR1` reopens the audit file,
+//! `SIGTERM`/`SIGINT` drain and stop.
+
+use super::RunningGateway;
+
+/// The process signals the gateway answers, installed before serving so none hits the default action.
+pub struct Signals {
+    hangup: tokio::signal::unix::Signal,
+    user1: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            hangup: signal(SignalKind::hangup())?,
+            user1: signal(SignalKind::user_defined1())?,
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+}
+
+impl RunningGateway {
+    /// Serves until `SIGTERM`/`SIGINT`, reloading on `SIGHUP` and reopening the audit file on `SIGUSR1`.
+    pub async fn run_until_signalled(self, mut signals: Signals) {
+        loop {
+            tokio::select! {
+                _ = signals.hangup.recv() => { let _ = self.reload(); }
+                _ = signals.user1.recv() => self.reopen_audit().await,
+                _ = signals.terminate.recv() => break,
+                _ = signals.interrupt.recv() => break,
+            }
+        }
+        tracing::info!("shutting down: draining in-flight requests");
+        self.shutdown().await;
+    }
+}
