@@ -13,6 +13,8 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod demo;
+/// The simulated DialNexa, at its old path (it lives in [`demo::sim`]).
+pub use demo::sim;
 pub mod error;
 pub mod header_text;
 pub mod metrics;
@@ -21,7 +23,6 @@ pub mod ratelimit;
 pub mod request_id;
 pub mod route;
 pub mod server;
-pub mod sim;
 pub mod state;
 pub mod telemetry;
 pub mod upstream;
