@@ -9,5 +9,6 @@ mod cache;
 mod forwarding;
 mod operations;
 mod ratelimit;
+mod sim;
 mod soak;
 mod tls;

@@ -339,3 +339,70 @@ async fn accept_loop(listener: TcpListener, sim: Arc<Simulator>) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v1_and_unversioned_paths_name_the_same_routes_and_other_versions_none() {
+        assert_eq!(
+            api_segments("/v1/agents2/agt_a"),
+            Some(vec!["agents2", "agt_a"])
+        );
+        assert_eq!(
+            api_segments("/agents2/agt_a/"),
+            Some(vec!["agents2", "agt_a"])
+        );
+        assert_eq!(api_segments("/V1/calls"), Some(vec!["calls"]));
+        assert_eq!(api_segments("/v2/agents2"), None);
+        assert_eq!(api_segments("/voices"), Some(vec!["voices"]));
+        assert_eq!(api_segments("/"), Some(vec![]));
+    }
+
+    #[test]
+    fn fresh_ids_look_like_dialnexa_ids() {
+        let id = fresh_id("agt", |_| false);
+        assert_eq!(id.len(), 16, "{id}");
+        assert!(id.starts_with("agt_"));
+        assert!(id[4..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()));
+    }
+
+    #[test]
+    fn query_parameters_are_decoded() {
+        let query = Some("a=1&version_number=2&name=Ava%20G+x&empty");
+        assert_eq!(
+            reply::query_param(query, "name").as_deref(),
+            Some("Ava G x")
+        );
+        assert_eq!(reply::query_param(query, "empty").as_deref(), Some(""));
+        assert_eq!(reply::query_param(query, "missing"), None);
+        assert!(matches!(
+            reply::positive_param(query, "version_number"),
+            Ok(Some(2))
+        ));
+        assert!(reply::positive_param(Some("version_number=0"), "version_number").is_err());
+        assert!(reply::positive_param(Some("version_number=x"), "version_number").is_err());
+    }
+
+    #[test]
+    fn an_enforced_quota_refuses_past_its_limit_and_spends_nothing_on_refusals() {
+        let quota = OrgQuota::new(NonZeroU32::new(2));
+        assert!(quota.take().allowed);
+        assert!(quota.take().allowed);
+        let refused = quota.take();
+        assert!(!refused.allowed);
+        assert!((1..=60).contains(&refused.retry_after_secs()));
+        let mut headers = hyper::HeaderMap::new();
+        refused.write_headers(&mut headers);
+        assert_eq!(headers["x-ratelimit-limit"], "2");
+        assert_eq!(headers["x-ratelimit-remaining"], "0");
+        assert!(headers.contains_key(hyper::header::RETRY_AFTER));
+        let unenforced = OrgQuota::new(None);
+        for _ in 0..quota::ADVERTISED_PER_MINUTE + 5 {
+            assert!(unenforced.take().allowed);
+        }
+    }
+}

@@ -325,3 +325,300 @@ pub(super) fn mirror_speech(version: &mut Map<String, Value>) {
         .collect();
     version.extend(copies);
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::super::agents::{AgentError, AgentStore};
+    use super::*;
+
+    const AGENT: &str = "agt_abc123";
+    /// Has versions 1 (published) and 2 (current draft).
+    const VERSIONED: &str = "agt_k7m2nq9xw4p8";
+
+    fn body(value: Value) -> Map<String, Value> {
+        match value {
+            Value::Object(map) => map,
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    fn get(store: &AgentStore, id: &str, version: Option<u64>) -> Value {
+        serde_json::to_value(store.get(id, version).unwrap()).unwrap()
+    }
+
+    fn patch(store: &mut AgentStore, id: &str, changes: Value) -> Result<Value, AgentError> {
+        store
+            .patch(id, &body(changes))
+            .map(|view| serde_json::to_value(view).unwrap())
+    }
+
+    fn problems(result: Result<Value, AgentError>) -> Vec<String> {
+        match result {
+            Err(AgentError::Invalid(Invalid(problems))) => problems,
+            other => panic!("expected a 400, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn objects_merge_key_by_key_and_arrays_are_replaced() {
+        let mut store = AgentStore::seeded();
+        let before = get(&store, AGENT, None);
+        let changes = json!({
+            "speech": {"backchanneling": true, "responsiveness": 0.8},
+            "llm": {"settings": {"temperature": 0.3}},
+            "functions": [{"display_name": "Only one", "type": "end_call"}],
+            "analysis": {"postcall_analysis": []},
+        });
+        let after = patch(&mut store, AGENT, changes).unwrap();
+        let (was, now) = (&before["current_version"], &after["current_version"]);
+        assert_eq!(now["speech"]["backchanneling"], true);
+        assert_eq!(now["speech"]["responsiveness"], 0.8);
+        for key in [
+            "transcriber_id",
+            "denoising_mode",
+            "interruption_sensitivity",
+        ] {
+            assert_eq!(now["speech"][key], was["speech"][key], "speech.{key} kept");
+        }
+        assert_eq!(now["llm"]["settings"]["temperature"], 0.3);
+        assert_eq!(now["llm"]["settings"]["structured_output"], true);
+        assert_eq!(now["llm"]["id"], was["llm"]["id"]);
+        assert_eq!(
+            now["functions"],
+            json!([{"display_name": "Only one", "type": "end_call"}])
+        );
+        assert_eq!(now["analysis"]["postcall_analysis"], json!([]));
+        assert_eq!(now["title"], was["title"]);
+        assert_eq!(
+            after,
+            get(&store, AGENT, None),
+            "the answer is the stored agent"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_at_every_depth() {
+        let mut store = AgentStore::seeded();
+        let before = get(&store, AGENT, None);
+        let changes = json!({"nickname": "x", "speech": {"warp_drive": true}, "id": "agt_other",
+                             "current_version_number": 9, "organization_id": "org_evil"});
+        let after = patch(&mut store, AGENT, changes).unwrap();
+        assert_eq!(after["current_version"], before["current_version"]);
+        assert_eq!(after["id"], AGENT);
+        assert_eq!(after["organization_id"], before["organization_id"]);
+        assert_eq!(after["current_version_number"], 1);
+        assert!(after.get("nickname").is_none());
+        assert!(after["current_version"]["speech"]
+            .get("warp_drive")
+            .is_none());
+    }
+
+    #[test]
+    fn a_field_of_the_wrong_type_is_named_and_nothing_changes() {
+        let mut store = AgentStore::seeded();
+        let before = get(&store, AGENT, None);
+        // Valid changes beside the bad one must not be applied either.
+        let changes = json!({"title": "Renamed", "speech": {"backchanneling": "yes"}});
+        assert_eq!(
+            problems(patch(&mut store, AGENT, changes)),
+            ["speech.backchanneling must be a boolean value"]
+        );
+        assert_eq!(get(&store, AGENT, None), before, "updatedAt included");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_in_class_validator_words() {
+        let mut store = AgentStore::seeded();
+        let changes = json!({
+            "title": 5, "is_published": "true", "prompts": "hello", "functions": {},
+            "voice": {"settings": {"speed": "fast"}},
+            "speech": {"responsiveness": 1.5, "interruption_sensitivity": -0.1, "stt_fallback_wait_ms": 2.5},
+            "telephony": {"call_limits": {"max_call_duration_sec": -1}},
+            "analysis": {"postcall_analysis": ["qualified"]},
+            "version_number": 0,
+        });
+        assert_eq!(
+            problems(patch(&mut store, AGENT, changes)),
+            [
+                "version_number must not be less than 1",
+                "title must be a string",
+                "is_published must be a boolean value",
+                "prompts must be an object",
+                "voice.settings.speed must be a number conforming to the specified constraints",
+                "telephony.call_limits.max_call_duration_sec must not be less than 0",
+                "speech.responsiveness must not be greater than 1",
+                "speech.interruption_sensitivity must not be less than 0",
+                "speech.stt_fallback_wait_ms must be an integer number",
+                "each value in analysis.postcall_analysis must be an object",
+                "functions must be an array",
+            ]
+        );
+    }
+
+    #[test]
+    fn pipeline_type_is_cascaded_or_speech_to_speech_only() {
+        let mut store = AgentStore::seeded();
+        for bad in [json!("Telepathy"), json!("cascaded"), json!(null), json!(1)] {
+            let result = patch(&mut store, AGENT, json!({"pipeline_type": bad}));
+            assert_eq!(
+                problems(result),
+                ["pipeline_type must be one of the following values: Cascaded, Speech_To_Speech"]
+            );
+        }
+        assert_eq!(get(&store, AGENT, None)["pipeline_type"], "Cascaded");
+        for good in ["Speech_To_Speech", "Cascaded"] {
+            let after = patch(&mut store, AGENT, json!({"pipeline_type": good})).unwrap();
+            assert_eq!(after["pipeline_type"], good);
+        }
+    }
+
+    #[test]
+    fn version_number_selects_the_version_and_an_unknown_one_is_not_found() {
+        let mut store = AgentStore::seeded();
+        let draft_before = get(&store, VERSIONED, Some(2));
+        let changes = json!({"version_number": 1, "title": "Published title",
+                             "pipeline_type": "Speech_To_Speech"});
+        let after = patch(&mut store, VERSIONED, changes).unwrap();
+        assert_eq!(after["current_version"]["number"], 1);
+        assert_eq!(after["current_version"]["title"], "Published title");
+        assert_eq!(after["pipeline_type"], "Speech_To_Speech");
+        assert_eq!(after["current_version_number"], 2, "still the current one");
+        let draft = get(&store, VERSIONED, None);
+        assert_eq!(draft["current_version"], draft_before["current_version"]);
+        assert_eq!(draft["pipeline_type"], "Cascaded");
+
+        let unknown = patch(
+            &mut store,
+            VERSIONED,
+            json!({"version_number": 7, "title": "x"}),
+        );
+        assert!(matches!(
+            unknown,
+            Err(AgentError::VersionNotFound { version: 7, .. })
+        ));
+        assert!(matches!(
+            store.get(VERSIONED, Some(7)),
+            Err(AgentError::VersionNotFound { .. })
+        ));
+        let missing = patch(&mut store, "agt_nobody", json!({"title": "x"}));
+        assert!(matches!(missing, Err(AgentError::AgentNotFound(_))));
+    }
+
+    #[test]
+    fn a_bad_body_is_refused_before_the_agent_is_looked_up() {
+        let mut store = AgentStore::seeded();
+        let result = patch(&mut store, "agt_nobody", json!({"title": false}));
+        assert_eq!(problems(result), ["title must be a string"]);
+    }
+
+    #[test]
+    fn nullable_fields_take_null_and_others_refuse_it() {
+        let mut store = AgentStore::seeded();
+        let changes = json!({"voice": {"model_id": null}, "llm": {"id": null},
+                             "speech": {"background_sound": null}});
+        let after = patch(&mut store, AGENT, changes).unwrap();
+        assert_eq!(after["current_version"]["voice"]["model_id"], Value::Null);
+        assert_eq!(after["current_version"]["voice"]["id"], "voice_xyz");
+        assert_eq!(after["current_version"]["llm"]["id"], Value::Null);
+        let refused = patch(&mut store, AGENT, json!({"title": null, "speech": null}));
+        assert_eq!(
+            problems(refused),
+            ["title must be a string", "speech must be an object"]
+        );
+    }
+
+    #[test]
+    fn speech_fields_stay_mirrored_at_the_version_top_level() {
+        let mut store = AgentStore::seeded();
+        let changes = json!({"speech": {"transcriber_id": "tr0soniox001xx", "audio_cache_enabled": false,
+                                        "stt_fallback_wait_ms": 750.0}});
+        let after = patch(&mut store, AGENT, changes).unwrap();
+        let version = &after["current_version"];
+        assert_eq!(version["transcriber_id"], "tr0soniox001xx");
+        assert_eq!(version["audio_cache_enabled"], false);
+        // A whole number sent as 750.0 is stored as the integer it is.
+        assert_eq!(version["stt_fallback_wait_ms"], json!(750));
+        assert_eq!(version["speech"]["stt_fallback_wait_ms"], json!(750));
+    }
+
+    #[test]
+    fn phone_number_ids_land_in_telephony_and_deployment_is_not_stored() {
+        let mut store = AgentStore::seeded();
+        let changes = json!({"inbound_phone_number_id": "phn_new", "outbound_phone_number_id": null,
+                             "is_deployement": true,
+                             "telephony": {"voicemail": {"voicemail_message": "We'll call you back."}}});
+        let after = patch(&mut store, AGENT, changes).unwrap();
+        let telephony = &after["current_version"]["telephony"];
+        assert_eq!(
+            telephony["inbound"],
+            json!({"id": "phn_new", "details": null})
+        );
+        assert_eq!(telephony["outbound"]["id"], Value::Null);
+        assert_eq!(telephony["call_limits"]["max_call_duration_sec"], 600);
+        assert_eq!(
+            telephony["voicemail"],
+            json!({"voicemail_message": "We'll call you back."})
+        );
+        assert!(after["current_version"].get("is_deployement").is_none());
+        let refused = patch(&mut store, AGENT, json!({"is_deployement": "yes"}));
+        assert_eq!(
+            problems(refused),
+            ["is_deployement must be a boolean value"]
+        );
+    }
+
+    #[test]
+    fn updated_at_moves_on_every_write_even_within_a_millisecond() {
+        let mut store = AgentStore::seeded();
+        let created = serde_json::to_value(store.create(&Map::new()).unwrap()).unwrap();
+        let id = created["id"].as_str().unwrap().to_owned();
+        let mut last = created["updatedAt"].as_str().unwrap().to_owned();
+        for _ in 0..3 {
+            let after = patch(&mut store, &id, json!({"title": "t"})).unwrap();
+            let now = after["updatedAt"].as_str().unwrap().to_owned();
+            assert!(now > last, "{now} after {last}");
+            assert_eq!(after["createdAt"], created["createdAt"]);
+            last = now;
+        }
+    }
+
+    #[test]
+    fn merge_recurses_into_objects_only() {
+        let mut target = body(json!({"a": {"b": 1, "c": [1, 2]}, "d": "x", "e": {"f": 1}}));
+        merge(
+            &mut target,
+            body(json!({"a": {"c": [], "g": null}, "d": {"h": 1}, "e": null})),
+        );
+        assert_eq!(
+            Value::Object(target),
+            json!({"a": {"b": 1, "c": [], "g": null}, "d": {"h": 1}, "e": null})
+        );
+    }
+
+    #[test]
+    fn the_seed_has_both_pipelines_and_agents_of_about_three_kilobytes() {
+        let store = AgentStore::seeded();
+        let agents = store.list();
+        assert_eq!(agents.len(), 3);
+        let mut pipelines = Vec::new();
+        for agent in &agents {
+            let value = serde_json::to_value(agent).unwrap();
+            let size = serde_json::to_string(agent).unwrap().len();
+            assert!(
+                (2048..=4096).contains(&size),
+                "{} is {size} bytes",
+                value["id"]
+            );
+            assert!(value["id"].as_str().unwrap().starts_with("agt_"));
+            let version = &value["current_version"];
+            assert_eq!(version["agent_id"], value["id"]);
+            assert_eq!(version["number"], value["current_version_number"]);
+            pipelines.push(value["pipeline_type"].as_str().unwrap().to_owned());
+        }
+        for pipeline in PIPELINE_TYPES {
+            assert!(pipelines.iter().any(|p| p == pipeline), "{pipeline} seeded");
+        }
+    }
+}

@@ -255,3 +255,43 @@ fn is_e164(phone: &str) -> bool {
         (7..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_catalogue_parses_and_lists_calls_newest_first() {
+        let catalog = Catalog::seeded();
+        assert!(!catalog.languages.is_empty() && !catalog.llms.is_empty());
+        assert!(!catalog.voices.is_empty());
+        let times: Vec<&str> = catalog
+            .calls
+            .iter()
+            .map(|c| c["createdAt"].as_str().unwrap())
+            .collect();
+        assert!(times.windows(2).all(|w| w[0] >= w[1]), "{times:?}");
+    }
+
+    #[test]
+    fn form_fields_are_read_from_a_multipart_body() {
+        let body = "--XyZ\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nMay leads\r\n\
+                    --XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"leads.csv\"\r\n\
+                    Content-Type: text/csv\r\n\r\nphone\r\n+14155550100\r\n\r\n--XyZ--\r\n";
+        assert_eq!(form_field(body, "title").as_deref(), Some("May leads"));
+        assert_eq!(
+            form_field(body, "file").as_deref(),
+            Some("phone\r\n+14155550100\r\n")
+        );
+        assert_eq!(form_field(body, "agent_id"), None);
+        assert_eq!(form_field("", "title"), None);
+    }
+
+    #[test]
+    fn phone_numbers_must_be_e164() {
+        assert!(is_e164("+14155550100"));
+        for bad in ["14155550100", "+1", "+1415555010x", "+1234567890123456"] {
+            assert!(!is_e164(bad), "{bad}");
+        }
+    }
+}
