@@ -76,8 +76,8 @@ write_rate_limit = {{ per_minute = 60, burst = 10 }}
 Team key (made up for this run): {team_key}
 
   # read an agent twice: the first is a MISS (the simulator adds {latency} ms), the second X-Cache: HIT
-  curl -si {api}/v1/agents2/{agent} -H 'Authorization: Bearer {team_key}' -w '%{{time_total}}s\n'
-  curl -si {api}/v1/agents2/{agent} -H 'Authorization: Bearer {team_key}' -w '%{{time_total}}s\n'
+  curl -si {api}/v1/agents2/{agent} -H 'Authorization: Bearer {team_key}' -w '\ntime: %{{time_total}}s\n'
+  curl -si {api}/v1/agents2/{agent} -H 'Authorization: Bearer {team_key}' -w '\ntime: %{{time_total}}s\n'
   # change its pipeline: every cached variant is dropped, the next read is a MISS with the new body
   curl -si -X PATCH {api}/v1/agents2/{agent} -H 'Authorization: Bearer {team_key}' -H 'Content-Type: application/json' -d '{{"pipeline_type":"Speech_To_Speech"}}'
   # one speech setting: objects merge, so the other speech.* fields stay as they were
