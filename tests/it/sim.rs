@@ -568,3 +568,84 @@ impl Drop for Stopped {
         let _ = self.0.wait();
     }
 }
+
+/// `demo`: the gateway in front of the simulator; its printed commands use the seed's fields, and
+/// replayed against it they answer as their comments say.
+#[tokio::test]
+async fn demo_prints_commands_for_the_seeds_fields_and_they_answer_as_described() {
+    let mut child = Stopped(
+        Command::new(env!("CARGO_BIN_EXE_dialnexa-gateway"))
+            .args([
+                "demo",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Keeps reading after the banner so the audit lines that follow never fill the pipe.
+    std::thread::spawn(move || {
+        let mut banner = String::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if !banner.ends_with("Ctrl-C stops.\n") {
+                banner.push_str(&line);
+                banner.push('\n');
+                if line.contains("Ctrl-C stops.") {
+                    let _ = tx.send(banner.clone());
+                }
+            }
+        }
+    });
+    let banner = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(20)))
+        .await
+        .unwrap()
+        .expect("demo printed its banner");
+    let pipeline = r#"{"pipeline_type":"Speech_To_Speech"}"#;
+    let speech = r#"{"speech":{"backchanneling":true,"responsiveness":0.8}}"#;
+    let bad = r#"{"pipeline_type":"Telepathy"}"#;
+    for body in [pipeline, speech, bad] {
+        assert!(
+            banner.contains(&format!("-d '{body}'")),
+            "{body} in {banner}"
+        );
+    }
+    let api: SocketAddr = banner
+        .split("gateway on http://")
+        .nth(1)
+        .and_then(|rest| rest.split("/v1").next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let team_key = banner
+        .split("Team key (made up for this run): ")
+        .nth(1)
+        .and_then(|rest| rest.lines().next())
+        .unwrap();
+    let c = Client::new(api);
+    let path = format!("/v1/agents2/{AGENT}");
+    assert_eq!(c.get(&path, team_key).await.header("x-cache"), Some("MISS"));
+    assert_eq!(c.get(&path, team_key).await.header("x-cache"), Some("HIT"));
+    let switched = c.patch(&path, team_key, pipeline).await;
+    assert_eq!(switched.status, 200);
+    assert_eq!(switched.json()["pipeline_type"], "Speech_To_Speech");
+    let merged = c.patch(&path, team_key, speech).await.json();
+    let speech_now = &merged["current_version"]["speech"];
+    assert_eq!(speech_now["backchanneling"], true);
+    assert_eq!(speech_now["transcriber_id"], "tr0deepnova3xx");
+    let refused = c.patch(&path, team_key, bad).await;
+    assert_eq!(refused.status, 400);
+    assert!(refused.json()["message"][0]
+        .as_str()
+        .unwrap()
+        .starts_with("pipeline_type must be one of"));
+    let after = c.get(&path, team_key).await;
+    assert_eq!(after.header("x-cache"), Some("MISS"));
+    assert_eq!(after.json(), merged);
+}
