@@ -29,11 +29,10 @@ use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
 pub use agents::ORGANIZATION_ID;
-pub use patch::Invalid;
 
-use agents::{AgentError, AgentStore};
+use agents::AgentStore;
 use quota::OrgQuota;
-use reply::Reply;
+use reply::{Refusal, Reply};
 use sdk_routes::Catalog;
 
 /// How a simulator is started: its organisation key, and the DialNexa edges it shows.
@@ -192,69 +191,61 @@ impl Simulator {
         let Some(segments) = api_segments(path) else {
             return reply::no_route(method, path);
         };
-        // Only the methods that carry a body here have it read; others have it ignored.
-        let body = if matches!(*method, Method::POST | Method::PATCH) {
-            match reply::read_body(body).await {
-                Ok(bytes) => bytes,
-                Err(reply) => return reply,
-            }
-        } else {
-            Bytes::new()
+        let answer = match body_of(method, body).await {
+            Ok(body) => match segments.as_slice() {
+                [family] if is_agents(family) => self.agents_route(method, None, query, &body),
+                [family, id] if is_agents(family) && is_id(id) => {
+                    self.agents_route(method, Some(id), query, &body)
+                }
+                _ => sdk_routes::route(self, method, &segments, query, &body),
+            },
+            Err(refusal) => Err(refusal),
         };
-        let answer = match segments.as_slice() {
-            [family] if is_agents(family) => self.agents_route(method, None, query, &body),
-            [family, id] if is_agents(family) && is_id(id) => {
-                self.agents_route(method, Some(id), query, &body)
-            }
-            _ => sdk_routes::route(self, method, &segments, query, &body),
-        };
-        answer.unwrap_or_else(|| reply::no_route(method, path))
+        match answer {
+            Ok(Some(reply)) => reply,
+            Ok(None) => reply::no_route(method, path),
+            Err(refusal) => refusal.into(),
+        }
     }
 
-    /// `/agents2` and `/agents` (list, create) and `/{family}/{id}` (get, patch, delete).
+    /// `/agents2` and `/agents` (list, create) and `/{family}/{id}` (get, patch, delete);
+    /// `Ok(None)` for a method these routes do not take.
     fn agents_route(
         &self,
         method: &Method,
         id: Option<&str>,
         query: Option<&str>,
         body: &Bytes,
-    ) -> Option<Reply> {
-        let result = match (method, id) {
+    ) -> Result<Option<Reply>, Refusal> {
+        let reply = match (method, id) {
             (&Method::GET | &Method::HEAD, None) => {
-                let agents = self.agents().list();
-                return Some(reply::ok(&reply::Listing::whole(agents)));
+                reply::ok(&reply::Listing::whole(self.agents().list()))
             }
-            (&Method::POST, None) => match reply::json_object(body) {
-                Ok(body) => self
-                    .agents()
-                    .create(&body)
-                    .map(|agent| reply::json(StatusCode::CREATED, &agent)),
-                Err(reply) => return Some(reply),
-            },
+            (&Method::POST, None) => {
+                let body = reply::json_object(body)?;
+                reply::json(StatusCode::CREATED, &self.agents().create(&body)?)
+            }
             (&Method::GET | &Method::HEAD, Some(id)) => {
-                match reply::positive_param(query, "version_number") {
-                    Ok(version) => self.agents().get(id, version).map(|a| reply::ok(&a)),
-                    Err(reply) => return Some(reply),
-                }
+                let version = reply::positive_param(query, "version_number")?;
+                reply::ok(&self.agents().get(id, version)?)
             }
-            (&Method::PATCH, Some(id)) => match reply::json_object(body) {
-                Ok(body) => self.agents().patch(id, &body).map(|a| reply::ok(&a)),
-                Err(reply) => return Some(reply),
-            },
-            (&Method::DELETE, Some(id)) => self.agents().delete(id).map(|a| reply::ok(&a)),
-            _ => return None,
+            (&Method::PATCH, Some(id)) => {
+                let body = reply::json_object(body)?;
+                reply::ok(&self.agents().patch(id, &body)?)
+            }
+            (&Method::DELETE, Some(id)) => reply::ok(&self.agents().delete(id)?),
+            _ => return Ok(None),
         };
-        Some(result.unwrap_or_else(refusal))
+        Ok(Some(reply))
     }
 }
 
-/// The one place an agent error becomes an answer.
-fn refusal(err: AgentError) -> Reply {
-    match err {
-        AgentError::Invalid(Invalid(problems)) => reply::invalid(problems),
-        err @ (AgentError::AgentNotFound(_) | AgentError::VersionNotFound { .. }) => {
-            reply::error(StatusCode::NOT_FOUND, err.to_string())
-        }
+/// The request body, read (bounded) only for the methods that carry one here; others' is ignored.
+async fn body_of(method: &Method, body: Incoming) -> Result<Bytes, Refusal> {
+    if matches!(*method, Method::POST | Method::PATCH) {
+        reply::read_body(body).await
+    } else {
+        Ok(Bytes::new())
     }
 }
 

@@ -9,6 +9,9 @@ use hyper::{Response, StatusCode};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::agents::AgentError;
+use super::patch::Invalid;
+
 pub(super) type Reply = Response<Full<Bytes>>;
 
 /// Twice the gateway's default `max_body_bytes`, so the gateway's own 413 is the one people meet.
@@ -73,44 +76,64 @@ impl<T> Listing<T> {
     }
 }
 
-/// A validation failure: `400` with every problem listed.
-pub(super) fn invalid(problems: Vec<String>) -> Reply {
-    error(StatusCode::BAD_REQUEST, problems)
-}
-
 /// Express's answer for a route that does not exist.
 pub(super) fn no_route(method: &hyper::Method, path: &str) -> Reply {
     error(StatusCode::NOT_FOUND, format!("Cannot {method} {path}"))
 }
 
-/// Reads the request body, bounded.
-pub(super) async fn read_body(body: Incoming) -> Result<Bytes, Reply> {
-    match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
-            let message = format!("Request body is larger than {MAX_BODY_BYTES} bytes");
-            Err(error(StatusCode::PAYLOAD_TOO_LARGE, message))
+/// Why a request was refused: the one place such a reason becomes DialNexa's answer is
+/// `From<Refusal> for Reply` below.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Refusal {
+    #[error("Request body is larger than {MAX_BODY_BYTES} bytes")]
+    TooLarge,
+    #[error("{0}")]
+    BadBody(&'static str),
+    /// Fields (or query parameters) that break the rules, one message each.
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error("{0}")]
+    NotFound(String),
+}
+
+impl From<AgentError> for Refusal {
+    fn from(err: AgentError) -> Self {
+        match err {
+            AgentError::Invalid(invalid) => Self::Invalid(invalid),
+            err @ (AgentError::AgentNotFound(_) | AgentError::VersionNotFound { .. }) => {
+                Self::NotFound(err.to_string())
+            }
         }
-        Err(_) => Err(error(
-            StatusCode::BAD_REQUEST,
-            "Could not read request body",
-        )),
     }
 }
 
-/// The body as a JSON object, or the `400` to answer instead.
-pub(super) fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, Reply> {
+impl From<Refusal> for Reply {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::TooLarge => error(StatusCode::PAYLOAD_TOO_LARGE, refusal.to_string()),
+            Refusal::BadBody(message) => error(StatusCode::BAD_REQUEST, message),
+            Refusal::Invalid(Invalid(problems)) => error(StatusCode::BAD_REQUEST, problems),
+            Refusal::NotFound(message) => error(StatusCode::NOT_FOUND, message),
+        }
+    }
+}
+
+/// Reads the request body, bounded.
+pub(super) async fn read_body(body: Incoming) -> Result<Bytes, Refusal> {
+    match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(Refusal::TooLarge),
+        Err(_) => Err(Refusal::BadBody("Could not read request body")),
+    }
+}
+
+/// The body as a JSON object.
+pub(super) fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, Refusal> {
     // serde_json rejects invalid UTF-8 and nesting deeper than 128, which also bounds `merge`.
     match serde_json::from_slice(bytes) {
         Ok(Value::Object(object)) => Ok(object),
-        Ok(_) => Err(error(
-            StatusCode::BAD_REQUEST,
-            "Request body must be a JSON object",
-        )),
-        Err(_) => Err(error(
-            StatusCode::BAD_REQUEST,
-            "Request body is not valid JSON",
-        )),
+        Ok(_) => Err(Refusal::BadBody("Request body must be a JSON object")),
+        Err(_) => Err(Refusal::BadBody("Request body is not valid JSON")),
     }
 }
 
@@ -150,13 +173,13 @@ fn decode(text: &str) -> String {
 }
 
 /// A positive whole-number query parameter (`version_number`, `page`, `limit`): `Ok(None)` when
-/// absent, the `400` naming it when it is not one.
-pub(super) fn positive_param(query: Option<&str>, name: &str) -> Result<Option<u64>, Reply> {
+/// absent, the problem naming it when it is not one.
+pub(super) fn positive_param(query: Option<&str>, name: &str) -> Result<Option<u64>, Invalid> {
     match query_param(query, name) {
         None => Ok(None),
         Some(text) => match text.parse::<u64>() {
             Ok(n) if n >= 1 => Ok(Some(n)),
-            _ => Err(invalid(vec![format!(
+            _ => Err(Invalid(vec![format!(
                 "{name} must be a positive integer number"
             )])),
         },

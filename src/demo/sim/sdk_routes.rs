@@ -9,7 +9,8 @@ use hyper::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::reply::{self, positive_param, query_param, Listing, Reply};
+use super::patch::Invalid;
+use super::reply::{self, positive_param, query_param, Listing, Refusal, Reply};
 use super::Simulator;
 
 const CATALOG: &str = include_str!("catalog.json");
@@ -37,14 +38,14 @@ impl Catalog {
     }
 }
 
-/// The answer for one of these routes, or `None` when the path or method is not one of them.
+/// The answer for one of these routes, or `Ok(None)` when the path or method is not one of them.
 pub(super) fn route(
     sim: &Simulator,
     method: &Method,
     segments: &[&str],
     query: Option<&str>,
     body: &Bytes,
-) -> Option<Reply> {
+) -> Result<Option<Reply>, Refusal> {
     let catalog = sim.catalog();
     let reply = match (method, segments) {
         (&Method::GET | &Method::HEAD, [name]) => match name.to_ascii_lowercase().as_str() {
@@ -63,15 +64,15 @@ pub(super) fn route(
                         .as_str()
                         .is_some_and(|v| v.to_lowercase().contains(&want.to_lowercase()))
                 })
-            }),
+            })?,
             "calls" => page(query, &catalog.calls, |call| {
                 [("agent_id", "agent_id"), ("call_id", "id"), ("batch_call_id", "batch_call_id")]
                     .iter()
                     .all(|(param, key)| wanted(query, param, |want| call[*key].as_str() == Some(want)))
                     // Same format, so text order is time order; a bare date compares as its midnight.
                     && wanted(query, "from", |from| call["createdAt"].as_str().is_some_and(|at| at >= from))
-            }),
-            _ => return None,
+            })?,
+            _ => return Ok(None),
         },
         (&Method::GET | &Method::HEAD, [name, id]) => {
             let (list, what) = match name.to_ascii_lowercase().as_str() {
@@ -79,24 +80,24 @@ pub(super) fn route(
                 "llms" => (&catalog.llms, "LLM"),
                 "voices" => (&catalog.voices, "Voice"),
                 "calls" => (&catalog.calls, "Call"),
-                _ => return None,
+                _ => return Ok(None),
             };
             match list.iter().find(|item| item["id"].as_str() == Some(id)) {
                 Some(item) => reply::ok(item),
-                None => reply::error(StatusCode::NOT_FOUND, format!("{what} {id} not found")),
+                None => return Err(Refusal::NotFound(format!("{what} {id} not found"))),
             }
         }
         (&Method::POST, [name]) if name.eq_ignore_ascii_case("calls") => {
             drop(catalog);
-            place_call(sim, body)
+            place_call(sim, body)?
         }
         (&Method::POST, [name]) if name.eq_ignore_ascii_case("batch-calls") => {
             drop(catalog);
-            batch_call(sim, body)
+            batch_call(sim, body)?
         }
-        _ => return None,
+        _ => return Ok(None),
     };
-    Some(reply)
+    Ok(Some(reply))
 }
 
 /// Whether an item passes filter `name`: it does when the query has no such parameter.
@@ -105,17 +106,15 @@ fn wanted(query: Option<&str>, name: &str, pass: impl Fn(&str) -> bool) -> bool 
 }
 
 /// `{"data", "total", "page", "limit"}` over the items `keep` lets through.
-fn page(query: Option<&str>, items: &[Value], keep: impl Fn(&Value) -> bool) -> Reply {
-    let (page, limit) = match (
-        positive_param(query, "page"),
-        positive_param(query, "limit"),
-    ) {
-        (Ok(page), Ok(limit)) => (
-            page.unwrap_or(1),
-            limit.unwrap_or(DEFAULT_PAGE_SIZE).min(MAX_PAGE_SIZE),
-        ),
-        (Err(reply), _) | (_, Err(reply)) => return reply,
-    };
+fn page(
+    query: Option<&str>,
+    items: &[Value],
+    keep: impl Fn(&Value) -> bool,
+) -> Result<Reply, Refusal> {
+    let page = positive_param(query, "page")?.unwrap_or(1);
+    let limit = positive_param(query, "limit")?
+        .unwrap_or(DEFAULT_PAGE_SIZE)
+        .min(MAX_PAGE_SIZE);
     let matching: Vec<&Value> = items.iter().filter(|item| keep(item)).collect();
     let skip = usize::try_from((page - 1).saturating_mul(limit)).unwrap_or(usize::MAX);
     let data: Vec<&Value> = matching
@@ -124,21 +123,18 @@ fn page(query: Option<&str>, items: &[Value], keep: impl Fn(&Value) -> bool) -> 
         .take(limit as usize)
         .copied()
         .collect();
-    reply::ok(&Listing {
+    Ok(reply::ok(&Listing {
         data,
         total: matching.len(),
         page: Some(page),
         limit: Some(limit),
-    })
+    }))
 }
 
 /// `POST /calls`: the SDK's four required fields, the agent's version must exist; the call is
 /// queued (nothing dials) and shows up in the listing.
-fn place_call(sim: &Simulator, body: &Bytes) -> Reply {
-    let body = match reply::json_object(body) {
-        Ok(body) => body,
-        Err(reply) => return reply,
-    };
+fn place_call(sim: &Simulator, body: &Bytes) -> Result<Reply, Refusal> {
+    let body = reply::json_object(body)?;
     let mut problems = Vec::new();
     let text = |name: &str, problems: &mut Vec<String>| match body.get(name) {
         Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
@@ -170,11 +166,9 @@ fn place_call(sim: &Simulator, body: &Bytes) -> Reply {
     let (Some(phone), Some(agent_id), Some(version), true) =
         (phone, agent_id, version, problems.is_empty())
     else {
-        return reply::invalid(problems);
+        return Err(Invalid(problems).into());
     };
-    if let Err(err) = sim.agents().has_version(&agent_id, version) {
-        return reply::error(StatusCode::NOT_FOUND, err.to_string());
-    }
+    sim.agents().has_version(&agent_id, version)?;
     let mut catalog = sim.catalog();
     let id = super::fresh_id("call", |id| catalog.calls.iter().any(|c| c["id"] == id));
     let now = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
@@ -184,12 +178,12 @@ fn place_call(sim: &Simulator, body: &Bytes) -> Reply {
         "duration_sec": null, "metadata": metadata, "createdAt": now, "updatedAt": now,
     });
     catalog.calls.insert(0, call.clone());
-    reply::json(StatusCode::CREATED, &call)
+    Ok(reply::json(StatusCode::CREATED, &call))
 }
 
 /// `POST /batch-calls`: a multipart form with the leads file and three fields. The file is not
 /// dialled; its data rows are counted.
-fn batch_call(sim: &Simulator, body: &Bytes) -> Reply {
+fn batch_call(sim: &Simulator, body: &Bytes) -> Result<Reply, Refusal> {
     let text = String::from_utf8_lossy(body);
     let field = |name: &str| form_field(&text, name).filter(|v| !v.trim().is_empty());
     let mut problems = Vec::new();
@@ -209,11 +203,9 @@ fn batch_call(sim: &Simulator, body: &Bytes) -> Reply {
         field("file"),
         problems.is_empty(),
     ) else {
-        return reply::invalid(problems);
+        return Err(Invalid(problems).into());
     };
-    if let Err(err) = sim.agents().has_version(&agent_id, version) {
-        return reply::error(StatusCode::NOT_FOUND, err.to_string());
-    }
+    sim.agents().has_version(&agent_id, version)?;
     // The first line is the CSV header.
     let leads = file
         .lines()
@@ -229,7 +221,7 @@ fn batch_call(sim: &Simulator, body: &Bytes) -> Reply {
     answer.insert("total_calls".into(), leads.into());
     let now = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
     answer.insert("createdAt".into(), now.into());
-    reply::json(StatusCode::CREATED, &answer)
+    Ok(reply::json(StatusCode::CREATED, &answer))
 }
 
 /// The value of form field `name` in a `multipart/form-data` body: what lies between the blank
