@@ -649,3 +649,28 @@ async fn demo_prints_commands_for_the_seeds_fields_and_they_answer_as_described(
     assert_eq!(after.header("x-cache"), Some("MISS"));
     assert_eq!(after.json(), merged);
 }
+
+#[tokio::test]
+async fn sim_refuses_an_oversized_body_with_413_and_stops_when_its_handle_drops() {
+    let (sim, c) = sim().await;
+    let auth = format!("Bearer {KEY}");
+    let huge = Bytes::from(vec![b' '; 2 * 1024 * 1024 + 1]);
+    let r = c
+        .send(
+            Method::POST,
+            "/v1/agents2",
+            &[("authorization", &auth)],
+            huge,
+        )
+        .await;
+    assert_eq!(r.status, 413);
+    assert_eq!(r.json()["statusCode"], 413);
+    assert_eq!(sim.agent_count(), 3);
+
+    let addr = sim.addr;
+    drop(sim);
+    wait_until("the simulator stops accepting", || {
+        std::net::TcpStream::connect(addr).is_err()
+    })
+    .await;
+}
