@@ -95,6 +95,14 @@ pub fn is_read(method: &Method) -> bool {
     method == Method::GET || method == Method::HEAD
 }
 
+/// A team key (also the demo's admin token): a recognisable prefix (so leaked keys can be found by
+/// secret scanners) and 256 random bits.
+pub fn new_key() -> String {
+    let mut bytes = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+    format!("dnxgw_{}", hex::encode(bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,14 +1,14 @@
-//! Command line: run (default), `check`, `hash-key`, `gen-key`, `demo`.
+//! Command line: run (default), `check`, `hash-key`, `gen-key`, `demo`, `sim`.
 
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use rand::RngCore;
 
-use crate::auth::KeyDigest;
+use crate::auth::{new_key, KeyDigest};
 use crate::server::{self, Signals};
 use crate::settings::Settings;
 use crate::telemetry::{self, LogFormat};
@@ -53,6 +53,22 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin_listen: SocketAddr,
     },
+    /// Run the simulated DialNexa alone (no gateway), for a service's own tests. Prints its URL
+    /// and organisation key.
+    Sim {
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: SocketAddr,
+        /// The organisation key clients must send as `Authorization: Bearer <key>`; generated
+        /// (and printed) when not given.
+        #[arg(long, env = "DNXGW_SIM_KEY", hide_env_values = true)]
+        key: Option<String>,
+        /// Added to every answer, as the network to the real API would.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        /// Enforce an organisation quota: past this many requests a minute, 429 with Retry-After.
+        #[arg(long, value_name = "PER_MIN")]
+        rate_limit: Option<std::num::NonZeroU32>,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -76,6 +92,12 @@ pub fn main() -> ExitCode {
             listen,
             admin_listen,
         } => demo(listen, admin_listen),
+        Command::Sim {
+            listen,
+            key,
+            latency_ms,
+            rate_limit,
+        } => sim(listen, key, Duration::from_millis(latency_ms), rate_limit),
     }
 }
 
@@ -114,14 +136,6 @@ fn hash_key() -> ExitCode {
     }
     println!("{}", KeyDigest::of(key).to_hex());
     ExitCode::SUCCESS
-}
-
-/// A team key: a recognisable prefix (so leaked keys can be found by secret scanners) and 256
-/// random bits.
-pub fn new_key() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    format!("dnxgw_{}", hex::encode(bytes))
 }
 
 /// `server.worker_threads = 1` gets tokio's current-thread runtime: the same single thread running
@@ -174,6 +188,27 @@ fn demo(listen: SocketAddr, admin_listen: SocketAddr) -> ExitCode {
     };
     rt.block_on(async {
         match crate::demo::run(listen, admin_listen).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&format!("{e:#}")),
+        }
+    })
+}
+
+fn sim(
+    listen: SocketAddr,
+    key: Option<String>,
+    latency: Duration,
+    rate_limit: Option<std::num::NonZeroU32>,
+) -> ExitCode {
+    if key.as_deref().is_some_and(|k| k.trim().is_empty()) {
+        return fail("--key must not be empty");
+    }
+    let rt = match runtime(None) {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    rt.block_on(async {
+        match crate::demo::run_sim(listen, key, latency, rate_limit).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&format!("{e:#}")),
         }

@@ -11,6 +11,8 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod demo;
+/// The simulated DialNexa, at its old path (it lives in [`demo::sim`]).
+pub use demo::sim;
 pub mod error;
 pub mod header_text;
 pub mod http;
@@ -21,7 +23,6 @@ pub mod request_id;
 pub mod route;
 pub mod server;
 pub mod settings;
-pub mod sim;
 pub mod state;
 pub mod telemetry;
 pub mod upstream;

@@ -21,6 +21,19 @@ impl Signals {
             interrupt: signal(SignalKind::interrupt())?,
         })
     }
+
+    /// Waits for `SIGTERM` or `SIGINT`, for a process with nothing to reload or reopen (`sim`):
+    /// `SIGHUP` and `SIGUSR1` are taken and ignored rather than killing it.
+    pub async fn stop_requested(&mut self) {
+        loop {
+            tokio::select! {
+                _ = self.hangup.recv() => {}
+                _ = self.user1.recv() => {}
+                _ = self.terminate.recv() => return,
+                _ = self.interrupt.recv() => return,
+            }
+        }
+    }
 }
 
 impl RunningGateway {

@@ -780,7 +780,15 @@ async fn get_racing_a_patch_never_returns_the_old_version_once_the_patch_is_answ
             .await;
         assert_eq!((patched.status, version(&patched)), (200, 2));
         // The read that began before the write may answer the old version...
-        assert_eq!(version(&slow.await.unwrap()), 1);
+        let slow = slow.await.unwrap();
+        assert_eq!(
+            version(&slow),
+            1,
+            "iteration {i}: {} {:?} {:?}",
+            slow.status,
+            slow.headers,
+            slow.body
+        );
         // ...but nothing after the write's answer may.
         let after = c.get(&path, BILLING).await;
         assert_eq!(
@@ -826,7 +834,15 @@ async fn get_after_a_patch_never_joins_a_fill_that_started_before_it() {
             2,
             "iteration {i}: the read after the PATCH made its own upstream request"
         );
-        assert_eq!(version(&slow.await.unwrap()), 1);
+        let slow = slow.await.unwrap();
+        assert_eq!(
+            version(&slow),
+            1,
+            "iteration {i}: {} {:?} {:?}",
+            slow.status,
+            slow.headers,
+            slow.body
+        );
         // The older fill, ending last, did not overwrite the newer entry.
         let cached = c.get(&path, BILLING).await;
         assert_eq!(

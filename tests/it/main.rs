@@ -10,5 +10,6 @@ mod edges;
 mod forwarding;
 mod operations;
 mod ratelimit;
+mod sim;
 mod soak;
 mod tls;
