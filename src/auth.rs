@@ -6,8 +6,6 @@ use std::fmt;
 use http::{header, HeaderMap, Method};
 use sha2::{Digest, Sha256};
 
-use crate::header_text::hex_into;
-
 /// What a team may do: everything, or only read (GET and HEAD).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -37,8 +35,7 @@ impl KeyDigest {
     /// First 8 hex digits: enough to follow a key through a rotation in the audit trail,
     /// far too little to recover or replay it.
     pub fn key_id(self) -> String {
-        let mut text = [0u8; 8];
-        hex_into(&self.0[..4], &mut text).to_owned()
+        hex::encode(&self.0[..4])
     }
 }
 

@@ -170,7 +170,7 @@ impl GatewayError {
             Self::RateLimited { retry_after } => {
                 headers.insert(
                     header::RETRY_AFTER,
-                    crate::header_text::number(whole_seconds(*retry_after)),
+                    crate::http::header_number(whole_seconds(*retry_after)),
                 );
             }
             _ => {}

@@ -14,7 +14,6 @@ pub mod demo;
 /// The simulated DialNexa, at its old path (it lives in [`demo::sim`]).
 pub use demo::sim;
 pub mod error;
-pub mod header_text;
 pub mod http;
 pub mod metrics;
 pub mod proxy;

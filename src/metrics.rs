@@ -207,16 +207,10 @@ impl Metrics {
     }
 
     pub fn request(&self, team: Option<&Arc<str>>, method: &http::Method, status: u16) {
-        let method = match *method {
-            http::Method::GET => Cow::Borrowed("GET"),
-            http::Method::HEAD => Cow::Borrowed("HEAD"),
-            http::Method::POST => Cow::Borrowed("POST"),
-            http::Method::PUT => Cow::Borrowed("PUT"),
-            http::Method::PATCH => Cow::Borrowed("PATCH"),
-            http::Method::DELETE => Cow::Borrowed("DELETE"),
-            http::Method::OPTIONS => Cow::Borrowed("OPTIONS"),
+        let method = match crate::http::method_name(method) {
             // Arbitrary method names would make the label set unbounded.
-            _ => Cow::Borrowed("OTHER"),
+            Cow::Owned(_) => Cow::Borrowed("OTHER"),
+            standard => standard,
         };
         self.requests
             .get_or_create(&RequestLabels {

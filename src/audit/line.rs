@@ -9,7 +9,6 @@ use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::audit::AuditRecord;
-use crate::header_text::decimal;
 
 /// Appends `record` as one JSON object (no newline) to `out`.
 pub fn write(record: &AuditRecord, out: &mut Vec<u8>) {
@@ -73,7 +72,7 @@ pub fn write(record: &AuditRecord, out: &mut Vec<u8>) {
 }
 
 fn number(n: u64, out: &mut Vec<u8>) {
-    out.extend_from_slice(decimal(n, &mut [0; 20]));
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Milliseconds as made by [`crate::audit::millis`] (whole microseconds), in the shortest form

@@ -63,7 +63,7 @@ impl AuditRecord {
             key_id: None,
             org: None,
             client_ip,
-            method: method_name(method),
+            method: crate::http::method_name(method),
             path: path.to_owned(),
             agent_id: None,
             status: 0,
@@ -91,21 +91,6 @@ impl AuditRecord {
         record.decision = Decision::BadRequest;
         record
     }
-}
-
-/// The standard methods without an allocation; others as sent.
-fn method_name(method: &http::Method) -> Cow<'static, str> {
-    use http::Method;
-    Cow::Borrowed(match *method {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::PATCH => "PATCH",
-        Method::DELETE => "DELETE",
-        Method::OPTIONS => "OPTIONS",
-        _ => return Cow::Owned(method.as_str().to_owned()),
-    })
 }
 
 /// Milliseconds with microsecond precision: cache hits take well under a millisecond.

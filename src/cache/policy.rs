@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 
-use crate::header_text::{self, HeaderText};
+use crate::http::{header_number, HeaderText};
 
 /// How the cache took part in answering a read, in a word: `X-Cache` and the audit `cache` field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,7 +133,7 @@ impl CacheStatus {
         }
         match age {
             Some(age) => {
-                headers.insert(header::AGE, header_text::number(age.as_secs()));
+                headers.insert(header::AGE, header_number(age.as_secs()));
             }
             None => {
                 headers.remove(header::AGE);

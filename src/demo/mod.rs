@@ -12,8 +12,8 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::auth::{new_key, KeyDigest};
-use crate::settings::Settings;
 use crate::server::{self, Signals};
+use crate::settings::Settings;
 
 use sim::{SimOptions, Simulator};
 

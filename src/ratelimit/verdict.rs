@@ -7,7 +7,7 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::error::whole_seconds;
-use crate::header_text::{self, HeaderText};
+use crate::http::{header_number, HeaderText};
 use crate::settings::RateQuota;
 
 /// Which of a team's quotas a status describes.
@@ -140,9 +140,9 @@ pub fn apply_headers(verdict: &Verdict, headers: &mut HeaderMap) {
     headers.insert(RATELIMIT_LIMIT.clone(), fixed.limit.clone());
     headers.insert(
         RATELIMIT_REMAINING.clone(),
-        header_text::number(binding.remaining.into()),
+        header_number(binding.remaining.into()),
     );
-    headers.insert(RATELIMIT_RESET.clone(), header_text::number(reset));
+    headers.insert(RATELIMIT_RESET.clone(), header_number(reset));
     if let Some(v) = &fixed.policy {
         headers.insert(RATELIMIT_POLICY.clone(), v.clone());
     }
