@@ -1436,7 +1436,7 @@ mod props {
 
         #[test]
         #[ignore = "bug: a TOML syntax error names the table of its line as written, a carriage \
-                    return included; minimal input: `[0\r0` → \
+                    return included; minimal input: `[0\\r0` → \
                     \"config file …: line 1: `0\\r0`: unclosed table, expected `]`\""]
         fn toml_like_text_is_refused_without_carriage_returns(
             text in "[\\[\\]a-z_.=\"' \n\r\t0-9{},#\\\\-]{0,120}"
@@ -1458,8 +1458,8 @@ mod props {
         }
 
         #[test]
-        #[ignore = "bug: validation writes org and team names, env var names, file paths and org \
-                    names as given, so a line break in one splits its problem over two lines; \
+        #[ignore = "bug: validation writes org and team names, env var names, key file paths and the \
+                    org a team names as given, so a line break in one splits its problem in two; \
                     minimal input: `[server]\\n[upstream]\\n[orgs.\"a\\u000Ab\"]` → \
                     \"orgs.a\\nb: organisation names must be lowercase [a-z0-9_-]+\""]
         fn a_config_with_line_breaks_in_its_values_is_refused_in_lines(
