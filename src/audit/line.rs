@@ -390,4 +390,183 @@ mod tests {
         assert_eq!(v["decision"], "allowed");
         assert!(v.get("started").is_none());
     }
+
+    mod props {
+        use proptest::prelude::*;
+        use std::net::IpAddr;
+
+        use super::*;
+
+        /// Text of any kind: quotes, backslashes, control characters, non-ASCII.
+        fn text() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<String>(),
+                "[\"\\\\\u{0}-\u{1f}\u{7f}a\u{e9}\u{2028}\u{fffd}😀]{0,12}",
+            ]
+        }
+
+        fn outcome() -> impl Strategy<Value = CacheOutcome> {
+            prop::sample::select(vec![
+                CacheOutcome::Hit,
+                CacheOutcome::Miss,
+                CacheOutcome::Bypass,
+                CacheOutcome::Stale,
+            ])
+        }
+
+        fn decision() -> impl Strategy<Value = Decision> {
+            prop::sample::select(vec![
+                Decision::Allowed,
+                Decision::Unauthenticated,
+                Decision::Forbidden,
+                Decision::RateLimited,
+                Decision::BadRequest,
+            ])
+        }
+
+        /// Latencies as `millis` makes them: whole microseconds, up to a few years.
+        fn micros_latency() -> impl Strategy<Value = f64> {
+            prop_oneof![0u64..10_000_000, 0u64..100_000_000_000_000,]
+                .prop_map(|us| millis(Duration::from_micros(us)))
+        }
+
+        /// Any `f64` at all, NaN and infinities included.
+        fn any_latency() -> impl Strategy<Value = f64> {
+            prop_oneof![
+                micros_latency(),
+                any::<f64>(),
+                prop::sample::select(vec![
+                    f64::NAN,
+                    f64::INFINITY,
+                    f64::NEG_INFINITY,
+                    -0.0,
+                    -1.5,
+                    1e15,
+                    1e16,
+                    f64::MAX,
+                    f64::MIN_POSITIVE,
+                    5e-324,
+                ]),
+            ]
+        }
+
+        fn record(latency: BoxedStrategy<f64>) -> impl Strategy<Value = AuditRecord> {
+            let strings = (
+                text(),
+                prop::option::of(text()),
+                prop::option::of(text()),
+                prop::option::of(text()),
+                text(),
+                text(),
+                prop::option::of(text()),
+                prop::option::of(prop::collection::vec(text(), 0..4)),
+            );
+            let numbers = (
+                // Up to the year 9999: the timestamp has four digits for the year.
+                0u64..253_402_300_799_999,
+                any::<IpAddr>(),
+                any::<u16>(),
+                prop::option::of(any::<u16>()),
+                prop::option::of(outcome()),
+                decision(),
+                latency.clone(),
+                prop::option::of(latency),
+                (any::<u64>(), any::<u64>(), any::<u64>()),
+            );
+            (strings, numbers).prop_map(
+                |(
+                    (request_id, team, key_id, org, method, path, agent_id, changed_fields),
+                    (ts, ip, status, upstream_status, cache, decision, lat, up_lat, (bi, bo, inv)),
+                )| {
+                    let mut r = AuditRecord::new(request_id, ip, &http::Method::GET, &path);
+                    r.ts = UNIX_EPOCH + Duration::from_millis(ts);
+                    r.team = team.map(Arc::from);
+                    r.key_id = key_id;
+                    r.org = org.map(Arc::from);
+                    r.method = method.into();
+                    r.agent_id = agent_id;
+                    r.status = status;
+                    r.upstream_status = upstream_status;
+                    r.cache = cache;
+                    r.decision = decision;
+                    r.latency_ms = lat;
+                    r.upstream_latency_ms = up_lat;
+                    r.bytes_in = bi;
+                    r.bytes_out = bo;
+                    r.changed_fields = changed_fields;
+                    r.invalidated = inv;
+                    r
+                },
+            )
+        }
+
+        /// The number text of a field as written: `,"name":` occurs only between fields, since a
+        /// quote inside a string is escaped.
+        fn raw_number<'a>(line: &'a str, name: &str) -> &'a str {
+            let start = line.find(&format!(",\"{name}\":")).unwrap() + name.len() + 4;
+            let len = line[start..].find([',', '}']).unwrap();
+            &line[start..start + len]
+        }
+
+        /// A latency as written: the same `f64` read back exactly (serde_json's own reader may be
+        /// a bit off for long mantissas), or `null` for one JSON cannot hold.
+        fn assert_latency(line: &str, name: &str, ms: f64) -> Result<(), TestCaseError> {
+            let raw = raw_number(line, name);
+            if ms.is_finite() {
+                prop_assert_eq!(raw.parse::<f64>().ok(), Some(ms), "{} = {}", name, raw);
+            } else {
+                prop_assert_eq!(raw, "null");
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn a_record_is_one_line_of_one_object_with_its_fields(r in record(any_latency().boxed())) {
+                let mut out = Vec::new();
+                write(&r, &mut out);
+                out.push(b'\n');
+                prop_assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1);
+                prop_assert!(!out.contains(&b'\r'), "a carriage return in {:?}", String::from_utf8_lossy(&out));
+                let v: serde_json::Value = serde_json::from_slice(&out)
+                    .map_err(|e| TestCaseError::fail(format!("{e}: {}", String::from_utf8_lossy(&out))))?;
+                let o = v.as_object().unwrap();
+                prop_assert_eq!(o.len(), 19);
+                prop_assert_eq!(&o["ts"], &serde_json::json!(humantime::format_rfc3339_millis(r.ts).to_string()));
+                prop_assert_eq!(&o["request_id"], &serde_json::json!(r.request_id));
+                prop_assert_eq!(&o["team"], &serde_json::json!(r.team.as_deref()));
+                prop_assert_eq!(&o["key_id"], &serde_json::json!(r.key_id));
+                prop_assert_eq!(&o["org"], &serde_json::json!(r.org.as_deref()));
+                prop_assert_eq!(
+                    o["client_ip"].as_str().and_then(|ip| ip.parse::<IpAddr>().ok()),
+                    Some(r.client_ip)
+                );
+                prop_assert_eq!(&o["method"], &serde_json::json!(r.method));
+                prop_assert_eq!(&o["path"], &serde_json::json!(r.path));
+                prop_assert_eq!(&o["agent_id"], &serde_json::json!(r.agent_id));
+                prop_assert_eq!(&o["status"], &serde_json::json!(r.status));
+                prop_assert_eq!(&o["upstream_status"], &serde_json::json!(r.upstream_status));
+                prop_assert_eq!(&o["cache"], &serde_json::json!(r.cache.map(CacheOutcome::as_str)));
+                prop_assert_eq!(&o["decision"], &serde_json::json!(r.decision.as_str()));
+                let text = std::str::from_utf8(&out).unwrap();
+                assert_latency(text, "latency_ms", r.latency_ms)?;
+                match r.upstream_latency_ms {
+                    Some(ms) => assert_latency(text, "upstream_latency_ms", ms)?,
+                    None => prop_assert_eq!(raw_number(text, "upstream_latency_ms"), "null"),
+                }
+                prop_assert!(o["latency_ms"].is_number() || o["latency_ms"].is_null());
+                prop_assert_eq!(&o["bytes_in"], &serde_json::json!(r.bytes_in));
+                prop_assert_eq!(&o["bytes_out"], &serde_json::json!(r.bytes_out));
+                prop_assert_eq!(&o["changed_fields"], &serde_json::json!(r.changed_fields));
+                prop_assert_eq!(&o["invalidated"], &serde_json::json!(r.invalidated));
+            }
+
+            #[test]
+            fn a_record_is_written_as_serde_json_writes_it(r in record(micros_latency().boxed())) {
+                prop_assert_eq!(line(&r), reference(&r));
+            }
+        }
+    }
 }

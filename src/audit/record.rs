@@ -160,3 +160,109 @@ mod tests {
         assert_eq!(changed_fields(b"not json {"), None);
     }
 }
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+    use serde_json::{Map, Value};
+
+    use super::*;
+
+    /// JSON whose keys (`[a-z]{1,6}`) share no text with its values: strings start `VAL_`, numbers
+    /// are above 10^6, so any value text in a returned path is a leak.
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            "VAL_[A-Za-z0-9 .\"\\\\\n\u{e9}]{0,8}".prop_map(Value::String),
+            (1_000_001u64..u64::MAX).prop_map(Value::from),
+            (1.0e6f64..1.0e300).prop_map(|f| Value::from(f + 0.5)),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("[a-z]{1,6}", inner, 0..5)
+                    .prop_map(|m| Value::Object(m.into_iter().collect::<Map<_, _>>())),
+            ]
+        })
+    }
+
+    /// Every string and number in `value`, as text.
+    fn value_texts(value: &Value, out: &mut Vec<String>) {
+        match value {
+            Value::String(s) => out.push(s.clone()),
+            Value::Number(n) => out.push(n.to_string()),
+            Value::Array(items) => items.iter().for_each(|v| value_texts(v, out)),
+            Value::Object(map) => map.values().for_each(|v| value_texts(v, out)),
+            Value::Null | Value::Bool(_) => {}
+        }
+    }
+
+    /// The leaves `changed_fields` promises: non-empty objects are walked, all else is a leaf.
+    fn leaf_count(map: &Map<String, Value>) -> usize {
+        map.values()
+            .map(|v| match v {
+                Value::Object(inner) if !inner.is_empty() => leaf_count(inner),
+                _ => 1,
+            })
+            .sum()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn changed_fields_never_name_a_value(body in json()) {
+            let bytes = serde_json::to_vec(&body).unwrap();
+            let fields = changed_fields(&bytes);
+            prop_assert!(fields.is_some(), "JSON read as not JSON: {body}");
+            let fields = fields.unwrap();
+            let mut texts = Vec::new();
+            value_texts(&body, &mut texts);
+            for field in &fields {
+                prop_assert!(!field.contains("VAL_"), "{field:?} holds a value of {body}");
+                for text in &texts {
+                    prop_assert!(!field.contains(text.as_str()), "{field:?} holds {text:?}");
+                }
+                prop_assert!(!field.chars().any(|c| c.is_ascii_digit()), "{field:?} holds a number");
+            }
+        }
+
+        #[test]
+        fn changed_fields_are_the_paths_of_the_leaves(body in json()) {
+            let fields = changed_fields(&serde_json::to_vec(&body).unwrap()).unwrap();
+            let Value::Object(map) = &body else {
+                prop_assert!(fields.is_empty(), "{body} is no object but gave {fields:?}");
+                return Ok(());
+            };
+            prop_assert_eq!(fields.len(), leaf_count(map), "{}: {:?}", body, fields);
+            for field in &fields {
+                let mut at = &body;
+                for key in field.split('.') {
+                    let next = at.get(key);
+                    prop_assert!(next.is_some(), "{field:?} is not a path of {body}");
+                    at = next.unwrap();
+                }
+                prop_assert!(
+                    !matches!(at, Value::Object(m) if !m.is_empty()),
+                    "{field:?} names a non-empty object of {body}"
+                );
+            }
+        }
+
+        #[test]
+        fn changed_fields_take_any_bytes(body in prop::collection::vec(any::<u8>(), 0..256)) {
+            let fields = changed_fields(&body);
+            if serde_json::from_slice::<Value>(&body).is_err()
+                && !body.iter().all(u8::is_ascii_whitespace)
+            {
+                prop_assert_eq!(fields, None);
+            }
+        }
+
+        #[test]
+        fn changed_fields_take_any_text(body in "[{}\\[\\]\":,a-z0-9 .\\\\-]{0,64}") {
+            let _ = changed_fields(body.as_bytes());
+        }
+    }
+}

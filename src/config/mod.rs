@@ -344,3 +344,379 @@ key_sha256 = ["{DIGEST_A}"]
         assert!(p.iter().any(|l| l.contains("lowercase")), "{p:?}");
     }
 }
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+    use std::io::Write;
+
+    use super::*;
+
+    /// What a key of the file holds, so most generated values have the type serde expects and
+    /// validation is reached.
+    #[derive(Debug, Clone, Copy)]
+    enum Kind {
+        Int,
+        Str,
+        Bool,
+        Rate,
+        Strings,
+    }
+
+    const SERVER: &[(&str, Kind)] = &[
+        ("listen", Kind::Str),
+        ("admin_listen", Kind::Str),
+        ("max_body_bytes", Kind::Int),
+        ("shutdown_grace_ms", Kind::Int),
+        ("request_header_timeout_ms", Kind::Int),
+        ("request_body_timeout_ms", Kind::Int),
+        ("idle_timeout_ms", Kind::Int),
+        ("max_connections", Kind::Int),
+        ("worker_threads", Kind::Int),
+    ];
+    const UPSTREAM: &[(&str, Kind)] = &[
+        ("base_url", Kind::Str),
+        ("connect_timeout_ms", Kind::Int),
+        ("timeout_ms", Kind::Int),
+    ];
+    const CACHE: &[(&str, Kind)] = &[
+        ("enabled", Kind::Bool),
+        ("ttl_seconds", Kind::Int),
+        ("max_bytes", Kind::Int),
+        ("max_entry_bytes", Kind::Int),
+        ("stale_if_error_seconds", Kind::Int),
+    ];
+    const AUDIT: &[(&str, Kind)] = &[
+        ("sink", Kind::Str),
+        ("path", Kind::Str),
+        ("buffer_lines", Kind::Int),
+    ];
+    const ADMIN: &[(&str, Kind)] = &[("token_sha256", Kind::Str)];
+    const ORG: &[(&str, Kind)] = &[("api_key_env", Kind::Str), ("api_key_file", Kind::Str)];
+    const TEAM: &[(&str, Kind)] = &[
+        ("org", Kind::Str),
+        ("key_sha256", Kind::Strings),
+        ("access", Kind::Str),
+        ("rate_limit", Kind::Rate),
+        ("write_rate_limit", Kind::Rate),
+    ];
+    const UNKNOWN: &[(&str, Kind)] = &[
+        ("retries", Kind::Int),
+        ("Listen", Kind::Str),
+        ("max-body-bytes", Kind::Int),
+        ("redis_url", Kind::Str),
+    ];
+
+    fn without_controls(s: String, controls: bool) -> String {
+        if controls {
+            s
+        } else {
+            s.chars().filter(|c| !c.is_control()).collect()
+        }
+    }
+
+    /// A TOML basic string holding `s` exactly.
+    fn quoted(s: &str) -> String {
+        let mut out = String::from("\"");
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    /// Values, some of them operators' typos; with `controls`, some holding control characters.
+    fn text(controls: bool) -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "127.0.0.1:8080",
+                "127.0.0.1:0",
+                "[::1]:9090",
+                "http://127.0.0.1:1/v1",
+                "https://api.dialnexa.com/v1",
+                "ftp://x",
+                "http://",
+                "http://h/v1?q=1",
+                "file",
+                "stdout",
+                "read_only",
+                "read_write",
+                "acme",
+                "billing",
+                "Billing",
+                "PATH",
+                "DNXGW_UNSET_VAR",
+                "A=B",
+                "a\0b",
+                "",
+                "/nonexistent/key",
+                "1111111111111111111111111111111111111111111111111111111111111111",
+                "zz11111111111111111111111111111111111111111111111111111111111111",
+            ])
+            .prop_map(str::to_owned),
+            "\\PC{0,12}",
+            "[a-z\n\r\t\"\\\\ =.\\[\\]\u{e9}\u{0}]{0,10}",
+        ]
+        .prop_map(move |s| without_controls(s, controls))
+    }
+
+    /// Any TOML value text, nested a little.
+    fn any_value(controls: bool) -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            (-2i64..70_000).prop_map(|n| n.to_string()),
+            Just("18446744073709551616".to_owned()),
+            any::<bool>().prop_map(|b| b.to_string()),
+            text(controls).prop_map(|s| quoted(&s)),
+            prop::sample::select(vec!["1.5", "-0.0", "inf", "nan", "1979-05-27", "'lit\\n'"])
+                .prop_map(str::to_owned),
+        ];
+        leaf.prop_recursive(2, 12, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|v| format!("[{}]", v.join(", "))),
+                prop::collection::vec(
+                    (
+                        prop::sample::select(vec!["per_minute", "burst", "x", "a b"]),
+                        inner
+                    ),
+                    0..3,
+                )
+                .prop_map(|kv| {
+                    let kv: Vec<String> = kv
+                        .iter()
+                        .map(|(k, v)| format!("{} = {v}", quoted(k)))
+                        .collect();
+                    format!("{{ {} }}", kv.join(", "))
+                }),
+            ]
+        })
+    }
+
+    /// A value for a key of `kind`; with `noise`, now and then one of any type.
+    fn value_of(kind: Kind, noise: bool, controls: bool) -> BoxedStrategy<String> {
+        let typed = match kind {
+            Kind::Int => prop_oneof![
+                (0u64..100_000).prop_map(|n| n.to_string()),
+                (0..=i64::MAX).prop_map(|n| n.to_string()),
+                Just("0".to_owned()),
+            ]
+            .boxed(),
+            Kind::Str => text(controls).prop_map(|s| quoted(&s)).boxed(),
+            Kind::Bool => any::<bool>().prop_map(|b| b.to_string()).boxed(),
+            Kind::Rate => (prop::option::of(0i64..5000), prop::option::of(-1i64..100))
+                .prop_map(|(pm, b)| {
+                    let mut kv = Vec::new();
+                    if let Some(pm) = pm {
+                        kv.push(format!("per_minute = {pm}"));
+                    }
+                    if let Some(b) = b {
+                        kv.push(format!("burst = {b}"));
+                    }
+                    format!("{{ {} }}", kv.join(", "))
+                })
+                .boxed(),
+            Kind::Strings => prop::collection::vec(text(controls), 0..3)
+                .prop_map(|v| {
+                    let v: Vec<String> = v.iter().map(|s| quoted(s)).collect();
+                    format!("[{}]", v.join(", "))
+                })
+                .boxed(),
+        };
+        if noise {
+            prop_oneof![4 => typed, 1 => any_value(controls)].boxed()
+        } else {
+            typed
+        }
+    }
+
+    /// One table: its header and some of its keys, each once; with `noise`, now and then a key
+    /// it does not have and values of any type.
+    fn table(
+        header: String,
+        keys: &'static [(&'static str, Kind)],
+        noise: bool,
+        controls: bool,
+    ) -> BoxedStrategy<String> {
+        let unknown = if noise { 0..2 } else { 0..1 };
+        (
+            prop::sample::subsequence(keys.to_vec(), 0..=keys.len()),
+            prop::sample::subsequence(UNKNOWN.to_vec(), unknown),
+        )
+            .prop_flat_map(move |(known, unknown)| {
+                known
+                    .into_iter()
+                    .chain(unknown)
+                    .map(|(k, kind)| {
+                        value_of(kind, noise, controls).prop_map(move |v| format!("{k} = {v}\n"))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .prop_map(move |lines| format!("[{header}]\n{}", lines.concat()))
+            .boxed()
+    }
+
+    /// Org and team names: valid ones and ones that are not, some needing quotes.
+    fn names(controls: bool) -> impl Strategy<Value = Vec<String>> {
+        prop::sample::subsequence(
+            vec![
+                "acme", "billing", "ops-2", "Billing", "a.b", "a\nb", "", "é",
+            ],
+            0..4,
+        )
+        .prop_map(move |names| {
+            names
+                .into_iter()
+                .map(|n| without_controls(n.to_owned(), controls))
+                .map(|n| {
+                    let bare = !n.is_empty()
+                        && n.bytes()
+                            .all(|b| b.is_ascii_lowercase() || b == b'-' || b.is_ascii_digit());
+                    if bare {
+                        n
+                    } else {
+                        quoted(&n)
+                    }
+                })
+                .collect()
+        })
+    }
+
+    /// A config file in the shape operators write, with any of its parts missing, wrong or extra.
+    fn config_text(noise: bool, controls: bool) -> impl Strategy<Value = String> {
+        let optional = |header: &str, keys, weight| {
+            prop::option::weighted(weight, table(header.to_owned(), keys, noise, controls))
+        };
+        (
+            optional("server", SERVER, 0.95),
+            optional("upstream", UPSTREAM, 0.95),
+            optional("cache", CACHE, 0.5),
+            optional("audit", AUDIT, 0.5),
+            optional("admin", ADMIN, 0.3),
+            (names(controls), names(controls)),
+            optional("cluster", UNKNOWN, if noise { 0.2 } else { 0.01 }),
+        )
+            .prop_flat_map(
+                move |(server, upstream, cache, audit, admin, (orgs, teams), cluster)| {
+                    let orgs: Vec<_> = orgs
+                        .into_iter()
+                        .map(|n| table(format!("orgs.{n}"), ORG, noise, controls))
+                        .collect();
+                    let teams: Vec<_> = teams
+                        .into_iter()
+                        .map(|n| table(format!("teams.{n}"), TEAM, noise, controls))
+                        .collect();
+                    let fixed: String = [server, upstream, cache, audit, admin, cluster]
+                        .into_iter()
+                        .flatten()
+                        .collect();
+                    (Just(fixed), orgs, teams)
+                },
+            )
+            .prop_map(|(fixed, orgs, teams)| fixed + &orgs.concat() + &teams.concat())
+    }
+
+    /// Every problem is one line of text.
+    /// `breaks`: what counts as the end of a line.
+    fn assert_one_line_each(
+        text: &str,
+        result: &Result<Settings, ConfigError>,
+        breaks: &[char],
+    ) -> Result<(), TestCaseError> {
+        if let Err(e) = result {
+            prop_assert!(!e.problems.is_empty(), "no problem named for {text:?}");
+            for p in &e.problems {
+                prop_assert!(!p.trim().is_empty(), "an empty problem for {text:?}");
+                prop_assert!(
+                    !p.contains(breaks),
+                    "{p:?} is more than one line, for {text:?}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn load(text: &str) -> Result<Settings, ConfigError> {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        Settings::load(file.path())
+    }
+
+    const LF: &[char] = &['\n'];
+    const CR_OR_LF: &[char] = &['\n', '\r'];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn any_text_is_loaded_or_refused_in_lines(text in "\\PC{0,200}") {
+            let result = load(&text);
+            assert_one_line_each(&text, &result, CR_OR_LF)?;
+        }
+
+        #[test]
+        fn toml_like_text_is_loaded_or_refused_in_lines(
+            text in "[\\[\\]a-z_.=\"' \n\r\t0-9{},#\\\\-]{0,120}"
+        ) {
+            let result = load(&text);
+            assert_one_line_each(&text, &result, LF)?;
+        }
+
+        #[test]
+        #[ignore = "bug: a TOML syntax error names the table of its line as written, a carriage \
+                    return included; minimal input: `[0\\r0` → \
+                    \"config file …: line 1: `0\\r0`: unclosed table, expected `]`\""]
+        fn toml_like_text_is_refused_without_carriage_returns(
+            text in "[\\[\\]a-z_.=\"' \n\r\t0-9{},#\\\\-]{0,120}"
+        ) {
+            let result = load(&text);
+            assert_one_line_each(&text, &result, CR_OR_LF)?;
+        }
+
+        #[test]
+        fn a_config_of_any_shape_is_loaded_or_refused_in_lines(text in config_text(true, false)) {
+            let result = Settings::from_toml_str(&text);
+            assert_one_line_each(&text, &result, CR_OR_LF)?;
+        }
+
+        #[test]
+        fn a_well_typed_config_is_loaded_or_refused_in_lines(text in config_text(false, false)) {
+            let result = Settings::from_toml_str(&text);
+            assert_one_line_each(&text, &result, CR_OR_LF)?;
+        }
+
+        #[test]
+        #[ignore = "bug: validation writes org and team names, env var names, key file paths and the \
+                    org a team names as given, so a line break in one splits its problem in two; \
+                    minimal input: `[server]\\n[upstream]\\n[orgs.\"a\\u000Ab\"]` → \
+                    \"orgs.a\\nb: organisation names must be lowercase [a-z0-9_-]+\""]
+        fn a_config_with_line_breaks_in_its_values_is_refused_in_lines(
+            text in config_text(false, true)
+        ) {
+            let result = Settings::from_toml_str(&text);
+            assert_one_line_each(&text, &result, CR_OR_LF)?;
+        }
+    }
+
+    /// The minimal input the ignored property above found, read the way `load` reads it.
+    #[test]
+    #[ignore = "bug: see a_config_with_line_breaks_in_its_values_is_refused_in_lines"]
+    fn a_line_break_in_an_org_name_stays_in_its_problem_line() {
+        let e =
+            Settings::from_toml_str("[server]\n[upstream]\n[orgs.\"a\\u000Ab\"]\n").unwrap_err();
+        assert!(e.problems.iter().all(|p| !p.contains('\n')), "{e:?}");
+    }
+
+    /// The minimal input toml_like_text_is_refused_without_carriage_returns found.
+    #[test]
+    #[ignore = "bug: see toml_like_text_is_refused_without_carriage_returns"]
+    fn a_carriage_return_in_a_table_header_stays_out_of_its_problem_line() {
+        let e = Settings::from_toml_str("[0\r0").unwrap_err();
+        assert!(e.problems.iter().all(|p| !p.contains('\r')), "{e:?}");
+    }
+}

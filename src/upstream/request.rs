@@ -429,3 +429,329 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// Headers that never go upstream whatever the client sent (beside `Connection` itself and the
+    /// ones it names).
+    const NEVER_FORWARDED: [&str; 16] = [
+        "x-api-key",
+        "host",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "proxy-connection",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "forwarded",
+        "x-real-ip",
+    ];
+
+    /// What a cache fill may send, and nothing else.
+    const FILL_ALLOWED: [&str; 6] = [
+        "accept",
+        "accept-encoding",
+        "authorization",
+        "x-request-id",
+        "traceparent",
+        "tracestate",
+    ];
+
+    fn org() -> Org {
+        let mut authorization = HeaderValue::from_static("Bearer org-key");
+        authorization.set_sensitive(true);
+        Org {
+            name: Arc::from("acme"),
+            authorization,
+        }
+    }
+
+    /// Any bytes a header value may hold: visible ASCII, space, tab and obs-text.
+    fn value() -> impl Strategy<Value = HeaderValue> {
+        prop::collection::vec(any::<u8>(), 0..12).prop_map(|bytes| {
+            let bytes: Vec<u8> = bytes
+                .into_iter()
+                .map(|b| {
+                    if (b < 0x20 && b != b'\t') || b == 0x7f {
+                        b'x'
+                    } else {
+                        b
+                    }
+                })
+                .collect();
+            HeaderValue::from_bytes(&bytes).unwrap()
+        })
+    }
+
+    /// Names a client might send: its own, the usual ones, and every one the gateway must drop.
+    fn name() -> impl Strategy<Value = HeaderName> {
+        prop_oneof![
+            3 => "x-[a-z0-9-]{1,8}".prop_map(|n| HeaderName::from_bytes(n.as_bytes()).unwrap()),
+            2 => prop::sample::select(vec![
+                "accept", "accept-encoding", "accept-language", "content-type", "user-agent",
+                "if-none-match", "if-modified-since", "if-match", "traceparent", "tracestate",
+                "x-request-id", "authorization",
+            ])
+            .prop_map(HeaderName::from_static),
+            3 => prop::sample::select(NEVER_FORWARDED.to_vec()).prop_map(HeaderName::from_static),
+        ]
+    }
+
+    /// A `Connection` value: options, some naming headers the request carries, in any case, with
+    /// any spacing.
+    /// `obs_text`: sometimes add an option that is not text (bytes above 0x7f).
+    fn connection(names: Vec<HeaderName>, obs_text: bool) -> impl Strategy<Value = HeaderValue> {
+        let mut tokens: Vec<String> = names.iter().map(|n| n.as_str().to_owned()).collect();
+        tokens
+            .extend(["close", "keep-alive", "Keep-Alive", "upgrade", "x-other"].map(String::from));
+        tokens.push("cookie".to_owned());
+        (
+            prop::collection::vec(
+                (prop::sample::select(tokens), any::<bool>(), 0usize..3),
+                1..4,
+            ),
+            prop::option::weighted(0.2, prop::sample::select(vec![&b"\xe9"[..], b"x-\xff"])),
+        )
+            .prop_map(move |(picks, junk)| {
+                let text: Vec<String> = picks
+                    .into_iter()
+                    .map(|(t, upper, spaces)| {
+                        let t = if upper { t.to_ascii_uppercase() } else { t };
+                        format!("{}{t}{}", " ".repeat(spaces), "\t".repeat(spaces % 2))
+                    })
+                    .collect();
+                let mut bytes = text.join(",").into_bytes();
+                // Now and then an option that is not text: the others are still named.
+                if let Some(junk) = junk.filter(|_| obs_text) {
+                    bytes.push(b',');
+                    bytes.extend_from_slice(junk);
+                }
+                HeaderValue::from_bytes(&bytes).unwrap()
+            })
+    }
+
+    /// A client's headers: pairs of any of the names above, cookie crumbs, and sometimes a
+    /// `Connection` naming some of them.
+    fn client_headers(obs_text: bool) -> impl Strategy<Value = (HeaderMap, Vec<HeaderValue>)> {
+        (
+            prop::collection::vec((name(), value()), 0..12),
+            prop::collection::vec("[a-z]{1,4}=[a-zA-Z0-9]{0,4}", 0..4),
+        )
+            .prop_flat_map(move |(pairs, crumbs)| {
+                let names: Vec<HeaderName> = pairs.iter().map(|(n, _)| n.clone()).collect();
+                (
+                    Just(pairs),
+                    Just(crumbs),
+                    prop::option::of(connection(names, obs_text)),
+                )
+            })
+            .prop_map(|(pairs, crumbs, connection)| {
+                let mut h = HeaderMap::new();
+                for (n, v) in pairs {
+                    h.append(n, v);
+                }
+                let crumbs: Vec<HeaderValue> = crumbs
+                    .iter()
+                    .map(|c| HeaderValue::from_str(c).unwrap())
+                    .collect();
+                for c in &crumbs {
+                    h.append(header::COOKIE, c.clone());
+                }
+                if let Some(c) = connection {
+                    h.append(header::CONNECTION, c);
+                }
+                (h, crumbs)
+            })
+    }
+
+    fn request_id() -> impl Strategy<Value = HeaderValue> {
+        "[!-~]{1,16}".prop_map(|s| HeaderValue::from_str(&s).unwrap())
+    }
+
+    /// The header names the client's `Connection` fields name, lower-cased, read from the bytes.
+    fn named_by_connection(client: &HeaderMap) -> Vec<String> {
+        client
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(|t| String::from_utf8_lossy(t).trim().to_ascii_lowercase())
+            .filter(|t| !t.is_empty())
+            .collect()
+    }
+
+    fn all<'a>(h: &'a HeaderMap, name: &str) -> Vec<&'a HeaderValue> {
+        h.get_all(name).iter().collect()
+    }
+
+    /// What both purposes promise: the org's key once, the request id once, no credential of the
+    /// client's, no hop-by-hop or forwarding header.
+    fn assert_common(out: &HeaderMap, rid: &HeaderValue) -> Result<(), TestCaseError> {
+        prop_assert_eq!(all(out, "authorization"), [&org().authorization]);
+        prop_assert_eq!(all(out, "x-request-id"), [rid]);
+        for gone in NEVER_FORWARDED {
+            prop_assert!(!out.contains_key(gone), "{gone} sent upstream: {out:?}");
+        }
+        Ok(())
+    }
+
+    /// Nothing the client's `Connection` names goes upstream (RFC 9110 §7.6.1).
+    /// `exempt`: names whose own property is checked elsewhere.
+    fn assert_connection_honoured(
+        client: &HeaderMap,
+        out: &HeaderMap,
+        exempt: &[&str],
+    ) -> Result<(), TestCaseError> {
+        for named in named_by_connection(client) {
+            // The gateway's own headers, not the client's, may carry a name `Connection` used.
+            if ["authorization", "x-request-id", "accept-encoding"].contains(&named.as_str())
+                || exempt.contains(&named.as_str())
+            {
+                continue;
+            }
+            prop_assert!(
+                !out.contains_key(named.as_str()),
+                "{named} is named by Connection yet sent upstream: {out:?}"
+            );
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn a_forward_carries_only_what_may_leave(
+            (client, crumbs) in client_headers(false),
+            rid in request_id(),
+        ) {
+            let out = upstream_headers(&client, &org(), &rid, Purpose::Forward);
+            assert_common(&out, &rid)?;
+            assert_connection_honoured(&client, &out, &["cookie"])?;
+            let cookies = all(&out, "cookie");
+            if named_by_connection(&client).iter().any(|t| t == "cookie") {
+                // See a_forward_sends_no_cookie_connection_names.
+            } else if crumbs.is_empty() {
+                prop_assert!(cookies.is_empty(), "{cookies:?}");
+            } else {
+                let joined: Vec<&str> = crumbs.iter().map(|c| c.to_str().unwrap()).collect();
+                prop_assert_eq!(cookies, [&HeaderValue::from_str(&joined.join("; ")).unwrap()]);
+            }
+        }
+
+        #[test]
+        fn a_forward_keeps_the_rest_of_the_client_headers(
+            (client, _) in client_headers(false),
+            rid in request_id(),
+        ) {
+            let out = upstream_headers(&client, &org(), &rid, Purpose::Forward);
+            let named = named_by_connection(&client);
+            for name in client.keys() {
+                let n = name.as_str();
+                let dropped = NEVER_FORWARDED.contains(&n)
+                    || ["authorization", "x-request-id", "cookie"].contains(&n)
+                    || named.iter().any(|t| t == n)
+                    || (n == "if-modified-since" && !client.contains_key("if-none-match"));
+                if !dropped {
+                    prop_assert_eq!(all(&out, n), all(&client, n), "{}", n);
+                }
+            }
+        }
+
+        #[test]
+        fn a_fill_carries_only_what_the_organisation_shares(
+            (client, _) in client_headers(false),
+            rid in request_id(),
+        ) {
+            let out = upstream_headers(&client, &org(), &rid, Purpose::CacheFill);
+            assert_common(&out, &rid)?;
+            for name in out.keys() {
+                prop_assert!(FILL_ALLOWED.contains(&name.as_str()), "{name} sent on a fill: {out:?}");
+            }
+            prop_assert_eq!(all(&out, "accept-encoding"), [&HeaderValue::from_static("identity")]);
+            let named = named_by_connection(&client);
+            for shared in ["accept", "traceparent", "tracestate"] {
+                if !named.iter().any(|t| t == shared) {
+                    prop_assert_eq!(all(&out, shared), all(&client, shared), "{}", shared);
+                }
+            }
+        }
+
+        #[test]
+        #[ignore = "bug: a cache fill sends `Accept`, `traceparent` and `tracestate` even when the \
+                    client's `Connection` names them; minimal input: `traceparent: <any value>` with \
+                    `Connection: traceparent` → that `traceparent` sent upstream"]
+        fn a_fill_sends_nothing_connection_names(
+            (client, _) in client_headers(false),
+            rid in request_id(),
+        ) {
+            let out = upstream_headers(&client, &org(), &rid, Purpose::CacheFill);
+            assert_connection_honoured(&client, &out, &[])?;
+        }
+
+        #[test]
+        #[ignore = "bug: a forward joins the client's cookie crumbs into one `Cookie` even when the \
+                    client's `Connection` names `cookie`; minimal input: `Cookie: a=` with \
+                    `Connection: cookie` → `cookie: a=` sent upstream"]
+        fn a_forward_sends_no_cookie_connection_names(
+            (client, _) in client_headers(false),
+            rid in request_id(),
+        ) {
+            let out = upstream_headers(&client, &org(), &rid, Purpose::Forward);
+            assert_connection_honoured(&client, &out, &[])?;
+        }
+
+        #[test]
+        #[ignore = "bug: a `Connection` field holding any byte above 0x7f is skipped whole \
+                    (`to_str` fails), so the headers its other options name are forwarded; \
+                    minimal input: `user-agent: <any value>` with `Connection: user-agent,\\xe9` → \
+                    `user-agent` sent upstream"]
+        fn a_forward_sends_nothing_a_non_text_connection_names(
+            (client, _) in client_headers(true),
+            rid in request_id(),
+        ) {
+            let out = upstream_headers(&client, &org(), &rid, Purpose::Forward);
+            assert_connection_honoured(&client, &out, &["cookie"])?;
+        }
+
+        #[test]
+        #[ignore = "bug: only `X-Forwarded-For`, `-Host` and `-Proto` are dropped; the rest of the \
+                    family (`-Port`, `-Server`, `-Prefix`, ...) names the client's side of the \
+                    gateway and is forwarded; minimal input: `x-forwarded-port: ` on a forward"]
+        fn no_x_forwarded_header_reaches_upstream(
+            (client, _) in client_headers(false),
+            forwarded in prop::collection::vec(
+                (
+                    prop::sample::select(vec![
+                        "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto",
+                        "x-forwarded-port", "x-forwarded-server", "x-forwarded-prefix",
+                        "x-forwarded-ssl", "x-forwarded-client-cert",
+                    ]),
+                    value(),
+                ),
+                1..4,
+            ),
+            rid in request_id(),
+            purpose in prop::sample::select(vec![Purpose::Forward, Purpose::CacheFill]),
+        ) {
+            let mut client = client;
+            for (name, value) in forwarded {
+                client.append(name, value);
+            }
+            let out = upstream_headers(&client, &org(), &rid, purpose);
+            for name in out.keys() {
+                prop_assert!(!name.as_str().starts_with("x-forwarded-"), "{name} sent upstream");
+            }
+        }
+    }
+}
