@@ -35,7 +35,8 @@ pub(super) struct Problems(pub(super) Vec<String>);
 
 impl Problems {
     pub(super) fn push(&mut self, key: &str, msg: impl fmt::Display) {
-        self.0.push(format!("{key}: {msg}"));
+        self.0
+            .push(super::one_printable_line(&format!("{key}: {msg}")));
     }
 }
 

@@ -160,6 +160,9 @@ async fn unsafe_paths_are_400_before_authentication_and_never_forwarded() {
         "/v1/agents2/a%2Fb",
         "/v1/agents2/a%00",
         "/v1/agents2/a%0d%0aX-Injected:%201",
+        // A sign where a hex digit belongs must not decode to a control byte (`%+A` is not `%0A`).
+        "/v1/agents2/a%+A",
+        "/v1/agents2/a%+0",
     ] {
         // Both with and without a key: a malformed path is refused first.
         for auth in ["", &format!("Authorization: Bearer {BILLING}\r\n")] {
