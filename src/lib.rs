@@ -1,8 +1,24 @@
 //! dialnexa-gateway: an authenticating, caching, rate-limiting gateway in front of the DialNexa API.
 //!
-//! A request's life is in [`proxy`]; the modules are its steps: [`route`] → [`auth`] →
-//! [`ratelimit`] → [`cache`] / [`upstream`] → [`audit`]. [`server`] runs the listeners, [`state`]
-//! holds the reloadable config snapshot, [`admin`] serves probes, metrics and purges.
+//! This file is the map. A request's whole life is [`proxy`] (its `mod.rs` is the pipeline on one
+//! screen); each step is a call into a room of its own, in this order:
+//!
+//! | step | room | owns |
+//! |---|---|---|
+//! | 0 | [`route`] | path → route (`/v1` or legacy), agent id, the `400`s for unsafe paths |
+//! | 1-2 | [`auth`] | presented key → [`auth::KeyDigest`], [`auth::Access`], the method allow-list |
+//! | 3 | [`ratelimit`] | the [`ratelimit::Quotas`] seam, per-team GCRA, quota headers |
+//! | 4-5 | [`cache`] | keys, storage, one fetch per miss, invalidation by [`cache::Scope`], `Cache-Status` |
+//! | 4 | [`upstream`] | the pooled client, credential swap and header hygiene, streamed bodies |
+//! | 6 | [`audit`] | the record, the one owner of each line ([`audit::PendingLine`]), the writer |
+//!
+//! Around the pipeline: [`server`] accepts connections and holds them to their limits, signals and
+//! drain; [`state`] is the process ([`state::Gateway`], with the one [`state::Gateway::invalidate`])
+//! and the reloadable [`state::Snapshot`]; [`admin`] serves probes, metrics and purges; [`config`]
+//! turns operators' TOML into [`settings`], the validated types every stage reads. [`error`] maps
+//! every refusal to a status, an audit decision and DialNexa's error shape; [`http`] is the shared
+//! body type and header-value helpers; [`metrics`], [`telemetry`], [`request_id`]. [`demo`] holds
+//! `demo` and the simulated DialNexa; [`cli`] is the command line the thin binary runs.
 
 pub mod admin;
 pub mod audit;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::cache::CacheOutcome;
 use crate::error::Decision;
 
-/// One audit line, written by [`super::line::write`]. Field names and meanings are the contract's;
+/// One audit line, written by `audit::line::write`. Field names and meanings are the contract's;
 /// values never include keys, tokens or body values.
 #[derive(Debug)]
 pub struct AuditRecord {

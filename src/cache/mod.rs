@@ -7,7 +7,7 @@
 //! in-flight fills are coalesced per (variant, generation). So a fill that began before a write is
 //! never served after it, and a read that arrives after a write never joins an older fill.
 //!
-//! [`key`] names what is cached, [`store`] keeps it, [`coalesce`] fills it once, and [`policy`]
+//! `key` names what is cached, `store` keeps it, `coalesce` fills it once, and `policy`
 //! decides what may be kept and how an answer says where it came from.
 
 mod coalesce;

@@ -3,8 +3,8 @@
 //! route → identify → authorize → rate-limit → read body → agent read (cache) or forward
 //! (+ invalidate around a write) → respond, with the audit line owned by a [`PendingLine`] from the
 //! first step to the last. Each step is a call into its own room; the files beside this one are the
-//! pipeline's own steps: [`agent_read`] (step 4), [`forward`] (steps 4-5), [`request_body`] and
-//! [`respond`] (per-request headers, metrics, the hand-off to audit).
+//! pipeline's own steps: `agent_read` (step 4), `forward` (steps 4-5), [`request_body`] and
+//! `respond` (per-request headers, metrics, the hand-off to audit).
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! Step 3: per-team quotas (GCRA), a general one and an optional stricter one for writes, and the
 //! quota headers every response to an identified team carries.
 //!
-//! The pipeline asks [`Quotas`], an async seam: today the replica's own limiter ([`local`]) stands
+//! The pipeline asks [`Quotas`], an async seam: today the replica's own limiter (`local`) stands
 //! behind it; a shared one can stand beside it without the pipeline changing.
 
 mod local;

@@ -1,4 +1,4 @@
-//! Listeners and lifecycle (the room around the pipeline): binds the API and admin listeners, serves HTTP/1.1 and h2c on both,
+//! Around the pipeline: binds the API and admin listeners, serves HTTP/1.1 and h2c on both,
 //! reloads, and shuts down gracefully (stop accepting, `/readyz` 503, finish in-flight requests up
 //! to `server.shutdown_grace_ms`, flush the audit sink).
 
