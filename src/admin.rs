@@ -16,7 +16,9 @@ use crate::error::GatewayError;
 use crate::http::{self as body, ProxyBody};
 use crate::proxy::request_body::{self, BodyLimits};
 use crate::request_id::{self, X_REQUEST_ID};
+use crate::settings::OnUnavailable;
 use crate::state::Gateway;
+use crate::state::Moment;
 
 /// Purge requests are tiny JSON objects.
 const ADMIN_BODY_LIMIT: u64 = 64 * 1024;
@@ -32,7 +34,19 @@ pub async fn handle(
         (&Method::GET | &Method::HEAD, "/readyz") if gw.is_draining() => {
             probe(StatusCode::SERVICE_UNAVAILABLE, "draining")
         }
-        (&Method::GET | &Method::HEAD, "/readyz") => probe(StatusCode::OK, "ready"),
+        (&Method::GET | &Method::HEAD, "/readyz") => match gw.cluster_state() {
+            None => probe(StatusCode::OK, "ready"),
+            Some((true, _)) => probe(StatusCode::OK, "ready; cluster: connected"),
+            // Under `degrade` a replica without Redis still serves, so it stays in rotation.
+            Some((false, OnUnavailable::Degrade)) => probe(
+                StatusCode::OK,
+                "ready; cluster: unavailable, degraded (local quotas, no cache, agent writes 503)",
+            ),
+            Some((false, OnUnavailable::Refuse)) => probe(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready; cluster: unavailable, refusing requests",
+            ),
+        },
         (&Method::GET, "/metrics") => {
             gw.cache.refresh_gauges().await;
             let (content_type, text) = if wants_openmetrics(req.headers()) {
@@ -141,7 +155,7 @@ async fn admin_action(
     record.org = purge.org.as_deref().map(Arc::from);
     record.agent_id = purge.agent_id.clone();
     let scope = Scope::of_purge(purge.org.as_deref(), purge.agent_id.as_deref());
-    let purged = gw.invalidate(&scope).await;
+    let purged = gw.invalidate(&scope, Moment::Purge).await?;
     record.invalidated = purged;
     let body = serde_json::json!({
         "purged": purged,

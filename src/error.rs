@@ -32,6 +32,8 @@ pub enum GatewayError {
     HeaderTimeout,
     #[error("method {0} is not allowed; allowed methods are listed in the Allow header")]
     MethodNotAllowed(String),
+    #[error("the cluster's shared state (Redis) is unavailable; try again shortly")]
+    ClusterUnavailable,
     #[error("upstream unreachable")]
     UpstreamUnreachable,
     #[error("upstream did not answer within {0:?}")]
@@ -86,6 +88,7 @@ impl GatewayError {
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UpstreamUnreachable | Self::UpstreamInvalid(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::ClusterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -102,6 +105,7 @@ impl GatewayError {
             Self::BodyTimeout(_) | Self::HeaderTimeout => "request_timeout",
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::UpstreamUnreachable => "upstream_unreachable",
+            Self::ClusterUnavailable => "cluster_unavailable",
             Self::UpstreamTimeout(_) => "upstream_timeout",
             Self::UpstreamInvalid(_) => "upstream_invalid_response",
             Self::AdminUnauthenticated => "invalid_admin_token",
@@ -127,9 +131,10 @@ impl GatewayError {
             | Self::AdminDisabled
             | Self::InvalidAdminRequest(_) => Decision::BadRequest,
             // The request was allowed; forwarding it failed.
-            Self::UpstreamUnreachable | Self::UpstreamTimeout(_) | Self::UpstreamInvalid(_) => {
-                Decision::Allowed
-            }
+            Self::UpstreamUnreachable
+            | Self::UpstreamTimeout(_)
+            | Self::UpstreamInvalid(_)
+            | Self::ClusterUnavailable => Decision::Allowed,
         }
     }
 
@@ -166,6 +171,10 @@ impl GatewayError {
                     header::ALLOW,
                     HeaderValue::from_static(crate::auth::ALLOWED_METHODS),
                 );
+            }
+            // A replica reconnects within seconds; a client may try again soon, not at once.
+            Self::ClusterUnavailable => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Self::RateLimited { retry_after } => {
                 headers.insert(

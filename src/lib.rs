@@ -25,6 +25,7 @@ pub mod audit;
 pub mod auth;
 pub mod cache;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 /// The simulated DialNexa, at its old path (it lives in [`demo::sim`]).

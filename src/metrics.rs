@@ -68,6 +68,8 @@ pub struct Metrics {
     pub audit_failed: Counter,
     pub audit_backpressure_waits: Counter,
     pub config_reloads: Family<ResultLabel, Counter>,
+    /// Cluster mode's figures (registered always; flat without `[cluster]`).
+    pub cluster: ClusterMetrics,
     /// The label of requests no team was identified for.
     no_team: TeamName,
 }
@@ -113,6 +115,7 @@ impl Metrics {
             audit_failed: Counter::default(),
             audit_backpressure_waits: Counter::default(),
             config_reloads: Family::default(),
+            cluster: ClusterMetrics::new(),
             no_team: TeamName(Arc::from("")),
             registry,
         };
@@ -127,6 +130,7 @@ impl Metrics {
 
     fn register_rest(mut self) -> Self {
         let r = &mut self.registry;
+        self.cluster.register(r);
         r.register(
             "cache_hits",
             "Agent reads answered from the cache",
@@ -296,6 +300,52 @@ fn openmetrics_to_prometheus_text(openmetrics: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+/// Cluster mode, seen from outside (DESIGN, "Cluster mode"): whether this replica reaches Redis,
+/// how its calls fail and take, and how many requests it served degraded.
+#[derive(Clone)]
+pub struct ClusterMetrics {
+    pub up: Gauge,
+    pub errors: Counter,
+    pub redis_duration: Histogram,
+    pub degraded: Counter,
+}
+
+impl ClusterMetrics {
+    fn new() -> Self {
+        Self {
+            up: Gauge::default(),
+            errors: Counter::default(),
+            // 50 µs .. ~0.8 s: loopback Redis to a call at the edge of its deadline.
+            redis_duration: Histogram::new(exponential_buckets(0.00005, 2.0, 15)),
+            degraded: Counter::default(),
+        }
+    }
+
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "cluster_up",
+            "1 while this replica reaches the cluster's Redis, 0 while it does not (or runs alone)",
+            self.up.clone(),
+        );
+        r.register(
+            "cluster_errors",
+            "Redis calls that failed or outlasted cluster.timeout_ms",
+            self.errors.clone(),
+        );
+        r.register_with_unit(
+            "cluster_redis_duration",
+            "Round-trip time of Redis calls that answered",
+            Unit::Seconds,
+            self.redis_duration.clone(),
+        );
+        r.register(
+            "cluster_degraded_requests",
+            "Requests served without Redis (on_unavailable = degrade): local quotas, no cache",
+            self.degraded.clone(),
+        );
+    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,50 @@ pub struct Settings {
     /// `None`: the admin API (`/admin/*`) is off.
     pub admin_token: Option<KeyDigest>,
     pub teams: Vec<Team>,
+    /// `None`: one process, nothing shared (no `[cluster]` section).
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// `[cluster]`: the Redis every replica shares, and what a replica does without it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// `redis://` or `rediss://`, never with a password in it (so it can be logged).
+    pub redis_url: String,
+    pub password: Option<Secret>,
+    /// Every key the gateway uses starts with it.
+    pub key_prefix: Arc<str>,
+    /// A Redis call slower than this counts as Redis unavailable.
+    pub timeout: Duration,
+    pub on_unavailable: OnUnavailable,
+}
+
+/// What a replica does while it cannot reach Redis (DESIGN, "Cluster mode").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnUnavailable {
+    /// Keep serving: local quotas, agent reads bypass the cache, writes to agents `503`.
+    Degrade,
+    /// Every request `503`, `/readyz` `503`.
+    Refuse,
+}
+
+/// A secret read from env or a file; its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 #[derive(Debug, Clone)]

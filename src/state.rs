@@ -13,11 +13,13 @@ use tokio::task::JoinSet;
 
 use crate::audit::AuditLog;
 use crate::auth::KeyDigest;
-use crate::cache::{AgentCache, Scope};
+use crate::cache::{fold_case, AgentCache, Scope};
+use crate::cluster::{Cluster, ClusterStartError, Reach};
 use crate::config::ConfigError;
+use crate::error::GatewayError;
 use crate::metrics::{Metrics, TeamCounters};
 use crate::ratelimit::{Quotas, TeamLimiter};
-use crate::settings::{Settings, Team};
+use crate::settings::{ClusterSettings, OnUnavailable, Settings, Team};
 use crate::upstream::UpstreamClient;
 
 /// A team as requests see it: its config and its (reload-surviving) limiter.
@@ -87,6 +89,19 @@ impl Snapshot {
         self.teams.get(digest)
     }
 
+    /// Every organisation a team belongs to, each once: what a purge of all of them reaches.
+    pub fn org_names(&self) -> Vec<std::sync::Arc<str>> {
+        let mut orgs: Vec<Arc<str>> = self
+            .settings
+            .teams
+            .iter()
+            .map(|t| t.org.name.clone())
+            .collect();
+        orgs.sort();
+        orgs.dedup();
+        orgs
+    }
+
     fn team_names(&self) -> impl Iterator<Item = &str> {
         self.teams.values().map(|t| &*t.settings.name)
     }
@@ -105,6 +120,20 @@ pub struct Gateway {
     config_path: Option<PathBuf>,
     /// Writes run in tasks of their own (see `proxy::handle`); kept to cancel them at shutdown.
     unattended: Mutex<JoinSet<()>>,
+    /// Cluster mode's link to the other replicas, as started (`[cluster]` needs a restart).
+    cluster: Option<(Arc<Cluster>, ClusterSettings)>,
+}
+
+/// When an invalidation happens, which decides what it must reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Moment {
+    /// An admin purge: this replica and, in cluster mode, every other.
+    Purge,
+    /// A write to an agent, as it is sent upstream. In cluster mode the quota step already
+    /// replaced the agent's shared version in the same round trip, so only this replica is left.
+    WriteSent,
+    /// The same write once upstream's answer (or failure) is back: here and everywhere.
+    WriteAnswered,
 }
 
 impl Gateway {
@@ -113,18 +142,38 @@ impl Gateway {
         config_path: Option<PathBuf>,
         audit: AuditLog,
         metrics: Arc<Metrics>,
-    ) -> Self {
+    ) -> Result<Self, ClusterStartError> {
         let cache = Arc::new(AgentCache::new(&settings.cache, metrics.clone()));
-        Self {
+        let cluster = match &settings.cluster {
+            None => None,
+            Some(cs) => {
+                let forget = Arc::clone(&cache);
+                let cluster = Cluster::start(
+                    cs,
+                    settings.upstream.timeout,
+                    metrics.cluster.clone(),
+                    // Back after an outage (or a failover): what was cached may have missed
+                    // invalidations, and is not served again.
+                    move || forget.forget_everything(),
+                )?;
+                Some((cluster, cs.clone()))
+            }
+        };
+        let quotas = match &cluster {
+            Some((c, _)) => Quotas::Shared(Arc::clone(c)),
+            None => Quotas::Local,
+        };
+        Ok(Self {
             snapshot: ArcSwap::from_pointee(Snapshot::build(settings, None, &metrics)),
             cache,
-            quotas: Quotas::Local,
+            quotas,
             audit,
             metrics,
             draining: AtomicBool::new(false),
             config_path,
             unattended: Mutex::new(JoinSet::new()),
-        }
+            cluster,
+        })
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -145,7 +194,12 @@ impl Gateway {
     }
 
     /// Swaps in `settings`, keeping the state of unchanged teams.
-    pub fn apply(&self, settings: Settings) {
+    pub fn apply(&self, mut settings: Settings) {
+        let running = self.cluster.as_ref().map(|(_, cs)| cs.clone());
+        if settings.cluster != running {
+            tracing::warn!("[cluster] changed in the config file; it takes a restart, the running cluster settings stay");
+            settings.cluster = running;
+        }
         let old = self.snapshot.load_full();
         let new = Snapshot::build(settings, Some(&old), &self.metrics);
         let kept: std::collections::HashSet<&str> = new.team_names().collect();
@@ -156,10 +210,57 @@ impl Gateway {
     }
 
     /// Drops what `scope` names from the cache, and stops fills in flight there from being
-    /// stored: the one way anything is invalidated (writes, both times; admin purges). Returns how
-    /// many stored variants were dropped.
-    pub async fn invalidate(&self, scope: &Scope) -> u64 {
-        self.cache.invalidate(scope).await
+    /// stored: the one way anything is invalidated (writes, both times; admin purges). In cluster
+    /// mode it reaches every replica, through the agent versions in Redis; `Err` when it could not.
+    /// Returns how many stored variants this replica dropped.
+    pub async fn invalidate(&self, scope: &Scope, moment: Moment) -> Result<u64, GatewayError> {
+        let dropped = self.cache.invalidate(scope).await;
+        let Some((cluster, _)) = &self.cluster else {
+            return Ok(dropped);
+        };
+        let shared = match (moment, scope) {
+            (Moment::WriteSent, _) => Ok(()),
+            (Moment::WriteAnswered, Scope::Agent { org, agent }) => {
+                cluster.write_end(org, &fold_case(agent)).await
+            }
+            (_, scope) => {
+                let snapshot = self.snapshot();
+                let orgs = snapshot.org_names();
+                let folded;
+                let reaches: Vec<Reach<'_>> = match scope {
+                    Scope::Agent { org, agent } => {
+                        folded = fold_case(agent);
+                        vec![Reach::Agent {
+                            org,
+                            agent: &folded,
+                        }]
+                    }
+                    Scope::Org(org) => vec![Reach::Org(org)],
+                    Scope::AgentId(agent) => {
+                        folded = fold_case(agent);
+                        orgs.iter()
+                            .map(|org| Reach::Agent {
+                                org,
+                                agent: &folded,
+                            })
+                            .collect()
+                    }
+                    Scope::All => orgs.iter().map(|org| Reach::Org(org)).collect(),
+                };
+                cluster.invalidate(&reaches).await
+            }
+        };
+        shared
+            .map(|()| dropped)
+            .map_err(|_| GatewayError::ClusterUnavailable)
+    }
+
+    /// The cluster's state for `/readyz`: `None` without `[cluster]`, else whether Redis is
+    /// reachable and whether this replica refuses requests meanwhile.
+    pub fn cluster_state(&self) -> Option<(bool, OnUnavailable)> {
+        self.cluster
+            .as_ref()
+            .map(|(c, _)| (c.is_up(), c.on_unavailable()))
     }
 
     pub fn cache_enabled(&self, rt: &Snapshot) -> Option<&Arc<AgentCache>> {

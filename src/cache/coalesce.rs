@@ -44,6 +44,8 @@ pub(super) struct FillKey {
     query: Box<str>,
     spelling: Option<Box<str>>,
     generation: u64,
+    shared: Option<std::sync::Arc<str>>,
+    keep: bool,
 }
 
 pub(super) type Inflight =
@@ -86,6 +88,8 @@ impl AgentCache {
             query: ticket.query.clone(),
             spelling: ticket.spelling.clone(),
             generation: ticket.generation,
+            shared: ticket.shared.clone(),
+            keep: ticket.keep,
         };
         loop {
             let (joined, leader) = {

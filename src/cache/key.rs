@@ -22,7 +22,7 @@ impl AgentKey {
     }
 }
 
-pub(super) fn fold_case(id: &str) -> Cow<'_, str> {
+pub fn fold_case(id: &str) -> Cow<'_, str> {
     if id.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(id.to_ascii_lowercase())
     } else {
@@ -61,4 +61,19 @@ impl Scope {
             (None, None) => Self::All,
         }
     }
+}
+
+/// What the replicas' shared state says of an agent for one request (cluster mode), learnt in the
+/// same round trip as its quota.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SharedVersion {
+    /// One process: the local generations decide alone.
+    NotShared,
+    /// The version every replica agrees is current: only an entry filled under it is served, and a
+    /// fill is stored under it.
+    Current(Arc<str>),
+    /// A write to the agent is in progress somewhere: nothing is served from or stored in the cache.
+    Writing,
+    /// Redis is unavailable (`degrade`): the cache is bypassed; fills still coalesce, store nothing.
+    Unavailable,
 }

@@ -18,6 +18,6 @@ mod store;
 mod tests;
 
 pub use coalesce::FillOutcome;
-pub use key::Scope;
+pub use key::{fold_case, Scope, SharedVersion};
 pub use policy::{client_directive, CacheOutcome, CacheStatus, ClientDirective, Fwd};
 pub use store::{AgentCache, Lookup, Stored, Ticket};

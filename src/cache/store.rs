@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 
 use super::coalesce::Inflight;
-use super::key::{fold_case, spelling, AgentKey, Scope};
+use super::key::{fold_case, spelling, AgentKey, Scope, SharedVersion};
 use super::policy::upstream_forbids_store;
 use crate::metrics::Metrics;
 use crate::route::Family;
@@ -56,6 +56,8 @@ pub struct Stored {
     pub body: Bytes,
     stored_at: Instant,
     generation: u64,
+    /// The cluster's version of the agent it was filled under (cluster mode only).
+    shared: Option<Arc<str>>,
     family: Family,
     query: Box<str>,
     spelling: Option<Box<str>>,
@@ -105,6 +107,10 @@ pub struct Ticket {
     pub(super) spelling: Option<Box<str>>,
     pub(super) stripe: Stripe,
     pub(super) generation: u64,
+    /// The cluster's version this read saw (cluster mode), which a fill is stored under.
+    pub(super) shared: Option<Arc<str>>,
+    /// Whether a fill may store its answer: not while the cluster cannot vouch for it.
+    pub(super) keep: bool,
     /// An expired variant still inside the stale-if-error window.
     pub(super) stale: Option<Arc<Stored>>,
     /// Whether the lookup found the agent at all. If not (the usual miss), the fill stores its
@@ -187,9 +193,21 @@ impl AgentCache {
             .wrapping_add(self.id_generations[stripe.id].load(Ordering::SeqCst))
     }
 
-    fn ticket(&self, org: &Arc<str>, family: Family, agent: &str, query: &str) -> Ticket {
+    fn ticket(
+        &self,
+        org: &Arc<str>,
+        family: Family,
+        agent: &str,
+        query: &str,
+        shared: &SharedVersion,
+    ) -> Ticket {
         let key = AgentKey::new(org, agent);
         let stripe = Self::stripe(org, &key.agent);
+        let (shared, keep) = match shared {
+            SharedVersion::NotShared => (None, true),
+            SharedVersion::Current(v) => (Some(v.clone()), true),
+            SharedVersion::Writing | SharedVersion::Unavailable => (None, false),
+        };
         Ticket {
             key,
             family,
@@ -197,6 +215,8 @@ impl AgentCache {
             spelling: spelling(agent),
             stripe,
             generation: self.generation(stripe),
+            shared,
+            keep,
             stale: None,
             // A refresh skips the lookup: merge, so the agent's other variants stay.
             merge: true,
@@ -210,12 +230,25 @@ impl AgentCache {
         family: Family,
         agent: &str,
         query: &str,
+        shared: &SharedVersion,
     ) -> Ticket {
-        self.ticket(org, family, agent, query)
+        self.ticket(org, family, agent, query, shared)
     }
 
-    pub async fn lookup(&self, org: &Arc<str>, family: Family, agent: &str, query: &str) -> Lookup {
-        let mut ticket = self.ticket(org, family, agent, query);
+    /// A fresh stored answer for this variant, or the ticket to fill it. In cluster mode only one
+    /// filled under the version `shared` names is served; without one, nothing is.
+    pub async fn lookup(
+        &self,
+        org: &Arc<str>,
+        family: Family,
+        agent: &str,
+        query: &str,
+        shared: &SharedVersion,
+    ) -> Lookup {
+        let mut ticket = self.ticket(org, family, agent, query, shared);
+        if !ticket.keep {
+            return Lookup::Miss(ticket);
+        }
         let entry = self.entries.get(&ticket.key).await;
         ticket.merge = entry.is_some();
         if let Some(entry) = entry {
@@ -224,6 +257,7 @@ impl AgentCache {
                     && *v.query == *query
                     && v.spelling == ticket.spelling
                     && v.generation == ticket.generation
+                    && v.shared == ticket.shared
             });
             if let Some(v) = found {
                 let age = v.age();
@@ -256,7 +290,8 @@ impl AgentCache {
     }
 
     pub(super) async fn store(&self, ticket: &Ticket, answer: &Buffered) {
-        if answer.status != StatusCode::OK
+        if !ticket.keep
+            || answer.status != StatusCode::OK
             || upstream_forbids_store(&answer.headers)
             || answer.body.len() as u64 > self.max_entry_bytes
             || self.generation(ticket.stripe) != ticket.generation
@@ -269,6 +304,7 @@ impl AgentCache {
             body: answer.body.clone(),
             stored_at: Instant::now(),
             generation: ticket.generation,
+            shared: ticket.shared.clone(),
             family: ticket.family,
             query: ticket.query.clone(),
             spelling: ticket.spelling.clone(),
@@ -286,6 +322,7 @@ impl AgentCache {
                 // Other variants of the same generation that are still worth keeping.
                 .filter(|v| {
                     v.generation == ticket.generation
+                        && v.shared == ticket.shared
                         && !(v.family == ticket.family
                             && v.query == ticket.query
                             && v.spelling == ticket.spelling)
@@ -345,9 +382,8 @@ impl AgentCache {
         let matching: Vec<(Arc<AgentKey>, usize)> = self
             .entries
             .iter()
-            // `map_or(true, ..)`, not `is_none_or`: that is Rust 1.82 and our MSRV is 1.80.
             .filter(|(k, _)| {
-                org.map_or(true, |o| &*k.org == o) && agent.map_or(true, |a| &*k.agent == a)
+                org.is_none_or(|o| &*k.org == o) && agent.is_none_or(|a| &*k.agent == a)
             })
             .map(|(k, v)| (k, v.variants.len()))
             .collect();
@@ -358,6 +394,15 @@ impl AgentCache {
             }
         }
         dropped
+    }
+
+    /// Makes every stored answer unservable at once (and drops them soon after): the cluster
+    /// link came back, and whatever this replica cached before may have missed invalidations.
+    pub fn forget_everything(&self) {
+        for g in self.generations.iter() {
+            g.fetch_add(1, Ordering::SeqCst);
+        }
+        self.entries.invalidate_all();
     }
 
     /// Brings the byte and entry gauges up to date (called before `/metrics` is rendered).

@@ -14,6 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
+const NOT_SHARED: SharedVersion = SharedVersion::NotShared;
+
 fn agent_scope(org: &Arc<str>, agent: &str) -> Scope {
     Scope::Agent {
         org: org.clone(),
@@ -56,7 +58,10 @@ fn client_directives() {
 async fn fill_that_started_before_an_invalidation_is_not_served() {
     let cache = Arc::new(AgentCache::new(&settings(), Arc::new(Metrics::new())));
     let org: Arc<str> = Arc::from("acme");
-    let Lookup::Miss(ticket) = cache.lookup(&org, Family::Agents2, "a1", "").await else {
+    let Lookup::Miss(ticket) = cache
+        .lookup(&org, Family::Agents2, "a1", "", &NOT_SHARED)
+        .await
+    else {
         panic!()
     };
     // The write lands while the fill is in flight.
@@ -66,7 +71,9 @@ async fn fill_that_started_before_an_invalidation_is_not_served() {
         FillOutcome::Answer(_)
     ));
     assert!(matches!(
-        cache.lookup(&org, Family::Agents2, "a1", "").await,
+        cache
+            .lookup(&org, Family::Agents2, "a1", "", &NOT_SHARED)
+            .await,
         Lookup::Miss(_)
     ));
 }
@@ -76,22 +83,28 @@ async fn orgs_never_share_and_families_are_invalidated_together() {
     let cache = Arc::new(AgentCache::new(&settings(), Arc::new(Metrics::new())));
     let (acme, other): (Arc<str>, Arc<str>) = (Arc::from("acme"), Arc::from("other"));
     for family in [Family::Agents2, Family::Agents] {
-        let Lookup::Miss(t) = cache.lookup(&acme, family, "a1", "").await else {
+        let Lookup::Miss(t) = cache.lookup(&acme, family, "a1", "", &NOT_SHARED).await else {
             panic!()
         };
         cache.fill(&t, true, || async { ok("{}") }).await;
     }
     assert!(matches!(
-        cache.lookup(&acme, Family::Agents, "a1", "").await,
+        cache
+            .lookup(&acme, Family::Agents, "a1", "", &NOT_SHARED)
+            .await,
         Lookup::Fresh { .. }
     ));
     assert!(matches!(
-        cache.lookup(&other, Family::Agents, "a1", "").await,
+        cache
+            .lookup(&other, Family::Agents, "a1", "", &NOT_SHARED)
+            .await,
         Lookup::Miss(_)
     ));
     assert_eq!(cache.invalidate(&agent_scope(&acme, "a1")).await, 2);
     assert!(matches!(
-        cache.lookup(&acme, Family::Agents2, "a1", "").await,
+        cache
+            .lookup(&acme, Family::Agents2, "a1", "", &NOT_SHARED)
+            .await,
         Lookup::Miss(_)
     ));
 }
@@ -101,13 +114,19 @@ async fn spellings_are_cached_apart_and_invalidated_together() {
     let cache = Arc::new(AgentCache::new(&settings(), Arc::new(Metrics::new())));
     let org: Arc<str> = Arc::from("acme");
     for (id, body) in [("abc", "lower"), ("ABC", "upper")] {
-        let Lookup::Miss(t) = cache.lookup(&org, Family::Agents, id, "").await else {
+        let Lookup::Miss(t) = cache
+            .lookup(&org, Family::Agents, id, "", &NOT_SHARED)
+            .await
+        else {
             panic!()
         };
         cache.fill(&t, true, || async { ok(body) }).await;
     }
     for (id, body) in [("abc", "lower"), ("ABC", "upper")] {
-        let Lookup::Fresh { stored, .. } = cache.lookup(&org, Family::Agents, id, "").await else {
+        let Lookup::Fresh { stored, .. } = cache
+            .lookup(&org, Family::Agents, id, "", &NOT_SHARED)
+            .await
+        else {
             panic!("{id} should be cached")
         };
         assert_eq!(stored.body, body);
@@ -115,7 +134,9 @@ async fn spellings_are_cached_apart_and_invalidated_together() {
     assert_eq!(cache.invalidate(&agent_scope(&org, "Abc")).await, 2);
     for id in ["abc", "ABC"] {
         assert!(matches!(
-            cache.lookup(&org, Family::Agents, id, "").await,
+            cache
+                .lookup(&org, Family::Agents, id, "", &NOT_SHARED)
+                .await,
             Lookup::Miss(_)
         ));
     }
@@ -125,7 +146,10 @@ async fn spellings_are_cached_apart_and_invalidated_together() {
 async fn no_store_and_non_200_answers_are_not_stored() {
     let cache = Arc::new(AgentCache::new(&settings(), Arc::new(Metrics::new())));
     let org: Arc<str> = Arc::from("acme");
-    let Lookup::Miss(t) = cache.lookup(&org, Family::Agents2, "a1", "").await else {
+    let Lookup::Miss(t) = cache
+        .lookup(&org, Family::Agents2, "a1", "", &NOT_SHARED)
+        .await
+    else {
         panic!()
     };
     let mut headers = HeaderMap::new();
@@ -143,7 +167,9 @@ async fn no_store_and_non_200_answers_are_not_stored() {
         })
         .await;
     assert!(matches!(
-        cache.lookup(&org, Family::Agents2, "a1", "").await,
+        cache
+            .lookup(&org, Family::Agents2, "a1", "", &NOT_SHARED)
+            .await,
         Lookup::Miss(_)
     ));
     cache
@@ -156,7 +182,9 @@ async fn no_store_and_non_200_answers_are_not_stored() {
         })
         .await;
     assert!(matches!(
-        cache.lookup(&org, Family::Agents2, "a1", "").await,
+        cache
+            .lookup(&org, Family::Agents2, "a1", "", &NOT_SHARED)
+            .await,
         Lookup::Miss(_)
     ));
 }
@@ -166,7 +194,10 @@ async fn purge_by_org_or_by_agent_id_also_drops_fills_in_flight() {
     let cache = Arc::new(AgentCache::new(&settings(), Arc::new(Metrics::new())));
     let org: Arc<str> = Arc::from("acme");
     for (agent, scope_org, scope_agent) in [("a1", Some("acme"), None), ("a2", None, Some("a2"))] {
-        let Lookup::Miss(ticket) = cache.lookup(&org, Family::Agents2, agent, "").await else {
+        let Lookup::Miss(ticket) = cache
+            .lookup(&org, Family::Agents2, agent, "", &NOT_SHARED)
+            .await
+        else {
             panic!()
         };
         // Nothing is cached yet, so only the generation can stop this fill.
@@ -178,7 +209,9 @@ async fn purge_by_org_or_by_agent_id_also_drops_fills_in_flight() {
         );
         cache.fill(&ticket, true, || async { ok("old") }).await;
         assert!(matches!(
-            cache.lookup(&org, Family::Agents2, agent, "").await,
+            cache
+                .lookup(&org, Family::Agents2, agent, "", &NOT_SHARED)
+                .await,
             Lookup::Miss(_)
         ));
     }
@@ -195,7 +228,10 @@ async fn until(done: impl Fn() -> bool) {
 async fn a_shared_fill_outlives_the_request_that_started_it() {
     let cache = Arc::new(AgentCache::new(&settings(), Arc::new(Metrics::new())));
     let org: Arc<str> = Arc::from("acme");
-    let Lookup::Miss(ticket) = cache.lookup(&org, Family::Agents2, "a1", "").await else {
+    let Lookup::Miss(ticket) = cache
+        .lookup(&org, Family::Agents2, "a1", "", &NOT_SHARED)
+        .await
+    else {
         panic!()
     };
     let fetches = Arc::new(AtomicU64::new(0));
@@ -235,7 +271,9 @@ async fn a_shared_fill_outlives_the_request_that_started_it() {
     assert_eq!(answer.body, "v1");
     assert_eq!(fetches.load(Ordering::SeqCst), 1);
     assert!(matches!(
-        cache.lookup(&org, Family::Agents2, "a1", "").await,
+        cache
+            .lookup(&org, Family::Agents2, "a1", "", &NOT_SHARED)
+            .await,
         Lookup::Fresh { .. }
     ));
 }

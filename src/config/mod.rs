@@ -7,6 +7,7 @@ use std::path::Path;
 
 use crate::settings::Settings;
 
+mod cluster;
 mod raw;
 mod teams;
 mod toml_errors;

@@ -16,10 +16,22 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) audit: RawAudit,
     pub(super) admin: Option<RawAdmin>,
+    pub(super) cluster: Option<RawCluster>,
     #[serde(default)]
     pub(super) orgs: BTreeMap<String, RawOrg>,
     #[serde(default)]
     pub(super) teams: BTreeMap<String, RawTeam>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCluster {
+    pub(super) redis_url: Option<String>,
+    pub(super) redis_password_env: Option<String>,
+    pub(super) redis_password_file: Option<PathBuf>,
+    pub(super) key_prefix: Option<String>,
+    pub(super) timeout_ms: Option<u64>,
+    pub(super) on_unavailable: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

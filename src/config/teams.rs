@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use http::HeaderValue;
@@ -12,47 +13,79 @@ use super::validate::Problems;
 use crate::auth::{Access, KeyDigest};
 use crate::settings::*;
 
-pub(super) fn validate_org(name: &str, raw: RawOrg, key: &str, p: &mut Problems) -> Option<Org> {
-    let secret = match (raw.api_key_env, raw.api_key_file) {
-        (Some(var), None) => match std::env::var(&var) {
-            Ok(v) if !v.trim().is_empty() => v.trim().to_owned(),
-            Ok(_) => {
-                p.push(
-                    &format!("{key}.api_key_env"),
-                    format!("environment variable {var} is empty"),
-                );
-                return None;
-            }
-            Err(_) => {
-                p.push(
-                    &format!("{key}.api_key_env"),
-                    format!("environment variable {var} is not set"),
-                );
-                return None;
-            }
-        },
-        (None, Some(path)) => match std::fs::read_to_string(&path) {
-            Ok(v) if !v.trim().is_empty() => v.trim().to_owned(),
-            Ok(_) => {
-                p.push(
-                    &format!("{key}.api_key_file"),
-                    format!("{} is empty", path.display()),
-                );
-                return None;
-            }
-            Err(e) => {
-                p.push(
-                    &format!("{key}.api_key_file"),
-                    format!("cannot read {}: {e}", path.display()),
-                );
-                return None;
-            }
-        },
-        (Some(_), Some(_)) => {
-            p.push(key, "set api_key_env or api_key_file, not both");
-            return None;
+/// What [`read_secret`] found.
+pub(super) enum Secret {
+    Read(String),
+    /// Neither source was named.
+    Absent,
+    /// A source was named but could not be used; the problem is already reported.
+    Unreadable,
+}
+
+/// The names of a secret's two sources in its table, for problems.
+#[derive(Clone, Copy)]
+pub(super) struct SecretFields {
+    pub(super) env: &'static str,
+    pub(super) file: &'static str,
+}
+
+/// A secret from an environment variable or a file (never from the config itself), trimmed of
+/// surrounding whitespace: org keys and the Redis password alike.
+pub(super) fn read_secret(
+    env: Option<String>,
+    file: Option<PathBuf>,
+    key: &str,
+    fields: SecretFields,
+    p: &mut Problems,
+) -> Secret {
+    let (from, found) = match (env, file) {
+        (Some(var), None) => {
+            let found = std::env::var(&var)
+                .map_err(|_| format!("environment variable {var} is not set"))
+                .and_then(|v| {
+                    (!v.trim().is_empty())
+                        .then(|| v.trim().to_owned())
+                        .ok_or_else(|| format!("environment variable {var} is empty"))
+                });
+            (fields.env, found)
         }
-        (None, None) => {
+        (None, Some(path)) => {
+            let found = std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+                .and_then(|v| {
+                    (!v.trim().is_empty())
+                        .then(|| v.trim().to_owned())
+                        .ok_or_else(|| format!("{} is empty", path.display()))
+                });
+            (fields.file, found)
+        }
+        (Some(_), Some(_)) => {
+            p.push(
+                key,
+                format!("set {} or {}, not both", fields.env, fields.file),
+            );
+            return Secret::Unreadable;
+        }
+        (None, None) => return Secret::Absent,
+    };
+    match found {
+        Ok(secret) => Secret::Read(secret),
+        Err(problem) => {
+            p.push(&format!("{key}.{from}"), problem);
+            Secret::Unreadable
+        }
+    }
+}
+
+pub(super) fn validate_org(name: &str, raw: RawOrg, key: &str, p: &mut Problems) -> Option<Org> {
+    let fields = SecretFields {
+        env: "api_key_env",
+        file: "api_key_file",
+    };
+    let secret = match read_secret(raw.api_key_env, raw.api_key_file, key, fields, p) {
+        Secret::Read(secret) => secret,
+        Secret::Unreadable => return None,
+        Secret::Absent => {
             p.push(key, "needs api_key_env or api_key_file");
             return None;
         }

@@ -47,6 +47,9 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     let upstream = validate_upstream(raw.upstream, &mut p);
     let cache = validate_cache(raw.cache, &mut p);
     let audit = validate_audit(raw.audit, &mut p);
+    let cluster = raw
+        .cluster
+        .map(|c| super::cluster::validate_cluster(c, &mut p));
     let admin_token = raw.admin.and_then(|a| match a.token_sha256 {
         None => None,
         Some(hex) => parse_digest(&hex, "admin.token_sha256", &mut p),
@@ -98,6 +101,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
                 audit,
                 admin_token,
                 teams,
+                cluster: cluster.flatten(),
             })
         }
         _ => Err(ConfigError { problems: p.0 }),
@@ -111,7 +115,12 @@ pub(super) fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
-fn positive_ms(value: Option<u64>, default: u64, key: &str, p: &mut Problems) -> Option<Duration> {
+pub(super) fn positive_ms(
+    value: Option<u64>,
+    default: u64,
+    key: &str,
+    p: &mut Problems,
+) -> Option<Duration> {
     match value.unwrap_or(default) {
         0 => {
             p.push(key, "must be greater than 0");
@@ -250,8 +259,7 @@ fn validate_base_url(url: &str) -> Result<String, &'static str> {
         Some("http") | Some("https") => {}
         _ => return Err("must start with http:// or https://"),
     }
-    // `map_or(true, ..)`, not `is_none_or`: that is Rust 1.82 and our MSRV is 1.80.
-    if uri.authority().map_or(true, |a| a.host().is_empty()) {
+    if uri.authority().is_none_or(|a| a.host().is_empty()) {
         return Err("has no host");
     }
     if uri.query().is_some() {

@@ -11,7 +11,9 @@ use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use super::forward;
 use super::Exchange;
 use crate::audit::{self, UpstreamReport};
-use crate::cache::{self, CacheStatus, ClientDirective, FillOutcome, Fwd, Lookup, Stored};
+use crate::cache::{
+    self, CacheStatus, ClientDirective, FillOutcome, Fwd, Lookup, SharedVersion, Stored,
+};
 use crate::error::GatewayError;
 use crate::http::{self as body, ProxyBody};
 use crate::route::{self, AgentPath, Route};
@@ -37,10 +39,16 @@ pub(super) async fn read(
     let org = &team.settings.org.name;
     let query = route::normalize_query(parts.uri.query());
     let directive = cache::client_directive(&parts.headers);
+    let shared = &ex.shared;
     let ticket = match directive {
         ClientDirective::Bypass => return bypass(ex, team, route, parts, request_id).await,
-        ClientDirective::Refresh => cache.refresh_ticket(org, agent.family, &agent.id, &query),
-        ClientDirective::Normal => match cache.lookup(org, agent.family, &agent.id, &query).await {
+        ClientDirective::Refresh => {
+            cache.refresh_ticket(org, agent.family, &agent.id, &query, shared)
+        }
+        ClientDirective::Normal => match cache
+            .lookup(org, agent.family, &agent.id, &query, shared)
+            .await
+        {
             Lookup::Fresh {
                 stored,
                 ttl_left,
@@ -52,8 +60,10 @@ pub(super) async fn read(
             Lookup::Miss(ticket) => ticket,
         },
     };
-    let why = match directive {
-        ClientDirective::Refresh => Fwd::Request,
+    let why = match (directive, &ex.shared) {
+        // Cluster mode without Redis: the cache is left out (the fill still coalesces).
+        (_, SharedVersion::Unavailable) => Fwd::Bypass,
+        (ClientDirective::Refresh, _) => Fwd::Request,
         _ => Fwd::Miss,
     };
     // Before the fill, so a client that leaves while it runs is still audited as a miss.

@@ -16,7 +16,7 @@ use crate::cache::Scope;
 use crate::error::GatewayError;
 use crate::http::ProxyBody;
 use crate::route::Route;
-use crate::state::{Gateway, TeamState};
+use crate::state::{Gateway, Moment, TeamState};
 use crate::upstream::{Purpose, UpstreamRequest};
 
 /// Forwards the request and streams upstream's answer back.
@@ -87,8 +87,13 @@ async fn invalidate_before(
         org: team.settings.org.name.clone(),
         agent: agent.id.clone(),
     };
-    // Also while caching is off: entries stored before a reload turned it off outlive it.
-    ex.record().invalidated += ex.gw.invalidate(&scope).await;
+    // Also while caching is off: entries stored before a reload turned it off outlive it. It
+    // cannot fail: in cluster mode the quota step already replaced the shared version.
+    ex.record().invalidated += ex
+        .gw
+        .invalidate(&scope, Moment::WriteSent)
+        .await
+        .unwrap_or(0);
     Some(PendingInvalidation {
         gw: Arc::clone(ex.gw),
         scope: Some(scope),
@@ -112,8 +117,21 @@ struct PendingInvalidation {
 impl PendingInvalidation {
     async fn complete(mut self) -> u64 {
         match self.scope.take() {
-            Some(scope) => self.gw.invalidate(&scope).await,
+            Some(scope) => answered(&self.gw, &scope).await,
             None => 0,
+        }
+    }
+}
+
+/// The second invalidation. If the cluster cannot take it, the write has still happened: its
+/// first invalidation (in the quota step) counted it in progress, which keeps every replica from
+/// serving or storing the agent until that lapses, so no stale entry can be served.
+async fn answered(gw: &Gateway, scope: &Scope) -> u64 {
+    match gw.invalidate(scope, Moment::WriteAnswered).await {
+        Ok(dropped) => dropped,
+        Err(e) => {
+            tracing::warn!(error = %e, "a write's second invalidation did not reach the cluster");
+            0
         }
     }
 }
@@ -126,7 +144,7 @@ impl Drop for PendingInvalidation {
         let gw = Arc::clone(&self.gw);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                gw.invalidate(&scope).await;
+                answered(&gw, &scope).await;
             });
         }
     }

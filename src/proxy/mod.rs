@@ -17,10 +17,10 @@ use tokio::sync::oneshot;
 
 use crate::audit::{self, AuditRecord, AuditedBody, PendingLine};
 use crate::auth::{self, KeyDigest};
-use crate::cache::CacheStatus;
+use crate::cache::{fold_case, CacheStatus, SharedVersion};
 use crate::error::GatewayError;
 use crate::http::ProxyBody;
-use crate::ratelimit::Verdict;
+use crate::ratelimit::{QuotaAsk, Verdict};
 use crate::request_id;
 use crate::route::{self, Route};
 use crate::state::{Gateway, Snapshot, TeamState};
@@ -87,6 +87,7 @@ async fn exchange(
         verdict: None,
         get_ok: None,
         cache: None,
+        shared: SharedVersion::NotShared,
     };
     let answer = match ex.run(req, &request_id).await {
         Ok(resp) => resp,
@@ -110,6 +111,8 @@ struct Exchange<'a> {
     get_ok: Option<Counter>,
     /// How the cache took part, for agent reads; rendered into the answer by `respond`.
     cache: Option<CacheStatus>,
+    /// What the cluster said of the agent this request reads or writes (cluster mode).
+    shared: SharedVersion,
 }
 
 impl Exchange<'_> {
@@ -160,6 +163,10 @@ impl Exchange<'_> {
         parts: &Parts,
         is_read: bool,
     ) -> Result<(Arc<TeamState>, Route), GatewayError> {
+        // Cluster mode with Redis gone and `on_unavailable = "refuse"`: nothing is served.
+        if self.gw.quotas.refusing() {
+            return Err(GatewayError::ClusterUnavailable);
+        }
         // The team is looked up first so that every answer, refusals of bad paths included, is
         // audited with the key that was presented and carries the team's quota; but a malformed
         // request is refused before anything else, identified or not.
@@ -180,7 +187,7 @@ impl Exchange<'_> {
             self.peek_quota(&team, is_read).await;
             return Err(GatewayError::ReadOnly);
         }
-        self.rate_limit(&team, is_read).await?;
+        self.rate_limit(&team, &route, &parts.method).await?;
         Ok((team, route))
     }
 
@@ -198,8 +205,30 @@ impl Exchange<'_> {
 
     /// Step 3: after authentication and before the cache, so cache hits spend quota too: a hit still
     /// costs the gateway work, and a team's quota should not depend on what other teams warmed.
-    async fn rate_limit(&mut self, team: &TeamState, is_read: bool) -> Result<(), GatewayError> {
-        let verdict = self.gw.quotas.check(&team.limiter, !is_read).await;
+    /// In cluster mode the same round trip learns the agent's shared version (for a cacheable
+    /// read), or replaces it (for a write to the agent).
+    async fn rate_limit(
+        &mut self,
+        team: &TeamState,
+        route: &Route,
+        method: &Method,
+    ) -> Result<(), GatewayError> {
+        let is_write = !auth::is_read(method);
+        let agent = route
+            .agent
+            .as_ref()
+            .filter(|a| is_write || (a.is_item && method == Method::GET))
+            .map(|a| fold_case(&a.id));
+        let ask = QuotaAsk {
+            limiter: &team.limiter,
+            team: &team.settings.name,
+            org: &team.settings.org.name,
+            is_write,
+            agent: agent.as_deref(),
+        };
+        let admission = self.gw.quotas.admit(ask).await?;
+        self.shared = admission.agent;
+        let verdict = admission.verdict;
         let retry_after = verdict.retry_after;
         self.verdict = Some(verdict);
         match retry_after {

@@ -189,7 +189,12 @@ impl TeamLimiter {
         self.verdict(general, Some(spent), refused.map(|w| (QuotaKind::Write, w)))
     }
 
-    fn verdict(
+    /// The quotas this limiter enforces: general, and write if any.
+    pub fn quotas(&self) -> (RateQuota, Option<RateQuota>) {
+        (self.general.quota, self.write.as_ref().map(|b| b.quota))
+    }
+
+    pub(super) fn verdict(
         &self,
         general: QuotaStatus,
         write: Option<QuotaStatus>,

@@ -43,6 +43,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Audit(#[from] AuditOpenError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterStartError),
 }
 
 /// A started gateway: its bound addresses and the handles to reload and stop it.
@@ -71,7 +73,7 @@ pub async fn start(
         local_addr(&admin, settings.server.admin_listen),
     );
     let grace = settings.server.shutdown_grace;
-    let gateway = Arc::new(Gateway::new(settings, config_path, audit.log(), metrics));
+    let gateway = Arc::new(Gateway::new(settings, config_path, audit.log(), metrics)?);
 
     let (stop_api, api_rx) = watch::channel(false);
     let (stop_admin, admin_rx) = watch::channel(false);

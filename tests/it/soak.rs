@@ -71,10 +71,14 @@ async fn soak_mix_with_invalidations_has_no_errors_no_stale_reads_and_flat_memor
                     .wrapping_mul(6364136223846793005)
                     .wrapping_add(1442695040888963407);
                 let agent = (n >> 33) % AGENTS;
-                let family = if n % 2 == 0 { "agents2" } else { "agents" };
+                let family = if n.is_multiple_of(2) {
+                    "agents2"
+                } else {
+                    "agents"
+                };
                 let path = format!("/v1/{family}/soak-{agent}");
                 requests.fetch_add(1, Ordering::Relaxed);
-                if (n >> 20) % 10 == 0 {
+                if (n >> 20).is_multiple_of(10) {
                     let r = c
                         .patch(&path, BILLING, r#"{"llm":{"temperature":0.2}}"#)
                         .await;

@@ -102,7 +102,7 @@ pub(super) fn route(
 
 /// Whether an item passes filter `name`: it does when the query has no such parameter.
 fn wanted(query: Option<&str>, name: &str, pass: impl Fn(&str) -> bool) -> bool {
-    query_param(query, name).map_or(true, |want| pass(&want))
+    query_param(query, name).is_none_or(|want| pass(&want))
 }
 
 /// `{"data", "total", "page", "limit"}` over the items `keep` lets through.

@@ -1,0 +1,202 @@
+//! Cluster mode: what travels between replicas, through the one Redis they share (DESIGN, "Cluster
+//! mode"). It owns the connection ([`link`]), the scripts ([`scripts`]) and the keys; it knows
+//! nothing of HTTP. Single-node mode never builds one: without `[cluster]` no Redis code runs.
+//!
+//! The model: each team's quotas are GCRA TATs in Redis; each agent has a shared *version* (an
+//! organisation's and an agent's token) that every invalidation replaces with a fresh random token.
+//! A replica serves a cached agent only if it was filled under the version its own request just
+//! read, in the same round trip as the quota. Tokens never repeat, so nothing Redis forgets (a
+//! restart, a flush, an eviction) can make an old entry current again.
+
+mod link;
+mod scripts;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::RngCore;
+
+use crate::metrics::ClusterMetrics;
+use crate::settings::{ClusterSettings, OnUnavailable};
+
+pub use scripts::{AdmitReply, Mode};
+
+/// Why a cluster call did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterError {
+    /// Down, failed, or slower than `cluster.timeout_ms`.
+    #[error("the cluster's Redis is unavailable")]
+    Unavailable,
+}
+
+/// Why the cluster could not be set up at start.
+#[derive(Debug, thiserror::Error)]
+#[error("cluster.redis_url: {0}")]
+pub struct ClusterStartError(String);
+
+/// One quota (emission interval and burst) as the script takes it.
+#[derive(Debug, Clone, Copy)]
+pub struct Bucket {
+    pub interval: Duration,
+    pub burst: u32,
+}
+
+/// What one request asks of the cluster at admission.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    pub org: &'a str,
+    pub team: &'a str,
+    pub general: Bucket,
+    pub write: Option<Bucket>,
+    pub mode: Mode,
+    /// The agent, case-folded, for the agent modes.
+    pub agent: Option<&'a str>,
+}
+
+/// What an invalidation reaches across replicas.
+#[derive(Debug, Clone, Copy)]
+pub enum Reach<'a> {
+    Agent { org: &'a str, agent: &'a str },
+    Org(&'a str),
+}
+
+/// The replica's side of the cluster.
+pub struct Cluster {
+    link: Arc<link::Link>,
+    prefix: Arc<str>,
+    on_unavailable: OnUnavailable,
+    /// How long an agent write counts as in progress if its end never arrives.
+    write_lifetime: Duration,
+    metrics: ClusterMetrics,
+}
+
+impl Cluster {
+    /// Builds the client and starts connecting in the background (a replica may start before
+    /// Redis; it is then unavailable until it connects). `on_connect` runs on every (re)connection.
+    pub fn start(
+        settings: &ClusterSettings,
+        upstream_timeout: Duration,
+        metrics: ClusterMetrics,
+        on_connect: impl Fn() + Send + 'static,
+    ) -> Result<Arc<Self>, ClusterStartError> {
+        let mut info = redis::IntoConnectionInfo::into_connection_info(settings.redis_url.as_str())
+            .map_err(|e| ClusterStartError(e.to_string()))?;
+        if let Some(password) = &settings.password {
+            let redis = info
+                .redis_settings()
+                .clone()
+                .set_password(password.expose());
+            info = info.set_redis_settings(redis);
+        }
+        let client = redis::Client::open(info).map_err(|e| ClusterStartError(e.to_string()))?;
+        let link = link::Link::new(client, settings.timeout, metrics.clone());
+        tokio::spawn(Arc::clone(&link).keep_connected(on_connect));
+        Ok(Arc::new(Self {
+            link,
+            prefix: settings.key_prefix.clone(),
+            on_unavailable: settings.on_unavailable,
+            // An upstream answer takes at most its timeout; twice that, and the write has surely
+            // ended (or its end was lost, and the versions it replaced keep old entries dead).
+            write_lifetime: upstream_timeout * 2 + settings.timeout * 2,
+            metrics,
+        }))
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.link.is_up()
+    }
+
+    pub fn on_unavailable(&self) -> OnUnavailable {
+        self.on_unavailable
+    }
+
+    /// Changes on every (re)connection; see [`link::Link::epoch`].
+    pub fn epoch(&self) -> u64 {
+        self.link.epoch()
+    }
+
+    pub fn metrics(&self) -> &ClusterMetrics {
+        &self.metrics
+    }
+
+    /// One round trip: the team's quotas and, for an agent, its version (replaced first when the
+    /// request is an agent write the quotas allow).
+    pub async fn admit(&self, ask: Ask<'_>) -> Result<AdmitReply, ClusterError> {
+        let org = self.org_tag(ask.org);
+        let mut invocation = scripts::ADMIT.prepare_invoke();
+        invocation
+            .key(format!("{org}:q:{}:g", ask.team))
+            .key(format!("{org}:q:{}:w", ask.team));
+        if let Some(agent) = ask.agent {
+            invocation
+                .key(format!("{org}:v"))
+                .key(format!("{org}:v:a:{agent}"))
+                .key(format!("{org}:w:a:{agent}"));
+        }
+        let write = ask.write.unwrap_or(Bucket {
+            interval: Duration::ZERO,
+            burst: 1,
+        });
+        invocation
+            .arg(ask.mode as u8)
+            .arg(micros(ask.general.interval))
+            .arg(ask.general.burst)
+            .arg(micros(write.interval))
+            .arg(write.burst)
+            .arg(token())
+            .arg(u64::try_from(self.write_lifetime.as_millis()).unwrap_or(u64::MAX));
+        self.link
+            .call(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+            .await
+            .map(AdmitReply::from_raw)
+    }
+
+    /// The second invalidation of an agent write: a fresh version, and the write no longer in
+    /// progress.
+    pub async fn write_end(&self, org: &str, agent: &str) -> Result<(), ClusterError> {
+        let org = self.org_tag(org);
+        let mut invocation = scripts::WRITE_END.prepare_invoke();
+        invocation
+            .key(format!("{org}:v:a:{agent}"))
+            .key(format!("{org}:w:a:{agent}"))
+            .arg(token());
+        self.link
+            .call(|mut conn| async move { invocation.invoke_async::<i64>(&mut conn).await })
+            .await
+            .map(drop)
+    }
+
+    /// Replaces the versions `reaches` name (admin purges), in one pipelined round trip.
+    pub async fn invalidate(&self, reaches: &[Reach<'_>]) -> Result<(), ClusterError> {
+        if reaches.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for reach in reaches {
+            let key = match reach {
+                Reach::Agent { org, agent } => format!("{}:v:a:{agent}", self.org_tag(org)),
+                Reach::Org(org) => format!("{}:v", self.org_tag(org)),
+            };
+            pipe.cmd("SET").arg(key).arg(token()).ignore();
+        }
+        self.link
+            .call(|mut conn| async move { pipe.query_async::<()>(&mut conn).await })
+            .await
+    }
+
+    /// `<prefix>:{<org>}`: every key of an organisation hashes to one slot.
+    fn org_tag(&self, org: &str) -> String {
+        format!("{}:{{{org}}}", self.prefix)
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// 128 random bits as hex: a version no replica, restart or flush will produce twice.
+fn token() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
