@@ -20,6 +20,9 @@ use crate::metrics::ClusterMetrics;
 /// Backoff between reconnection attempts: from the first, doubling, up to the last.
 const FIRST_RETRY: Duration = Duration::from_millis(50);
 const LAST_RETRY: Duration = Duration::from_secs(2);
+/// While connected, the link is checked this often even without traffic, so an idle replica
+/// notices an outage (and `/readyz` tells) on its own.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 pub(super) struct Link {
     client: Client,
@@ -122,7 +125,17 @@ impl Link {
         let mut quiet = false;
         loop {
             if self.is_up() {
-                self.lost.notified().await;
+                tokio::select! {
+                    _ = self.lost.notified() => {}
+                    _ = tokio::time::sleep(PROBE_EVERY) => {
+                        // A failure marks the link down, which the next turn handles.
+                        let _ = self
+                            .call(|mut conn| async move {
+                                redis::cmd("PING").query_async::<()>(&mut conn).await
+                            })
+                            .await;
+                    }
+                }
                 continue;
             }
             match self.connect().await {

@@ -6,6 +6,7 @@ mod support;
 
 mod audit;
 mod cache;
+mod cluster;
 mod edges;
 mod forwarding;
 mod operations;

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod gateway;
+pub mod redis;
 pub mod upstream;
 
 pub use client::{Client, TestResponse};

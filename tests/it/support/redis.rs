@@ -1,0 +1,245 @@
+//! A real `redis-server` for cluster-mode tests, owned by the test: started on a Unix socket in
+//! the test's own directory (so no port is ever guessed), stopped by its PID. Gateways reach it
+//! through a [`FaultyProxy`] on `127.0.0.1:0`, which can pass, black-hole or delay the traffic,
+//! standing in for a network that breaks in the ways networks do.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, UnixStream};
+
+use super::GatewayBuilder;
+
+/// Whether this machine has a `redis-server` (CI installs Debian's; see `.ci/run`).
+pub fn redis_available() -> bool {
+    Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A `redis-server` child process on a Unix socket.
+pub struct TestRedis {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    password: Option<String>,
+}
+
+impl TestRedis {
+    pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// With `requirepass` set to `password` (made up by the test).
+    pub fn start_with(password: Option<&str>) -> Self {
+        let mut redis = Self {
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            password: password.map(str::to_owned),
+        };
+        redis.spawn();
+        redis
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("redis.sock")
+    }
+
+    fn spawn(&mut self) {
+        let socket = self.socket();
+        let _ = std::fs::remove_file(&socket);
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", "0", "--save", "", "--appendonly", "no"])
+            .arg("--unixsocket")
+            .arg(&socket)
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(pw) = &self.password {
+            cmd.args(["--requirepass", pw]);
+        }
+        self.child = Some(cmd.spawn().expect("redis-server starts"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("redis-server running").id()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} redis-server");
+    }
+
+    /// Kills it (SIGKILL): everything it held is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again, empty, on the same socket.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// SIGSTOP: connections stay open, nothing answers.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    /// Runs one command with `redis-cli` on the socket and returns its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let mut cmd = Command::new("redis-cli");
+        cmd.arg("-s").arg(self.socket());
+        if let Some(pw) = &self.password {
+            cmd.env("REDISCLI_AUTH", pw);
+        }
+        let out = cmd.args(args).output().expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        // SIGKILL ends a paused server too.
+        self.kill();
+    }
+}
+
+/// How the proxy treats traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Pass = 0,
+    /// Accepts and reads, forwards and answers nothing: a half-open link.
+    Blackhole = 1,
+    /// Holds every chunk this long before passing it on.
+    Delay = 2,
+}
+
+/// A TCP proxy on `127.0.0.1:0` in front of a Unix socket, with a switchable fault.
+pub struct FaultyProxy {
+    pub addr: SocketAddr,
+    fault: Arc<AtomicU8>,
+    delay_ms: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FaultyProxy {
+    pub async fn start(target: PathBuf) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let fault = Arc::new(AtomicU8::new(Fault::Pass as u8));
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let (f, d) = (fault.clone(), delay_ms.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (f, d, target) = (f.clone(), d.clone(), target.clone());
+                tokio::spawn(async move {
+                    let Ok(server) = UnixStream::connect(&target).await else {
+                        return;
+                    };
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    tokio::select! {
+                        _ = pump(cr, sw, f.clone(), d.clone()) => {}
+                        _ = pump(sr, cw, f, d) => {}
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            fault,
+            delay_ms,
+            task,
+        }
+    }
+
+    pub fn set(&self, fault: Fault) {
+        self.fault.store(fault as u8, Ordering::SeqCst);
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+        self.set(Fault::Delay);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+}
+
+impl Drop for FaultyProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn pump(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
+    fault: Arc<AtomicU8>,
+    delay_ms: Arc<AtomicU64>,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        match fault.load(Ordering::SeqCst) {
+            x if x == Fault::Blackhole as u8 => continue,
+            x if x == Fault::Delay as u8 => {
+                let ms = delay_ms.load(Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            _ => {}
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A gateway configured in cluster mode against `url`, plus any extra `[cluster]` lines.
+pub fn in_cluster(builder: GatewayBuilder, url: &str, lines: &[&str]) -> GatewayBuilder {
+    let mut toml = format!("\n[cluster]\nredis_url = \"{url}\"\ntimeout_ms = 200\n");
+    for line in lines {
+        toml.push_str(line);
+        toml.push('\n');
+    }
+    builder.extra(&toml)
+}
