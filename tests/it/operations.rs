@@ -22,12 +22,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_dialnexa-gateway");
 /// A team key that only exists once a reload adds its team (made up).
 const NEWCOMER: &str = "team-key-newcomer-0006";
 
-async fn setup() -> (FakeUpstream, TestGateway) {
-    let upstream = FakeUpstream::start().await;
-    let gw = GatewayBuilder::new(upstream.base_url()).start().await;
-    (upstream, gw)
-}
-
 /// The async sibling of [`wait_until`], for conditions only an HTTP answer can tell.
 async fn eventually<F, Fut>(what: &str, mut cond: F)
 where
@@ -41,66 +35,17 @@ where
     }
 }
 
-async fn scrape(admin: &Client) -> String {
-    let r = admin.send(Method::GET, "/metrics", &[], "").await;
-    assert_eq!(r.status, 200);
-    String::from_utf8(r.body.to_vec()).unwrap()
-}
-
-/// The value of one series (`name` or `name{labels}`, exactly as exposed), if it is exposed.
-fn series(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .map(|v| {
-            let v = v.split_whitespace().next().unwrap_or("");
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name} has a non-numeric value {v:?}"))
-        })
-}
-
-/// [`series`], with 0 for a counter not created yet.
-fn sample(text: &str, name: &str) -> f64 {
-    series(text, name).unwrap_or(0.0)
-}
-
-const BILLING_GET_200: &str =
-    "dialnexa_gateway_requests_total{team=\"billing\",method=\"GET\",status=\"200\"}";
-const UNIDENTIFIED_GET_401: &str =
-    "dialnexa_gateway_requests_total{team=\"\",method=\"GET\",status=\"401\"}";
+const REQUESTS: &str = "dialnexa_gateway_requests_total";
+const BILLING_GET_200: &[(&str, &str)] =
+    &[("team", "billing"), ("method", "GET"), ("status", "200")];
+const UNIDENTIFIED_GET_401: &[(&str, &str)] = &[("team", ""), ("method", "GET"), ("status", "401")];
 const CACHE_HITS: &str = "dialnexa_gateway_cache_hits_total";
 const CACHE_MISSES: &str = "dialnexa_gateway_cache_misses_total";
 const UPSTREAM_COUNT: &str = "dialnexa_gateway_upstream_request_duration_seconds_count";
 const AUDIT_WRITTEN: &str = "dialnexa_gateway_audit_lines_written_total";
-const RELOADS_OK: &str = "dialnexa_gateway_config_reloads_total{result=\"ok\"}";
-const RELOADS_FAILED: &str = "dialnexa_gateway_config_reloads_total{result=\"failed\"}";
-
-/// The config text without the `[teams.<name>]` table.
-fn without_team(toml: &str, name: &str) -> String {
-    let header = format!("[teams.{name}]\n");
-    let start = toml
-        .find(&header)
-        .unwrap_or_else(|| panic!("no {header} in config"));
-    let end = toml[start + header.len()..]
-        .find("\n[")
-        .map_or(toml.len(), |i| start + header.len() + i + 1);
-    format!("{}{}", &toml[..start], &toml[end..])
-}
-
-fn team_table(name: &str, org: &str, key: &str) -> String {
-    format!(
-        "[teams.{name}]\norg = \"{org}\"\nkey_sha256 = [\"{}\"]\nrate_limit = {{ per_minute = 600, burst = 60 }}\n",
-        KeyDigest::of(key).to_hex()
-    )
-}
-
-/// Replaces the config file in one rename, so the gateway never reads half a file.
-fn write_config(gw: &BinaryGateway, edit: impl FnOnce(String) -> String) {
-    let text = std::fs::read_to_string(&gw.config_path).unwrap();
-    let tmp = gw.config_path.with_extension("toml.new");
-    std::fs::write(&tmp, edit(text)).unwrap();
-    std::fs::rename(&tmp, &gw.config_path).unwrap();
-}
+const RELOADS: &str = "dialnexa_gateway_config_reloads_total";
+const OK: &[(&str, &str)] = &[("result", "ok")];
+const FAILED: &[(&str, &str)] = &[("result", "failed")];
 
 /// `/readyz`'s status, or `None` once nothing listens (the process is gone).
 async fn readyz(admin: SocketAddr) -> Option<u16> {
@@ -221,23 +166,23 @@ async fn metrics_follow_requests_cache_hits_upstream_calls_and_audit_lines() {
     assert_eq!(upstream.total(), 2);
 
     let after = scrape(&admin).await;
-    let delta = |series: &str| sample(&after, series) - sample(&before, series);
-    assert_eq!(delta(BILLING_GET_200), 3.0, "{after}");
-    assert_eq!(delta(UNIDENTIFIED_GET_401), 1.0, "{after}");
-    assert_eq!(delta(CACHE_HITS), 1.0, "{after}");
-    assert_eq!(delta(CACHE_MISSES), 1.0, "{after}");
+    let delta = |name, labels| after.count(name, labels) - before.count(name, labels);
+    assert_eq!(delta(REQUESTS, BILLING_GET_200), 3.0, "{after}");
+    assert_eq!(delta(REQUESTS, UNIDENTIFIED_GET_401), 1.0, "{after}");
+    assert_eq!(delta(CACHE_HITS, &[]), 1.0, "{after}");
+    assert_eq!(delta(CACHE_MISSES, &[]), 1.0, "{after}");
     // The miss and the forwarded call went upstream; the hit and the 401 did not.
-    assert_eq!(delta(UPSTREAM_COUNT), 2.0, "{after}");
+    assert_eq!(delta(UPSTREAM_COUNT, &[]), 2.0, "{after}");
 
     // Audit lines are written off the request path: the counter catches up, and matches the file.
     eventually("4 audit lines counted", || {
         let admin = &admin;
-        async move { sample(&scrape(admin).await, AUDIT_WRITTEN) >= 4.0 }
+        async move { scrape(admin).await.count(AUDIT_WRITTEN, &[]) >= 4.0 }
     })
     .await;
     let lines = gw.audit_lines(4).await;
     assert_eq!(lines.len(), 4);
-    assert_eq!(sample(&scrape(&admin).await, AUDIT_WRITTEN), 4.0);
+    assert_eq!(scrape(&admin).await.count(AUDIT_WRITTEN, &[]), 4.0);
 }
 
 // === SIGHUP ===
@@ -245,7 +190,7 @@ async fn metrics_follow_requests_cache_hits_upstream_calls_and_audit_lines() {
 #[tokio::test]
 async fn sighup_adds_and_removes_teams_while_requests_keep_being_answered() {
     let upstream = FakeUpstream::start().await;
-    let gw = GatewayBuilder::new(upstream.base_url())
+    let mut gw = GatewayBuilder::new(upstream.base_url())
         .spawn_binary()
         .await;
     let (c, admin) = (gw.client(), gw.admin_client());
@@ -272,8 +217,10 @@ async fn sighup_adds_and_removes_teams_while_requests_keep_being_answered() {
     })
     .await;
 
-    write_config(&gw, |toml| {
-        without_team(&toml, "support") + &team_table("newcomer", "globex", NEWCOMER)
+    gw.rewrite_config(|config| {
+        config
+            .without_team("support")
+            .team("newcomer", "globex", NEWCOMER)
     });
     gw.signal("HUP");
 
@@ -326,8 +273,8 @@ async fn sighup_adds_and_removes_teams_while_requests_keep_being_answered() {
     );
 
     let m = scrape(&admin).await;
-    assert_eq!(sample(&m, RELOADS_OK), 1.0, "{m}");
-    assert_eq!(sample(&m, RELOADS_FAILED), 0.0, "{m}");
+    assert_eq!(m.count(RELOADS, OK), 1.0, "{m}");
+    assert_eq!(m.count(RELOADS, FAILED), 0.0, "{m}");
 }
 
 #[tokio::test]
@@ -336,24 +283,25 @@ async fn sighup_with_an_invalid_file_keeps_the_old_config_and_counts_the_failure
     let mut gw = GatewayBuilder::new(upstream.base_url())
         .spawn_binary()
         .await;
-    let stderr = drain(gw.child.stderr.take().unwrap());
     let (c, admin) = (gw.client(), gw.admin_client());
     // Exposed at 0 before any reload, so `increase(...{result="failed"}[5m]) > 0` sees the first one.
     let m = scrape(&admin).await;
-    assert_eq!(series(&m, RELOADS_FAILED), Some(0.0), "{m}");
-    assert_eq!(series(&m, RELOADS_OK), Some(0.0), "{m}");
+    assert_eq!(m.sample(RELOADS, FAILED), Some(0.0), "{m}");
+    assert_eq!(m.sample(RELOADS, OK), Some(0.0), "{m}");
 
     // Removes `support` too: a partly applied file would shut it out.
-    write_config(&gw, |toml| {
-        without_team(&toml, "support") + &team_table("broken", "initech", NEWCOMER)
+    gw.rewrite_config(|config| {
+        config
+            .without_team("support")
+            .team("broken", "initech", NEWCOMER)
     });
     gw.signal("HUP");
     eventually("the failed reload is counted", || {
         let admin = &admin;
-        async move { sample(&scrape(admin).await, RELOADS_FAILED) == 1.0 }
+        async move { scrape(admin).await.count(RELOADS, FAILED) == 1.0 }
     })
     .await;
-    assert_eq!(sample(&scrape(&admin).await, RELOADS_OK), 0.0);
+    assert_eq!(scrape(&admin).await.count(RELOADS, OK), 0.0);
     assert_eq!(c.get("/v1/calls", BILLING).await.status, 200);
     assert_eq!(c.get("/v1/calls", SUPPORT).await.status, 200);
     assert_eq!(c.get("/v1/calls", NEWCOMER).await.status, 401);
@@ -363,9 +311,7 @@ async fn sighup_with_an_invalid_file_keeps_the_old_config_and_counts_the_failure
     );
 
     // Once fixed, the next SIGHUP applies it.
-    write_config(&gw, |toml| {
-        toml.replace("org = \"initech\"", "org = \"globex\"")
-    });
+    gw.rewrite_config(|config| config.team_org("broken", "globex"));
     gw.signal("HUP");
     eventually("the fixed file is applied", || {
         let c = &c;
@@ -374,12 +320,12 @@ async fn sighup_with_an_invalid_file_keeps_the_old_config_and_counts_the_failure
     .await;
     assert_eq!(c.get("/v1/calls", SUPPORT).await.status, 401);
     let m = scrape(&admin).await;
-    assert_eq!(sample(&m, RELOADS_OK), 1.0, "{m}");
-    assert_eq!(sample(&m, RELOADS_FAILED), 1.0, "{m}");
+    assert_eq!(m.count(RELOADS, OK), 1.0, "{m}");
+    assert_eq!(m.count(RELOADS, FAILED), 1.0, "{m}");
 
     gw.signal("TERM");
     assert_eq!(gw.wait_exit(Duration::from_secs(15)).await, Some(0));
-    let log = stderr.join().unwrap();
+    let log = gw.stderr();
     assert!(
         log.contains("teams.broken.org"),
         "the failed reload names the key: {log}"
@@ -394,7 +340,7 @@ async fn a_request_in_flight_across_sighup_finishes_on_the_config_it_started_wit
     upstream.set_override(|r| {
         (r.path() == "/v1/slow").then(|| Reply::json(200, json!({"slow": true})).with_delay(SLOW))
     });
-    let gw = GatewayBuilder::new(upstream.base_url())
+    let mut gw = GatewayBuilder::new(upstream.base_url())
         .spawn_binary()
         .await;
     let c = gw.client();
@@ -407,7 +353,7 @@ async fn a_request_in_flight_across_sighup_finishes_on_the_config_it_started_wit
     })
     .await;
 
-    write_config(&gw, |toml| without_team(&toml, "support"));
+    gw.rewrite_config(|config| config.without_team("support"));
     gw.signal("HUP");
     eventually("the removed team is shut out", || {
         let c = &c;
@@ -476,7 +422,7 @@ async fn sighup_rereads_the_organisation_key_files() {
     gw.signal("HUP");
     eventually("the reload is done", || {
         let admin = &admin;
-        async move { sample(&scrape(admin).await, RELOADS_OK) == 1.0 }
+        async move { scrape(admin).await.count(RELOADS, OK) == 1.0 }
     })
     .await;
     assert_eq!(org_key_sent("after").await, format!("Bearer {ROTATED}"));
@@ -495,7 +441,7 @@ async fn sigterm_finishes_in_flight_requests_reports_not_ready_and_exits_0() {
     let upstream = FakeUpstream::start().await;
     upstream.set_delay(Method::GET, UPSTREAM_DELAY);
     let mut gw = GatewayBuilder::new(upstream.base_url())
-        .server(&format!("shutdown_grace_ms = {}", GRACE.as_millis()))
+        .shutdown_grace_ms(GRACE.as_millis() as u64)
         .spawn_binary()
         .await;
     let requests: Vec<_> = (0..IN_FLIGHT)
@@ -561,7 +507,6 @@ async fn the_binary_never_prints_team_keys_org_keys_or_the_admin_token() {
         .capture_stdout()
         .spawn_binary()
         .await;
-    let stderr = drain(gw.child.stderr.take().unwrap());
     let stdout = drain(gw.child.stdout.take().unwrap());
     let (c, admin) = (gw.client(), gw.admin_client());
 
@@ -596,13 +541,13 @@ async fn the_binary_never_prints_team_keys_org_keys_or_the_admin_token() {
     gw.signal("HUP");
     eventually("the reload (re-reading org keys) is done", || {
         let admin = &admin;
-        async move { sample(&scrape(admin).await, RELOADS_OK) == 1.0 }
+        async move { scrape(admin).await.count(RELOADS, OK) == 1.0 }
     })
     .await;
     gw.signal("TERM");
     assert_eq!(gw.wait_exit(Duration::from_secs(15)).await, Some(0));
 
-    let (stderr, stdout) = (stderr.join().unwrap(), stdout.join().unwrap());
+    let (stderr, stdout) = (gw.stderr(), stdout.join().unwrap());
     // Not vacuous: the diagnostics were captured.
     assert!(stderr.contains("listening"), "{stderr}");
     assert!(stderr.contains("config reloaded"), "{stderr}");
@@ -625,6 +570,13 @@ async fn the_binary_never_prints_team_keys_org_keys_or_the_admin_token() {
 }
 
 // === subcommands ===
+
+fn team_table(name: &str, org: &str, key: &str) -> String {
+    format!(
+        "[teams.{name}]\norg = \"{org}\"\nkey_sha256 = [\"{}\"]\nrate_limit = {{ per_minute = 600, burst = 60 }}\n",
+        KeyDigest::of(key).to_hex()
+    )
+}
 
 /// Stands for the directory [`check`] writes the file (and the org key file) into.
 const DIR: &str = "{DIR}";
