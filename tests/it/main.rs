@@ -26,14 +26,14 @@
 //! | forwarding rules: TLS and ALPN to upstream | `tls` |
 //! | forwarding rules: methods, re-framing, HTTP/2 cookies | `edges` |
 //! | limits on slow, idle and too many clients | `edges` |
-//! | audit line: fields, `changed_fields`, secrets, backpressure, shutdown | `audit` |
+//! | audit line: fields, `changed_fields`, secrets, backpressure, shutdown | `audit`, `operations::secrets`, `operations::signals` |
 //! | audit line: `invalidated`, `499` for clients gone | `cache::invalidation`, `cache::coalescing`, `forwarding` |
-//! | config: validation (`check`), env overrides | `operations` (subcommands) |
-//! | config: `SIGHUP` reloads, key files re-read | `operations` (SIGHUP), `ratelimit` (quota state) |
-//! | CLI: run, `check`, `hash-key`, `gen-key`, signals, exit codes | `operations` |
+//! | config: validation (`check`), env overrides | `operations::subcommands` |
+//! | config: `SIGHUP` reloads, key files re-read | `operations::reload`, `ratelimit` (quota state) |
+//! | CLI: run, `check`, `hash-key`, `gen-key`, exit codes | `operations::subcommands`, `operations::signals` |
 //! | CLI: `demo`, `sim` | `sim` |
 //! | the simulated DialNexa | `sim` |
-//! | admin listener: probes, `/metrics` | `operations` (admin listener), `cache::metrics`, `ratelimit` |
+//! | admin listener: probes, `/metrics` | `operations::admin_listener`, `cache::metrics`, `ratelimit` |
 //! | admin listener: `/admin/cache/purge` | `cache::purge`, `audit`, `edges` |
 //! | cluster mode | not yet |
 //!
