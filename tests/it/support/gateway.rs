@@ -236,7 +236,8 @@ impl GatewayBuilder {
     }
 
     /// An environment variable for [`spawn_binary`](Self::spawn_binary) (e.g. `RUST_LOG`, which
-    /// defaults to warnings and the line saying where it listens).
+    /// defaults to warnings and the server's info lines; a test's own `RUST_LOG` must keep
+    /// `dialnexa_gateway::server` at `info`, or the binary never says where it listens).
     pub fn binary_env(mut self, name: &str, value: &str) -> Self {
         self.binary_env.push((name.into(), value.into()));
         self
