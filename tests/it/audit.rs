@@ -17,15 +17,10 @@ use crate::support::client::raw_status;
 use crate::support::*;
 
 /// Small enough that a 2 KiB body is refused with `413`.
-const BODY_LIMIT: &str = "max_body_bytes = 1024";
+const BODY_LIMIT: u64 = 1024;
 
 async fn start() -> (FakeUpstream, TestGateway) {
-    let upstream = FakeUpstream::start().await;
-    let gw = GatewayBuilder::new(upstream.base_url())
-        .server(BODY_LIMIT)
-        .start()
-        .await;
-    (upstream, gw)
+    setup_with(|config| config.max_body_bytes(BODY_LIMIT)).await
 }
 
 /// What the audit line must call a presented key: the first 8 hex digits of its SHA-256.
@@ -144,12 +139,8 @@ type Planned = (Method, &'static str, Vec<(&'static str, String)>, Bytes);
 
 #[tokio::test]
 async fn concurrent_requests_of_every_kind_get_exactly_one_line_each() {
-    let upstream = FakeUpstream::start().await;
-    let gw = GatewayBuilder::new(upstream.base_url())
-        .server(BODY_LIMIT)
-        .limits("rival", "{ per_minute = 1, burst = 2 }", None)
-        .start()
-        .await;
+    let (_upstream, gw) =
+        setup_with(|config| config.max_body_bytes(BODY_LIMIT).team_quota("rival", 1, 2)).await;
     let big = Bytes::from(vec![b'x'; 2048]);
     let mut plan: Vec<Planned> = Vec::new();
     for _ in 0..10 {
@@ -606,8 +597,7 @@ async fn reopen_after_rotation_writes_a_new_private_file_and_leaves_old_lines_be
 
 #[tokio::test]
 async fn graceful_shutdown_writes_a_line_for_every_answered_request() {
-    let upstream = FakeUpstream::start().await;
-    let mut gw = GatewayBuilder::new(upstream.base_url()).start().await;
+    let (upstream, mut gw) = setup().await;
     // Forwarded requests stay in flight while shutdown begins; refusals are answered at once.
     upstream.set_delay(Method::GET, Duration::from_millis(300));
     let c = gw.client();
@@ -654,12 +644,7 @@ async fn graceful_shutdown_writes_a_line_for_every_answered_request() {
 
 #[tokio::test]
 async fn a_stalled_sink_holds_requests_back_and_loses_no_line() {
-    let upstream = FakeUpstream::start().await;
-    let mut gw = GatewayBuilder::new(upstream.base_url())
-        .audit("buffer_lines = 2")
-        .audit_fifo()
-        .start()
-        .await;
+    let (_upstream, mut gw) = setup_with(|config| config.audit_buffer_lines(2).audit_fifo()).await;
     // ~3 KB lines: the FIFO (64 KiB), the writer's buffer (64 KiB) and the 2-line channel hold
     // about 45 of them; every request past that must wait for room.
     let path = format!("/v1/calls/{}", "x".repeat(3000));
@@ -793,11 +778,7 @@ async fn requests_the_http_layer_cannot_parse_are_still_audited() {
 
 #[tokio::test]
 async fn requests_cut_off_when_the_grace_period_ends_are_still_audited() {
-    let upstream = FakeUpstream::start().await;
-    let mut gw = GatewayBuilder::new(upstream.base_url())
-        .server("shutdown_grace_ms = 200")
-        .start()
-        .await;
+    let (upstream, mut gw) = setup_with(|config| config.shutdown_grace_ms(200)).await;
     // Upstream takes far longer than the grace period.
     upstream.set_delay(Method::GET, Duration::from_secs(5));
     upstream.set_delay(Method::PATCH, Duration::from_secs(5));

@@ -12,10 +12,6 @@ use tokio::sync::Mutex;
 use crate::support::redis::{in_cluster, redis_available, Fault, FaultyProxy, TestRedis};
 use crate::support::*;
 
-/// One cell every 10 s: nothing refills while a test runs, so counts are exact.
-const SLOW_BURST_5: &str = "{ per_minute = 6, burst = 5 }";
-const SLOW_BURST_2: &str = "{ per_minute = 6, burst = 2 }";
-
 /// Skips (loudly) where no `redis-server` is installed; CI installs it, so there it always runs.
 macro_rules! require_redis {
     () => {
@@ -34,24 +30,19 @@ struct Cluster {
 }
 
 async fn cluster(n: usize, configure: impl Fn(GatewayBuilder) -> GatewayBuilder) -> Cluster {
-    cluster_with(TestRedis::start(), n, &[], configure).await
+    cluster_with(TestRedis::start(), n, configure).await
 }
 
 async fn cluster_with(
     redis: TestRedis,
     n: usize,
-    lines: &[&str],
     configure: impl Fn(GatewayBuilder) -> GatewayBuilder,
 ) -> Cluster {
     let proxy = FaultyProxy::start(redis.socket()).await;
     let upstream = FakeUpstream::start().await;
     let mut replicas = Vec::new();
     for _ in 0..n {
-        let builder = in_cluster(
-            GatewayBuilder::new(upstream.base_url()),
-            &proxy.url(),
-            lines,
-        );
+        let builder = in_cluster(GatewayBuilder::new(upstream.base_url()), &proxy.url());
         replicas.push(configure(builder).start().await);
     }
     let c = Cluster {
@@ -124,14 +115,6 @@ fn x_cache(r: &TestResponse) -> &str {
 async fn patch(c: &Client, path: &str) -> TestResponse {
     c.patch(path, BILLING, r#"{"llm":{"settings":{"temperature":0.2}}}"#)
         .await
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {name}"))
 }
 
 // === Read-after-write across replicas ===
@@ -304,7 +287,11 @@ async fn history_no_get_after_an_answered_patch_returns_an_older_version_through
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_together_admit_exactly_one_burst_with_consistent_headers() {
     require_redis!();
-    let c = cluster(3, |b| b.limits("billing", SLOW_BURST_5, Some(SLOW_BURST_2))).await;
+    // One cell every 10 s: nothing refills while the test runs, so counts are exact.
+    let c = cluster(3, |b| {
+        b.team_quota("billing", 6, 5).write_quota("billing", 6, 2)
+    })
+    .await;
     let mut allowed = 0;
     let mut remaining_seen = Vec::new();
     for i in 0..12 {
@@ -341,11 +328,8 @@ async fn replicas_together_admit_exactly_one_burst_with_consistent_headers() {
 async fn the_write_quota_is_one_across_replicas_and_refusals_spend_nothing() {
     require_redis!();
     let c = cluster(2, |b| {
-        b.limits(
-            "billing",
-            "{ per_minute = 600, burst = 100 }",
-            Some(SLOW_BURST_2),
-        )
+        b.team_quota("billing", 600, 100)
+            .write_quota("billing", 6, 2)
     })
     .await;
     let mut statuses = Vec::new();
@@ -464,8 +448,8 @@ async fn without_redis_degrade_serves_reads_refuses_agent_writes_and_recovers_by
     let ready = readyz(&c.replicas[0]).await;
     assert_eq!(ready.status, 200, "degrade stays in rotation");
     let metrics = c.replicas[0].metrics().await;
-    assert_eq!(metric(&metrics, "dialnexa_gateway_cluster_up"), 0.0);
-    assert!(metric(&metrics, "dialnexa_gateway_cluster_degraded_requests_total") >= 1.0);
+    assert_eq!(metrics.value("dialnexa_gateway_cluster_up", &[]), 0.0);
+    assert!(metrics.value("dialnexa_gateway_cluster_degraded_requests_total", &[]) >= 1.0);
     let audit = c.replicas[1].audit_lines(1).await;
     let refused = audit
         .iter()
@@ -483,24 +467,16 @@ async fn without_redis_degrade_serves_reads_refuses_agent_writes_and_recovers_by
         (x_cache(&after), version(&after)),
         ("MISS", version(&patched))
     );
-    assert_eq!(
-        metric(
-            &c.replicas[0].metrics().await,
-            "dialnexa_gateway_cluster_up"
-        ),
-        1.0
-    );
+    let metrics = c.replicas[0].metrics().await;
+    assert_eq!(metrics.value("dialnexa_gateway_cluster_up", &[]), 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refuse_answers_every_request_503_and_readyz_503_until_redis_is_back() {
     require_redis!();
-    let mut c = cluster_with(
-        TestRedis::start(),
-        1,
-        &["on_unavailable = \"refuse\""],
-        |b| b,
-    )
+    let mut c = cluster_with(TestRedis::start(), 1, |b| {
+        b.cluster_on_unavailable("refuse")
+    })
     .await;
     assert_eq!(c.client(0).get("/v1/calls", BILLING).await.status, 200);
     c.redis.kill();
@@ -585,12 +561,9 @@ async fn requirepass_with_the_password_from_the_environment() {
     let password = "test-redis-secret-8b1f";
     std::env::set_var("DNXGW_TEST_REDIS_PASSWORD", password);
     let redis = TestRedis::start_with(Some(password));
-    let c = cluster_with(
-        redis,
-        2,
-        &["redis_password_env = \"DNXGW_TEST_REDIS_PASSWORD\""],
-        |b| b,
-    )
+    let c = cluster_with(redis, 2, |b| {
+        b.cluster_password_env("DNXGW_TEST_REDIS_PASSWORD")
+    })
     .await;
     let path = "/v1/agents2/pw1";
     c.client(1).get(path, SUPPORT).await;
@@ -600,6 +573,10 @@ async fn requirepass_with_the_password_from_the_environment() {
     for r in &c.replicas {
         let text = std::fs::read_to_string(&r.audit_path).unwrap_or_default();
         assert!(!text.contains(password));
-        assert!(!r.metrics().await.contains(password));
+        let text = r
+            .admin_client()
+            .send(Method::GET, "/metrics", &[], "")
+            .await;
+        assert!(!String::from_utf8_lossy(&text.body).contains(password));
     }
 }

@@ -232,18 +232,9 @@ async fn an_answer_with_both_framings_reaches_the_client_as_the_body_the_gateway
 
 // === Limits on slow, idle and too many clients ===
 
-async fn gateway_with(lines: &[&str]) -> (FakeUpstream, TestGateway) {
-    let upstream = FakeUpstream::start().await;
-    let mut b = GatewayBuilder::new(upstream.base_url());
-    for line in lines {
-        b = b.server(line);
-    }
-    (upstream, b.start().await)
-}
-
 #[tokio::test]
 async fn a_connection_that_sends_nothing_or_half_a_preface_is_closed_after_the_header_timeout() {
-    let (_upstream, gw) = gateway_with(&["request_header_timeout_ms = 300"]).await;
+    let (_upstream, gw) = setup_with(|config| config.request_header_timeout_ms(300)).await;
     let mut silent = RawConn::open(gw.api).await;
     let mut half_preface = RawConn::open(gw.api).await;
     half_preface.send(b"PRI * HTTP/2.0\r\n").await;
@@ -261,7 +252,7 @@ async fn a_connection_that_sends_nothing_or_half_a_preface_is_closed_after_the_h
 
 #[tokio::test]
 async fn a_request_head_that_stops_half_way_is_answered_408_audited_and_closed() {
-    let (upstream, gw) = gateway_with(&["request_header_timeout_ms = 300"]).await;
+    let (upstream, gw) = setup_with(|config| config.request_header_timeout_ms(300)).await;
     let mut c = RawConn::open(gw.api).await;
     c.send(b"GET /v1/calls HTTP/1.1\r\nHost: gw\r\nAuthoriz")
         .await;
@@ -282,7 +273,7 @@ async fn a_request_head_that_stops_half_way_is_answered_408_audited_and_closed()
 
 #[tokio::test]
 async fn a_head_with_bare_cr_line_endings_is_refused_and_never_hangs() {
-    let (upstream, gw) = gateway_with(&["request_header_timeout_ms = 300"]).await;
+    let (upstream, gw) = setup_with(|config| config.request_header_timeout_ms(300)).await;
     let mut c = RawConn::open(gw.api).await;
     c.send(
         format!("GET /v1/calls HTTP/1.1\rHost: gw\rAuthorization: Bearer {BILLING}\r\r").as_bytes(),
@@ -300,7 +291,7 @@ async fn a_head_with_bare_cr_line_endings_is_refused_and_never_hangs() {
 
 #[tokio::test]
 async fn a_keep_alive_connection_without_a_request_is_closed_after_the_idle_timeout() {
-    let (_upstream, gw) = gateway_with(&["idle_timeout_ms = 300"]).await;
+    let (_upstream, gw) = setup_with(|config| config.idle_timeout_ms(300)).await;
     let mut c = RawConn::open(gw.api).await;
     c.send(&get("/v1/calls", BILLING)).await;
     assert_eq!(c.answer("GET").await.status, 200);
@@ -311,7 +302,7 @@ async fn a_keep_alive_connection_without_a_request_is_closed_after_the_idle_time
 
 #[tokio::test]
 async fn an_idle_http2_connection_is_closed_with_goaway() {
-    let (_upstream, gw) = gateway_with(&["idle_timeout_ms = 300"]).await;
+    let (_upstream, gw) = setup_with(|config| config.idle_timeout_ms(300)).await;
     let stream = TcpStream::connect(gw.api).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
@@ -337,7 +328,7 @@ async fn an_idle_http2_connection_is_closed_with_goaway() {
 
 #[tokio::test]
 async fn a_request_body_that_stalls_is_answered_408_and_never_forwarded() {
-    let (upstream, gw) = gateway_with(&["request_body_timeout_ms = 300"]).await;
+    let (upstream, gw) = setup_with(|config| config.request_body_timeout_ms(300)).await;
     let mut c = RawConn::open(gw.api).await;
     c.send(
         format!(
@@ -359,7 +350,7 @@ async fn a_request_body_that_stalls_is_answered_408_and_never_forwarded() {
 
 #[tokio::test]
 async fn connections_beyond_max_connections_wait_until_one_closes() {
-    let (_upstream, gw) = gateway_with(&["max_connections = 2"]).await;
+    let (_upstream, gw) = setup_with(|config| config.max_connections(2)).await;
     let first = RawConn::open(gw.api).await;
     let mut second = RawConn::open(gw.api).await;
     second.send(&get("/v1/calls", BILLING)).await;
@@ -418,7 +409,7 @@ async fn running_out_of_file_descriptors_never_stops_the_listener() {
 
 #[tokio::test]
 async fn methods_outside_the_allow_list_are_405_with_allow_audited_and_never_forwarded() {
-    let (upstream, gw) = gateway_with(&[]).await;
+    let (upstream, gw) = setup().await;
     for method in ["TRACE", "CONNECT", "get", "BREW", "PROPFIND"] {
         let target = "/v1/agents2/a1";
         let mut c = RawConn::open(gw.api).await;
@@ -450,7 +441,7 @@ async fn methods_outside_the_allow_list_are_405_with_allow_audited_and_never_for
 
 #[tokio::test]
 async fn a_fill_sends_upstream_only_what_every_team_of_the_org_shares() {
-    let (upstream, gw) = gateway_with(&[]).await;
+    let (upstream, gw) = setup().await;
     let r = gw
         .client()
         .send(
@@ -481,7 +472,7 @@ async fn a_fill_sends_upstream_only_what_every_team_of_the_org_shares() {
 #[tokio::test]
 async fn answers_that_vary_or_set_cookies_are_neither_stored_nor_shared() {
     for (name, value) in [("vary", "Accept-Language"), ("set-cookie", "session=s1")] {
-        let (upstream, gw) = gateway_with(&[]).await;
+        let (upstream, gw) = setup().await;
         upstream.set_override(move |r| {
             (r.method == Method::GET).then(|| {
                 Reply::json(200, serde_json::json!({"id": "a1"}))
@@ -514,7 +505,7 @@ async fn answers_that_vary_or_set_cookies_are_neither_stored_nor_shared() {
 
 #[tokio::test]
 async fn a_request_that_joined_a_fill_gets_exactly_what_a_hit_would() {
-    let (upstream, gw) = gateway_with(&[]).await;
+    let (upstream, gw) = setup().await;
     upstream.set_override(|r| {
         (r.method == Method::GET).then(|| {
             Reply::json(200, serde_json::json!({"id": "a1"}))
@@ -557,7 +548,7 @@ async fn a_request_that_joined_a_fill_gets_exactly_what_a_hit_would() {
 
 #[tokio::test]
 async fn http2_cookie_crumbs_reach_an_http1_upstream_as_one_cookie() {
-    let (upstream, gw) = gateway_with(&[]).await;
+    let (upstream, gw) = setup().await;
     let r = Client::h2(gw.api)
         .send(
             Method::POST,
@@ -580,7 +571,7 @@ async fn http2_cookie_crumbs_reach_an_http1_upstream_as_one_cookie() {
 
 #[tokio::test]
 async fn an_oversized_admin_body_is_413_after_it_was_read() {
-    let (_upstream, gw) = gateway_with(&[]).await;
+    let (_upstream, gw) = setup().await;
     let body = vec![b' '; 200 * 1024];
     let mut raw = format!(
         "POST /admin/cache/purge HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\ncontent-length: {}\r\n\r\n",

@@ -9,12 +9,6 @@ use http::Method;
 use crate::support::client::{raw_exchange, raw_status};
 use crate::support::*;
 
-async fn setup() -> (FakeUpstream, TestGateway) {
-    let upstream = FakeUpstream::start().await;
-    let gw = GatewayBuilder::new(upstream.base_url()).start().await;
-    (upstream, gw)
-}
-
 #[tokio::test]
 async fn org_key_is_injected_and_the_team_key_never_reaches_upstream() {
     let (upstream, gw) = setup().await;
@@ -209,11 +203,7 @@ async fn request_id_is_kept_or_generated_and_sent_both_ways() {
 
 #[tokio::test]
 async fn oversized_bodies_are_413_and_never_forwarded_with_or_without_length() {
-    let upstream = FakeUpstream::start().await;
-    let gw = GatewayBuilder::new(upstream.base_url())
-        .server("max_body_bytes = 1024")
-        .start()
-        .await;
+    let (upstream, gw) = setup_with(|config| config.max_body_bytes(1024)).await;
     let c = gw.client();
     let big = "x".repeat(2048);
     let r = c
@@ -307,7 +297,7 @@ async fn unreachable_upstream_is_502_and_slow_upstream_is_504() {
     assert_eq!(r.json()["statusCode"], 502);
 
     let gw = GatewayBuilder::new(upstream.base_url())
-        .upstream("timeout_ms = 200")
+        .upstream_timeout_ms(200)
         .start()
         .await;
     upstream.set_delay(Method::GET, Duration::from_secs(2));
@@ -522,7 +512,7 @@ async fn an_upstream_that_stalls_mid_body_is_cut_off_after_the_timeout() {
         drop(conn);
     });
     let gw = GatewayBuilder::new(format!("http://{addr}/v1"))
-        .upstream("timeout_ms = 300")
+        .upstream_timeout_ms(300)
         .start()
         .await;
 

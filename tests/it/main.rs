@@ -1,5 +1,44 @@
 //! Integration tests: the real server on loopback in front of a real fake upstream, asserting on
 //! what crosses the wire. One binary, so it links once.
+//!
+//! Where each part of the product contract (`DESIGN.md`) is checked:
+//!
+//! | DESIGN.md | modules |
+//! |---|---|
+//! | refusal order, DialNexa-shaped errors | `forwarding`, `audit` |
+//! | 1. identify the team (Bearer, `X-Api-Key`, `401` + `WWW-Authenticate`) | `forwarding` |
+//! | 2. authorize (`read_only` teams) | `forwarding`, `cache::invalidation` |
+//! | 3. rate-limit (GCRA, write quota, `429`, `RateLimit-*`) | `ratelimit`, `cache::hits` |
+//! | 4. serve from cache, else forward with the org key | `cache::hits`, `cache::coalescing`, `cache::stored`, `forwarding` |
+//! | 5. invalidate (both times, whatever upstream answered) | `cache::invalidation`, `cache::write_race` |
+//! | 6. audit, one line per request | `audit` |
+//! | legacy unversioned paths, `/v2` is `404` | `forwarding`, `cache::invalidation` |
+//! | cache rules: keys and org scoping | `cache::hits`, `cache::invalidation` |
+//! | cache rules: a fill older than an invalidation is not stored | `cache::write_race`, `cache::purge`, `cache::stale` |
+//! | cache rules: coalescing | `cache::coalescing` |
+//! | cache rules: what is stored, identity fills, no `304` | `cache::stored`, `forwarding` |
+//! | cache rules: client `no-cache` / `no-store` | `cache::directives` |
+//! | cache rules: `X-Cache`, `Age`, `Cache-Status` | `cache::hits`, `cache::stale` |
+//! | cache rules: stale-if-error | `cache::stale` |
+//! | cache rules: per-request headers, nothing private shared | `cache::hits`, `edges` (cache fills) |
+//! | cache rules under sustained load (ignored; `SOAK_SECONDS`) | `soak` |
+//! | forwarding rules: headers, request id, unsafe paths, `413`, `502`/`504`, pass-through | `forwarding` |
+//! | forwarding rules: TLS and ALPN to upstream | `tls` |
+//! | forwarding rules: methods, re-framing, HTTP/2 cookies | `edges` |
+//! | limits on slow, idle and too many clients | `edges` |
+//! | audit line: fields, `changed_fields`, secrets, backpressure, shutdown | `audit`, `operations::secrets`, `operations::signals` |
+//! | audit line: `invalidated`, `499` for clients gone | `cache::invalidation`, `cache::coalescing`, `forwarding` |
+//! | config: validation (`check`), env overrides | `operations::subcommands` |
+//! | config: `SIGHUP` reloads, key files re-read | `operations::reload`, `ratelimit` (quota state) |
+//! | CLI: run, `check`, `hash-key`, `gen-key`, exit codes | `operations::subcommands`, `operations::signals` |
+//! | CLI: `demo`, `sim` | `sim` |
+//! | the simulated DialNexa | `sim` |
+//! | admin listener: probes, `/metrics` | `operations::admin_listener`, `cache::metrics`, `ratelimit` |
+//! | admin listener: `/admin/cache/purge` | `cache::purge`, `audit`, `edges` |
+//! | cluster mode (quotas, read-after-write, purges, Redis unavailable) | `cluster` (a real `redis-server`; `support::redis`) |
+//!
+//! `support` holds the fixtures: the fake upstream, the gateway under test with its typed config,
+//! a client, and the one `/metrics` reader.
 
 #[allow(dead_code, unused_imports)]
 mod support;

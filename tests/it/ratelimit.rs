@@ -9,17 +9,8 @@ use http::Method;
 
 use crate::support::*;
 
-/// One cell every 10 s: nothing refills while a test runs, so counts are exact.
-const SLOW_BURST_3: &str = "{ per_minute = 6, burst = 3 }";
-
-async fn start(limits: &[(&str, &str, Option<&str>)]) -> (FakeUpstream, TestGateway) {
-    let upstream = FakeUpstream::start().await;
-    let mut builder = GatewayBuilder::new(upstream.base_url());
-    for (team, rate, write) in limits {
-        builder = builder.limits(team, rate, *write);
-    }
-    (upstream, builder.start().await)
-}
+/// Per minute: one cell every 10 s, so nothing refills while a test runs and counts are exact.
+const SLOW: u32 = 6;
 
 fn seconds(r: &TestResponse, name: &str) -> u64 {
     r.header(name)
@@ -88,30 +79,9 @@ fn assert_rate_limited(r: &TestResponse) -> u64 {
 }
 
 /// Replaces the body of `[teams.<team>]` in the test config through `edit`.
-fn edit_team(text: &str, team: &str, edit: impl FnOnce(&str) -> String) -> String {
-    let header = format!("[teams.{team}]\n");
-    let start = text.find(&header).expect("team section present") + header.len();
-    let end = text[start..]
-        .find("\n[")
-        .map(|i| start + i + 1)
-        .unwrap_or(text.len());
-    format!(
-        "{}{}{}",
-        &text[..start],
-        edit(&text[start..end]),
-        &text[end..]
-    )
-}
-
-fn remove_team(text: &str, team: &str) -> String {
-    let header = format!("[teams.{team}]\n");
-    let with_header = edit_team(text, team, |_| String::new());
-    with_header.replacen(&header, "", 1)
-}
-
 #[tokio::test]
 async fn burst_of_three_allows_exactly_three_then_429_and_forwards_nothing_more() {
-    let (upstream, gw) = start(&[("billing", SLOW_BURST_3, None)]).await;
+    let (upstream, gw) = setup_with(|config| config.team_quota("billing", SLOW, 3)).await;
     let c = gw.client();
     // Warm the agent through another team of the same org, so the quota under test is untouched.
     assert_eq!(
@@ -153,7 +123,7 @@ async fn burst_of_three_allows_exactly_three_then_429_and_forwards_nothing_more(
 async fn waiting_exactly_retry_after_seconds_is_enough() {
     // One request per 1.5 s, no burst beyond it: the wait is a fraction of a second, so a
     // Retry-After rounded down (1) would be refused again and only the rounded-up 2 passes.
-    let (upstream, gw) = start(&[("billing", "{ per_minute = 40, burst = 1 }", None)]).await;
+    let (upstream, gw) = setup_with(|config| config.team_quota("billing", 40, 1)).await;
     let c = gw.client();
     assert_eq!(c.get("/v1/calls", BILLING).await.status, 200);
     let refused = c.get("/v1/calls", BILLING).await;
@@ -170,11 +140,12 @@ async fn waiting_exactly_retry_after_seconds_is_enough() {
 
 #[tokio::test]
 async fn one_teams_exhausted_quota_never_limits_another_team() {
-    let (upstream, gw) = start(&[
-        ("billing", "{ per_minute = 6, burst = 1 }", None),
-        ("support", SLOW_BURST_3, None),
-        ("rival", SLOW_BURST_3, None),
-    ])
+    let (upstream, gw) = setup_with(|config| {
+        config
+            .team_quota("billing", 6, 1)
+            .team_quota("support", SLOW, 3)
+            .team_quota("rival", SLOW, 3)
+    })
     .await;
     let c = gw.client();
     assert_eq!(c.get("/v1/calls", BILLING).await.status, 200);
@@ -192,11 +163,11 @@ async fn one_teams_exhausted_quota_never_limits_another_team() {
 
 #[tokio::test]
 async fn writes_spend_the_write_quota_and_reads_keep_their_own() {
-    let (upstream, gw) = start(&[(
-        "billing",
-        "{ per_minute = 6, burst = 5 }",
-        Some("{ per_minute = 1, burst = 2 }"),
-    )])
+    let (upstream, gw) = setup_with(|config| {
+        config
+            .team_quota("billing", 6, 5)
+            .write_quota("billing", 1, 2)
+    })
     .await;
     let c = gw.client();
     for _ in 0..2 {
@@ -233,11 +204,11 @@ async fn a_write_the_general_quota_refuses_keeps_its_write_cell() {
     // General: one cell per 0.1 s, burst 1. Writes: one a minute. A read empties the general
     // quota, so the write right after it is refused by the general quota, and must not have spent
     // the write quota's only cell: once the general quota refills, the write passes.
-    let (upstream, gw) = start(&[(
-        "billing",
-        "{ per_minute = 600, burst = 1 }",
-        Some("{ per_minute = 1, burst = 1 }"),
-    )])
+    let (upstream, gw) = setup_with(|config| {
+        config
+            .team_quota("billing", 600, 1)
+            .write_quota("billing", 1, 1)
+    })
     .await;
     let c = gw.client();
     assert_eq!(c.get("/v1/calls", BILLING).await.status, 200);
@@ -275,10 +246,11 @@ async fn a_write_the_general_quota_refuses_keeps_its_write_cell() {
 
 #[tokio::test]
 async fn every_answer_to_an_identified_team_carries_its_quota_and_401_does_not() {
-    let (upstream, gw) = start(&[
-        ("billing", SLOW_BURST_3, None),
-        ("viewer", SLOW_BURST_3, None),
-    ])
+    let (upstream, gw) = setup_with(|config| {
+        config
+            .team_quota("billing", SLOW, 3)
+            .team_quota("viewer", SLOW, 3)
+    })
     .await;
     upstream.set_override(|r| match r.path() {
         "/v1/agents2/missing" => Some(
@@ -353,10 +325,11 @@ async fn every_answer_to_an_identified_team_carries_its_quota_and_401_does_not()
 
 #[tokio::test]
 async fn reload_keeps_every_teams_state_applies_changed_quotas_and_drops_removed_teams() {
-    let (_upstream, gw) = start(&[
-        ("billing", SLOW_BURST_3, None),
-        ("support", SLOW_BURST_3, None),
-    ])
+    let (_upstream, mut gw) = setup_with(|config| {
+        config
+            .team_quota("billing", SLOW, 3)
+            .team_quota("support", SLOW, 3)
+    })
     .await;
     let c = gw.client();
     assert_quota_headers(&c.get("/v1/calls", BILLING).await, 3, 6, 2);
@@ -364,12 +337,7 @@ async fn reload_keeps_every_teams_state_applies_changed_quotas_and_drops_removed
     assert_quota_headers(&c.get("/v1/calls", SUPPORT).await, 3, 6, 1);
     assert_eq!(c.get("/v1/calls", RIVAL).await.status, 200);
 
-    gw.rewrite_config(|text| {
-        let text = edit_team(&text, "support", |section| {
-            section.replace(SLOW_BURST_3, "{ per_minute = 12, burst = 4 }")
-        });
-        remove_team(&text, "rival")
-    });
+    gw.rewrite_config(|config| config.team_quota("support", 12, 4).without_team("rival"));
     gw.running().reload().expect("valid config reloads");
 
     // billing's quota did not change: its bucket carried over (2 left before, 1 after this one).
@@ -381,11 +349,7 @@ async fn reload_keeps_every_teams_state_applies_changed_quotas_and_drops_removed
     assert_eq!(gone.json()["code"], "invalid_team_key");
 
     // An invalid file changes nothing: same teams, same buckets.
-    gw.rewrite_config(|text| {
-        edit_team(&text, "billing", |section| {
-            section.replace("org = \"acme\"", "org = \"no-such-org\"")
-        })
-    });
+    gw.rewrite_config(|config| config.team_org("billing", "no-such-org"));
     let err = gw
         .running()
         .reload()
@@ -400,15 +364,18 @@ async fn reload_keeps_every_teams_state_applies_changed_quotas_and_drops_removed
     assert_quota_headers(&still, 3, 6, 0);
     assert_quota_headers(&c.get("/v1/calls", SUPPORT).await, 4, 12, 0);
     assert_eq!(c.get("/v1/calls", RIVAL).await.status, 401);
-    assert!(gw
-        .metrics()
-        .await
-        .contains("dialnexa_gateway_config_reloads_total{result=\"failed\"} 1"));
+    let failed = [("result", "failed")];
+    assert_eq!(
+        gw.metrics()
+            .await
+            .value("dialnexa_gateway_config_reloads_total", &failed),
+        1.0
+    );
 }
 
 #[tokio::test]
 async fn refusals_are_counted_per_team_in_metrics() {
-    let (_upstream, gw) = start(&[("billing", "{ per_minute = 6, burst = 1 }", None)]).await;
+    let (_upstream, gw) = setup_with(|config| config.team_quota("billing", 6, 1)).await;
     let c = gw.client();
     assert_eq!(c.get("/v1/calls", BILLING).await.status, 200);
     for _ in 0..3 {
@@ -417,16 +384,16 @@ async fn refusals_are_counted_per_team_in_metrics() {
     assert_eq!(c.get("/v1/calls", SUPPORT).await.status, 200);
 
     let metrics = gw.metrics().await;
-    assert!(
-        metrics.contains("dialnexa_gateway_ratelimit_limited_total{team=\"billing\"} 3"),
-        "{metrics}"
-    );
+    let limited = |team| {
+        metrics.value(
+            "dialnexa_gateway_ratelimit_limited_total",
+            &[("team", team)],
+        )
+    };
+    assert_eq!(limited("billing"), 3.0, "{metrics}");
     // Every configured team's series exists from the start, at zero until it is limited (as
     // Prometheus advises, so that `rate()` and absent-series alerts see it from the first scrape).
-    assert!(
-        metrics.contains("dialnexa_gateway_ratelimit_limited_total{team=\"support\"} 0"),
-        "{metrics}"
-    );
+    assert_eq!(limited("support"), 0.0, "{metrics}");
 }
 
 fn statuses(answers: &[TestResponse]) -> Vec<u16> {

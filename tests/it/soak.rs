@@ -41,10 +41,10 @@ async fn soak_mix_with_invalidations_has_no_errors_no_stale_reads_and_flat_memor
     let upstream = FakeUpstream::start().await;
     upstream.stop_recording();
     // Quotas far above what loopback can reach: this run is about the cache, not the limiter.
-    let unlimited = "{ per_minute = 4000000000, burst = 1000000 }";
+    let (per_minute, burst) = (4_000_000_000, 1_000_000);
     let gw = GatewayBuilder::new(upstream.base_url())
-        .limits("billing", unlimited, None)
-        .limits("support", unlimited, None)
+        .team_quota("billing", per_minute, burst)
+        .team_quota("support", per_minute, burst)
         .start()
         .await;
     // The highest version a PATCH has been acknowledged with, per agent.

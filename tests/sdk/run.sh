@@ -62,18 +62,19 @@ wait_line() {
     return 1
 }
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-wait_port() {
+# Waits for the gateway's `listening` line in its JSON log $1 and prints the API address it bound.
+listening_api() {
+    local file=$1 line
     for _ in $(seq 1 200); do
-        if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', $1), 0.2)" 2>/dev/null; then
+        line=$(grep -m1 '"dialnexa-gateway listening"' "$file" 2>/dev/null || true)
+        if [ -n "$line" ]; then
+            printf '%s\n' "$line" | sed -n 's/.*"api":"\([^"]*\)".*/\1/p'
             return 0
         fi
         sleep 0.05
     done
-    echo "nothing listens on port $1" >&2
+    echo "the gateway did not say where it listens:" >&2
+    cat "$file" >&2
     return 1
 }
 
@@ -90,12 +91,10 @@ echo "=== the SDK through the gateway in front of it ==="
 TEAM_KEY=$("$BIN" gen-key)
 ADMIN_TOKEN=$("$BIN" gen-key)
 printf '%s' "$ORG_KEY" >"$WORK/org.key"
-API_PORT=$(free_port)
-ADMIN_PORT=$(free_port)
 cat >"$WORK/gateway.toml" <<TOML
 [server]
-listen = "127.0.0.1:$API_PORT"
-admin_listen = "127.0.0.1:$ADMIN_PORT"
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
 [upstream]
 base_url = "$SIM_URL"
 [audit]
@@ -110,9 +109,11 @@ org = "sdk"
 key_sha256 = ["$(printf '%s' "$TEAM_KEY" | "$BIN" hash-key)"]
 rate_limit = { per_minute = 6000, burst = 100 }
 TOML
-"$BIN" --config "$WORK/gateway.toml" >"$WORK/gateway.out" 2>"$WORK/gateway.err" &
+# Port 0: the gateway binds free ports itself and names them in its `listening` log line.
+"$BIN" --log-format json --config "$WORK/gateway.toml" \
+    >"$WORK/gateway.out" 2>"$WORK/gateway.err" &
 PIDS+=($!)
-wait_port "$API_PORT" || { cat "$WORK/gateway.err" >&2; exit 1; }
-DIALNEXA_API_KEY=$TEAM_KEY "$PY" tests/sdk/check_sdk.py --base-url "http://127.0.0.1:$API_PORT" --through-gateway
+API_ADDR=$(listening_api "$WORK/gateway.err")
+DIALNEXA_API_KEY=$TEAM_KEY "$PY" tests/sdk/check_sdk.py --base-url "http://$API_ADDR" --through-gateway
 
 echo "PASS: dialnexa==$SDK_VERSION works against sim directly and through the gateway"

@@ -4,16 +4,18 @@
 //! Teams (keys are made up): `billing` and `support` (org `acme`), `rival` (org `globex`),
 //! `viewer` (org `acme`, read-only). Org keys: `org-key-acme`, `org-key-globex`.
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dialnexa_gateway::auth::KeyDigest;
 use dialnexa_gateway::server::{self, RunningGateway};
 use dialnexa_gateway::settings::Settings;
 
-use super::{wait_until, Client};
+use super::{scrape, wait_until, Client, Metrics};
 
 pub const BILLING: &str = "team-key-billing-0001";
 pub const SUPPORT: &str = "team-key-support-0002";
@@ -23,17 +25,49 @@ pub const ADMIN_TOKEN: &str = "admin-token-made-up-0005";
 pub const ORG_KEY_ACME: &str = "org-key-acme";
 pub const ORG_KEY_GLOBEX: &str = "org-key-globex";
 
-const GENEROUS: &str = "{ per_minute = 1000000, burst = 100000 }";
+/// A quota far above what any test reaches, for teams whose quota is not under test.
+const GENEROUS: Quota = Quota {
+    per_minute: 1_000_000,
+    burst: 100_000,
+};
 
+/// A rate limit: `{ per_minute, burst }`.
+#[derive(Debug, Clone, Copy)]
+struct Quota {
+    per_minute: u32,
+    burst: u32,
+}
+
+impl std::fmt::Display for Quota {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Quota { per_minute, burst } = self;
+        write!(f, "{{ per_minute = {per_minute}, burst = {burst} }}")
+    }
+}
+
+/// One `[teams.<name>]` table.
+#[derive(Debug, Clone)]
+struct Team {
+    name: String,
+    org: String,
+    key: String,
+    access: &'static str,
+    rate: Quota,
+    write: Option<Quota>,
+}
+
+/// The gateway's config, set through typed methods (a misspelt setting does not compile), written
+/// as a TOML file when the gateway starts. Unset keys keep the gateway's defaults, except
+/// `upstream.timeout_ms` (5 s, so a test never waits the default 15 s).
+///
+/// Starts with the four standard teams, each with a generous quota.
+#[derive(Debug, Clone)]
 pub struct GatewayBuilder {
     upstream: String,
-    server: Vec<String>,
-    upstream_extra: Vec<String>,
-    cache: Vec<String>,
-    audit: Vec<String>,
+    /// `(table, key, value as TOML)`, in the order first set; setting a key again replaces it.
+    settings: Vec<(&'static str, &'static str, String)>,
     audit_fifo: bool,
-    team_limits: Vec<(String, String, Option<String>)>,
-    extra_teams: String,
+    teams: Vec<Team>,
     binary_env: Vec<(String, String)>,
     capture_stdout: bool,
     fd_limit: Option<u32>,
@@ -41,49 +75,120 @@ pub struct GatewayBuilder {
 
 impl GatewayBuilder {
     pub fn new(upstream_base_url: impl Into<String>) -> Self {
+        let teams = [
+            ("billing", "acme", BILLING, "read_write"),
+            ("support", "acme", SUPPORT, "read_write"),
+            ("rival", "globex", RIVAL, "read_write"),
+            ("viewer", "acme", VIEWER, "read_only"),
+        ]
+        .map(|(name, org, key, access)| Team {
+            name: name.into(),
+            org: org.into(),
+            key: key.into(),
+            access,
+            rate: GENEROUS,
+            write: None,
+        });
         Self {
             upstream: upstream_base_url.into(),
-            server: Vec::new(),
-            upstream_extra: Vec::new(),
-            cache: Vec::new(),
-            audit: Vec::new(),
+            settings: Vec::new(),
             audit_fifo: false,
-            team_limits: Vec::new(),
-            extra_teams: String::new(),
+            teams: teams.into(),
             binary_env: Vec::new(),
             capture_stdout: false,
             fd_limit: None,
         }
+        .upstream_timeout_ms(5000)
     }
 
-    /// Runs the binary with at most `n` open file descriptors (util-linux's `prlimit`).
-    pub fn fd_limit(mut self, n: u32) -> Self {
-        self.fd_limit = Some(n);
+    fn set(mut self, table: &'static str, key: &'static str, value: impl ToString) -> Self {
+        let value = value.to_string();
+        match self
+            .settings
+            .iter_mut()
+            .find(|(t, k, _)| (*t, *k) == (table, key))
+        {
+            Some(setting) => setting.2 = value,
+            None => self.settings.push((table, key, value)),
+        }
         self
     }
 
-    /// A raw `key = value` line for `[server]`.
-    pub fn server(mut self, line: &str) -> Self {
-        self.server.push(line.into());
-        self
+    // --- [cluster] ---
+
+    /// Cluster mode against the Redis at `url` (a `[cluster]` table appears once any key is set).
+    pub fn cluster_redis_url(self, url: &str) -> Self {
+        self.set("cluster", "redis_url", format!("{url:?}"))
     }
 
-    /// A raw `key = value` line for `[upstream]`.
-    pub fn upstream(mut self, line: &str) -> Self {
-        self.upstream_extra.push(line.into());
-        self
+    pub fn cluster_timeout_ms(self, ms: u64) -> Self {
+        self.set("cluster", "timeout_ms", ms)
     }
 
-    /// A raw `key = value` line for `[cache]`.
-    pub fn cache(mut self, line: &str) -> Self {
-        self.cache.push(line.into());
-        self
+    /// `"degrade"` or `"refuse"`.
+    pub fn cluster_on_unavailable(self, mode: &str) -> Self {
+        self.set("cluster", "on_unavailable", format!("{mode:?}"))
     }
 
-    /// A raw `key = value` line for `[audit]` (the sink is always the file `audit.jsonl`).
-    pub fn audit(mut self, line: &str) -> Self {
-        self.audit.push(line.into());
-        self
+    /// The environment variable the Redis password is read from.
+    pub fn cluster_password_env(self, var: &str) -> Self {
+        self.set("cluster", "redis_password_env", format!("{var:?}"))
+    }
+
+    // --- [server] ---
+
+    pub fn max_body_bytes(self, bytes: u64) -> Self {
+        self.set("server", "max_body_bytes", bytes)
+    }
+
+    pub fn shutdown_grace_ms(self, ms: u64) -> Self {
+        self.set("server", "shutdown_grace_ms", ms)
+    }
+
+    pub fn request_header_timeout_ms(self, ms: u64) -> Self {
+        self.set("server", "request_header_timeout_ms", ms)
+    }
+
+    pub fn request_body_timeout_ms(self, ms: u64) -> Self {
+        self.set("server", "request_body_timeout_ms", ms)
+    }
+
+    pub fn idle_timeout_ms(self, ms: u64) -> Self {
+        self.set("server", "idle_timeout_ms", ms)
+    }
+
+    pub fn max_connections(self, n: u32) -> Self {
+        self.set("server", "max_connections", n)
+    }
+
+    // --- [upstream] ---
+
+    pub fn upstream_timeout_ms(self, ms: u64) -> Self {
+        self.set("upstream", "timeout_ms", ms)
+    }
+
+    // --- [cache] ---
+
+    pub fn cache_enabled(self, enabled: bool) -> Self {
+        self.set("cache", "enabled", enabled)
+    }
+
+    pub fn cache_ttl_seconds(self, seconds: u64) -> Self {
+        self.set("cache", "ttl_seconds", seconds)
+    }
+
+    pub fn cache_stale_if_error_seconds(self, seconds: u64) -> Self {
+        self.set("cache", "stale_if_error_seconds", seconds)
+    }
+
+    pub fn cache_max_entry_bytes(self, bytes: u64) -> Self {
+        self.set("cache", "max_entry_bytes", bytes)
+    }
+
+    // --- [audit] (the sink is always the file `audit.jsonl`) ---
+
+    pub fn audit_buffer_lines(self, lines: usize) -> Self {
+        self.set("audit", "buffer_lines", lines)
     }
 
     /// Makes the audit file a FIFO whose reading end the test holds ([`TestGateway::audit_fifo`]):
@@ -93,21 +198,67 @@ impl GatewayBuilder {
         self
     }
 
-    /// Overrides a team's quotas, e.g. `("billing", "{ per_minute = 60, burst = 3 }", None)`.
-    pub fn limits(mut self, team: &str, rate: &str, write: Option<&str>) -> Self {
-        self.team_limits
-            .push((team.into(), rate.into(), write.map(Into::into)));
+    // --- [teams.*] ---
+
+    fn team_mut(&mut self, name: &str) -> &mut Team {
+        self.teams
+            .iter_mut()
+            .find(|t| t.name == name)
+            .unwrap_or_else(|| panic!("no team {name} in the test config"))
+    }
+
+    /// Sets a team's general quota (`rate_limit`).
+    pub fn team_quota(mut self, team: &str, per_minute: u32, burst: u32) -> Self {
+        self.team_mut(team).rate = Quota { per_minute, burst };
         self
     }
 
-    /// Raw TOML appended after the standard teams.
-    pub fn extra(mut self, toml: &str) -> Self {
-        self.extra_teams.push_str(toml);
+    /// Gives a team a write quota (`write_rate_limit`).
+    pub fn write_quota(mut self, team: &str, per_minute: u32, burst: u32) -> Self {
+        self.team_mut(team).write = Some(Quota { per_minute, burst });
+        self
+    }
+
+    /// Adds a read-write team of `org` with one `key` and a generous quota.
+    pub fn team(mut self, name: &str, org: &str, key: &str) -> Self {
+        assert!(
+            self.teams.iter().all(|t| t.name != name),
+            "team {name} already in the test config"
+        );
+        self.teams.push(Team {
+            name: name.into(),
+            org: org.into(),
+            key: key.into(),
+            access: "read_write",
+            rate: GENEROUS,
+            write: None,
+        });
+        self
+    }
+
+    /// Moves a team to another organisation (which need not exist: an unknown org is invalid).
+    pub fn team_org(mut self, team: &str, org: &str) -> Self {
+        self.team_mut(team).org = org.into();
+        self
+    }
+
+    pub fn without_team(mut self, name: &str) -> Self {
+        self.team_mut(name);
+        self.teams.retain(|t| t.name != name);
+        self
+    }
+
+    // --- the binary ---
+
+    /// Runs the binary with at most `n` open file descriptors (util-linux's `prlimit`).
+    pub fn fd_limit(mut self, n: u32) -> Self {
+        self.fd_limit = Some(n);
         self
     }
 
     /// An environment variable for [`spawn_binary`](Self::spawn_binary) (e.g. `RUST_LOG`, which
-    /// defaults to `warn`).
+    /// defaults to warnings and the server's info lines; a test's own `RUST_LOG` must keep
+    /// `dialnexa_gateway::server` at `info`, or the binary never says where it listens).
     pub fn binary_env(mut self, name: &str, value: &str) -> Self {
         self.binary_env.push((name.into(), value.into()));
         self
@@ -120,53 +271,69 @@ impl GatewayBuilder {
         self
     }
 
-    fn toml(&self, dir: &std::path::Path, listen: &str, admin: &str) -> String {
-        let mut upstream_extra = self.upstream_extra.clone();
-        if !upstream_extra.iter().any(|l| l.starts_with("timeout_ms")) {
-            upstream_extra.push("timeout_ms = 5000".into());
-        }
-        let mut t = format!(
-            "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\n{}\n\
-             [upstream]\nbase_url = \"{}\"\n{}\n\
-             [cache]\n{}\n\
-             [audit]\nsink = \"file\"\npath = \"{}\"\n{}\n\
-             [admin]\ntoken_sha256 = \"{}\"\n\
-             [orgs.acme]\napi_key_file = \"{}\"\n[orgs.globex]\napi_key_file = \"{}\"\n",
-            self.server.join("\n"),
-            self.upstream,
-            upstream_extra.join("\n"),
-            self.cache.join("\n"),
-            dir.join("audit.jsonl").display(),
-            self.audit.join("\n"),
-            KeyDigest::of(ADMIN_TOKEN).to_hex(),
-            dir.join("acme.key").display(),
-            dir.join("globex.key").display(),
+    /// The config file's text. Both listeners bind port 0: the gateway reports what it bound.
+    fn toml(&self, dir: &Path) -> String {
+        let mut t = String::new();
+        let mut table = |name: &str, fixed: &[(&str, String)]| {
+            t.push_str(&format!("[{name}]\n"));
+            for (key, value) in fixed {
+                t.push_str(&format!("{key} = {value}\n"));
+            }
+            for (_, key, value) in self.settings.iter().filter(|(t, _, _)| *t == name) {
+                t.push_str(&format!("{key} = {value}\n"));
+            }
+        };
+        let quoted = |s: &str| format!("{s:?}");
+        table(
+            "server",
+            &[
+                ("listen", quoted("127.0.0.1:0")),
+                ("admin_listen", quoted("127.0.0.1:0")),
+            ],
         );
-        for (team, org, key, access) in [
-            ("billing", "acme", BILLING, "read_write"),
-            ("support", "acme", SUPPORT, "read_write"),
-            ("rival", "globex", RIVAL, "read_write"),
-            ("viewer", "acme", VIEWER, "read_only"),
-        ] {
-            let (rate, write) = self
-                .team_limits
-                .iter()
-                .find(|(t, _, _)| t == team)
-                .map(|(_, r, w)| (r.clone(), w.clone()))
-                .unwrap_or((GENEROUS.into(), None));
+        table("upstream", &[("base_url", quoted(&self.upstream))]);
+        table("cache", &[]);
+        table(
+            "audit",
+            &[
+                ("sink", quoted("file")),
+                (
+                    "path",
+                    quoted(&dir.join("audit.jsonl").display().to_string()),
+                ),
+            ],
+        );
+        table(
+            "admin",
+            &[("token_sha256", quoted(&KeyDigest::of(ADMIN_TOKEN).to_hex()))],
+        );
+        if self.settings.iter().any(|(t, _, _)| *t == "cluster") {
+            table("cluster", &[]);
+        }
+        for org in ["acme", "globex"] {
+            let key_file = dir.join(format!("{org}.key")).display().to_string();
             t.push_str(&format!(
-                "[teams.{team}]\norg = \"{org}\"\nkey_sha256 = [\"{}\"]\naccess = \"{access}\"\nrate_limit = {rate}\n",
-                KeyDigest::of(key).to_hex()
+                "[orgs.{org}]\napi_key_file = {}\n",
+                quoted(&key_file)
             ));
-            if let Some(w) = write {
-                t.push_str(&format!("write_rate_limit = {w}\n"));
+        }
+        for team in &self.teams {
+            t.push_str(&format!(
+                "[teams.{}]\norg = {}\nkey_sha256 = [{}]\naccess = {}\nrate_limit = {}\n",
+                team.name,
+                quoted(&team.org),
+                quoted(&KeyDigest::of(&team.key).to_hex()),
+                quoted(team.access),
+                team.rate,
+            ));
+            if let Some(write) = team.write {
+                t.push_str(&format!("write_rate_limit = {write}\n"));
             }
         }
-        t.push_str(&self.extra_teams);
         t
     }
 
-    fn prepare(&self, listen: &str, admin: &str) -> (tempfile::TempDir, PathBuf) {
+    fn prepare(&self) -> (tempfile::TempDir, ConfigFile) {
         let dir = tempfile::tempdir().unwrap();
         if self.audit_fifo {
             let made = Command::new("mkfifo")
@@ -177,38 +344,44 @@ impl GatewayBuilder {
         }
         std::fs::write(dir.path().join("acme.key"), format!("{ORG_KEY_ACME}\n")).unwrap();
         std::fs::write(dir.path().join("globex.key"), ORG_KEY_GLOBEX).unwrap();
-        let config = dir.path().join("gateway.toml");
-        std::fs::write(&config, self.toml(dir.path(), listen, admin)).unwrap();
+        let config = ConfigFile {
+            path: dir.path().join("gateway.toml"),
+            written_from: self.clone(),
+        };
+        config.write();
         (dir, config)
     }
 
     /// Starts the gateway in this test's runtime.
     pub async fn start(self) -> TestGateway {
-        let (dir, config) = self.prepare("127.0.0.1:0", "127.0.0.1:0");
+        let (dir, config) = self.prepare();
         // Opening a FIFO waits for the other end: ours opens while the gateway starts.
         let fifo_path = dir.path().join("audit.jsonl");
         let audit_fifo = self
             .audit_fifo
             .then(|| std::thread::spawn(move || std::fs::File::open(fifo_path).unwrap()));
         let settings =
-            Settings::load(&config).unwrap_or_else(|e| panic!("test config invalid: {e}"));
-        let running = server::start(settings, Some(config.clone())).await.unwrap();
+            Settings::load(&config.path).unwrap_or_else(|e| panic!("test config invalid: {e}"));
+        let running = server::start(settings, Some(config.path.clone()))
+            .await
+            .unwrap();
         let audit_fifo = audit_fifo.map(|opening| opening.join().unwrap());
         TestGateway {
             api: running.api_addr,
             admin: running.admin_addr,
             audit_path: dir.path().join("audit.jsonl"),
-            config_path: config,
+            config_path: config.path.clone(),
+            config,
             running: Some(running),
             audit_fifo,
             _dir: dir,
         }
     }
 
-    /// Starts the real binary (for signals and exit codes). Waits until `/readyz` answers 200.
+    /// Starts the real binary (for signals and exit codes), reads the addresses it bound from its
+    /// `listening` log line, and waits until `/readyz` answers 200.
     pub async fn spawn_binary(self) -> BinaryGateway {
-        let (api, admin) = (free_port(), free_port());
-        let (dir, config) = self.prepare(&api.to_string(), &admin.to_string());
+        let (dir, config) = self.prepare();
         let bin = env!("CARGO_BIN_EXE_dialnexa-gateway");
         let mut command = match self.fd_limit {
             Some(n) => {
@@ -218,10 +391,10 @@ impl GatewayBuilder {
             }
             None => Command::new(bin),
         };
-        let child = command
+        let mut child = command
             .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "warn")
+            .arg(&config.path)
+            .env("RUST_LOG", LISTENING_AND_WARNINGS)
             .envs(self.binary_env.iter().map(|(k, v)| (k, v)))
             .stdout(if self.capture_stdout {
                 Stdio::piped()
@@ -231,32 +404,42 @@ impl GatewayBuilder {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let mut stderr = Stderr::read(child.stderr.take().unwrap());
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let (api, admin) = loop {
+            if let Some(bound) = stderr.listening() {
+                break bound;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "binary exited before listening ({status}): {}",
+                    stderr.all()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "binary did not start listening: {}",
+                stderr.text()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
         let mut gw = BinaryGateway {
             api,
             admin,
             audit_path: dir.path().join("audit.jsonl"),
-            config_path: config,
+            config_path: config.path.clone(),
+            config,
             child,
+            stderr,
             _dir: dir,
         };
         let probe = Client::new(admin);
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = gw.child.try_wait().unwrap() {
-                let mut stderr = String::new();
-                if let Some(mut pipe) = gw.child.stderr.take() {
-                    let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
-                }
-                panic!("binary exited before becoming ready ({status}): {stderr}");
-            }
-            // `Client::send` panics on a refused connection: probe only once the port is bound.
-            if tokio::net::TcpStream::connect(admin).await.is_err() {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "binary did not start listening"
+                panic!(
+                    "binary exited before becoming ready ({status}): {}",
+                    gw.stderr()
                 );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
             }
             let ready = tokio::time::timeout(
                 Duration::from_millis(500),
@@ -276,12 +459,106 @@ impl GatewayBuilder {
     }
 }
 
-/// A loopback port nobody listens on right now.
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+/// `RUST_LOG` for the binary: warnings, and the server's own lines, among them the one that says
+/// where it listens.
+const LISTENING_AND_WARNINGS: &str = "warn,dialnexa_gateway::server=info";
+
+/// The config file and the builder it was last written from, so a test can change it in types.
+#[derive(Debug)]
+struct ConfigFile {
+    path: PathBuf,
+    written_from: GatewayBuilder,
+}
+
+impl ConfigFile {
+    /// Writes the file in one rename, so a gateway reloading meanwhile never reads half a file.
+    fn write(&self) {
+        let dir = self.path.parent().unwrap();
+        let tmp = self.path.with_extension("toml.new");
+        std::fs::write(&tmp, self.written_from.toml(dir)).unwrap();
+        std::fs::rename(&tmp, &self.path).unwrap();
+    }
+
+    fn rewrite(&mut self, change: impl FnOnce(GatewayBuilder) -> GatewayBuilder) {
+        self.written_from = change(self.written_from.clone());
+        self.write();
+    }
+}
+
+/// The binary's stderr, read on a thread as it comes (so a chatty log never blocks it), kept whole.
+struct Stderr {
+    text: Arc<Mutex<Vec<u8>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Stderr {
+    fn read(pipe: impl std::io::Read + Send + 'static) -> Self {
+        let text = Arc::new(Mutex::new(Vec::new()));
+        let kept = text.clone();
+        let reader = std::thread::spawn(move || {
+            let mut pipe = BufReader::new(pipe);
+            let mut line = Vec::new();
+            while matches!(pipe.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+                kept.lock().unwrap().extend_from_slice(&line);
+                line.clear();
+            }
+        });
+        Self {
+            text,
+            reader: Some(reader),
+        }
+    }
+
+    /// What was written so far.
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.text.lock().unwrap()).into_owned()
+    }
+
+    /// Everything, once the process closed its stderr (it exited).
+    fn all(&mut self) -> String {
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
+        self.text()
+    }
+
+    /// The API and admin addresses of the `dialnexa-gateway listening api=… admin=…` line.
+    fn listening(&self) -> Option<(SocketAddr, SocketAddr)> {
+        let text = self.text();
+        let line = strip_ansi(
+            text.lines()
+                .find(|l| l.contains("dialnexa-gateway listening"))?,
+        );
+        let field = |name: &str| -> SocketAddr {
+            let value = line
+                .split_whitespace()
+                .find_map(|word| word.strip_prefix(name)?.strip_prefix('='))
+                .unwrap_or_else(|| panic!("no {name}= in {line:?}"));
+            value
+                .parse()
+                .unwrap_or_else(|e| panic!("{name}={value} is not an address ({e})"))
+        };
+        Some((field("api"), field("admin")))
+    }
+}
+
+/// `line` without the terminal colour codes (`ESC [ … letter`) the log may carry.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // The parameters up to and including the final byte, a letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The complete lines of the audit file. A line the writer is still in the middle of (no newline
@@ -302,6 +579,7 @@ pub struct TestGateway {
     pub admin: SocketAddr,
     pub audit_path: PathBuf,
     pub config_path: PathBuf,
+    config: ConfigFile,
     pub running: Option<RunningGateway>,
     /// The reading end of the audit FIFO, with [`GatewayBuilder::audit_fifo`].
     pub audit_fifo: Option<std::fs::File>,
@@ -333,18 +611,15 @@ impl TestGateway {
         self.audit()
     }
 
-    pub async fn metrics(&self) -> String {
-        let r = self
-            .admin_client()
-            .send(http::Method::GET, "/metrics", &[], "")
-            .await;
-        String::from_utf8(r.body.to_vec()).unwrap()
+    /// One scrape of `/metrics`.
+    pub async fn metrics(&self) -> Metrics {
+        scrape(&self.admin_client()).await
     }
 
-    /// Rewrites the config file (through `edit`) and reloads it, as SIGHUP does.
-    pub fn rewrite_config(&self, edit: impl FnOnce(String) -> String) {
-        let text = std::fs::read_to_string(&self.config_path).unwrap();
-        std::fs::write(&self.config_path, edit(text)).unwrap();
+    /// Rewrites the config file with `change` applied to the settings it was written from;
+    /// [`RunningGateway::reload`] applies it, as SIGHUP does.
+    pub fn rewrite_config(&mut self, change: impl FnOnce(GatewayBuilder) -> GatewayBuilder) {
+        self.config.rewrite(change);
     }
 
     pub async fn shutdown(mut self) {
@@ -360,7 +635,9 @@ pub struct BinaryGateway {
     pub admin: SocketAddr,
     pub audit_path: PathBuf,
     pub config_path: PathBuf,
+    config: ConfigFile,
     pub child: Child,
+    stderr: Stderr,
     _dir: tempfile::TempDir,
 }
 
@@ -377,13 +654,20 @@ impl BinaryGateway {
         read_audit(&self.audit_path)
     }
 
+    /// One scrape of `/metrics`.
+    pub async fn metrics(&self) -> Metrics {
+        scrape(&self.admin_client()).await
+    }
+
     /// Everything the binary wrote to stderr; call once it has exited.
     pub fn stderr(&mut self) -> String {
-        let mut text = String::new();
-        if let Some(mut pipe) = self.child.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut pipe, &mut text);
-        }
-        text
+        self.stderr.all()
+    }
+
+    /// Rewrites the config file (in one rename) with `change` applied to the settings it was
+    /// written from; SIGHUP applies it.
+    pub fn rewrite_config(&mut self, change: impl FnOnce(GatewayBuilder) -> GatewayBuilder) {
+        self.config.rewrite(change);
     }
 
     pub fn signal(&self, sig: &str) {

@@ -1,8 +1,9 @@
 //! Test fixtures: a recording fake upstream, a gateway started in-process (or as the real binary)
-//! in front of it, and a small HTTP client.
+//! in front of it with a typed config, a small HTTP client, and the one `/metrics` reader.
 
 pub mod client;
 pub mod gateway;
+pub mod metrics;
 pub mod redis;
 pub mod upstream;
 
@@ -11,9 +12,26 @@ pub use gateway::{
     BinaryGateway, GatewayBuilder, TestGateway, ADMIN_TOKEN, BILLING, ORG_KEY_ACME, ORG_KEY_GLOBEX,
     RIVAL, SUPPORT, VIEWER,
 };
+pub use metrics::{scrape, Metrics};
 pub use upstream::{FakeUpstream, Reply};
 
 use std::time::{Duration, Instant};
+
+/// A fake upstream and a gateway with the standard config in front of it.
+pub async fn setup() -> (FakeUpstream, TestGateway) {
+    setup_with(|config| config).await
+}
+
+/// [`setup`], with the config changed by `configure` first.
+pub async fn setup_with(
+    configure: impl FnOnce(GatewayBuilder) -> GatewayBuilder,
+) -> (FakeUpstream, TestGateway) {
+    let upstream = FakeUpstream::start().await;
+    let gw = configure(GatewayBuilder::new(upstream.base_url()))
+        .start()
+        .await;
+    (upstream, gw)
+}
 
 /// Runs the futures concurrently (each on its own task) and returns their results in order.
 pub async fn join_all<F>(futures: Vec<F>) -> Vec<F::Output>

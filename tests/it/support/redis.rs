@@ -234,12 +234,7 @@ async fn pump(
     }
 }
 
-/// A gateway configured in cluster mode against `url`, plus any extra `[cluster]` lines.
-pub fn in_cluster(builder: GatewayBuilder, url: &str, lines: &[&str]) -> GatewayBuilder {
-    let mut toml = format!("\n[cluster]\nredis_url = \"{url}\"\ntimeout_ms = 200\n");
-    for line in lines {
-        toml.push_str(line);
-        toml.push('\n');
-    }
-    builder.extra(&toml)
+/// A gateway configured in cluster mode against `url`, with a short call deadline.
+pub fn in_cluster(builder: GatewayBuilder, url: &str) -> GatewayBuilder {
+    builder.cluster_redis_url(url).cluster_timeout_ms(200)
 }

@@ -94,6 +94,17 @@ struct State {
     delays: Mutex<HashMap<Method, Duration>>,
     failures: Mutex<HashMap<Method, Reply>>,
     overrides: Mutex<Option<Override>>,
+    /// The next request of a method waits, after its answer was decided, for this to fire.
+    holds: Mutex<HashMap<Method, tokio::sync::oneshot::Receiver<()>>>,
+}
+
+/// Lets the request [`FakeUpstream::hold_next`] held answer (also when dropped).
+pub struct Held(tokio::sync::oneshot::Sender<()>);
+
+impl Held {
+    pub fn release(self) {
+        let _ = self.0.send(());
+    }
 }
 
 #[derive(Clone)]
@@ -158,7 +169,6 @@ impl FakeUpstream {
         self.state.requests.lock().unwrap().clone()
     }
 
-    /// Requests with this method whose path (without query) starts with `path_prefix`.
     /// The recorded request that carried this `X-Request-Id`.
     pub fn request_with_id(&self, request_id: &str) -> Option<Recorded> {
         self.requests().into_iter().find(|r| {
@@ -168,6 +178,7 @@ impl FakeUpstream {
         })
     }
 
+    /// Requests with this method whose path (without query) starts with `path_prefix`.
     pub fn count(&self, method: &Method, path_prefix: &str) -> usize {
         self.state
             .requests
@@ -201,6 +212,14 @@ impl FakeUpstream {
     /// Answers every `method` request with `reply` instead of the agent store.
     pub fn fail(&self, method: Method, reply: Reply) {
         self.state.failures.lock().unwrap().insert(method, reply);
+    }
+
+    /// Holds the answer to the next `method` request (decided as it arrives) until the returned
+    /// handle is released: the test, not a delay, decides when that answer leaves.
+    pub fn hold_next(&self, method: Method) -> Held {
+        let (release, held) = tokio::sync::oneshot::channel();
+        self.state.holds.lock().unwrap().insert(method, held);
+        Held(release)
     }
 
     pub fn heal(&self) {
@@ -266,6 +285,10 @@ async fn handle(
     let mut reply = custom
         .or(failure)
         .unwrap_or_else(|| agent_store(&state, &rec));
+    let held = state.holds.lock().unwrap().remove(&rec.method);
+    if let Some(held) = held {
+        let _ = held.await;
+    }
     if let Some(d) = state.delays.lock().unwrap().get(&rec.method) {
         reply.delay = reply.delay.max(*d);
     }

@@ -1,0 +1,117 @@
+//! Admin purge (`POST /admin/cache/purge` on the admin listener): by agent, by organisation or
+//! everything, dropping fills in flight too; the admin token is required.
+
+use super::*;
+
+#[tokio::test]
+async fn admin_purge_by_agent_by_org_or_everything() {
+    let (upstream, gw) = setup().await;
+    let c = gw.client();
+    let admin = bearer(ADMIN_TOKEN);
+    let acme = ["/v1/agents2/a1", "/v1/agents/a1", "/v1/agents2/a2"];
+    for path in acme {
+        c.get(path, BILLING).await;
+    }
+    c.get("/v1/agents2/a1", RIVAL).await;
+    assert_eq!(upstream.total(), 4);
+
+    let r = purge(&gw, Some(&admin), r#"{"org":"acme","agent_id":"a1"}"#).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let body = r.json();
+    assert_eq!(
+        (&body["purged"], &body["org"], &body["agent_id"]),
+        (&json!(2), &json!("acme"), &json!("a1"))
+    );
+    for path in ["/v1/agents2/a1", "/v1/agents/a1"] {
+        assert_eq!(x_cache(&c.get(path, BILLING).await), "MISS", "{path}");
+    }
+    assert_eq!(x_cache(&c.get("/v1/agents2/a2", BILLING).await), "HIT");
+    assert_eq!(x_cache(&c.get("/v1/agents2/a1", RIVAL).await), "HIT");
+
+    // The organisation: acme's three variants, not globex's.
+    let r = purge(&gw, Some(&admin), r#"{"org":"acme"}"#).await;
+    assert_eq!((r.status, &r.json()["purged"]), (200, &json!(3)));
+    for path in acme {
+        assert_eq!(x_cache(&c.get(path, SUPPORT).await), "MISS", "{path}");
+    }
+    assert_eq!(x_cache(&c.get("/v1/agents2/a1", RIVAL).await), "HIT");
+
+    // Everything: acme's three again plus globex's one.
+    let r = purge(&gw, Some(&admin), "").await;
+    assert_eq!((r.status, &r.json()["purged"]), (200, &json!(4)));
+    assert_eq!(x_cache(&c.get("/v1/agents2/a1", RIVAL).await), "MISS");
+    assert_eq!(x_cache(&c.get("/v1/agents2/a2", BILLING).await), "MISS");
+
+    // One agent id in every organisation.
+    c.get("/v1/agents2/a1", BILLING).await;
+    let r = purge(&gw, Some(&admin), r#"{"agent_id":"a1"}"#).await;
+    assert_eq!((r.status, &r.json()["purged"]), (200, &json!(2)));
+    assert_eq!(x_cache(&c.get("/v1/agents2/a1", RIVAL).await), "MISS");
+    assert_eq!(x_cache(&c.get("/v1/agents2/a1", BILLING).await), "MISS");
+    assert_eq!(x_cache(&c.get("/v1/agents2/a2", BILLING).await), "HIT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_drops_a_fill_that_was_in_flight_when_it_ran() {
+    let (upstream, gw) = setup().await;
+    upstream.set_delay(Method::GET, Duration::from_millis(300));
+    let c = gw.client();
+    let admin = bearer(ADMIN_TOKEN);
+    for (agent, scope) in [
+        ("p1", r#"{"org":"acme","agent_id":"p1"}"#),
+        ("p2", r#"{"org":"acme"}"#),
+        ("p3", r#"{"agent_id":"p3"}"#),
+        ("p4", ""),
+    ] {
+        let path = format!("/v1/agents2/{agent}");
+        let read = spawn_get(&c, &path, BILLING);
+        wait_until("upstream received the fill", || {
+            upstream.count(&Method::GET, &path) == 1
+        })
+        .await;
+        assert_eq!(purge(&gw, Some(&admin), scope).await.status, 200);
+        assert_eq!(read.await.unwrap().status, 200);
+        let r = c.get(&path, BILLING).await;
+        assert_eq!(x_cache(&r), "MISS", "purge {scope:?} let an older fill in");
+    }
+}
+
+#[tokio::test]
+async fn admin_purge_without_the_admin_token_is_401_and_purges_nothing() {
+    let (upstream, gw) = setup().await;
+    let c = gw.client();
+    c.get("/v1/agents2/a1", BILLING).await;
+    let body = r#"{"org":"acme","agent_id":"a1"}"#;
+    for auth in [
+        None,
+        Some("Bearer not-the-admin-token".to_owned()),
+        Some(bearer(BILLING)),
+    ] {
+        let r = purge(&gw, auth.as_deref(), body).await;
+        assert_eq!(r.status, 401);
+    }
+    // The admin token is a Bearer token, not an `X-Api-Key`.
+    let r = gw
+        .admin_client()
+        .send(
+            Method::POST,
+            "/admin/cache/purge",
+            &[("x-api-key", ADMIN_TOKEN)],
+            Bytes::from_static(body.as_bytes()),
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    // The admin API does not exist on the API listener: its paths are the gateway's own 404.
+    let r = c
+        .send(
+            Method::POST,
+            "/admin/cache/purge",
+            &[("authorization", &bearer(ADMIN_TOKEN))],
+            Bytes::from_static(body.as_bytes()),
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    assert_eq!(x_cache(&c.get("/v1/agents2/a1", BILLING).await), "HIT");
+    assert_eq!(upstream.total(), 1);
+}
