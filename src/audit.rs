@@ -23,7 +23,7 @@ use crate::body::{BoxError, ProxyBody};
 use crate::cache::CacheOutcome;
 use crate::config::{AuditSettings, AuditSink};
 use crate::error::Decision;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteClass};
 
 /// After writing a burst the writer rests this long before it looks for the next one. Waking it
 /// for every line cost more than the line itself (a futex wake and two context switches per
@@ -59,6 +59,9 @@ pub struct AuditRecord {
     pub invalidated: u64,
     /// When the request arrived, for `latency_ms`; not written.
     pub started: Instant,
+    /// For the answer-time histogram; not written. `None` for lines that are not API requests
+    /// (admin actions, requests the HTTP layer refused), which the histogram does not count.
+    pub class: Option<RouteClass>,
 }
 
 /// The `started` of placeholder records, read once: reading the clock is a measurable part of a
@@ -120,6 +123,7 @@ impl AuditRecord {
             changed_fields: None,
             invalidated: 0,
             started,
+            class: None,
         }
     }
 }
@@ -396,13 +400,19 @@ impl AuditedBody {
     pub fn client_gone(mut self, status: u16) {
         if let Some((mut record, log)) = self.pending.take() {
             record.status = status;
-            Self::seal(&mut record);
+            Self::seal(&mut record, &log.metrics);
             log.submit_detached(record);
         }
     }
 
-    fn seal(record: &mut AuditRecord) {
-        record.latency_ms = millis(record.started.elapsed());
+    /// Fixes the answer time, once per line: here, where the last byte has been handed over, the
+    /// line gets its `latency_ms` and the histogram its observation.
+    fn seal(record: &mut AuditRecord, metrics: &Metrics) {
+        let took = record.started.elapsed();
+        record.latency_ms = millis(took);
+        if let Some(class) = record.class {
+            metrics.answered(class, record.cache, took);
+        }
     }
 
     /// Queues the line; `Pending` while the buffer is full.
@@ -426,7 +436,7 @@ impl AuditedBody {
             let Some((mut record, log)) = self.pending.take() else {
                 return Poll::Ready(());
             };
-            Self::seal(&mut record);
+            Self::seal(&mut record, &log.metrics);
             match log.tx.try_send(Msg::Line(record)) {
                 Ok(()) => return Poll::Ready(()),
                 Err(mpsc::error::TrySendError::Full(Msg::Line(record))) => {
@@ -491,7 +501,7 @@ impl Drop for AuditedBody {
     /// The client went away before the body ended: the line is still written.
     fn drop(&mut self) {
         if let Some((mut record, log)) = self.pending.take() {
-            Self::seal(&mut record);
+            Self::seal(&mut record, &log.metrics);
             log.submit_detached(record);
         }
     }

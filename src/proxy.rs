@@ -20,6 +20,7 @@ use crate::body::{self, ProxyBody};
 use crate::cache::{self, AgentCache, CacheOutcome, ClientDirective, FillOutcome, Lookup, Stored};
 use crate::error::GatewayError;
 use crate::header_text::{self, HeaderText};
+use crate::metrics::RouteClass;
 use crate::ratelimit::{self, Verdict};
 use crate::request_id::{self, X_REQUEST_ID};
 use crate::route::{self, AgentPath, Route};
@@ -75,13 +76,14 @@ async fn exchange(
     let rt = gw.runtime();
     let request_id = request_id::from_headers(req.headers());
     let method = req.method().clone();
-    let record = AuditRecord::new(
+    let mut record = AuditRecord::new(
         // Always visible ASCII (kept only if sane, else minted as hex), so `to_str` never fails.
         request_id.to_str().unwrap_or_default().to_owned(),
         client_ip,
         &method,
         req.uri().path(),
     );
+    record.class = Some(RouteClass::of(&method));
     let mut ex = Exchange {
         gw: &gw,
         rt: &rt,
@@ -237,6 +239,8 @@ impl Exchange<'_> {
             }
         };
         self.record.agent_id = route.agent.as_ref().map(|a| a.id.clone());
+        let agent_item = route.agent.as_ref().is_some_and(|a| a.is_item);
+        self.record.class = Some(RouteClass::of_route(&parts.method, agent_item));
 
         let team = team.ok_or(GatewayError::Unauthenticated)?;
         if !auth::allows(team.team.access, &parts.method) {
@@ -331,6 +335,7 @@ impl Exchange<'_> {
             body,
             purpose,
         )
+        .map(|req| req.observed_by(team.counters.upstream.clone()))
     }
 
     /// For a write to an agent or below it: invalidates now (as it is sent upstream) and returns the

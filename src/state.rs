@@ -62,7 +62,7 @@ impl Runtime {
             let state = Arc::new(TeamState {
                 team: team.clone(),
                 limiter,
-                counters: metrics.team_counters(&team.name),
+                counters: metrics.team_counters(&team.name, &team.org.name),
             });
             for digest in &team.key_digests {
                 teams.insert(*digest, state.clone());
@@ -87,6 +87,10 @@ impl Runtime {
 
     fn team_names(&self) -> impl Iterator<Item = &str> {
         self.teams.values().map(|t| &*t.team.name)
+    }
+
+    fn org_names(&self) -> impl Iterator<Item = &str> {
+        self.teams.values().map(|t| &*t.team.org.name)
     }
 }
 
@@ -146,6 +150,12 @@ impl Gateway {
         let kept: std::collections::HashSet<&str> = new.team_names().collect();
         for gone in old.team_names().filter(|n| !kept.contains(n)) {
             self.metrics.forget_team(gone);
+        }
+        let kept: std::collections::HashSet<&str> = new.org_names().collect();
+        let gone: std::collections::HashSet<&str> =
+            old.org_names().filter(|n| !kept.contains(n)).collect();
+        for org in gone {
+            self.metrics.forget_org(org);
         }
         self.runtime.store(Arc::new(new));
     }

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use crate::body::{self, ProxyBody};
 use crate::config::Org;
 use crate::error::GatewayError;
+use crate::metrics::OrgUpstream;
 
 /// Idle pooled connections are closed after this; kept below the usual 60 s upstream keep-alive so
 /// the pool rarely picks a connection the server is about to close.
@@ -80,6 +81,8 @@ pub struct UpstreamRequest {
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
+    /// The org's upstream figures, told of every answer (see [`UpstreamRequest::observed_by`]).
+    observer: Option<Arc<OrgUpstream>>,
 }
 
 impl UpstreamRequest {
@@ -111,7 +114,15 @@ impl UpstreamRequest {
             uri,
             headers: upstream_headers(client_headers, org, request_id, purpose),
             body,
+            observer: None,
         })
+    }
+
+    /// Has every answer to this request counted in the org's upstream figures (status class, the
+    /// quota upstream states in `X-RateLimit-*`).
+    pub fn observed_by(mut self, org: Arc<OrgUpstream>) -> Self {
+        self.observer = Some(org);
+        self
     }
 
     fn to_request(&self) -> Request<Full<Bytes>> {
@@ -300,7 +311,13 @@ impl Upstream {
                 tokio::time::timeout_at(deadline, self.client.request(req.to_request())).await;
             match sent {
                 Err(_) => return Err(GatewayError::UpstreamTimeout(timeout)),
-                Ok(Ok(resp)) => return Ok(resp),
+                Ok(Ok(resp)) => {
+                    // The one place every upstream answer, forwarded or filling the cache, passes.
+                    if let Some(org) = &req.observer {
+                        org.answered(resp.status(), resp.headers());
+                    }
+                    return Ok(resp);
+                }
                 Ok(Err(e)) if retryable && attempt == 1 && closed_before_answer(&e) => continue,
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, source = ?e.source(), uri = %req.uri, "upstream request failed");
