@@ -7,6 +7,7 @@ mod support;
 mod audit;
 mod cache;
 mod forwarding;
+mod observability;
 mod operations;
 mod ratelimit;
 mod soak;
