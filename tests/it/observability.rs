@@ -275,3 +275,67 @@ async fn build_and_process_figures_are_exposed_under_their_standard_names() {
         assert!(text.contains("# TYPE process_cpu_seconds"), "{text}");
     }
 }
+
+/// Metric names (`dialnexa_gateway_*`, `process_*`) in `text`, YAML comment lines left out.
+fn metric_names(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        let bytes = line.as_bytes();
+        let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b':';
+        for prefix in ["dialnexa_gateway_", "process_"] {
+            for (at, _) in line.match_indices(prefix) {
+                if at > 0 && ident(bytes[at - 1]) {
+                    continue;
+                }
+                let end = line[at..]
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .map_or(line.len(), |n| at + n);
+                names.push(line[at..end].to_owned());
+            }
+        }
+    }
+    names
+}
+
+#[tokio::test]
+async fn dashboard_and_alerts_use_only_series_the_gateway_exposes() {
+    let upstream = FakeUpstream::start().await;
+    upstream.set_override(|_| {
+        Some(
+            Reply::json(200, json!({}))
+                .with_header("x-ratelimit-limit", "1000")
+                .with_header("x-ratelimit-remaining", "999"),
+        )
+    });
+    let gw = GatewayBuilder::new(upstream.base_url()).start().await;
+    // One upstream answer, so the series that only exist once upstream has stated a quota do too.
+    assert_eq!(gw.client().get("/v1/calls", BILLING).await.status, 200);
+    let text = scrape(&gw.admin_client()).await;
+    let exposed: std::collections::HashSet<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/observability");
+    let mut used = Vec::new();
+    for file in ["dashboard.json", "alerts.yml", "alerts.test.yml"] {
+        let body = std::fs::read_to_string(dir.join(file)).unwrap();
+        used.extend(metric_names(&body).into_iter().map(|n| (file, n)));
+    }
+    for must in [
+        "dialnexa_gateway_request_duration_seconds_bucket",
+        "dialnexa_gateway_upstream_ratelimit_remaining",
+        "process_cpu_seconds_total",
+    ] {
+        assert!(used.iter().any(|(_, n)| n == must), "{must} is not used");
+    }
+    let unknown: Vec<_> = used
+        .iter()
+        .filter(|(_, n)| !exposed.contains(n.as_str()))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "names the gateway does not expose: {unknown:?}\n{text}"
+    );
+}
