@@ -220,56 +220,47 @@ struct ProcessCollector;
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let p = metrics_process::collector::collect();
-        let (seconds, bytes) = (Unit::Seconds, Unit::Bytes);
+        let (seconds, bytes) = (Some(&Unit::Seconds), Some(&Unit::Bytes));
         if let Some(v) = p.cpu_seconds_total {
             let help = "Total user and system CPU time spent in seconds";
             put(
                 &mut encoder,
                 "process_cpu",
                 help,
-                Some(&seconds),
+                seconds,
                 ConstCounter::new(v),
             )?;
         }
-        if let Some(v) = p.resident_memory_bytes {
-            let help = "Resident memory size in bytes";
-            put(
-                &mut encoder,
+        let gauges = [
+            (
                 "process_resident_memory",
-                help,
-                Some(&bytes),
-                ConstGauge::new(v),
-            )?;
-        }
-        if let Some(v) = p.open_fds {
-            let help = "Number of open file descriptors";
-            put(
-                &mut encoder,
+                "Resident memory size in bytes",
+                bytes,
+                p.resident_memory_bytes,
+            ),
+            (
                 "process_open_fds",
-                help,
+                "Number of open file descriptors",
                 None,
-                ConstGauge::new(v),
-            )?;
-        }
-        if let Some(v) = p.max_fds {
-            let help = "Maximum number of open file descriptors (soft limit; 0 if unlimited)";
-            put(
-                &mut encoder,
+                p.open_fds,
+            ),
+            (
                 "process_max_fds",
-                help,
+                "Maximum number of open file descriptors (soft limit; 0 if unlimited)",
                 None,
-                ConstGauge::new(v),
-            )?;
-        }
-        if let Some(v) = p.start_time_seconds {
-            let help = "Start time of the process since unix epoch in seconds";
-            put(
-                &mut encoder,
+                p.max_fds,
+            ),
+            (
                 "process_start_time",
-                help,
-                Some(&seconds),
-                ConstGauge::new(v),
-            )?;
+                "Start time of the process since unix epoch in seconds",
+                seconds,
+                p.start_time_seconds,
+            ),
+        ];
+        for (name, help, unit, value) in gauges {
+            if let Some(v) = value {
+                put(&mut encoder, name, help, unit, ConstGauge::new(v))?;
+            }
         }
         Ok(())
     }
