@@ -1,15 +1,37 @@
 //! The figures `/metrics` serves, in Prometheus text format (prometheus-client). Stages record into
-//! this one struct; nothing else keeps counters of its own.
+//! this one struct; nothing else keeps counters of its own. Every label value comes from the config
+//! (team, org) or from a fixed set, never from a path, an id or a header, so the series stay bounded.
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
-use prometheus_client::metrics::counter::Counter;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
+
+use crate::cache::CacheOutcome;
+
+/// The prefix of every family but the standard `process_*` ones.
+const PREFIX: &str = "dialnexa_gateway";
+
+/// Upper bounds of `request_duration_seconds`: 0.1 ms (a cache hit on loopback) to 30 s (past the
+/// default upstream timeout), 1-2.5-5 per decade so that `histogram_quantile` stays within a factor
+/// of 2.5 anywhere in between.
+const REQUEST_DURATION_BUCKETS: [f64; 17] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 
 /// A team name as a label value, shared with the config: labelling a request allocates nothing
 /// (a `String` label was two allocations per request on the cache-hit path).
@@ -22,6 +44,9 @@ impl EncodeLabelValue for TeamName {
     }
 }
 
+/// An organisation's name as a label value (the same shared string as a team's).
+pub type OrgName = TeamName;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// Empty for requests no team was identified for.
@@ -31,12 +56,224 @@ pub struct RequestLabels {
 }
 
 /// Handles on one team's most used series (they share the family's value): its quota counters,
-/// and its `GET`s answered `200`, by far the most frequent `requests` label set.
-#[derive(Clone, Debug, Default)]
+/// its `GET`s answered `200`, by far the most frequent `requests` label set, and its org's upstream
+/// figures.
+#[derive(Clone, Debug)]
 pub struct TeamCounters {
     pub allowed: Counter,
     pub limited: Counter,
     pub get_ok: Counter,
+    pub upstream: Arc<OrgUpstream>,
+}
+
+/// What kind of request an answer time belongs to: the reads the cache serves are orders of
+/// magnitude faster than anything forwarded, so one histogram for all would hide both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteClass {
+    /// `GET` of one agent (`/{agents2|agents}/{id}`), the read the cache serves.
+    AgentRead,
+    /// Any other `GET` or `HEAD`, refused ones included.
+    OtherRead,
+    /// Every other method.
+    Write,
+}
+
+impl RouteClass {
+    /// The class of a request before its path is known (a refusal of a malformed path stays here).
+    pub fn of(method: &http::Method) -> Self {
+        if method == http::Method::GET || method == http::Method::HEAD {
+            Self::OtherRead
+        } else {
+            Self::Write
+        }
+    }
+
+    /// The class once the path is parsed: `agent_item` is true for `/{family}/{id}` exactly.
+    pub fn of_route(method: &http::Method, agent_item: bool) -> Self {
+        match Self::of(method) {
+            Self::OtherRead if agent_item && method == http::Method::GET => Self::AgentRead,
+            class => class,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::AgentRead => "agent_read",
+            Self::OtherRead => "other_read",
+            Self::Write => "write",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DurationLabels {
+    pub route_class: &'static str,
+    /// `hit`, `miss`, `bypass`, `stale`, or `none` for answers that did not reach the cache step.
+    pub cache: &'static str,
+}
+
+/// The label sets of `request_duration_seconds` a request can have, in [`duration_slot`]'s order.
+const DURATION_SLOTS: [(RouteClass, Option<CacheOutcome>); 7] = [
+    (RouteClass::AgentRead, None),
+    (RouteClass::AgentRead, Some(CacheOutcome::Hit)),
+    (RouteClass::AgentRead, Some(CacheOutcome::Miss)),
+    (RouteClass::AgentRead, Some(CacheOutcome::Bypass)),
+    (RouteClass::AgentRead, Some(CacheOutcome::Stale)),
+    (RouteClass::OtherRead, None),
+    (RouteClass::Write, None),
+];
+
+fn duration_slot(class: RouteClass, cache: Option<CacheOutcome>) -> Option<usize> {
+    DURATION_SLOTS.iter().position(|s| *s == (class, cache))
+}
+
+fn duration_labels(class: RouteClass, cache: Option<CacheOutcome>) -> DurationLabels {
+    DurationLabels {
+        route_class: class.as_str(),
+        cache: cache.map_or("none", CacheOutcome::as_str),
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OrgLabel {
+    pub org: OrgName,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamResponseLabels {
+    pub org: OrgName,
+    pub status_class: &'static str,
+}
+
+/// `upstream_responses_total`'s classes. `429` has its own, outside `4xx`: it is upstream's quota
+/// refusing the org, the one client error an operator acts on by itself, and with it apart the
+/// classes still add up to every answer.
+const STATUS_CLASSES: [&str; 5] = ["2xx", "3xx", "4xx", "429", "5xx"];
+
+fn status_class(status: StatusCode) -> usize {
+    match status.as_u16() {
+        429 => 3,
+        200..=299 => 0,
+        300..=399 => 1,
+        400..=499 => 2,
+        // 5xx, and the codes no sane upstream ends an exchange with (1xx, 600-999): both say
+        // upstream misbehaved.
+        _ => 4,
+    }
+}
+
+/// One organisation's upstream figures, resolved once per config snapshot so that an upstream
+/// answer costs a few atomic operations rather than family lookups.
+#[derive(Debug)]
+pub struct OrgUpstream {
+    responses: [Counter; STATUS_CLASSES.len()],
+    label: OrgLabel,
+    remaining_family: Family<OrgLabel, Gauge>,
+    limit_family: Family<OrgLabel, Gauge>,
+    /// Created by the first answer that carries the header: an org never heard from has no quota
+    /// series, rather than one at 0 that would look exhausted.
+    remaining: OnceLock<Gauge>,
+    limit: OnceLock<Gauge>,
+}
+
+impl OrgUpstream {
+    /// Records an upstream answer: its status class, and the org's quota as upstream last stated it.
+    pub fn answered(&self, status: StatusCode, headers: &HeaderMap) {
+        self.responses[status_class(status)].inc();
+        for (name, gauge, family) in [
+            (
+                &X_RATELIMIT_REMAINING,
+                &self.remaining,
+                &self.remaining_family,
+            ),
+            (&X_RATELIMIT_LIMIT, &self.limit, &self.limit_family),
+        ] {
+            if let Some(value) = headers.get(name).and_then(header_count) {
+                gauge
+                    .get_or_init(|| family.get_or_create(&self.label).clone())
+                    .set(value);
+            }
+        }
+    }
+}
+
+/// A non-negative decimal count, as `X-RateLimit-*` headers carry; anything else (absent, empty,
+/// signed, fractional, a list, too long for an `i64`) is ignored rather than guessed at.
+fn header_count(value: &HeaderValue) -> Option<i64> {
+    let digits = value.as_bytes().trim_ascii();
+    if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(
+        digits
+            .iter()
+            .fold(0i64, |n, d| n * 10 + i64::from(d - b'0')),
+    )
+}
+
+/// The standard process figures (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
+/// `process_open_fds`, `process_max_fds`, `process_start_time_seconds`), read at scrape time:
+/// nothing on the request path pays for them. A figure the platform cannot give is left out.
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let p = metrics_process::collector::collect();
+        let (seconds, bytes) = (Some(&Unit::Seconds), Some(&Unit::Bytes));
+        if let Some(v) = p.cpu_seconds_total {
+            let help = "Total user and system CPU time spent in seconds";
+            put(
+                &mut encoder,
+                "process_cpu",
+                help,
+                seconds,
+                ConstCounter::new(v),
+            )?;
+        }
+        let gauges = [
+            (
+                "process_resident_memory",
+                "Resident memory size in bytes",
+                bytes,
+                p.resident_memory_bytes,
+            ),
+            (
+                "process_open_fds",
+                "Number of open file descriptors",
+                None,
+                p.open_fds,
+            ),
+            (
+                "process_max_fds",
+                "Maximum number of open file descriptors (soft limit; 0 if unlimited)",
+                None,
+                p.max_fds,
+            ),
+            (
+                "process_start_time",
+                "Start time of the process since unix epoch in seconds",
+                seconds,
+                p.start_time_seconds,
+            ),
+        ];
+        for (name, help, unit, value) in gauges {
+            if let Some(v) = value {
+                put(&mut encoder, name, help, unit, ConstGauge::new(v))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn put(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    metric: impl EncodeMetric,
+) -> Result<(), std::fmt::Error> {
+    metric.encode(encoder.encode_descriptor(name, help, unit, metric.metric_type())?)
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -70,6 +307,14 @@ pub struct Metrics {
     pub config_reloads: Family<ResultLabel, Counter>,
     /// Cluster mode's figures (registered always; flat without `[cluster]`).
     pub cluster: ClusterMetrics,
+    request_duration: Family<DurationLabels, Histogram, fn() -> Histogram>,
+    /// `request_duration`'s series, by [`duration_slot`]: resolved once, so that observing an
+    /// answer takes no family lookup (a hash under a lock).
+    durations: [Histogram; DURATION_SLOTS.len()],
+    upstream_responses: Family<UpstreamResponseLabels, Counter>,
+    ratelimit_remaining: Family<OrgLabel, Gauge>,
+    ratelimit_limit: Family<OrgLabel, Gauge>,
+    build_info: Family<[(&'static str, &'static str); 1], Gauge>,
     /// The label of requests no team was identified for.
     no_team: TeamName,
 }
@@ -82,24 +327,18 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("dialnexa_gateway");
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "requests",
-            "Requests answered on the API listener",
-            requests.clone(),
-        );
-        // 0.5 ms .. ~16 s: from loopback upstreams to DialNexa's slowest writes.
-        let upstream_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
-        registry.register_with_unit(
-            "upstream_request_duration",
-            "Time until upstream's response head arrived",
-            Unit::Seconds,
-            upstream_duration.clone(),
-        );
+        let request_duration: Family<DurationLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(|| Histogram::new(REQUEST_DURATION_BUCKETS));
+        let durations = DURATION_SLOTS.map(|(class, cache)| {
+            request_duration
+                .get_or_create(&duration_labels(class, cache))
+                .clone()
+        });
         let m = Self {
-            requests,
-            upstream_duration,
+            registry: Registry::default(),
+            requests: Family::default(),
+            // 0.5 ms .. ~16 s: from loopback upstreams to DialNexa's slowest writes.
+            upstream_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             cache_hits: Counter::default(),
             cache_misses: Counter::default(),
             cache_stale: Counter::default(),
@@ -116,8 +355,13 @@ impl Metrics {
             audit_backpressure_waits: Counter::default(),
             config_reloads: Family::default(),
             cluster: ClusterMetrics::new(),
+            request_duration,
+            durations,
+            upstream_responses: Family::default(),
+            ratelimit_remaining: Family::default(),
+            ratelimit_limit: Family::default(),
+            build_info: Family::default(),
             no_team: TeamName(Arc::from("")),
-            registry,
         };
         // Both results exist at 0 from the start: Prometheus' `increase()` cannot see the first
         // increment of a series that appears already at 1, so an alert on failed reloads would
@@ -125,11 +369,56 @@ impl Metrics {
         for result in ["ok", "failed"] {
             let _ = m.config_reloads.get_or_create(&ResultLabel { result });
         }
-        m.register_rest()
+        m.build_info
+            .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])
+            .set(1);
+        m.register()
     }
 
-    fn register_rest(mut self) -> Self {
-        let r = &mut self.registry;
+    fn register(mut self) -> Self {
+        let mut root = Registry::default();
+        // The process figures keep their standard names, without the gateway's prefix, so that
+        // dashboards made for any Prometheus client work unchanged.
+        root.register_collector(Box::new(ProcessCollector));
+        let r = root.sub_registry_with_prefix(PREFIX);
+        r.register(
+            "requests",
+            "Requests answered on the API listener",
+            self.requests.clone(),
+        );
+        r.register_with_unit(
+            "request_duration",
+            "Time from a request's arrival until its answer's last byte was handed over, by route \
+             class (agent_read, other_read, write) and cache outcome (hit, miss, bypass, stale, none)",
+            Unit::Seconds,
+            self.request_duration.clone(),
+        );
+        r.register_with_unit(
+            "upstream_request_duration",
+            "Time until upstream's response head arrived",
+            Unit::Seconds,
+            self.upstream_duration.clone(),
+        );
+        r.register(
+            "upstream_responses",
+            "Upstream answers by org and status class (2xx, 3xx, 4xx without 429, 429, 5xx)",
+            self.upstream_responses.clone(),
+        );
+        r.register(
+            "upstream_ratelimit_remaining",
+            "Requests left in the org's upstream quota, from the last X-RateLimit-Remaining",
+            self.ratelimit_remaining.clone(),
+        );
+        r.register(
+            "upstream_ratelimit_limit",
+            "The org's upstream quota, from the last X-RateLimit-Limit",
+            self.ratelimit_limit.clone(),
+        );
+        r.register(
+            "build_info",
+            "Always 1; the gateway's version in its label",
+            self.build_info.clone(),
+        );
         self.cluster.register(r);
         r.register(
             "cache_hits",
@@ -207,7 +496,22 @@ impl Metrics {
             "Config reloads by result (ok, failed)",
             self.config_reloads.clone(),
         );
+        self.registry = root;
         self
+    }
+
+    /// Observes a request's whole answer time; called once per answered request, when its audit
+    /// line is sealed.
+    pub fn answered(&self, class: RouteClass, cache: Option<CacheOutcome>, took: Duration) {
+        let secs = took.as_secs_f64();
+        match duration_slot(class, cache) {
+            Some(i) => self.durations[i].observe(secs),
+            // A combination no request has today (a cache outcome on a write): still counted.
+            None => self
+                .request_duration
+                .get_or_create(&duration_labels(class, cache))
+                .observe(secs),
+        }
     }
 
     pub fn request(&self, team: Option<&Arc<str>>, method: &http::Method, status: u16) {
@@ -234,7 +538,7 @@ impl Metrics {
 
     /// A team's most used counters, resolved once per config snapshot: looking a label set up in
     /// its family hashes it with SipHash under a lock, ~500 instructions every request paid twice.
-    pub fn team_counters(&self, team: &Arc<str>) -> TeamCounters {
+    pub fn team_counters(&self, team: &Arc<str>, org: &Arc<str>) -> TeamCounters {
         let label = TeamLabel {
             team: TeamName(team.clone()),
         };
@@ -247,7 +551,43 @@ impl Metrics {
             allowed: self.rate_allowed.get_or_create(&label).clone(),
             limited: self.rate_limited.get_or_create(&label).clone(),
             get_ok: self.requests.get_or_create(&get_ok).clone(),
+            upstream: Arc::new(self.org_upstream(org)),
         }
+    }
+
+    /// An org's upstream handles. Its answer counters exist at 0 from the start, for the same
+    /// reason as `config_reloads`: an alert on `increase()` must see the first 5xx or 429.
+    fn org_upstream(&self, org: &Arc<str>) -> OrgUpstream {
+        let org = TeamName(org.clone());
+        OrgUpstream {
+            responses: STATUS_CLASSES.map(|status_class| {
+                self.upstream_responses
+                    .get_or_create(&UpstreamResponseLabels {
+                        org: org.clone(),
+                        status_class,
+                    })
+                    .clone()
+            }),
+            label: OrgLabel { org },
+            remaining_family: self.ratelimit_remaining.clone(),
+            limit_family: self.ratelimit_limit.clone(),
+            remaining: OnceLock::new(),
+            limit: OnceLock::new(),
+        }
+    }
+
+    /// Drops the upstream series of an org a reload removed (no team of the new config uses it).
+    pub fn forget_org(&self, org: &str) {
+        let org = TeamName(Arc::from(org));
+        for status_class in STATUS_CLASSES {
+            self.upstream_responses.remove(&UpstreamResponseLabels {
+                org: org.clone(),
+                status_class,
+            });
+        }
+        let label = OrgLabel { org };
+        self.ratelimit_remaining.remove(&label);
+        self.ratelimit_limit.remove(&label);
     }
 
     /// Drops per-team series of teams a reload removed, so label sets stay bounded.
@@ -370,6 +710,216 @@ mod tests {
         assert!(text.contains("dialnexa_gateway_upstream_request_duration_seconds_bucket"));
         assert!(text.contains("dialnexa_gateway_config_reloads_total{result=\"failed\"} 1"));
         assert!(text.contains("dialnexa_gateway_cache_bytes "));
+    }
+
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn answer_times_are_counted_by_route_class_and_cache_outcome() {
+        let m = Metrics::new();
+        m.answered(
+            RouteClass::AgentRead,
+            Some(CacheOutcome::Hit),
+            Duration::from_micros(50),
+        );
+        m.answered(
+            RouteClass::AgentRead,
+            Some(CacheOutcome::Miss),
+            Duration::from_millis(40),
+        );
+        m.answered(RouteClass::Write, None, Duration::from_secs(3));
+        // Not a combination requests have today, but still counted, under its own labels.
+        m.answered(
+            RouteClass::Write,
+            Some(CacheOutcome::Hit),
+            Duration::from_secs(1),
+        );
+        let text = m.encode();
+        let h = "dialnexa_gateway_request_duration_seconds";
+        let count = |labels: &str| sample(&text, &format!("{h}_count{{{labels}}}"));
+        assert_eq!(
+            count(r#"route_class="agent_read",cache="hit""#),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(count(r#"route_class="agent_read",cache="miss""#), Some(1.0));
+        assert_eq!(count(r#"route_class="write",cache="none""#), Some(1.0));
+        assert_eq!(count(r#"route_class="write",cache="hit""#), Some(1.0));
+        // Every possible label set is there from the start, at 0.
+        assert_eq!(count(r#"route_class="other_read",cache="none""#), Some(0.0));
+        assert_eq!(
+            count(r#"route_class="agent_read",cache="stale""#),
+            Some(0.0)
+        );
+        let bucket = |le: &str| {
+            sample(
+                &text,
+                &format!(r#"{h}_bucket{{le="{le}",route_class="agent_read",cache="hit"}}"#),
+            )
+        };
+        assert_eq!(bucket("0.0001"), Some(1.0), "{text}");
+        assert_eq!(bucket("30.0"), Some(1.0));
+        assert_eq!(
+            sample(
+                &text,
+                &format!(r#"{h}_bucket{{le="2.5",route_class="write",cache="none"}}"#)
+            ),
+            Some(0.0)
+        );
+    }
+
+    #[test]
+    fn route_class_follows_method_and_path() {
+        use http::Method;
+        assert_eq!(
+            RouteClass::of_route(&Method::GET, true),
+            RouteClass::AgentRead
+        );
+        assert_eq!(
+            RouteClass::of_route(&Method::HEAD, true),
+            RouteClass::OtherRead
+        );
+        assert_eq!(
+            RouteClass::of_route(&Method::GET, false),
+            RouteClass::OtherRead
+        );
+        assert_eq!(
+            RouteClass::of_route(&Method::PATCH, true),
+            RouteClass::Write
+        );
+        assert_eq!(RouteClass::of(&Method::DELETE), RouteClass::Write);
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (HeaderName::from_static(k), HeaderValue::from_static(v)))
+            .collect()
+    }
+
+    #[test]
+    fn upstream_answers_count_by_org_and_class_and_keep_the_last_stated_quota() {
+        let m = Metrics::new();
+        let acme = m
+            .team_counters(&Arc::from("billing"), &Arc::from("acme"))
+            .upstream;
+        let text = m.encode();
+        let series = |text: &str, name: &str, labels: &str| {
+            sample(text, &format!("dialnexa_gateway_{name}{{{labels}}}"))
+        };
+        // Counters exist at 0 before any answer; the quota gauges do not (0 would read "exhausted").
+        assert_eq!(
+            series(
+                &text,
+                "upstream_responses_total",
+                r#"org="acme",status_class="5xx""#
+            ),
+            Some(0.0)
+        );
+        assert!(!text.contains("upstream_ratelimit_remaining{"), "{text}");
+
+        let quota = [
+            ("x-ratelimit-limit", "600"),
+            ("x-ratelimit-remaining", "598"),
+        ];
+        acme.answered(StatusCode::OK, &headers(&quota));
+        acme.answered(StatusCode::CREATED, &HeaderMap::new());
+        acme.answered(
+            StatusCode::TOO_MANY_REQUESTS,
+            &headers(&[("x-ratelimit-remaining", " 0 ")]),
+        );
+        acme.answered(
+            StatusCode::NOT_FOUND,
+            &headers(&[("x-ratelimit-limit", "lots")]),
+        );
+        acme.answered(StatusCode::BAD_GATEWAY, &HeaderMap::new());
+        let text = m.encode();
+        for (class, n) in [
+            ("2xx", 2.0),
+            ("3xx", 0.0),
+            ("4xx", 1.0),
+            ("429", 1.0),
+            ("5xx", 1.0),
+        ] {
+            let labels = format!(r#"org="acme",status_class="{class}""#);
+            assert_eq!(
+                series(&text, "upstream_responses_total", &labels),
+                Some(n),
+                "{class}: {text}"
+            );
+        }
+        // The last answer that stated a figure wins; absent or garbage ones change nothing.
+        assert_eq!(
+            series(&text, "upstream_ratelimit_remaining", r#"org="acme""#),
+            Some(0.0)
+        );
+        assert_eq!(
+            series(&text, "upstream_ratelimit_limit", r#"org="acme""#),
+            Some(600.0)
+        );
+
+        m.forget_org("acme");
+        assert!(!m.encode().contains(r#"org="acme""#));
+    }
+
+    #[test]
+    fn quota_headers_are_plain_decimal_counts_or_nothing() {
+        let count = |v: &'static str| header_count(&HeaderValue::from_static(v));
+        assert_eq!(count("42"), Some(42));
+        assert_eq!(count(" 7\t"), Some(7));
+        assert_eq!(count("0"), Some(0));
+        assert_eq!(count("999999999999999999"), Some(999_999_999_999_999_999));
+        for bad in [
+            "",
+            " ",
+            "-1",
+            "+1",
+            "1.5",
+            "10, 10;w=60",
+            "1e3",
+            "9999999999999999999",
+        ] {
+            assert_eq!(count(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn build_info_and_process_figures_are_served_under_their_standard_names() {
+        let m = Metrics::new();
+        let text = m.encode();
+        let version = env!("CARGO_PKG_VERSION");
+        assert_eq!(
+            sample(
+                &text,
+                &format!(r#"dialnexa_gateway_build_info{{version="{version}"}}"#)
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        let rss = sample(&text, "process_resident_memory_bytes").unwrap_or(0.0);
+        assert!(rss > 1e5, "{text}");
+        assert!(sample(&text, "process_cpu_seconds_total").is_some_and(|v| v >= 0.0));
+        let (open, max) = (
+            sample(&text, "process_open_fds").unwrap_or(0.0),
+            sample(&text, "process_max_fds").unwrap_or(0.0),
+        );
+        assert!(open >= 3.0 && max >= open, "{open} {max}");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let started = sample(&text, "process_start_time_seconds").unwrap_or(0.0);
+        assert!(
+            started > now - 86_400.0 && started <= now + 1.0,
+            "{started} {now}"
+        );
+
+        let classic = m.encode_prometheus_text();
+        assert!(classic.contains("# TYPE process_cpu_seconds_total counter\n"));
+        assert!(classic.contains("# TYPE process_resident_memory_bytes gauge\n"));
+        assert!(classic.contains("# TYPE dialnexa_gateway_build_info gauge\n"));
     }
 
     #[test]

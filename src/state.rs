@@ -66,7 +66,7 @@ impl Snapshot {
             let state = Arc::new(TeamState {
                 settings: team.clone(),
                 limiter,
-                counters: metrics.team_counters(&team.name),
+                counters: metrics.team_counters(&team.name, &team.org.name),
             });
             for digest in &team.key_digests {
                 teams.insert(*digest, state.clone());
@@ -205,6 +205,10 @@ impl Gateway {
         let kept: std::collections::HashSet<&str> = new.team_names().collect();
         for gone in old.team_names().filter(|n| !kept.contains(n)) {
             self.metrics.forget_team(gone);
+        }
+        let kept: std::collections::HashSet<Arc<str>> = new.org_names().into_iter().collect();
+        for org in old.org_names().iter().filter(|n| !kept.contains(*n)) {
+            self.metrics.forget_org(org);
         }
         self.snapshot.store(Arc::new(new));
     }

@@ -130,6 +130,16 @@ fn seal(record: &mut AuditRecord) {
     record.latency_ms = millis(record.started.elapsed());
 }
 
+/// [`seal`] for a line whose answer existed: the answer time also goes into the histogram, once
+/// per line, here where the last byte has been handed over (or the client left mid-body).
+fn seal_answered(record: &mut AuditRecord, log: &AuditLog) {
+    let took = record.started.elapsed();
+    record.latency_ms = millis(took);
+    if let Some(class) = record.class {
+        log.metrics.answered(class, record.cache, took);
+    }
+}
+
 type Reserve = Pin<
     Box<dyn Future<Output = Result<mpsc::OwnedPermit<Msg>, mpsc::error::SendError<()>>> + Send>,
 >;
@@ -160,7 +170,7 @@ impl AuditedBody {
     pub fn abandon(mut self) {
         if let Some((mut record, log)) = self.pending.take() {
             record.status = CLIENT_CLOSED_REQUEST;
-            seal(&mut record);
+            seal_answered(&mut record, &log);
             log.submit_detached(record);
         }
     }
@@ -186,7 +196,7 @@ impl AuditedBody {
             let Some((mut record, log)) = self.pending.take() else {
                 return Poll::Ready(());
             };
-            seal(&mut record);
+            seal_answered(&mut record, &log);
             match log.tx.try_send(Msg::Line(record)) {
                 Ok(()) => return Poll::Ready(()),
                 Err(mpsc::error::TrySendError::Full(Msg::Line(record))) => {
@@ -251,7 +261,7 @@ impl Drop for AuditedBody {
     /// The client went away before the body ended: the line is still written.
     fn drop(&mut self) {
         if let Some((mut record, log)) = self.pending.take() {
-            seal(&mut record);
+            seal_answered(&mut record, &log);
             log.submit_detached(record);
         }
     }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::cache::CacheOutcome;
 use crate::error::Decision;
+use crate::metrics::RouteClass;
 
 /// One audit line, written by `audit::line::write`. Field names and meanings are the contract's;
 /// values never include keys, tokens or body values.
@@ -34,6 +35,9 @@ pub struct AuditRecord {
     pub invalidated: u64,
     /// When the request arrived, for `latency_ms`; not written.
     pub started: Instant,
+    /// For the answer-time histogram; not written. `None` for lines that are not API requests
+    /// (admin actions, requests the HTTP layer refused), which the histogram does not count.
+    pub class: Option<RouteClass>,
 }
 
 impl AuditRecord {
@@ -77,6 +81,7 @@ impl AuditRecord {
             changed_fields: None,
             invalidated: 0,
             started,
+            class: None,
         }
     }
 }

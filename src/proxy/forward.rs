@@ -72,6 +72,7 @@ pub(super) fn upstream_request(
         body,
         purpose,
     )
+    .map(|req| req.observed_by(team.counters.upstream.clone()))
 }
 
 /// Step 5, first time: for a write to an agent or below it, invalidates now (as it is sent

@@ -20,6 +20,7 @@ use crate::auth::{self, KeyDigest};
 use crate::cache::{fold_case, CacheStatus, SharedVersion};
 use crate::error::GatewayError;
 use crate::http::ProxyBody;
+use crate::metrics::RouteClass;
 use crate::ratelimit::{QuotaAsk, Verdict};
 use crate::request_id;
 use crate::route::{self, Route};
@@ -73,13 +74,14 @@ async fn exchange(
     let snapshot = gw.snapshot();
     let request_id = request_id::from_headers(req.headers());
     let method = req.method().clone();
-    let record = AuditRecord::new(
+    let mut record = AuditRecord::new(
         // Always visible ASCII (kept only if sane, else minted as hex), so `to_str` never fails.
         request_id.to_str().unwrap_or_default().to_owned(),
         client_ip,
         &method,
         req.uri().path(),
     );
+    record.class = Some(RouteClass::of(&method));
     let mut ex = Exchange {
         gw: &gw,
         snapshot: &snapshot,
@@ -181,6 +183,8 @@ impl Exchange<'_> {
             }
         };
         self.record().agent_id = route.agent.as_ref().map(|a| a.id.clone());
+        let agent_item = route.agent.as_ref().is_some_and(|a| a.is_item);
+        self.record().class = Some(RouteClass::of_route(&parts.method, agent_item));
 
         let team = team.ok_or(GatewayError::Unauthenticated)?;
         if !auth::allows(team.settings.access, &parts.method) {

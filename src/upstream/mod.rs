@@ -99,7 +99,13 @@ impl UpstreamClient {
                 tokio::time::timeout_at(deadline, self.client.request(req.to_request())).await;
             match sent {
                 Err(_) => return Err(GatewayError::UpstreamTimeout(timeout)),
-                Ok(Ok(resp)) => return Ok(resp),
+                Ok(Ok(resp)) => {
+                    // The one place every upstream answer, forwarded or filling the cache, passes.
+                    if let Some(org) = &req.observer {
+                        org.answered(resp.status(), resp.headers());
+                    }
+                    return Ok(resp);
+                }
                 Ok(Err(e)) if retryable && attempt == 1 && closed_before_answer(&e) => continue,
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, source = ?e.source(), uri = %req.uri, "upstream request failed");

@@ -5,7 +5,10 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::Full;
 
+use std::sync::Arc;
+
 use crate::error::GatewayError;
+use crate::metrics::OrgUpstream;
 use crate::request_id::X_REQUEST_ID;
 use crate::settings::Org;
 
@@ -54,6 +57,8 @@ pub struct UpstreamRequest {
     pub(super) uri: Uri,
     pub(super) headers: HeaderMap,
     pub(super) body: Bytes,
+    /// The org's upstream figures, told of every answer (see [`UpstreamRequest::observed_by`]).
+    pub(super) observer: Option<Arc<OrgUpstream>>,
 }
 
 impl UpstreamRequest {
@@ -85,7 +90,15 @@ impl UpstreamRequest {
             uri,
             headers: upstream_headers(client_headers, org, request_id, purpose),
             body,
+            observer: None,
         })
+    }
+
+    /// Has every answer to this request counted in the org's upstream figures (status class, the
+    /// quota upstream states in `X-RateLimit-*`).
+    pub fn observed_by(mut self, org: Arc<OrgUpstream>) -> Self {
+        self.observer = Some(org);
+        self
     }
 
     pub(super) fn to_request(&self) -> Request<Full<Bytes>> {

@@ -48,6 +48,7 @@ mod cache;
 mod cluster;
 mod edges;
 mod forwarding;
+mod observability;
 mod operations;
 mod ratelimit;
 mod sim;
