@@ -17,6 +17,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{millis, AuditLog, AuditRecord, Msg};
+use crate::cache::CacheOutcome;
 use crate::http::{BoxError, ProxyBody};
 
 /// HTTP status NGINX logs for a client that closed the connection before it was answered.
@@ -136,7 +137,8 @@ fn seal_answered(record: &mut AuditRecord, log: &AuditLog) {
     let took = record.started.elapsed();
     record.latency_ms = millis(took);
     if let Some(class) = record.class {
-        log.metrics.answered(class, record.cache, took);
+        log.metrics
+            .answered(class, record.cache.map(CacheOutcome::as_str), took);
     }
 }
 

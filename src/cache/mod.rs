@@ -11,6 +11,7 @@
 //! decides what may be kept and how an answer says where it came from.
 
 mod coalesce;
+mod invalidate;
 mod key;
 mod policy;
 mod store;

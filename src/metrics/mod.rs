@@ -6,285 +6,31 @@ use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
-};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::cache::CacheOutcome;
+mod answers;
+mod cluster;
+mod labels;
+mod process;
+mod upstream;
+
+pub use answers::RouteClass;
+pub use cluster::ClusterMetrics;
+pub use labels::*;
+pub use upstream::OrgUpstream;
+
+use answers::{
+    duration_labels, duration_slot, DurationLabels, DURATION_SLOTS, REQUEST_DURATION_BUCKETS,
+};
+use process::ProcessCollector;
+use upstream::STATUS_CLASSES;
 
 /// The prefix of every family but the standard `process_*` ones.
 const PREFIX: &str = "dialnexa_gateway";
-
-/// Upper bounds of `request_duration_seconds`: 0.1 ms (a cache hit on loopback) to 30 s (past the
-/// default upstream timeout), 1-2.5-5 per decade so that `histogram_quantile` stays within a factor
-/// of 2.5 anywhere in between.
-const REQUEST_DURATION_BUCKETS: [f64; 17] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0, 30.0,
-];
-
-static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
-
-/// A team name as a label value, shared with the config: labelling a request allocates nothing
-/// (a `String` label was two allocations per request on the cache-hit path).
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct TeamName(pub Arc<str>);
-
-impl EncodeLabelValue for TeamName {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        EncodeLabelValue::encode(&&*self.0, encoder)
-    }
-}
-
-/// An organisation's name as a label value (the same shared string as a team's).
-pub type OrgName = TeamName;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
-    /// Empty for requests no team was identified for.
-    pub team: TeamName,
-    pub method: Cow<'static, str>,
-    pub status: u16,
-}
-
-/// Handles on one team's most used series (they share the family's value): its quota counters,
-/// its `GET`s answered `200`, by far the most frequent `requests` label set, and its org's upstream
-/// figures.
-#[derive(Clone, Debug)]
-pub struct TeamCounters {
-    pub allowed: Counter,
-    pub limited: Counter,
-    pub get_ok: Counter,
-    pub upstream: Arc<OrgUpstream>,
-}
-
-/// What kind of request an answer time belongs to: the reads the cache serves are orders of
-/// magnitude faster than anything forwarded, so one histogram for all would hide both.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RouteClass {
-    /// `GET` of one agent (`/{agents2|agents}/{id}`), the read the cache serves.
-    AgentRead,
-    /// Any other `GET` or `HEAD`, refused ones included.
-    OtherRead,
-    /// Every other method.
-    Write,
-}
-
-impl RouteClass {
-    /// The class of a request before its path is known (a refusal of a malformed path stays here).
-    pub fn of(method: &http::Method) -> Self {
-        if method == http::Method::GET || method == http::Method::HEAD {
-            Self::OtherRead
-        } else {
-            Self::Write
-        }
-    }
-
-    /// The class once the path is parsed: `agent_item` is true for `/{family}/{id}` exactly.
-    pub fn of_route(method: &http::Method, agent_item: bool) -> Self {
-        match Self::of(method) {
-            Self::OtherRead if agent_item && method == http::Method::GET => Self::AgentRead,
-            class => class,
-        }
-    }
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::AgentRead => "agent_read",
-            Self::OtherRead => "other_read",
-            Self::Write => "write",
-        }
-    }
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DurationLabels {
-    pub route_class: &'static str,
-    /// `hit`, `miss`, `bypass`, `stale`, or `none` for answers that did not reach the cache step.
-    pub cache: &'static str,
-}
-
-/// The label sets of `request_duration_seconds` a request can have, in [`duration_slot`]'s order.
-const DURATION_SLOTS: [(RouteClass, Option<CacheOutcome>); 7] = [
-    (RouteClass::AgentRead, None),
-    (RouteClass::AgentRead, Some(CacheOutcome::Hit)),
-    (RouteClass::AgentRead, Some(CacheOutcome::Miss)),
-    (RouteClass::AgentRead, Some(CacheOutcome::Bypass)),
-    (RouteClass::AgentRead, Some(CacheOutcome::Stale)),
-    (RouteClass::OtherRead, None),
-    (RouteClass::Write, None),
-];
-
-fn duration_slot(class: RouteClass, cache: Option<CacheOutcome>) -> Option<usize> {
-    DURATION_SLOTS.iter().position(|s| *s == (class, cache))
-}
-
-fn duration_labels(class: RouteClass, cache: Option<CacheOutcome>) -> DurationLabels {
-    DurationLabels {
-        route_class: class.as_str(),
-        cache: cache.map_or("none", CacheOutcome::as_str),
-    }
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OrgLabel {
-    pub org: OrgName,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct UpstreamResponseLabels {
-    pub org: OrgName,
-    pub status_class: &'static str,
-}
-
-/// `upstream_responses_total`'s classes. `429` has its own, outside `4xx`: it is upstream's quota
-/// refusing the org, the one client error an operator acts on by itself, and with it apart the
-/// classes still add up to every answer.
-const STATUS_CLASSES: [&str; 5] = ["2xx", "3xx", "4xx", "429", "5xx"];
-
-fn status_class(status: StatusCode) -> usize {
-    match status.as_u16() {
-        429 => 3,
-        200..=299 => 0,
-        300..=399 => 1,
-        400..=499 => 2,
-        // 5xx, and the codes no sane upstream ends an exchange with (1xx, 600-999): both say
-        // upstream misbehaved.
-        _ => 4,
-    }
-}
-
-/// One organisation's upstream figures, resolved once per config snapshot so that an upstream
-/// answer costs a few atomic operations rather than family lookups.
-#[derive(Debug)]
-pub struct OrgUpstream {
-    responses: [Counter; STATUS_CLASSES.len()],
-    label: OrgLabel,
-    remaining_family: Family<OrgLabel, Gauge>,
-    limit_family: Family<OrgLabel, Gauge>,
-    /// Created by the first answer that carries the header: an org never heard from has no quota
-    /// series, rather than one at 0 that would look exhausted.
-    remaining: OnceLock<Gauge>,
-    limit: OnceLock<Gauge>,
-}
-
-impl OrgUpstream {
-    /// Records an upstream answer: its status class, and the org's quota as upstream last stated it.
-    pub fn answered(&self, status: StatusCode, headers: &HeaderMap) {
-        self.responses[status_class(status)].inc();
-        for (name, gauge, family) in [
-            (
-                &X_RATELIMIT_REMAINING,
-                &self.remaining,
-                &self.remaining_family,
-            ),
-            (&X_RATELIMIT_LIMIT, &self.limit, &self.limit_family),
-        ] {
-            if let Some(value) = headers.get(name).and_then(header_count) {
-                gauge
-                    .get_or_init(|| family.get_or_create(&self.label).clone())
-                    .set(value);
-            }
-        }
-    }
-}
-
-/// A non-negative decimal count, as `X-RateLimit-*` headers carry; anything else (absent, empty,
-/// signed, fractional, a list, too long for an `i64`) is ignored rather than guessed at.
-fn header_count(value: &HeaderValue) -> Option<i64> {
-    let digits = value.as_bytes().trim_ascii();
-    if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(
-        digits
-            .iter()
-            .fold(0i64, |n, d| n * 10 + i64::from(d - b'0')),
-    )
-}
-
-/// The standard process figures (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
-/// `process_open_fds`, `process_max_fds`, `process_start_time_seconds`), read at scrape time:
-/// nothing on the request path pays for them. A figure the platform cannot give is left out.
-#[derive(Debug)]
-struct ProcessCollector;
-
-impl Collector for ProcessCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let p = metrics_process::collector::collect();
-        let (seconds, bytes) = (Some(&Unit::Seconds), Some(&Unit::Bytes));
-        if let Some(v) = p.cpu_seconds_total {
-            let help = "Total user and system CPU time spent in seconds";
-            put(
-                &mut encoder,
-                "process_cpu",
-                help,
-                seconds,
-                ConstCounter::new(v),
-            )?;
-        }
-        let gauges = [
-            (
-                "process_resident_memory",
-                "Resident memory size in bytes",
-                bytes,
-                p.resident_memory_bytes,
-            ),
-            (
-                "process_open_fds",
-                "Number of open file descriptors",
-                None,
-                p.open_fds,
-            ),
-            (
-                "process_max_fds",
-                "Maximum number of open file descriptors (soft limit; 0 if unlimited)",
-                None,
-                p.max_fds,
-            ),
-            (
-                "process_start_time",
-                "Start time of the process since unix epoch in seconds",
-                seconds,
-                p.start_time_seconds,
-            ),
-        ];
-        for (name, help, unit, value) in gauges {
-            if let Some(v) = value {
-                put(&mut encoder, name, help, unit, ConstGauge::new(v))?;
-            }
-        }
-        Ok(())
-    }
-}
-
-fn put(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    unit: Option<&Unit>,
-    metric: impl EncodeMetric,
-) -> Result<(), std::fmt::Error> {
-    metric.encode(encoder.encode_descriptor(name, help, unit, metric.metric_type())?)
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TeamLabel {
-    pub team: TeamName,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabel {
-    pub result: &'static str,
-}
 
 pub struct Metrics {
     registry: Registry,
@@ -502,7 +248,7 @@ impl Metrics {
 
     /// Observes a request's whole answer time; called once per answered request, when its audit
     /// line is sealed.
-    pub fn answered(&self, class: RouteClass, cache: Option<CacheOutcome>, took: Duration) {
+    pub fn answered(&self, class: RouteClass, cache: Option<&'static str>, took: Duration) {
         let secs = took.as_secs_f64();
         match duration_slot(class, cache) {
             Some(i) => self.durations[i].observe(secs),
@@ -642,55 +388,11 @@ fn openmetrics_to_prometheus_text(openmetrics: &str) -> String {
     out
 }
 
-/// Cluster mode, seen from outside (DESIGN, "Cluster mode"): whether this replica reaches Redis,
-/// how its calls fail and take, and how many requests it served degraded.
-#[derive(Clone)]
-pub struct ClusterMetrics {
-    pub up: Gauge,
-    pub errors: Counter,
-    pub redis_duration: Histogram,
-    pub degraded: Counter,
-}
-
-impl ClusterMetrics {
-    fn new() -> Self {
-        Self {
-            up: Gauge::default(),
-            errors: Counter::default(),
-            // 50 µs .. ~0.8 s: loopback Redis to a call at the edge of its deadline.
-            redis_duration: Histogram::new(exponential_buckets(0.00005, 2.0, 15)),
-            degraded: Counter::default(),
-        }
-    }
-
-    fn register(&self, r: &mut Registry) {
-        r.register(
-            "cluster_up",
-            "1 while this replica reaches the cluster's Redis, 0 while it does not (or runs alone)",
-            self.up.clone(),
-        );
-        r.register(
-            "cluster_errors",
-            "Redis calls that failed or outlasted cluster.timeout_ms",
-            self.errors.clone(),
-        );
-        r.register_with_unit(
-            "cluster_redis_duration",
-            "Round-trip time of Redis calls that answered",
-            Unit::Seconds,
-            self.redis_duration.clone(),
-        );
-        r.register(
-            "cluster_degraded_requests",
-            "Requests served without Redis (on_unavailable = degrade): local quotas, no cache",
-            self.degraded.clone(),
-        );
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::upstream::header_count;
     use super::*;
+    use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
     #[test]
     fn encodes_conventional_names_with_units_and_labels() {
@@ -722,21 +424,17 @@ mod tests {
         let m = Metrics::new();
         m.answered(
             RouteClass::AgentRead,
-            Some(CacheOutcome::Hit),
+            Some("hit"),
             Duration::from_micros(50),
         );
         m.answered(
             RouteClass::AgentRead,
-            Some(CacheOutcome::Miss),
+            Some("miss"),
             Duration::from_millis(40),
         );
         m.answered(RouteClass::Write, None, Duration::from_secs(3));
         // Not a combination requests have today, but still counted, under its own labels.
-        m.answered(
-            RouteClass::Write,
-            Some(CacheOutcome::Hit),
-            Duration::from_secs(1),
-        );
+        m.answered(RouteClass::Write, Some("hit"), Duration::from_secs(1));
         let text = m.encode();
         let h = "dialnexa_gateway_request_duration_seconds";
         let count = |labels: &str| sample(&text, &format!("{h}_count{{{labels}}}"));
