@@ -104,17 +104,22 @@ async fn wait_for_readyz(gw: &TestGateway, what: &str) {
 }
 
 fn version(r: &TestResponse) -> u64 {
-    r.json()["version"].as_u64().unwrap_or_else(|| {
-        panic!(
-            "no version in {} {}",
-            r.status,
-            String::from_utf8_lossy(&r.body)
-        )
-    })
+    r.version()
 }
 
 fn x_cache(r: &TestResponse) -> &str {
-    r.header("x-cache").unwrap_or("<none>")
+    r.x_cache()
+}
+
+/// A write that touches no agent.
+async fn post_call(c: &Client) -> TestResponse {
+    c.send(
+        Method::POST,
+        "/v1/calls",
+        &[("authorization", &format!("Bearer {BILLING}"))],
+        Bytes::from_static(b"{}"),
+    )
+    .await
 }
 
 async fn patch(c: &Client, path: &str) -> TestResponse {
@@ -317,15 +322,7 @@ async fn replicas_together_admit_exactly_one_burst_with_consistent_headers() {
     assert_eq!(remaining_seen, ["4", "3", "2", "1", "0"]);
     // Refused requests spent nothing: the write quota is still whole, but the general one is
     // empty, so a write is refused by it and spends no write cell either.
-    let w = c
-        .client(1)
-        .send(
-            Method::POST,
-            "/v1/calls",
-            &[("authorization", &format!("Bearer {BILLING}"))],
-            Bytes::from_static(b"{}"),
-        )
-        .await;
+    let w = post_call(&c.client(1)).await;
     assert_eq!(w.status, 429);
 }
 
@@ -339,15 +336,7 @@ async fn the_write_quota_is_one_across_replicas_and_refusals_spend_nothing() {
     .await;
     let mut statuses = Vec::new();
     for i in 0..5 {
-        let r = c
-            .client(i % 2)
-            .send(
-                Method::POST,
-                "/v1/calls",
-                &[("authorization", &format!("Bearer {BILLING}"))],
-                Bytes::from_static(b"{}"),
-            )
-            .await;
+        let r = post_call(&c.client(i % 2)).await;
         statuses.push(r.status);
         if r.status == 429 {
             assert_eq!(
@@ -439,15 +428,7 @@ async fn without_redis_degrade_serves_reads_refuses_agent_writes_and_recovers_by
         "never forwarded"
     );
     // Writes that touch no agent, and other reads, keep being served on local quotas.
-    let call = c
-        .client(1)
-        .send(
-            Method::POST,
-            "/v1/calls",
-            &[("authorization", &format!("Bearer {BILLING}"))],
-            Bytes::from_static(b"{}"),
-        )
-        .await;
+    let call = post_call(&c.client(1)).await;
     assert_eq!(call.status, 200);
     assert!(call.header("ratelimit-remaining").is_some());
     let ready = readyz(&c.replicas[0]).await;

@@ -58,18 +58,11 @@ async fn send_write(c: &Client, method: Method, path: &str, key: &str) -> TestRe
 }
 
 fn x_cache(r: &TestResponse) -> &str {
-    r.header("x-cache").unwrap_or("<no X-Cache>")
+    r.x_cache()
 }
 
-/// The agent version the fake upstream answered (it bumps on every write).
 fn version(r: &TestResponse) -> u64 {
-    r.json()["version"].as_u64().unwrap_or_else(|| {
-        panic!(
-            "no version in {} {}",
-            r.status,
-            String::from_utf8_lossy(&r.body)
-        )
-    })
+    r.version()
 }
 
 /// Makes upstream answer agent GETs `{"fetch": n}`, n counting upstream GETs: which fetch a

@@ -30,6 +30,22 @@ impl TestResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
+
+    /// How the cache took part, as `X-Cache` says.
+    pub fn x_cache(&self) -> &str {
+        self.header("x-cache").unwrap_or("<no X-Cache>")
+    }
+
+    /// The agent version the fake upstream answered (it bumps on every write).
+    pub fn version(&self) -> u64 {
+        self.json()["version"].as_u64().unwrap_or_else(|| {
+            panic!(
+                "no version in {} {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
 }
 
 #[derive(Clone)]
