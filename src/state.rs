@@ -150,7 +150,6 @@ impl Gateway {
                 let forget = Arc::clone(&cache);
                 let cluster = Cluster::start(
                     cs,
-                    settings.upstream.timeout,
                     metrics.cluster.clone(),
                     // Back after an outage (or a failover): what was cached may have missed
                     // invalidations, and is not served again.

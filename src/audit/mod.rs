@@ -46,6 +46,9 @@ pub struct AuditLog {
     /// Lines waiting for upstream's answer to a fill their client left (see [`PendingLine`]);
     /// cancelled at shutdown before the writer stops, each then written as it stands.
     late: Arc<Mutex<JoinSet<()>>>,
+    /// Lines that found the buffer full where nobody could wait (a `Drop`), each waiting for room
+    /// in a task of its own; shutdown lets them all in before the writer stops.
+    sends: Arc<Mutex<JoinSet<()>>>,
 }
 
 /// The writer thread's handle: reopen the file, or drain and stop.
@@ -128,6 +131,7 @@ impl AuditWriter {
                 tx,
                 metrics,
                 late: Arc::default(),
+                sends: Arc::default(),
             },
             thread,
         })
@@ -148,6 +152,15 @@ impl AuditWriter {
             std::mem::take(&mut *self.log.late.lock().unwrap_or_else(|e| e.into_inner()));
         late.abort_all();
         while late.join_next().await.is_some() {}
+        // The lines still waiting for room, those of the waits just cut short among them.
+        loop {
+            let mut sends =
+                std::mem::take(&mut *self.log.sends.lock().unwrap_or_else(|e| e.into_inner()));
+            if sends.is_empty() {
+                break;
+            }
+            while sends.join_next().await.is_some() {}
+        }
         let _ = self.log.tx.send(Msg::Finish).await;
         let _ = tokio::task::spawn_blocking(move || self.thread.join()).await;
     }
@@ -220,9 +233,11 @@ impl AuditLog {
             Err(mpsc::error::TrySendError::Full(msg)) => {
                 self.metrics.audit_backpressure_waits.inc();
                 match tokio::runtime::Handle::try_current() {
-                    Ok(rt) => {
+                    Ok(_) => {
                         let log = self.clone();
-                        rt.spawn(async move {
+                        let mut sends = self.sends.lock().unwrap_or_else(|e| e.into_inner());
+                        while sends.try_join_next().is_some() {}
+                        sends.spawn(async move {
                             if log.tx.send(msg).await.is_err() {
                                 log.metrics.audit_failed.inc();
                             }

@@ -72,8 +72,10 @@ pub enum SharedVersion {
     /// The version every replica agrees is current: only an entry filled under it is served, and a
     /// fill is stored under it.
     Current(Arc<str>),
-    /// A write to the agent is in progress somewhere: nothing is served from or stored in the cache.
-    Writing,
+    /// A write to the agent is in progress somewhere: nothing is served from or stored in the
+    /// cache. The version still keeps fills apart: a read after the write's end never joins a fill
+    /// that started before it.
+    Writing(Arc<str>),
     /// Redis is unavailable (`degrade`): the cache is bypassed; fills still coalesce, store nothing.
     Unavailable,
 }

@@ -206,7 +206,8 @@ impl AgentCache {
         let (shared, keep) = match shared {
             SharedVersion::NotShared => (None, true),
             SharedVersion::Current(v) => (Some(v.clone()), true),
-            SharedVersion::Writing | SharedVersion::Unavailable => (None, false),
+            SharedVersion::Writing(v) => (Some(v.clone()), false),
+            SharedVersion::Unavailable => (None, false),
         };
         Ticket {
             key,

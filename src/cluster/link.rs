@@ -7,11 +7,11 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, RedisError};
+use redis::{AsyncConnectionConfig, Client, RedisError, ServerErrorKind};
 use tokio::sync::Notify;
 
 use super::ClusterError;
@@ -24,29 +24,40 @@ const LAST_RETRY: Duration = Duration::from_secs(2);
 /// notices an outage (and `/readyz` tells) on its own.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
+/// The connection and the state derived from it, changed together under one lock: a call that
+/// fails on an old connection must not take down the new one.
+#[derive(Default)]
+struct State {
+    /// `None` while down. A clone of the connection is taken per call (it is a handle).
+    conn: Option<MultiplexedConnection>,
+    /// Bumped on every connection; a failure only counts against the connection it happened on.
+    epoch: u64,
+}
+
 pub(super) struct Link {
     client: Client,
-    /// `None` while down. A clone of the connection is taken per call (it is a handle).
-    conn: RwLock<Option<MultiplexedConnection>>,
+    state: RwLock<State>,
+    /// Mirrors `state.conn.is_some()`, set under the write lock, for the per-request check.
     up: AtomicBool,
     /// Rung when a call marks the link down: the reconnect task starts at once.
     lost: Notify,
     timeout: Duration,
     metrics: ClusterMetrics,
-    /// Bumped on every reconnection (see [`Link::epoch`]).
-    epoch: std::sync::atomic::AtomicU64,
+    /// Set once a refusal by the server has been logged; cleared when the link reconnects, so a
+    /// server that refuses every call is logged once, not once per request.
+    refusal_logged: AtomicBool,
 }
 
 impl Link {
     pub(super) fn new(client: Client, timeout: Duration, metrics: ClusterMetrics) -> Arc<Self> {
         Arc::new(Self {
             client,
-            conn: RwLock::new(None),
+            state: RwLock::default(),
             up: AtomicBool::new(false),
             lost: Notify::new(),
             timeout,
             metrics,
-            epoch: std::sync::atomic::AtomicU64::new(0),
+            refusal_logged: AtomicBool::new(false),
         })
     }
 
@@ -54,10 +65,12 @@ impl Link {
         self.up.load(Ordering::Acquire)
     }
 
-    /// How many times this replica has (re)connected: a change means Redis may have missed
-    /// invalidations meanwhile, so what the replica cached before is not to be trusted.
-    pub(super) fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Runs `call` on the shared connection within the deadline. Down, or failing, it is
@@ -67,9 +80,9 @@ impl Link {
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
-        let conn = match self.conn.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
+        let (conn, epoch) = {
+            let state = self.read();
+            (state.conn.clone(), state.epoch)
         };
         let Some(conn) = conn else {
             return Err(ClusterError::Unavailable);
@@ -84,40 +97,43 @@ impl Link {
             }
             Ok(Err(e)) => {
                 self.metrics.errors.inc();
-                // A refusal by the server (a wrong type, out of memory) is not an outage: the
-                // connection is fine. Anything else is.
-                if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
-                    self.mark_down(&format!("{e}"));
-                } else {
-                    tracing::warn!(error = %e, "Redis refused a call");
+                if is_outage(&e) {
+                    self.mark_down(epoch, &e.to_string());
+                } else if !self.refusal_logged.swap(true, Ordering::AcqRel) {
+                    // A refusal (a wrong type, out of memory, no permission) is not an outage:
+                    // the connection works. Logged once until the next reconnection.
+                    tracing::warn!(error = %e, "cluster: Redis refused a call");
                 }
                 Err(ClusterError::Unavailable)
             }
             Err(_) => {
                 self.metrics.errors.inc();
-                self.mark_down(&format!("no answer within {:?}", self.timeout));
+                self.mark_down(epoch, &format!("no answer within {:?}", self.timeout));
                 Err(ClusterError::Unavailable)
             }
         }
     }
 
-    fn mark_down(&self, why: &str) {
-        match self.conn.write() {
-            Ok(mut guard) => *guard = None,
-            Err(poisoned) => *poisoned.into_inner() = None,
+    /// Marks the link down if the failed call ran on the current connection.
+    fn mark_down(&self, epoch: u64, why: &str) {
+        {
+            let mut state = self.write();
+            if state.epoch != epoch || state.conn.is_none() {
+                return;
+            }
+            state.conn = None;
+            self.up.store(false, Ordering::Release);
         }
-        if self.up.swap(false, Ordering::AcqRel) {
-            self.metrics.up.set(0);
-            tracing::warn!(
-                reason = why,
-                "cluster: Redis unavailable; reconnecting in the background"
-            );
-        }
+        self.metrics.up.set(0);
+        tracing::warn!(
+            reason = why,
+            "cluster: Redis unavailable; reconnecting in the background"
+        );
         self.lost.notify_one();
     }
 
     /// Keeps the link connected for as long as the process runs: connects, and after every loss
-    /// reconnects with backoff. The first failure of a run of them is logged, not each one.
+    /// reconnects with backoff. `on_connect` runs before requests may use a new connection.
     pub(super) async fn keep_connected(self: Arc<Self>, on_connect: impl Fn() + Send) {
         let mut retry = FIRST_RETRY;
         // A loss is logged where it is noticed (`mark_down`); only a replica that never reached
@@ -140,13 +156,14 @@ impl Link {
             }
             match self.connect().await {
                 Ok(conn) => {
-                    match self.conn.write() {
-                        Ok(mut guard) => *guard = Some(conn),
-                        Err(poisoned) => *poisoned.into_inner() = Some(conn),
-                    }
-                    self.epoch.fetch_add(1, Ordering::AcqRel);
                     on_connect();
-                    self.up.store(true, Ordering::Release);
+                    {
+                        let mut state = self.write();
+                        state.epoch += 1;
+                        state.conn = Some(conn);
+                        self.up.store(true, Ordering::Release);
+                    }
+                    self.refusal_logged.store(false, Ordering::Release);
                     self.metrics.up.set(1);
                     tracing::info!("cluster: connected to Redis");
                     retry = FIRST_RETRY;
@@ -181,10 +198,46 @@ impl Link {
                 .query_async::<()>(&mut conn)
                 .await
                 .map_err(|e| e.to_string())?;
+            warn_if_evicting(&mut conn).await;
             Ok(conn)
         };
         tokio::time::timeout(budget, attempt)
             .await
             .map_err(|_| format!("no answer within {budget:?}"))?
+    }
+}
+
+/// Whether an error means this connection cannot serve (so the link reconnects): transport
+/// failures, and a server that is a read-only replica now, still loading, or without a primary.
+fn is_outage(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_unrecoverable_error()
+        || matches!(
+            e.kind(),
+            redis::ErrorKind::Server(
+                ServerErrorKind::ReadOnly
+                    | ServerErrorKind::BusyLoading
+                    | ServerErrorKind::MasterDown
+            )
+        )
+}
+
+/// Evicting keys other than expiring ones can drop a write's in-progress mark or a team's quota
+/// state early (versions are safe: a lost one is a fresh one). Said once per connection; a host
+/// that forbids `CONFIG` is not asked twice.
+async fn warn_if_evicting(conn: &mut MultiplexedConnection) {
+    let policy: Result<Vec<String>, _> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query_async(conn)
+        .await;
+    if let Ok(reply) = policy {
+        if reply.get(1).is_some_and(|p| p.starts_with("allkeys")) {
+            tracing::warn!(
+                policy = %reply[1],
+                "cluster: Redis may evict any key; use noeviction or a volatile-* policy so in-progress writes and quotas are kept"
+            );
+        }
     }
 }

@@ -41,6 +41,9 @@ pub struct Bucket {
     pub burst: u32,
 }
 
+/// How long a write's answer waits for its second invalidation while the link reconnects.
+pub const WRITE_END_PATIENCE: Duration = Duration::from_secs(1);
+
 /// What one request asks of the cluster at admission.
 #[derive(Debug, Clone, Copy)]
 pub struct Ask<'a> {
@@ -51,6 +54,9 @@ pub struct Ask<'a> {
     pub mode: Mode,
     /// The agent, case-folded, for the agent modes.
     pub agent: Option<&'a str>,
+    /// How long an agent write counts as in progress if its end never arrives: longer than the
+    /// write can take upstream.
+    pub write_lifetime: Duration,
 }
 
 /// What an invalidation reaches across replicas.
@@ -65,8 +71,7 @@ pub struct Cluster {
     link: Arc<link::Link>,
     prefix: Arc<str>,
     on_unavailable: OnUnavailable,
-    /// How long an agent write counts as in progress if its end never arrives.
-    write_lifetime: Duration,
+    timeout: Duration,
     metrics: ClusterMetrics,
 }
 
@@ -75,7 +80,6 @@ impl Cluster {
     /// Redis; it is then unavailable until it connects). `on_connect` runs on every (re)connection.
     pub fn start(
         settings: &ClusterSettings,
-        upstream_timeout: Duration,
         metrics: ClusterMetrics,
         on_connect: impl Fn() + Send + 'static,
     ) -> Result<Arc<Self>, ClusterStartError> {
@@ -95,9 +99,7 @@ impl Cluster {
             link,
             prefix: settings.key_prefix.clone(),
             on_unavailable: settings.on_unavailable,
-            // An upstream answer takes at most its timeout; twice that, and the write has surely
-            // ended (or its end was lost, and the versions it replaced keep old entries dead).
-            write_lifetime: upstream_timeout * 2 + settings.timeout * 2,
+            timeout: settings.timeout,
             metrics,
         }))
     }
@@ -110,9 +112,10 @@ impl Cluster {
         self.on_unavailable
     }
 
-    /// Changes on every (re)connection; see [`link::Link::epoch`].
-    pub fn epoch(&self) -> u64 {
-        self.link.epoch()
+    /// How long a write to an agent counts as in progress unless its end arrives: an upstream
+    /// answer takes at most `upstream_timeout`, and the end one more Redis call, so twice both.
+    pub fn write_lifetime(&self, upstream_timeout: Duration) -> Duration {
+        (upstream_timeout + self.timeout) * 2
     }
 
     pub fn metrics(&self) -> &ClusterMetrics {
@@ -144,7 +147,7 @@ impl Cluster {
             .arg(micros(write.interval))
             .arg(write.burst)
             .arg(token())
-            .arg(u64::try_from(self.write_lifetime.as_millis()).unwrap_or(u64::MAX));
+            .arg(u64::try_from(ask.write_lifetime.as_millis()).unwrap_or(u64::MAX));
         self.link
             .call(|mut conn| async move { invocation.invoke_async(&mut conn).await })
             .await
@@ -152,18 +155,32 @@ impl Cluster {
     }
 
     /// The second invalidation of an agent write: a fresh version, and the write no longer in
-    /// progress.
+    /// progress. The write's answer waits for it: if the link is down (Redis restarted, say), it
+    /// is tried again as the link comes back, for up to [`WRITE_END_PATIENCE`]. Past that the
+    /// in-progress mark still keeps the agent uncached for the write's lifetime, unless Redis lost
+    /// the mark too (see docs/operations.md, "Scaling out").
     pub async fn write_end(&self, org: &str, agent: &str) -> Result<(), ClusterError> {
         let org = self.org_tag(org);
-        let mut invocation = scripts::WRITE_END.prepare_invoke();
-        invocation
-            .key(format!("{org}:v:a:{agent}"))
-            .key(format!("{org}:w:a:{agent}"))
-            .arg(token());
-        self.link
-            .call(|mut conn| async move { invocation.invoke_async::<i64>(&mut conn).await })
-            .await
-            .map(drop)
+        let give_up = tokio::time::Instant::now() + WRITE_END_PATIENCE;
+        loop {
+            let mut invocation = scripts::WRITE_END.prepare_invoke();
+            invocation
+                .key(format!("{org}:v:a:{agent}"))
+                .key(format!("{org}:w:a:{agent}"))
+                .arg(token());
+            let result = self
+                .link
+                .call(|mut conn| async move { invocation.invoke_async::<i64>(&mut conn).await })
+                .await
+                .map(drop);
+            if result.is_ok() || tokio::time::Instant::now() >= give_up {
+                return result;
+            }
+            // Wait for the reconnection (backoff starts at 50 ms), then try again.
+            while !self.link.is_up() && tokio::time::Instant::now() < give_up {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
     }
 
     /// Replaces the versions `reaches` name (admin purges), in one pipelined round trip.

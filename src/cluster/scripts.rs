@@ -54,11 +54,15 @@ local has_write = mode >= 2 and wT > 0
 local wtat = 0
 if has_write then wtat = tat_of(KEYS[2]) end
 
+-- The headers describe the first quota that refuses; Retry-After waits for both.
 local refused_by, retry = 0, 0
 if now < gtat - gT * (gB - 1) then
   refused_by, retry = 1, gtat - gT * (gB - 1) - now
-elseif has_write and now < wtat - wT * (wB - 1) then
-  refused_by, retry = 2, wtat - wT * (wB - 1) - now
+end
+if has_write and now < wtat - wT * (wB - 1) then
+  if refused_by == 0 then refused_by = 2 end
+  local wwait = wtat - wT * (wB - 1) - now
+  if wwait > retry then retry = wwait end
 end
 
 local g_rem, g_reset, w_rem, w_reset = 0, 0, -1, 0

@@ -84,21 +84,24 @@ async fn invalidate_before(
     method: &Method,
 ) -> Option<PendingInvalidation> {
     let agent = route.agent.as_ref().filter(|_| !auth::is_read(method))?;
-    let scope = Scope::Agent {
-        org: team.settings.org.name.clone(),
-        agent: agent.id.clone(),
-    };
+    // In cluster mode it is owed since the quota step, which replaced the shared version.
+    let pending = ex.write.take().unwrap_or_else(|| {
+        PendingInvalidation::new(
+            Arc::clone(ex.gw),
+            team.settings.org.name.clone(),
+            agent.id.clone(),
+        )
+    });
     // Also while caching is off: entries stored before a reload turned it off outlive it. It
-    // cannot fail: in cluster mode the quota step already replaced the shared version.
-    ex.record().invalidated += ex
-        .gw
-        .invalidate(&scope, Moment::WriteSent)
-        .await
-        .unwrap_or(0);
-    Some(PendingInvalidation {
-        gw: Arc::clone(ex.gw),
-        scope: Some(scope),
-    })
+    // cannot fail: in cluster mode this moment reaches only this replica.
+    if let Some(scope) = &pending.scope {
+        ex.record().invalidated += ex
+            .gw
+            .invalidate(scope, Moment::WriteSent)
+            .await
+            .unwrap_or(0);
+    }
+    Some(pending)
 }
 
 /// The upstream time of this request's own forward, for its audit line and the histogram.
@@ -108,14 +111,22 @@ fn upstream_took(ex: &mut Exchange<'_>, took: Duration) {
 }
 
 /// The second invalidation of a write. If the request is dropped before upstream answers (shutdown
-/// cut it off), the invalidation still happens, from a task of its own.
-struct PendingInvalidation {
+/// cut it off), or, in cluster mode, fails between its admission and upstream, the invalidation
+/// still happens, from a task of its own.
+pub(super) struct PendingInvalidation {
     gw: Arc<Gateway>,
     /// Taken once done.
     scope: Option<Scope>,
 }
 
 impl PendingInvalidation {
+    pub(super) fn new(gw: Arc<Gateway>, org: Arc<str>, agent: String) -> Self {
+        Self {
+            gw,
+            scope: Some(Scope::Agent { org, agent }),
+        }
+    }
+
     async fn complete(mut self) -> u64 {
         match self.scope.take() {
             Some(scope) => answered(&self.gw, &scope).await,
@@ -130,8 +141,10 @@ impl PendingInvalidation {
 async fn answered(gw: &Gateway, scope: &Scope) -> u64 {
     match gw.invalidate(scope, Moment::WriteAnswered).await {
         Ok(dropped) => dropped,
+        // The link logs the outage once and counts the error; this write's first invalidation and
+        // in-progress mark keep every replica from serving or storing the agent meanwhile.
         Err(e) => {
-            tracing::warn!(error = %e, "a write's second invalidation did not reach the cluster");
+            tracing::debug!(error = %e, "a write's second invalidation did not reach the cluster");
             0
         }
     }

@@ -90,6 +90,7 @@ async fn exchange(
         get_ok: None,
         cache: None,
         shared: SharedVersion::NotShared,
+        write: None,
     };
     let answer = match ex.run(req, &request_id).await {
         Ok(resp) => resp,
@@ -115,6 +116,8 @@ struct Exchange<'a> {
     cache: Option<CacheStatus>,
     /// What the cluster said of the agent this request reads or writes (cluster mode).
     shared: SharedVersion,
+    /// An agent write's second invalidation, owed since its first (cluster mode: at admission).
+    write: Option<forward::PendingInvalidation>,
 }
 
 impl Exchange<'_> {
@@ -126,8 +129,8 @@ impl Exchange<'_> {
         let (parts, incoming) = req.into_parts();
         let is_read = auth::is_read(&parts.method);
 
-        // Steps 0-3: route, identify, authorize, rate-limit. A refused request's body is still
-        // read and thrown away, so its client gets the answer instead of a reset.
+        // Steps 0-2: route, identify, authorize. A refused request's body is still read and
+        // thrown away, so its client gets the answer instead of a reset.
         let (team, route) = match self.admit(&parts, is_read).await {
             Ok(admitted) => admitted,
             Err(e) => {
@@ -141,8 +144,14 @@ impl Exchange<'_> {
             max_bytes: self.snapshot.settings.server.max_body_bytes,
             idle: self.snapshot.settings.server.limits.body_timeout,
         };
-        let body =
-            request_body::read(incoming, &parts, limits, &mut self.record().bytes_in).await?;
+        let body = request_body::read(incoming, &parts, limits, &mut self.record().bytes_in).await;
+
+        // Step 3, once the body is in: in cluster mode an agent write replaces the agent's shared
+        // version here, which must happen only for a write that will be forwarded. A quota refusal
+        // still comes before a 413 or 408, as DESIGN orders them, and those spend quota as before.
+        self.rate_limit(&team, &route, &parts.method, body.is_ok())
+            .await?;
+        let body = body?;
         if !is_read {
             self.record().changed_fields = audit::changed_fields(&body);
         }
@@ -159,7 +168,7 @@ impl Exchange<'_> {
         }
     }
 
-    /// Steps 0-3, in DESIGN's order of refusals: a malformed path or method, then `401`, `403`, `429`.
+    /// Steps 0-2, in DESIGN's order of refusals: a malformed path or method, then `401`, `403`.
     async fn admit(
         &mut self,
         parts: &Parts,
@@ -191,7 +200,6 @@ impl Exchange<'_> {
             self.peek_quota(&team, is_read).await;
             return Err(GatewayError::ReadOnly);
         }
-        self.rate_limit(&team, &route, &parts.method).await?;
         Ok((team, route))
     }
 
@@ -216,21 +224,33 @@ impl Exchange<'_> {
         team: &TeamState,
         route: &Route,
         method: &Method,
+        forwardable: bool,
     ) -> Result<(), GatewayError> {
         let is_write = !auth::is_read(method);
         let agent = route
             .agent
             .as_ref()
-            .filter(|a| is_write || (a.is_item && method == Method::GET))
-            .map(|a| fold_case(&a.id));
+            .filter(|a| forwardable && (is_write || (a.is_item && method == Method::GET)));
+        let folded = agent.map(|a| fold_case(&a.id));
         let ask = QuotaAsk {
             limiter: &team.limiter,
             team: &team.settings.name,
             org: &team.settings.org.name,
             is_write,
-            agent: agent.as_deref(),
+            agent: folded.as_deref(),
+            upstream_timeout: self.snapshot.settings.upstream.timeout,
         };
         let admission = self.gw.quotas.admit(ask).await?;
+        if let (true, Some(agent), SharedVersion::Current(_)) = (is_write, agent, &admission.agent)
+        {
+            // The write's first invalidation reached every replica with the quota: from here on
+            // its second one is owed, whether or not the write gets as far as upstream.
+            self.write = Some(forward::PendingInvalidation::new(
+                Arc::clone(self.gw),
+                team.settings.org.name.clone(),
+                agent.id.clone(),
+            ));
+        }
         self.shared = admission.agent;
         let verdict = admission.verdict;
         let retry_after = verdict.retry_after;

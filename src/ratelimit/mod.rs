@@ -10,6 +10,7 @@ mod shared;
 mod verdict;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use local::TeamLimiter;
 pub use verdict::{apply_headers, QuotaKind, QuotaStatus, Verdict};
@@ -39,6 +40,8 @@ pub struct QuotaAsk<'a> {
     pub is_write: bool,
     /// The agent (case-folded) whose cached copies this request reads, or which it writes.
     pub agent: Option<&'a str>,
+    /// `upstream.timeout_ms` of the request's snapshot: how long its write may take upstream.
+    pub upstream_timeout: Duration,
 }
 
 /// What the quota step decided, and what it learnt of the agent on the way.
@@ -76,11 +79,14 @@ impl Quotas {
                 write: write.filter(|_| ask.is_write).map(shared::bucket),
                 mode,
                 agent: ask.agent,
+                write_lifetime: cluster.write_lifetime(ask.upstream_timeout),
             };
             if let Ok(reply) = cluster.admit(shared).await {
                 let verdict = shared::verdict(&reply, ask.limiter);
                 let agent = match reply.version {
-                    Some(_) if reply.writing && !ask.is_write => SharedVersion::Writing,
+                    Some(version) if reply.writing && !ask.is_write => {
+                        SharedVersion::Writing(Arc::from(version))
+                    }
                     Some(version) => SharedVersion::Current(Arc::from(version)),
                     None => SharedVersion::NotShared,
                 };

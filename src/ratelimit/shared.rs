@@ -12,7 +12,8 @@ use crate::settings::RateQuota;
 /// A quota as the script takes it: the time GCRA needs to earn back one request, and the burst.
 pub(super) fn bucket(quota: RateQuota) -> Bucket {
     Bucket {
-        interval: Duration::from_secs(60) / quota.per_minute.get(),
+        // At least a microsecond, the script's unit: more than 60 million a minute is no limit.
+        interval: (Duration::from_secs(60) / quota.per_minute.get()).max(Duration::from_micros(1)),
         burst: quota.burst.get(),
     }
 }

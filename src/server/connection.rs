@@ -36,6 +36,11 @@ pub struct Activity {
     in_flight: AtomicUsize,
     /// When the connection last became quiet, in milliseconds since `opened`.
     quiet_since_ms: AtomicU64,
+    /// When bytes last went out, in milliseconds since `opened`: an answer hyper is still
+    /// flushing to a slow reader keeps the connection busy after its request is done.
+    wrote_ms: AtomicU64,
+    /// A write is waiting for room in the socket: nothing else may be written now.
+    write_pending: AtomicBool,
     /// Bytes arrived while quiet: a request head had begun.
     begun: AtomicBool,
     /// Set when the connection's quiet time ran out: its next read fails.
@@ -56,6 +61,8 @@ impl Activity {
             opened: Instant::now(),
             in_flight: AtomicUsize::new(0),
             quiet_since_ms: AtomicU64::new(0),
+            wrote_ms: AtomicU64::new(0),
+            write_pending: AtomicBool::new(false),
             begun: AtomicBool::new(false),
             expired: AtomicBool::new(false),
             h2: AtomicBool::new(false),
@@ -81,7 +88,15 @@ impl Activity {
     }
 
     fn quiet_since(&self) -> Instant {
-        self.opened + Duration::from_millis(self.quiet_since_ms.load(Ordering::Acquire))
+        let since = self
+            .quiet_since_ms
+            .load(Ordering::Acquire)
+            .max(self.wrote_ms.load(Ordering::Acquire));
+        self.opened + Duration::from_millis(since)
+    }
+
+    fn millis_open(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Resolves once the connection has been quiet for `limit` without a break.
@@ -121,9 +136,7 @@ pub struct InFlight(Arc<Activity>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         let a = &self.0;
-        let since = a.opened.elapsed().as_millis();
-        a.quiet_since_ms
-            .store(u64::try_from(since).unwrap_or(u64::MAX), Ordering::Release);
+        a.quiet_since_ms.store(a.millis_open(), Ordering::Release);
         a.begun.store(false, Ordering::Relaxed);
         a.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
@@ -181,6 +194,18 @@ impl Watched {
         })
     }
 
+    fn note_written(&self, written: &Poll<io::Result<usize>>) {
+        let a = &self.activity;
+        match written {
+            Poll::Ready(Ok(n)) if *n > 0 => {
+                a.write_pending.store(false, Ordering::Release);
+                a.wrote_ms.store(a.millis_open(), Ordering::Release);
+            }
+            Poll::Pending => a.write_pending.store(true, Ordering::Release),
+            _ => {}
+        }
+    }
+
     fn note_arrived(&mut self, bytes: &[u8]) {
         let a = &self.activity;
         if a.in_flight.load(Ordering::Relaxed) == 0 {
@@ -200,12 +225,16 @@ impl Watched {
     /// read fails and hyper closes the connection.
     fn time_out(&mut self) -> io::Error {
         let a = &self.activity;
-        let mid_http1_head = a.begun.load(Ordering::Relaxed) && !a.preface.load(Ordering::Relaxed);
+        // Never into the middle of another answer: only when nothing waits to be written.
+        let mid_http1_head = a.begun.load(Ordering::Relaxed)
+            && !a.preface.load(Ordering::Relaxed)
+            && !a.write_pending.load(Ordering::Acquire);
         if mid_http1_head {
             let id = crate::request_id::generate();
             let id = id.to_str().unwrap_or_default().to_owned();
             let answer = request_timeout_answer(&id);
-            if self.stream.try_write(&answer).is_ok() {
+            // Small enough for any socket buffer; written whole or (and audited) not at all.
+            if matches!(self.stream.try_write(&answer), Ok(n) if n == answer.len()) {
                 if let Ok(mut slot) = a.timed_out.lock() {
                     *slot = Some(id);
                 }
@@ -266,7 +295,9 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.note_written(&written);
+        written
     }
 
     fn poll_write_vectored(
@@ -274,7 +305,9 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.note_written(&written);
+        written
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -324,6 +324,9 @@ impl Connection {
             .serve_connection(Watched::new(stream, activity.clone()), service);
         tokio::pin!(conn);
         let mut closing = false;
+        // Set once an idle HTTP/2 connection was sent GOAWAY: h2 closes only after the client
+        // acknowledges it, which a client may never do, so it gets one more quiet period.
+        let mut hard_stop: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
         let result = loop {
             tokio::select! {
                 result = conn.as_mut() => break result,
@@ -336,9 +339,19 @@ impl Connection {
                     if activity.is_h2() {
                         // GOAWAY: the client learns no stream was lost and reconnects when it needs to.
                         conn.as_mut().graceful_shutdown();
+                        hard_stop = Some(Box::pin(tokio::time::sleep(self.quiet_limit)));
                     } else {
                         activity.expire();
                     }
+                }
+                _ = async {
+                    match hard_stop.as_mut() {
+                        Some(deadline) => deadline.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    // Dropping the connection closes the socket.
+                    break Ok(());
                 }
             }
         };

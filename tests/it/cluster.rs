@@ -292,6 +292,37 @@ async fn history_no_get_after_an_answered_patch_returns_an_older_version_through
     assert!(stale.is_empty(), "stale reads: {stale:#?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_refused_for_its_body_invalidates_nothing_on_any_replica() {
+    require_redis!();
+    let c = cluster(2, |b| b.max_body_bytes(64).request_body_timeout_ms(300)).await;
+    let path = "/v1/agents2/big1";
+    c.client(1).get(path, SUPPORT).await;
+    assert_eq!(x_cache(&c.client(1).get(path, SUPPORT).await), "HIT");
+    let big = format!(r#"{{"name":"{}"}}"#, "x".repeat(200));
+    let r = c.client(0).patch(path, BILLING, &big).await;
+    assert_eq!(r.status, 413);
+    // A body that stalls: answered 408, also never forwarded.
+    let mut raw = tokio::net::TcpStream::connect(c.replicas[0].api)
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut raw,
+        format!(
+            "PATCH {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {BILLING}\r\ncontent-length: 40\r\n\r\n{{\"na"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let stalled = c.replicas[0].audit_lines(2).await;
+    assert!(stalled.iter().any(|l| l["status"] == 408), "{stalled:?}");
+    assert_eq!(c.upstream.count(&Method::PATCH, "/"), 0);
+    // Neither reached the other replica: its entry is still served.
+    let after = c.client(1).get(path, SUPPORT).await;
+    assert_eq!((x_cache(&after), version(&after)), ("HIT", 1));
+}
+
 // === One quota per team ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
