@@ -1,6 +1,6 @@
 //! THE PIPELINE of the API listener; read this file first. One request, top to bottom:
 //!
-//! route → identify → authorize → rate-limit → read body → agent read (cache) or forward
+//! route → identify → authorize → read body → rate-limit → agent read (cache) or forward
 //! (+ invalidate around a write) → respond, with the audit line owned by a [`PendingLine`] from the
 //! first step to the last. Each step is a call into its own room; the files beside this one are the
 //! pipeline's own steps: `agent_read` (step 4), `forward` (steps 4-5), [`request_body`] and
