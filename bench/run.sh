@@ -16,6 +16,7 @@
 #   --bin PATH            gateway binary to use instead of `cargo build --release` (e.g. target/debug/...)
 #   --baseline PATH       a second gateway binary, run beside the first as proxy "baseline" in every
 #                         rotation (same config), to measure a change against the build before it
+#                         (scenario rss: a "baseline-rss" instance after "gateway-rss")
 #   --install             apt-get install the Debian packages it needs when missing (root)
 #   --docs FILE           where to write the figures (default docs/benchmarks.md; --no-docs: nowhere)
 #   --label TEXT          heading of the docs section (default "Latest run"); one section per label
@@ -68,7 +69,7 @@ ROUNDS_SET=0
 ARGS_TEXT="$(printf '%q ' "$@")"
 ARGS_TEXT="${ARGS_TEXT% }"
 
-usage() { sed -n '2,47p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,48p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -565,9 +566,9 @@ scenario_cluster_mix() {
 
 RSS_LINES=()
 # A fresh gateway (cache.max_bytes $2) fetches RSS_AGENTS distinct agents; reports RSS and cache bytes.
-scenario_rss_one() { # NAME CACHE_MAX_BYTES
+scenario_rss_one() { # NAME CACHE_MAX_BYTES [BINARY]
     local name=$1 max=$2 base_kib after_kib bytes entries body total
-    start_gateway "$name" "$RSS_PORT" "$RSS_ADMIN_PORT" "$max"
+    start_gateway "$name" "$RSS_PORT" "$RSS_ADMIN_PORT" "$max" "${3:-$BIN}"
     PORT[$name]=$RSS_PORT
     curl -s -o /dev/null -H "Authorization: Bearer $TEAM_KEY" "http://127.0.0.1:$RSS_PORT/v1/agents2/r000000"
     body=$(curl -s -H "Authorization: Bearer $TEAM_KEY" "http://127.0.0.1:$RSS_PORT/v1/agents2/r000000" | wc -c)
@@ -590,6 +591,8 @@ scenario_rss_one() { # NAME CACHE_MAX_BYTES
 scenario_rss() {
     # Room for every agent: RSS against the bodies' bytes.
     scenario_rss_one gateway-rss $((1024 * 1024 * 1024))
+    # The build before, likewise, when there is one.
+    [ -z "$BASELINE" ] || scenario_rss_one baseline-rss $((1024 * 1024 * 1024)) "$BASELINE"
     # Less room than the agents need: the byte bound holds.
     scenario_rss_one gateway-bounded $((RSS_AGENTS * 3300 / 4))
 }
@@ -729,6 +732,9 @@ report() {
                 printf "| %s | %d | %d | %.1f MiB | %.1f MiB | %.1f MiB | %d | %.1f MiB | %.1f MiB | %.2f | %.0f B |\n",
                     $1, $2, $3, $4 / 1048576, $5 / 1048576, $6 / 1048576, $7, k[1] / 1024, k[2] / 1024, k[2] * 1024 / $4, (k[2] - k[1]) * 1024 / $2 }' <<<"$line"
         done
+        printf '%s\n' "${RSS_LINES[@]}" | awk -F'\t' '{ split($8, k, " "); g[$1] = (k[2] - k[1]) * 1024 / $2 }
+            END { if (("gateway-rss" in g) && ("baseline-rss" in g) && g["baseline-rss"] > 0)
+                printf "\nRSS growth per cached agent, gateway ÷ baseline: %.0f B ÷ %.0f B = %.3f\n", g["gateway-rss"], g["baseline-rss"], g["gateway-rss"] / g["baseline-rss"] }'
     fi
 }
 
@@ -750,7 +756,7 @@ report_cluster() {
     {
         key = $1 SUBSEP $2
         all_rps[key] = all_rps[key] " " $3; all_p50[key] = all_p50[key] " " $4; all_p99[key] = all_p99[key] " " $5
-        all_cpu[key] = all_cpu[key] " " $6; all_upr[key] = all_upr[key] " " $10
+        all_cpu[key] = all_cpu[key] " " $6; all_upr[key] = all_upr[key] " " $10; all_usr[key] = all_usr[key] " " $12
         all_rcpu[key] = all_rcpu[key] " " $14; all_rcalls[key] = all_rcalls[key] " " $15
         all_reval[key] = all_reval[key] " " $16; all_rtrips[key] = all_rtrips[key] " " $17
         err[key] += $8 + $9; runs[key]++
@@ -760,26 +766,26 @@ report_cluster() {
     END {
         for (key in has) {
             rps[key] = median(all_rps[key]); p50[key] = median(all_p50[key]); p99[key] = median(all_p99[key])
-            cpu[key] = median(all_cpu[key]); upr[key] = median(all_upr[key])
+            cpu[key] = median(all_cpu[key]); upr[key] = median(all_upr[key]); usr[key] = median(all_usr[key])
             rcpu[key] = median(all_rcpu[key]); rcalls[key] = median(all_rcalls[key])
             reval[key] = median(all_reval[key]); rtrips[key] = median(all_rtrips[key])
         }
-        print "| scenario | proxy | runs | req/s | p50 | p99 | gateway CPU µs/req | Redis CPU µs/req | gateway + Redis CPU µs/req | Redis commands/req | EVALSHA/req | Redis round trips/req (gateway) | upstream req/req | errors + non-2xx |"
-        print "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        print "| scenario | proxy | runs | req/s | p50 | p99 | gateway CPU µs/req | of which user | Redis CPU µs/req | gateway + Redis CPU µs/req | Redis commands/req | EVALSHA/req | Redis round trips/req (gateway) | upstream req/req | errors + non-2xx |"
+        print "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         np = split("gateway gateway-cluster", px, " ")
         for (i = 1; i <= ns; i++) for (j = 1; j <= np; j++) {
             k = order[i] SUBSEP px[j]; if (!(k in has)) continue
-            printf "| %s | %s | %d | %.0f | %s | %s | %.1f | %.2f | %.1f | %.3f | %.3f | %.3f | %.3f | %d |\n", order[i], px[j], runs[k], rps[k], fmt_us(p50[k]), fmt_us(p99[k]), cpu[k], rcpu[k], cpu[k] + rcpu[k], rcalls[k], reval[k], rtrips[k], upr[k], err[k]
+            printf "| %s | %s | %d | %.0f | %s | %s | %.1f | %.1f | %.2f | %.1f | %.3f | %.3f | %.3f | %.3f | %d |\n", order[i], px[j], runs[k], rps[k], fmt_us(p50[k]), fmt_us(p99[k]), cpu[k], usr[k], rcpu[k], cpu[k] + rcpu[k], rcalls[k], reval[k], rtrips[k], upr[k], err[k]
         }
         print ""
         print "Ratios, gateway-cluster ÷ gateway (req/s: higher is better for cluster mode; p50, p99, CPU: lower is better):"
         print ""
-        print "| scenario | req/s | p50 | p99 | gateway CPU µs/req | gateway + Redis CPU µs/req |"
-        print "| --- | ---: | ---: | ---: | ---: | ---: |"
+        print "| scenario | req/s | p50 | p99 | gateway CPU µs/req | of which user | gateway + Redis CPU µs/req |"
+        print "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
         for (i = 1; i <= ns; i++) {
             g = order[i] SUBSEP "gateway"; c = order[i] SUBSEP "gateway-cluster"
             if (!(c in has) || !(g in has)) continue
-            printf "| %s | %s | %s | %s | %s | %s |\n", order[i], ratio(rps[c], rps[g]), ratio(p50[c], p50[g]), ratio(p99[c], p99[g]), ratio(cpu[c], cpu[g]), ratio(cpu[c] + rcpu[c], cpu[g] + rcpu[g])
+            printf "| %s | %s | %s | %s | %s | %s | %s |\n", order[i], ratio(rps[c], rps[g]), ratio(p50[c], p50[g]), ratio(p99[c], p99[g]), ratio(cpu[c], cpu[g]), ratio(usr[c], usr[g]), ratio(cpu[c] + rcpu[c], cpu[g] + rcpu[g])
         }
         g = "cluster-hit-hot" SUBSEP "gateway"; c = "cluster-hit-hot" SUBSEP "gateway-cluster"
         if (!((g in has) && (c in has))) exit
