@@ -11,23 +11,37 @@
 #   --rounds N            measured runs per scenario and proxy, proxies in rotation (default 3);
 #                         the report gives each figure's median over the rounds
 #   --connections N       wrk connections (default 64)
-#   --scenarios "A B"     subset of: hit-hot hit-spread miss-0ms miss-20ms mix rss (default: all)
+#   --scenarios "A B"     subset of: hit-hot hit-spread miss-0ms miss-20ms mix rss cluster-hit-hot
+#                         cluster-mix (default: all)
 #   --bin PATH            gateway binary to use instead of `cargo build --release` (e.g. target/debug/...)
 #   --baseline PATH       a second gateway binary, run beside the first as proxy "baseline" in every
 #                         rotation (same config), to measure a change against the build before it
+#                         (scenario rss: a "baseline-rss" instance after "gateway-rss")
 #   --install             apt-get install the Debian packages it needs when missing (root)
 #   --docs FILE           where to write the figures (default docs/benchmarks.md; --no-docs: nowhere)
 #   --label TEXT          heading of the docs section (default "Latest run"); one section per label
 #   --keep                keep the work directory (configs, logs, wrk output) and print its path
-# Environment: BENCH_PORT_BASE (default 18100; uses 10 ports from it), BENCH_PROXY_CPU (0),
-#   BENCH_LOAD_CPU (1), BENCH_SLOW_MS (20), BENCH_SPREAD_AGENTS (10000), BENCH_RSS_AGENTS (100000),
-#   BENCH_PATCH_PERCENT (10), BENCH_WRK_THREADS (1).
+# Environment: BENCH_PORT_BASE (default 18100; uses 13 ports from it), BENCH_PROXY_CPU (0),
+#   BENCH_LOAD_CPU (1), BENCH_REDIS_CPU (BENCH_LOAD_CPU), BENCH_SLOW_MS (20),
+#   BENCH_SPREAD_AGENTS (10000), BENCH_RSS_AGENTS (100000), BENCH_PATCH_PERCENT (10),
+#   BENCH_WRK_THREADS (1).
 #
 # Every proxy runs pinned to BENCH_PROXY_CPU (the gateway with server.worker_threads = 1, NGINX with
 # one worker, HAProxy with nbthread 1); wrk and the fake upstream share BENCH_LOAD_CPU. The figure
 # that separates fast proxies is the proxy's own CPU time per request (utime+stime from
 # /proc/<pid>/stat over the run, divided by the requests wrk completed). The gateway writes its audit
 # log to a file throughout. Only ratios from one run are comparable: the machine's speed drifts.
+#
+# Cluster scenarios (cluster-hit-hot, cluster-mix): the same hot hit and GET/PATCH mix through the
+# single-node gateway and, in the same rotation, through proxy "gateway-cluster": the same binary
+# and config plus a [cluster] section (on_unavailable = "refuse", so a Redis failure shows as
+# non-2xx answers) against a redis-server this script starts on its own loopback port (no
+# persistence), pinned to BENCH_REDIS_CPU, and stops by PID. Beside the gateway's figures they
+# report Redis's CPU time per request (/proc/<redis pid>/stat, like the proxies), Redis commands per
+# request (the sum of `calls` in INFO commandstats deltas, INFO itself left out; this counts the
+# commands a script runs inside Redis too, so it is not round trips), EVALSHA calls per request,
+# and the gateway's own count of Redis round trips (dialnexa_gateway_cluster_redis_duration).
+# Redis is only started (and redis-server only needed) when a cluster scenario is asked for.
 #
 # Exit status: 0 when every proxy started, answered the sanity checks, and every run finished with
 # no socket errors and no non-2xx answers; 1 otherwise; 2 for bad usage or missing tools.
@@ -43,7 +57,7 @@ SMOKE=0
 DURATION=6
 ROUNDS=3
 CONNS=64
-SCENARIOS="hit-hot hit-spread miss-0ms miss-20ms mix rss"
+SCENARIOS="hit-hot hit-spread miss-0ms miss-20ms mix rss cluster-hit-hot cluster-mix"
 BIN=""
 BASELINE=""
 INSTALL=0
@@ -55,7 +69,7 @@ ROUNDS_SET=0
 ARGS_TEXT="$(printf '%q ' "$@")"
 ARGS_TEXT="${ARGS_TEXT% }"
 
-usage() { sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,48p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -79,6 +93,7 @@ done
 
 PROXY_CPU="${BENCH_PROXY_CPU:-0}"
 LOAD_CPU="${BENCH_LOAD_CPU:-1}"
+REDIS_CPU="${BENCH_REDIS_CPU:-$LOAD_CPU}"
 SLOW_MS="${BENCH_SLOW_MS:-20}"
 SPREAD_AGENTS="${BENCH_SPREAD_AGENTS:-10000}"
 RSS_AGENTS="${BENCH_RSS_AGENTS:-100000}"
@@ -106,7 +121,12 @@ RSS_PORT=$((PORT_BASE + 6))
 RSS_ADMIN_PORT=$((PORT_BASE + 7))
 BASELINE_PORT=$((PORT_BASE + 8))
 BASELINE_ADMIN_PORT=$((PORT_BASE + 9))
-LAST_PORT=$((PORT_BASE + 9))
+CLUSTER_PORT=$((PORT_BASE + 10))
+CLUSTER_ADMIN_PORT=$((PORT_BASE + 11))
+REDIS_PORT=$((PORT_BASE + 12))
+LAST_PORT=$((PORT_BASE + 12))
+CLUSTER=0
+case " $SCENARIOS " in *" cluster-"*) CLUSTER=1 ;; esac
 
 # Made-up keys, used on loopback only.
 TEAM_KEY="bench-team-key-not-a-secret"
@@ -124,6 +144,9 @@ need_tools() {
     { command -v nginx >/dev/null && [ -f /usr/lib/nginx/modules/ngx_http_echo_module.so ]; } || missing+=(nginx-light)
     command -v taskset >/dev/null || missing+=(util-linux)
     command -v curl >/dev/null || missing+=(curl)
+    if [ "$CLUSTER" = 1 ]; then
+        { command -v redis-server >/dev/null && command -v redis-cli >/dev/null; } || missing+=(redis-server)
+    fi
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ "$INSTALL" = 1 ]; then
         log "installing ${missing[*]}"
@@ -131,7 +154,7 @@ need_tools() {
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     else
         echo "bench: missing ${missing[*]}: run with --install, or" >&2
-        echo "  apt-get install -y --no-install-recommends nginx-light haproxy wrk" >&2
+        echo "  apt-get install -y --no-install-recommends nginx-light haproxy wrk redis-server" >&2
         exit 2
     fi
 }
@@ -246,15 +269,46 @@ start_upstream() {
     wait_up upstream "http://127.0.0.1:$UPSTREAM_PORT/__status"
 }
 
-# start_gateway NAME PORT ADMIN_PORT CACHE_MAX_BYTES [BINARY]
+# start_gateway NAME PORT ADMIN_PORT CACHE_MAX_BYTES [BINARY] [cluster]: with "cluster", the same
+# config plus a [cluster] section against the benchmark's redis-server.
 start_gateway() {
     local name=$1 bin=${5:-$BIN}
     GATEWAY_PORT=$2 GATEWAY_ADMIN_PORT=$3 CACHE_MAX_BYTES=$4 AUDIT_FILE="$name.audit.jsonl"
     render gateway.toml "$DIR/$name.toml"
+    if [ "${6:-}" = cluster ]; then
+        printf '\n[cluster]\nredis_url = "redis://127.0.0.1:%s"\nkey_prefix = "dnxgw-bench"\ntimeout_ms = 1000\non_unavailable = "refuse"\n' \
+            "$REDIS_PORT" >>"$DIR/$name.toml"
+    fi
     DIALNEXA_KEY_BENCH="$ORG_KEY" "$bin" check --config "$DIR/$name.toml" >/dev/null || die "gateway config rejected"
     DIALNEXA_KEY_BENCH="$ORG_KEY" RUST_LOG=warn start "$name" "$PROXY_CPU" "$bin" --config "$DIR/$name.toml"
     wait_up "$name" "http://127.0.0.1:$GATEWAY_ADMIN_PORT/healthz"
     GATEWAY_PORT=$((PORT_BASE + 1)) GATEWAY_ADMIN_PORT=$((PORT_BASE + 2))
+}
+
+redis() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
+
+start_redis() {
+    start redis "$REDIS_CPU" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$DIR" \
+        --save "" --appendonly no --daemonize no --logfile "" --databases 1
+    for _ in $(seq 1 100); do
+        kill -0 "${PID[redis]}" 2>/dev/null || { cat "$DIR/redis.out" >&2 || true; die "redis-server exited at start"; }
+        [ "$(redis ping 2>/dev/null)" = PONG ] && return 0
+        sleep 0.1
+    done
+    cat "$DIR/redis.out" >&2 || true
+    die "redis-server did not come up on port $REDIS_PORT"
+}
+
+# Prints "COMMAND CALLS" lines: Redis commands served so far by kind (INFO itself left out). The
+# commands a script runs inside Redis count here too, beside the EVALSHA that ran it.
+redis_calls() {
+    redis info commandstats | tr -d '\r' | awk -F'[:,=]' '
+        /^cmdstat_/ && $1 != "cmdstat_info" { for (i = 2; i < NF; i++) if ($i == "calls") print substr($1, 9), $(i + 1) }'
+}
+# redis_calls_delta BEFORE AFTER REQUESTS: "command calls/request ..." for each kind, busiest first.
+redis_calls_delta() {
+    awk -v n="$3" 'NR == FNR { b[$1] = $2; next } { d = $2 - b[$1]; if (d > 0) printf "%s %.3f\n", $1, n ? d / n : 0 }' "$1" "$2" |
+        sort -k2,2nr | paste -sd' '
 }
 
 start_nginx() {
@@ -289,6 +343,10 @@ if [ -n "$BASELINE" ]; then
     PORT[baseline]=$BASELINE_PORT
     ADMIN[baseline]=$BASELINE_ADMIN_PORT
     PEERS=(gateway baseline haproxy nginx)
+fi
+if [ "$CLUSTER" = 1 ]; then
+    PORT[gateway-cluster]=$CLUSTER_PORT
+    ADMIN[gateway-cluster]=$CLUSTER_ADMIN_PORT
 fi
 
 # === measuring ===
@@ -336,7 +394,7 @@ warm() {
 
 RESULTS="$DIR/results.tsv"
 ROUND=1
-printf 'scenario\tproxy\trps\tp50_us\tp99_us\tcpu_us\trequests\terrors\tnon2xx\tupstream_per_req\taudit_per_req\tuser_us\tround\n' >"$RESULTS"
+printf 'scenario\tproxy\trps\tp50_us\tp99_us\tcpu_us\trequests\terrors\tnon2xx\tupstream_per_req\taudit_per_req\tuser_us\tround\tredis_cpu_us\tredis_calls_per_req\tevalsha_per_req\tround_trips_per_req\n' >"$RESULTS"
 
 # measure SCENARIO PROXY URL [wrk args...]: one measured wrk run (round $ROUND), one row in results.tsv.
 measure() {
@@ -345,13 +403,27 @@ measure() {
     local pid=${PID[$proxy]} out="$DIR/wrk-$scenario-$proxy-$ROUND.txt"
     local t0 t1 u0 u1 a0=0 a1=0 s0 s1
     local admin=${ADMIN[$proxy]:-}
+    # Redis's figures in the cluster scenarios, for both gateways (the single-node one shows Redis idle).
+    local rp=""
+    if [[ $scenario == cluster-* ]]; then rp=${PID[redis]}; fi
+    local r0=0 r1=0 k0=0 k1=0 c0="$DIR/redis-calls-before" c1="$DIR/redis-calls-after"
     [ -n "$admin" ] && a0=$(gateway_metric dialnexa_gateway_audit_lines_written_total "$admin")
+    if [ -n "$rp" ]; then
+        k0=$(gateway_metric dialnexa_gateway_cluster_redis_duration_seconds_count "$admin")
+        redis_calls >"$c0"
+        r0=$(cpu_ticks "$rp")
+    fi
     u0=$(upstream_requests)
     t0=$(cpu_ticks "$pid")
     s0=$(user_ticks "$pid")
     wrk_load "$DURATION" "$url" "$@" >"$out" 2>&1 || { cat "$out" >&2; FAILURES+=("$scenario/$proxy: wrk failed"); }
     t1=$(cpu_ticks "$pid")
     s1=$(user_ticks "$pid")
+    if [ -n "$rp" ]; then
+        r1=$(cpu_ticks "$rp")
+        redis_calls >"$c1"
+        k1=$(gateway_metric dialnexa_gateway_cluster_redis_duration_seconds_count "$admin")
+    fi
     u1=$(upstream_requests)
     if [ -n "$admin" ]; then
         sleep 0.2 # the audit writer drains its buffer
@@ -374,10 +446,22 @@ measure() {
     # The status request itself counts once.
     upr=$(awk -v d=$((u1 - u0 - 1)) -v n="$requests" 'BEGIN { printf "%.3f", n ? d / n : 0 }')
     apr=$(awk -v d=$((a1 - a0)) -v n="$requests" -v g="$admin" 'BEGIN { if (g == "") print "-"; else printf "%.3f", n ? d / n : 0 }')
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$proxy" "$rps" "$p50" "$p99" "$cpu" \
-        "$requests" "$errors" "$non2xx" "$upr" "$apr" "$usr" "$ROUND" >>"$RESULTS"
+    local rcpu=- rcalls=- reval=- rtrips=-
+    if [ -n "$rp" ]; then
+        rcpu=$(awk -v d=$((r1 - r0)) -v n="$requests" -v t="$TICK_US" 'BEGIN { printf "%.2f", n ? d * t / n : 0 }')
+        local kinds
+        kinds=$(redis_calls_delta "$c0" "$c1" "$requests")
+        rcalls=$(awk -v n="$requests" 'NR == FNR { b[$1] = $2; next } { d += $2 - b[$1] } END { printf "%.3f", n ? d / n : 0 }' "$c0" "$c1")
+        reval=$(awk -v n="$requests" 'NR == FNR { b[$1] = $2; next } $1 == "evalsha" { d += $2 - b[$1] } END { printf "%.3f", n ? d / n : 0 }' "$c0" "$c1")
+        [ "$proxy" != gateway-cluster ] || printf '%s\t%s\t%s\n' "$scenario" "$ROUND" "$kinds" >>"$DIR/redis-kinds.tsv"
+        rtrips=$(awk -v a="${k0:-0}" -v b="${k1:-0}" -v n="$requests" 'BEGIN { printf "%.3f", n ? (b - a) / n : 0 }')
+    fi
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$proxy" "$rps" "$p50" "$p99" "$cpu" \
+        "$requests" "$errors" "$non2xx" "$upr" "$apr" "$usr" "$ROUND" "$rcpu" "$rcalls" "$reval" "$rtrips" >>"$RESULTS"
     log "$(printf '%-10s %-8s round %s %9s req/s  p50 %7sus  p99 %7sus  cpu %6sus/req (user %s)  upstream/req %s  errors %s non2xx %s' \
         "$scenario" "$proxy" "$ROUND" "$rps" "$p50" "$p99" "$cpu" "$usr" "$upr" "$errors" "$non2xx")"
+    [ -z "$rp" ] || log "$(printf '%-10s %-8s round %s redis cpu %sus/req  redis commands/req %s  evalsha/req %s  gateway round trips/req %s' \
+        "$scenario" "$proxy" "$ROUND" "$rcpu" "$rcalls" "$reval" "$rtrips")${kinds:+ ($kinds)}"
     [ "$requests" -gt 0 ] || FAILURES+=("$scenario/$proxy: no request completed")
     [ "$errors" = 0 ] || FAILURES+=("$scenario/$proxy: $errors socket errors")
     [ "$non2xx" = 0 ] || FAILURES+=("$scenario/$proxy: $non2xx non-2xx answers")
@@ -394,7 +478,7 @@ sanity() {
     grep -q '^HTTP/1.1 200' <<<"$headers" || die "$proxy: GET with the team key did not answer 200"
     grep -q '"id":"sanity-1"' "$DIR/sanity-$proxy.json" || die "$proxy: unexpected body"
     case $proxy in
-        gateway|baseline) grep -qi '^x-cache: HIT' <<<"$headers" || die "$proxy: second GET was not a cache hit" ;;
+        gateway|baseline|gateway-cluster) grep -qi '^x-cache: HIT' <<<"$headers" || die "$proxy: second GET was not a cache hit" ;;
         nginx) grep -qi '^x-cache: HIT' <<<"$headers" || die "nginx: second GET was not a cache hit" ;;
         haproxy) grep -qi '^age:' <<<"$headers" || die "haproxy: second GET was not a cache hit" ;;
     esac
@@ -456,11 +540,35 @@ scenario_mix() {
     done < <(rounds "${PEERS[@]}")
 }
 
+# The cluster scenarios: the single-node gateway and the one in cluster mode, in one rotation.
+CLUSTER_PEERS=(gateway gateway-cluster)
+
+scenario_cluster_hit_hot() {
+    local proxy
+    for proxy in "${CLUSTER_PEERS[@]}"; do
+        curl -s -o /dev/null -H "Authorization: Bearer $TEAM_KEY" "http://127.0.0.1:${PORT[$proxy]}/v1/agents2/chot-000001"
+    done
+    while read -r ROUND proxy; do
+        measure cluster-hit-hot "$proxy" "http://127.0.0.1:${PORT[$proxy]}/v1/agents2/chot-000001"
+    done < <(rounds "${CLUSTER_PEERS[@]}")
+}
+
+scenario_cluster_mix() {
+    local proxy
+    for proxy in "${CLUSTER_PEERS[@]}"; do
+        warm "$proxy" "cx$NONCE" "$MIX_AGENTS"
+    done
+    while read -r ROUND proxy; do
+        BENCH_AGENTS=$MIX_AGENTS BENCH_PREFIX="cx$NONCE" BENCH_PATCH_PERCENT=$PATCH_PERCENT measure cluster-mix "$proxy" \
+            "http://127.0.0.1:${PORT[$proxy]}/" -s "$BENCH/lua/mix.lua"
+    done < <(rounds "${CLUSTER_PEERS[@]}")
+}
+
 RSS_LINES=()
 # A fresh gateway (cache.max_bytes $2) fetches RSS_AGENTS distinct agents; reports RSS and cache bytes.
-scenario_rss_one() { # NAME CACHE_MAX_BYTES
+scenario_rss_one() { # NAME CACHE_MAX_BYTES [BINARY]
     local name=$1 max=$2 base_kib after_kib bytes entries body total
-    start_gateway "$name" "$RSS_PORT" "$RSS_ADMIN_PORT" "$max"
+    start_gateway "$name" "$RSS_PORT" "$RSS_ADMIN_PORT" "$max" "${3:-$BIN}"
     PORT[$name]=$RSS_PORT
     curl -s -o /dev/null -H "Authorization: Bearer $TEAM_KEY" "http://127.0.0.1:$RSS_PORT/v1/agents2/r000000"
     body=$(curl -s -H "Authorization: Bearer $TEAM_KEY" "http://127.0.0.1:$RSS_PORT/v1/agents2/r000000" | wc -c)
@@ -483,6 +591,8 @@ scenario_rss_one() { # NAME CACHE_MAX_BYTES
 scenario_rss() {
     # Room for every agent: RSS against the bodies' bytes.
     scenario_rss_one gateway-rss $((1024 * 1024 * 1024))
+    # The build before, likewise, when there is one.
+    [ -z "$BASELINE" ] || scenario_rss_one baseline-rss $((1024 * 1024 * 1024)) "$BASELINE"
     # Less room than the agents need: the byte bound holds.
     scenario_rss_one gateway-bounded $((RSS_AGENTS * 3300 / 4))
 }
@@ -494,10 +604,20 @@ log "work directory $DIR; proxies on CPU $PROXY_CPU, wrk + upstream on CPU $LOAD
 start_upstream
 start_gateway gateway "$GATEWAY_PORT" "$GATEWAY_ADMIN_PORT" "$CACHE_MAX_BYTES"
 [ -z "$BASELINE" ] || start_gateway baseline "$BASELINE_PORT" "$BASELINE_ADMIN_PORT" "$CACHE_MAX_BYTES" "$BASELINE"
+if [ "$CLUSTER" = 1 ]; then
+    start_redis
+    start_gateway gateway-cluster "$CLUSTER_PORT" "$CLUSTER_ADMIN_PORT" "$CACHE_MAX_BYTES" "$BIN" cluster
+    for _ in $(seq 1 50); do
+        [ "$(gateway_metric dialnexa_gateway_cluster_up "$CLUSTER_ADMIN_PORT")" = 1 ] && break
+        sleep 0.1
+    done
+    [ "$(gateway_metric dialnexa_gateway_cluster_up "$CLUSTER_ADMIN_PORT")" = 1 ] || die "gateway-cluster does not reach Redis"
+fi
 start_nginx
 start_haproxy
 start_ceiling
 for proxy in "${PEERS[@]}" ceiling; do sanity "$proxy"; done
+[ "$CLUSTER" = 0 ] || sanity gateway-cluster
 log "all proxies up and doing the job"
 
 STARTED_AT="$(date -u +%Y-%m-%dT%H:%MZ)"
@@ -509,6 +629,8 @@ for s in $SCENARIOS; do
         miss-20ms) scenario_miss miss-20ms slow- ;;
         mix) scenario_mix ;;
         rss) scenario_rss ;;
+        cluster-hit-hot) scenario_cluster_hit_hot ;;
+        cluster-mix) scenario_cluster_mix ;;
         *) die "unknown scenario $s" ;;
     esac
 done
@@ -516,7 +638,7 @@ LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # A hit scenario that went upstream measured the wrong thing.
 while IFS=$'\t' read -r scenario proxy _ _ _ _ _ _ _ upr _ _; do
-    case $scenario in hit-*)
+    case $scenario in hit-*|cluster-hit-*)
         awk -v u="$upr" 'BEGIN { exit !(u > 0.01) }' && FAILURES+=("$scenario/$proxy: $upr upstream requests per request: not cache hits") ;;
     esac
 done < <(tail -n +2 "$RESULTS")
@@ -526,6 +648,8 @@ done < <(tail -n +2 "$RESULTS")
 report() {
     local rss_tsv="$DIR/rss.tsv"
     printf '%s\n' "${RSS_LINES[@]:-}" >"$rss_tsv"
+    # Only the cluster scenarios ran: their own table says it all.
+    awk -F'\t' 'NR > 1 && $1 !~ /^cluster-/ { found = 1 } END { exit !found }' "$RESULTS" || [ ${#RSS_LINES[@]} -gt 0 ] || return 0
     awk -F'\t' -v rssfile="$rss_tsv" '
     function fmt_us(v) { return v >= 1000 ? sprintf("%.2f ms", v / 1000) : sprintf("%.0f µs", v) }
     function ratio(a, b) { return (b > 0 && a != "") ? sprintf("%.2f", a / b) : "—" }
@@ -535,7 +659,7 @@ report() {
         for (i = 2; i <= n; i++) { t = v[i] + 0; for (j = i - 1; j >= 1 && v[j] + 0 > t; j--) v[j + 1] = v[j]; v[j + 1] = t }
         return n % 2 ? v[(n + 1) / 2] + 0 : (v[n / 2] + v[n / 2 + 1]) / 2
     }
-    NR == 1 { next }
+    NR == 1 || $1 ~ /^cluster-/ { next }
     {
         key = $1 SUBSEP $2
         all_rps[key] = all_rps[key] " " $3; all_p50[key] = all_p50[key] " " $4; all_p99[key] = all_p99[key] " " $5
@@ -608,6 +732,82 @@ report() {
                 printf "| %s | %d | %d | %.1f MiB | %.1f MiB | %.1f MiB | %d | %.1f MiB | %.1f MiB | %.2f | %.0f B |\n",
                     $1, $2, $3, $4 / 1048576, $5 / 1048576, $6 / 1048576, $7, k[1] / 1024, k[2] / 1024, k[2] * 1024 / $4, (k[2] - k[1]) * 1024 / $2 }' <<<"$line"
         done
+        printf '%s\n' "${RSS_LINES[@]}" | awk -F'\t' '{ split($8, k, " "); g[$1] = (k[2] - k[1]) * 1024 / $2 }
+            END { if (("gateway-rss" in g) && ("baseline-rss" in g) && g["baseline-rss"] > 0)
+                printf "\nRSS growth per cached agent, gateway ÷ baseline: %.0f B ÷ %.0f B = %.3f\n", g["gateway-rss"], g["baseline-rss"], g["gateway-rss"] / g["baseline-rss"] }'
+    fi
+}
+
+# The cluster scenarios: both gateways with Redis's figures, the ratios and issue 15's targets.
+report_cluster() {
+    grep -q '^cluster-' "$RESULTS" || return 0
+    echo
+    echo "Cluster mode: the same gateway binary and config alone (\`gateway\`) and with a \`[cluster]\` section against a local redis-server (\`gateway-cluster\`), in one rotation. Redis CPU is redis-server's utime+stime over the run per request; Redis commands are \`INFO commandstats\` call deltas (INFO itself left out) per request; round trips are the gateway's own count of Redis calls (\`dialnexa_gateway_cluster_redis_duration_seconds_count\`). Under \`gateway\`, the Redis columns show Redis idle (the cluster gateway's 1 s health PING)."
+    echo
+    awk -F'\t' '
+    function fmt_us(v) { return v >= 1000 ? sprintf("%.2f ms", v / 1000) : sprintf("%.0f µs", v) }
+    function ratio(a, b) { return (b > 0 && a != "") ? sprintf("%.2f", a / b) : "—" }
+    function median(s,    v, n, i, j, t) {
+        n = split(s, v, " ")
+        for (i = 2; i <= n; i++) { t = v[i] + 0; for (j = i - 1; j >= 1 && v[j] + 0 > t; j--) v[j + 1] = v[j]; v[j + 1] = t }
+        return n % 2 ? v[(n + 1) / 2] + 0 : (v[n / 2] + v[n / 2 + 1]) / 2
+    }
+    NR == 1 || $1 !~ /^cluster-/ { next }
+    {
+        key = $1 SUBSEP $2
+        all_rps[key] = all_rps[key] " " $3; all_p50[key] = all_p50[key] " " $4; all_p99[key] = all_p99[key] " " $5
+        all_cpu[key] = all_cpu[key] " " $6; all_upr[key] = all_upr[key] " " $10; all_usr[key] = all_usr[key] " " $12
+        all_rcpu[key] = all_rcpu[key] " " $14; all_rcalls[key] = all_rcalls[key] " " $15
+        all_reval[key] = all_reval[key] " " $16; all_rtrips[key] = all_rtrips[key] " " $17
+        err[key] += $8 + $9; runs[key]++
+        if (!($1 in seen)) { seen[$1] = 1; order[++ns] = $1 }
+        has[key] = 1
+    }
+    END {
+        for (key in has) {
+            rps[key] = median(all_rps[key]); p50[key] = median(all_p50[key]); p99[key] = median(all_p99[key])
+            cpu[key] = median(all_cpu[key]); upr[key] = median(all_upr[key]); usr[key] = median(all_usr[key])
+            rcpu[key] = median(all_rcpu[key]); rcalls[key] = median(all_rcalls[key])
+            reval[key] = median(all_reval[key]); rtrips[key] = median(all_rtrips[key])
+        }
+        print "| scenario | proxy | runs | req/s | p50 | p99 | gateway CPU µs/req | of which user | Redis CPU µs/req | gateway + Redis CPU µs/req | Redis commands/req | EVALSHA/req | Redis round trips/req (gateway) | upstream req/req | errors + non-2xx |"
+        print "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        np = split("gateway gateway-cluster", px, " ")
+        for (i = 1; i <= ns; i++) for (j = 1; j <= np; j++) {
+            k = order[i] SUBSEP px[j]; if (!(k in has)) continue
+            printf "| %s | %s | %d | %.0f | %s | %s | %.1f | %.1f | %.2f | %.1f | %.3f | %.3f | %.3f | %.3f | %d |\n", order[i], px[j], runs[k], rps[k], fmt_us(p50[k]), fmt_us(p99[k]), cpu[k], usr[k], rcpu[k], cpu[k] + rcpu[k], rcalls[k], reval[k], rtrips[k], upr[k], err[k]
+        }
+        print ""
+        print "Ratios, gateway-cluster ÷ gateway (req/s: higher is better for cluster mode; p50, p99, CPU: lower is better):"
+        print ""
+        print "| scenario | req/s | p50 | p99 | gateway CPU µs/req | of which user | gateway + Redis CPU µs/req |"
+        print "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+        for (i = 1; i <= ns; i++) {
+            g = order[i] SUBSEP "gateway"; c = order[i] SUBSEP "gateway-cluster"
+            if (!(c in has) || !(g in has)) continue
+            printf "| %s | %s | %s | %s | %s | %s | %s |\n", order[i], ratio(rps[c], rps[g]), ratio(p50[c], p50[g]), ratio(p99[c], p99[g]), ratio(cpu[c], cpu[g]), ratio(usr[c], usr[g]), ratio(cpu[c] + rcpu[c], cpu[g] + rcpu[g])
+        }
+        g = "cluster-hit-hot" SUBSEP "gateway"; c = "cluster-hit-hot" SUBSEP "gateway-cluster"
+        if (!((g in has) && (c in has))) exit
+        print ""
+        print "Targets (issue 15), in this run (reported, not asserted):"
+        print ""
+        print "| target | measured | met |"
+        print "| --- | ---: | :---: |"
+        v = reval[c]; printf "| cluster-hit-hot: 1.0 Redis round trip per hit (EVALSHA/req; 1 ± 0.05) | %.3f | %s |\n", v, (v >= 0.95 && v <= 1.05) ? "yes" : "**no**"
+        v = rtrips[c]; printf "| cluster-hit-hot: 1.0 Redis round trip per hit (Redis calls counted by the gateway; 1 ± 0.05) | %.3f | %s |\n", v, (v >= 0.95 && v <= 1.05) ? "yes" : "**no**"
+        target("cluster-hit-hot: gateway CPU/request ≤ 1.5× single-node", cpu[c] / cpu[g], 1.5, 1)
+        target("cluster-hit-hot: p99 ≤ 2× single-node", p99[c] / p99[g], 2.0, 1)
+    }
+    function target(name, v, limit, lower) {
+        ok = lower ? (v <= limit) : (v >= limit)
+        printf "| %s | %.2f× | %s |\n", name, v, ok ? "yes" : "**no**"
+    }' "$RESULTS"
+    if [ -s "$DIR/redis-kinds.tsv" ]; then
+        echo
+        echo "Redis commands per request by kind, gateway-cluster, each round (the commands a script runs inside Redis count beside the EVALSHA that ran it, so \`Redis commands/req\` is not round trips):"
+        echo
+        awk -F'\t' '{ printf "- %s, round %s: %s\n", $1, $2, $3 }' "$DIR/redis-kinds.tsv"
     fi
 }
 
@@ -619,6 +819,7 @@ machine() {
     echo "- Peers: $(nginx -v 2>&1 | sed 's/^nginx version: //'), HAProxy $(haproxy -v | awk 'NR == 1 { print $3 }'), $(wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }')"
     echo "- CPU: $(lscpu | awk -F: '/^Model name/ { gsub(/^ +/, "", $2); print $2; exit }'), $(nproc) CPUs; kernel $(uname -r); $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)"
     echo "- Pinning: every proxy on CPU $PROXY_CPU (gateway \`server.worker_threads = 1\`, NGINX \`worker_processes 1\`, HAProxy \`nbthread 1\`); wrk and the fake upstream on CPU $LOAD_CPU"
+    if [ "$CLUSTER" = 1 ]; then echo "- Cluster scenarios: $(redis-server --version | awk '{ print $1, $3 }' | sed 's/v=//') (no persistence) pinned to CPU $REDIS_CPU$([ "$REDIS_CPU" = "$LOAD_CPU" ] && echo ', sharing it with wrk and the fake upstream'); gateway-cluster on CPU $PROXY_CPU with \`[cluster] timeout_ms = 1000, on_unavailable = \"refuse\"\`"; fi
     echo "- **The gateway's audit log was ON** (file sink, one JSON line per request; the \`audit lines/req\` column counts them from \`dialnexa_gateway_audit_lines_written_total\`). NGINX and HAProxy ran without access logs."
 }
 
@@ -633,6 +834,7 @@ REPORT="$DIR/report.md"
     machine
     echo
     report
+    report_cluster
 } >"$REPORT"
 echo
 cat "$REPORT"
