@@ -9,6 +9,7 @@ use crate::settings::Settings;
 
 mod cluster;
 mod number;
+mod problems;
 mod raw;
 mod secret_file;
 mod teams;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
-use super::validate::Problems;
+use super::problems::Problems;
 
 /// Timeouts above a day are typos (or an attempt at "never"), and values near `u64::MAX` overflow
 /// the deadlines built from them.

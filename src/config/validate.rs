@@ -2,7 +2,6 @@
 //! file; every problem collected so an operator sees all of them at once, one line each.
 
 use std::collections::{HashMap, HashSet};
-use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
@@ -49,14 +48,7 @@ const TTL_SECONDS: Unit = Unit::new(1..=MAX_TTL_SECONDS)
     .max_in_words("31536000 s, one year")
     .zero_hint(" (set cache.enabled = false to turn caching off)");
 
-pub(super) struct Problems(pub(super) Vec<String>);
-
-impl Problems {
-    pub(super) fn push(&mut self, key: &str, msg: impl fmt::Display) {
-        self.0
-            .push(super::one_printable_line(&format!("{key}: {msg}")));
-    }
-}
+pub(super) use super::problems::Problems;
 
 pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     let mut p = Problems(Vec::new());
