@@ -20,6 +20,10 @@ use raw::RawConfig;
 use toml_errors::{check_syntax, one_line};
 use validate::validate;
 
+/// The `[server]` connection limits of a config that leaves them out; the simulated DialNexa
+/// serves under the same ones.
+pub use validate::default_connection_limits;
+
 /// Env overrides are `DNXGW__SECTION__KEY`.
 const ENV_PREFIX: &str = "DNXGW";
 
@@ -197,6 +201,9 @@ api_key_file = "{}"
         .unwrap();
         assert_eq!(s.server.max_body_bytes, 1024 * 1024);
         assert_eq!(s.server.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(s.server.limits, super::default_connection_limits());
+        assert_eq!(s.server.limits.header_timeout, Duration::from_secs(30));
+        assert_eq!(s.server.limits.max_connections.get(), 16_384);
         assert_eq!(s.upstream.base_url, "http://127.0.0.1:1/v1");
         assert_eq!(s.upstream.timeout, Duration::from_secs(15));
         assert!(s.cache.enabled);

@@ -50,6 +50,16 @@ const TTL_SECONDS: Unit = Unit::new(1..=MAX_TTL_SECONDS)
 
 pub(super) use super::problems::Problems;
 
+/// The `[server]` connection limits an operator gets by leaving them out.
+pub fn default_connection_limits() -> ConnectionLimits {
+    ConnectionLimits {
+        header_timeout: Duration::from_millis(DEFAULT_REQUEST_HEADER_TIMEOUT_MS),
+        body_timeout: Duration::from_millis(DEFAULT_REQUEST_BODY_TIMEOUT_MS),
+        idle_timeout: Duration::from_millis(DEFAULT_IDLE_TIMEOUT_MS),
+        max_connections: nonzero(DEFAULT_MAX_CONNECTIONS).unwrap_or(NonZeroUsize::MIN),
+    }
+}
+
 pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     let mut p = Problems(Vec::new());
 
