@@ -274,6 +274,11 @@ fn validate_base_url(url: &str) -> Result<String, &'static str> {
     if uri.authority().is_none_or(|a| a.host().is_empty()) {
         return Err("has no host");
     }
+    // `http::Uri` takes any digits as a port; the connector would fail every request on them.
+    let port = url::Url::parse(url).map(|u| u.port());
+    if !matches!(port, Ok(None) | Ok(Some(1..))) {
+        return Err("has a port outside 1 to 65535");
+    }
     if uri.query().is_some() {
         return Err("must not carry a query string");
     }
@@ -370,4 +375,21 @@ fn validate_audit(raw: RawAudit, p: &mut Problems) -> Option<AuditSettings> {
         }
     };
     Some(AuditSettings { sink, buffer_lines })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_base_url_port_must_be_one_a_socket_can_have() {
+        assert!(validate_base_url("http://127.0.0.1:65535/v1").is_ok());
+        for url in [
+            "http://127.0.0.1:99999/v1",
+            "https://h:0/v1",
+            "http://h:65536",
+        ] {
+            assert!(validate_base_url(url).is_err(), "{url}");
+        }
+    }
 }

@@ -245,8 +245,23 @@ fn check_refuses_numbers_the_gateway_cannot_run_with_in_one_line_naming_the_key(
             "cluster.redis_url",
         ),
     ];
-    for &(table, line, key) in cases {
-        let out = check(&with_line(&valid, table, line), &[]);
+    let replaced = [
+        valid.replace("127.0.0.1:9/v1", "127.0.0.1:99999/v1"),
+        valid.replacen(
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"127.0.0.1:99999\"",
+            1,
+        ),
+    ];
+    let keys = ["upstream.base_url", "server.listen"];
+    let mut files: Vec<(String, &str)> = cases
+        .iter()
+        .map(|&(table, line, key)| (with_line(&valid, table, line), key))
+        .collect();
+    files.extend(replaced.into_iter().zip(keys));
+    for (toml, key) in files {
+        let line = toml.clone();
+        let out = check(&toml, &[]);
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{line}: {stderr}");
         let lines: Vec<&str> = stderr.lines().collect();
