@@ -102,6 +102,26 @@ fn env_override_is_validated_like_the_file() {
     assert!(stderr.contains("upstream.timeout_ms"), "{stderr}");
     // The same file without the override is fine: the env var is what broke it.
     assert_eq!(check(&toml, &[]).status.code(), Some(0));
+    // An override is held to the same bounds, and a float is refused, not rounded.
+    for (var, value, key) in [
+        ("DNXGW__CACHE__TTL_SECONDS", "1.5", "cache.ttl_seconds"),
+        (
+            "DNXGW__UPSTREAM__TIMEOUT_MS",
+            "1e300",
+            "upstream.timeout_ms",
+        ),
+        (
+            "DNXGW__SERVER__MAX_CONNECTIONS",
+            "2305843009213693952",
+            "server.max_connections",
+        ),
+    ] {
+        let stderr = text(&check(&toml, &[(var, value)]).stderr);
+        assert!(
+            stderr.starts_with(&format!("config error: {key}: ")) && stderr.lines().count() == 1,
+            "{var}={value}: {stderr}"
+        );
+    }
 }
 
 fn hash_key(stdin: &str) -> Output {
