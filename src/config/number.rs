@@ -24,6 +24,8 @@ pub(super) const MAX_TTL_SECONDS: u64 = 365 * 24 * 60 * 60;
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Whole {
     Value(u64),
+    /// Beyond `u64`, as written: above every range.
+    Huge(String),
     /// Below zero.
     Negative(String),
     /// A fraction or any other float, a boolean, or text that is not a whole number, as written.
@@ -54,15 +56,14 @@ impl Visitor<'_> for WholeVisitor {
     }
 
     fn visit_u128<E: de::Error>(self, v: u128) -> Result<Whole, E> {
-        // Beyond u64: larger than any range below, reported as such.
-        Ok(u64::try_from(v).map_or(Whole::Value(u64::MAX), Whole::Value))
+        Ok(u64::try_from(v).map_or_else(|_| Whole::Huge(v.to_string()), Whole::Value))
     }
 
     fn visit_i128<E: de::Error>(self, v: i128) -> Result<Whole, E> {
         match u64::try_from(v) {
             Ok(v) => Ok(Whole::Value(v)),
             Err(_) if v < 0 => Ok(Whole::Negative(v.to_string())),
-            Err(_) => Ok(Whole::Value(u64::MAX)),
+            Err(_) => Ok(Whole::Huge(v.to_string())),
         }
     }
 
@@ -78,7 +79,9 @@ impl Visitor<'_> for WholeVisitor {
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Whole, E> {
         let digits = v.strip_prefix('+').unwrap_or(v);
         if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-            return Ok(Whole::Value(digits.parse().unwrap_or(u64::MAX)));
+            return Ok(digits
+                .parse()
+                .map_or_else(|_| Whole::Huge(digits.to_owned()), Whole::Value));
         }
         match v.strip_prefix('-') {
             Some(rest) if !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()) => {
@@ -133,6 +136,10 @@ pub(super) fn whole(
     p: &mut Problems,
 ) -> Option<u64> {
     let (min, max) = unit.range;
+    let most = || {
+        unit.max_in_words
+            .map_or_else(|| max.to_string(), str::to_owned)
+    };
     match value.unwrap_or(Whole::Value(default)) {
         Whole::Value(n) if (min..=max).contains(&n) => Some(n),
         Whole::Value(0) if min == 1 => {
@@ -144,10 +151,11 @@ pub(super) fn whole(
             None
         }
         Whole::Value(n) => {
-            let most = unit
-                .max_in_words
-                .map_or_else(|| max.to_string(), str::to_owned);
-            p.push(key, format!("must be at most {most}, not {n}"));
+            p.push(key, format!("must be at most {}, not {n}", most()));
+            None
+        }
+        Whole::Huge(text) => {
+            p.push(key, format!("must be at most {}, not {text}", most()));
             None
         }
         Whole::Negative(text) => {
@@ -204,6 +212,10 @@ mod tests {
             ("\"soon\"", "k: must be a whole number, not \"soon\""),
             ("-1", "k: must not be negative, not -1"),
             ("\"-3\"", "k: must not be negative, not -3"),
+            (
+                "\"99999999999999999999999\"",
+                "k: must be at most 86400000 ms, one day, not 99999999999999999999999",
+            ),
             ("0", "k: must be greater than 0"),
             (
                 "86400001",

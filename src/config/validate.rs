@@ -20,6 +20,7 @@ const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
 const DEFAULT_REQUEST_HEADER_TIMEOUT_MS: u64 = 30_000;
 const DEFAULT_REQUEST_BODY_TIMEOUT_MS: u64 = 60_000;
 const DEFAULT_IDLE_TIMEOUT_MS: u64 = 75_000;
+/// Far more clients than one replica serves at once, and well under the usual 65536 descriptors.
 const DEFAULT_MAX_CONNECTIONS: u64 = 16_384;
 const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 2_000;
 const DEFAULT_TIMEOUT_MS: u64 = 15_000;
@@ -288,7 +289,7 @@ fn validate_base_url(url: &str) -> Result<String, &'static str> {
 fn validate_cache(raw: RawCache, p: &mut Problems) -> Option<CacheSettings> {
     let enabled = raw.enabled.unwrap_or(true);
     let before = p.0.len();
-    // Switched off, zero sizes and lifetimes are fine; the bounds above still hold, since a
+    // Switched off, zero sizes and lifetimes are fine; the upper bounds still hold, since a
     // reload may switch it on and entries stored before it was switched off still live.
     let when_on = |unit: Unit| {
         if enabled {
