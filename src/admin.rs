@@ -154,6 +154,20 @@ async fn admin_action(
     };
     record.org = purge.org.as_deref().map(Arc::from);
     record.agent_id = purge.agent_id.clone();
+    // An empty name matches nothing: answered as a mistake, not as a purge of nothing (and never
+    // widened to "every organisation" or "every agent", which leaving the field out means).
+    for (field, value) in [("org", &purge.org), ("agent_id", &purge.agent_id)] {
+        if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+            return Err(GatewayError::InvalidAdminRequest(format!(
+                "\"{field}\" must not be empty (leave it out to purge every {})",
+                if field == "org" {
+                    "organisation"
+                } else {
+                    "agent"
+                }
+            )));
+        }
+    }
     let scope = Scope::of_purge(purge.org.as_deref(), purge.agent_id.as_deref());
     let purged = gw.invalidate(&scope, Moment::Purge).await?;
     record.invalidated = purged;

@@ -29,6 +29,9 @@ impl Family {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentPath {
     pub family: Family,
+    /// The id segment fully percent-decoded: `a%3Ab` and `a:b`, `%7B%7D` and `{}` name one
+    /// agent upstream, so they are one agent for the cache and its invalidation too. (The path
+    /// sent upstream keeps the spelling the request used.)
     pub id: String,
     /// True for exactly `/{family}/{id}`: the one shape a GET is cached for.
     pub is_item: bool,
@@ -49,7 +52,7 @@ pub fn parse(raw_path: &str) -> Result<Route, GatewayError> {
     let upstream_path = strip_version(&canonical)?;
     Ok(Route {
         upstream_path: upstream_path.to_owned(),
-        agent: agent_path(upstream_path),
+        agent: agent_path(upstream_path)?,
     })
 }
 
@@ -201,21 +204,32 @@ fn is_slash(c: char) -> bool {
     c == '/'
 }
 
-fn agent_path(path: &str) -> Option<AgentPath> {
-    let mut segments = path.strip_prefix('/')?.split(is_slash);
-    let family = Family::parse(segments.next()?)?;
-    let id = segments.next().filter(|s| !s.is_empty())?;
+fn agent_path(path: &str) -> Result<Option<AgentPath>, GatewayError> {
+    let Some(mut segments) = path.strip_prefix('/').map(|p| p.split(is_slash)) else {
+        return Ok(None);
+    };
+    let Some(family) = segments.next().and_then(Family::parse) else {
+        return Ok(None);
+    };
+    let Some(id) = segments.next().filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
     // `/{family}/{id}` or `/{family}/{id}/`.
     let is_item = match segments.next() {
         None => true,
         Some("") => segments.next().is_none(),
         Some(_) => false,
     };
-    Some(AgentPath {
+    // Encoded slashes and controls were refused before, so the id holds neither. Bytes that are
+    // no text could not be told apart from a literal `%XX` in a decoded id; no agent has them.
+    let id = percent_encoding::percent_decode_str(id)
+        .decode_utf8()
+        .map_err(|_| GatewayError::BadPath("the agent id is not UTF-8 once percent-decoded"))?;
+    Ok(Some(AgentPath {
         family,
-        id: id.to_owned(),
+        id: id.into_owned(),
         is_item,
-    })
+    }))
 }
 
 /// Query string in a canonical order so `?a=1&b=2` and `?b=2&a=1` share a cache entry. Sorted by
@@ -342,6 +356,29 @@ mod tests {
         assert_eq!(
             parse("/v1/agents/a%20b%3a").unwrap().upstream_path,
             "/agents/a%20b%3A"
+        );
+        // The agent they name is the decoded id, however its reserved characters were spelt.
+        for p in [
+            "/v1/agents/a%20b%3a",
+            "/v1/agents/a%20b:",
+            "/agents/a b%3A/versions",
+        ] {
+            assert_eq!(parse(p).unwrap().agent.unwrap().id, "a b:", "{p}");
+        }
+        for p in ["/v1/agents2/%7B%7D", "/v1/agents2/{}", "/v1/agents2/%7b}"] {
+            assert_eq!(parse(p).unwrap().agent.unwrap().id, "{}", "{p}");
+        }
+        assert_eq!(parse("/v1/agents/a%25").unwrap().agent.unwrap().id, "a%");
+        assert_eq!(
+            parse("/v1/agents/%c3%a9").unwrap().agent.unwrap().id,
+            "\u{e9}"
+        );
+        // Bytes that are no text name no agent; elsewhere they are forwarded as they were.
+        assert!(bad("/v1/agents/a%ff"));
+        assert!(bad("/v1/agents2/%c3/versions"));
+        assert_eq!(
+            parse("/v1/calls/a%ff").unwrap().upstream_path,
+            "/calls/a%FF"
         );
         let upper = parse("/v1/Agents/abc").unwrap().agent.unwrap();
         assert_eq!((upper.family, upper.id.as_str()), (Family::Agents, "abc"));
@@ -515,7 +552,8 @@ mod props {
         match (&route.agent, family, id) {
             (Some(agent), Some(family), Some(id)) => {
                 prop_assert_eq!(agent.family, family, "{:?}", raw);
-                prop_assert_eq!(agent.id.as_str(), id, "{:?}", raw);
+                let decoded = percent_decode(id);
+                prop_assert_eq!(agent.id.as_bytes(), decoded.as_slice(), "{:?}", raw);
                 prop_assert!(!agent.id.contains('/'));
                 prop_assert_eq!(
                     agent.is_item,
@@ -590,6 +628,29 @@ mod props {
             })
     }
 
+    /// An agent id of reserved and other characters (no `/`, no `..`, no controls), and a second
+    /// spelling of it with any of its bytes percent-encoded, in either hex case.
+    fn id_and_respelling() -> impl Strategy<Value = (String, String)> {
+        (
+            "[a-z0-9_:@!$&'()*+,;=\\[\\]{}|^` \u{e9}\u{65e5}-]{1,12}",
+            prop::collection::vec(any::<u8>(), 48),
+        )
+            .prop_filter("a dot segment or `..`", |(id, _)| !id.contains(".."))
+            .prop_map(|(id, coins)| {
+                let mut respelt = String::new();
+                for (byte, coin) in id.bytes().zip(coins.into_iter().cycle()) {
+                    match coin % 3 {
+                        0 => respelt.push_str(&format!("%{byte:02x}")),
+                        1 => respelt.push_str(&format!("%{byte:02X}")),
+                        // Only bytes that are whole characters on their own go unescaped.
+                        _ if byte.is_ascii() => respelt.push(char::from(byte)),
+                        _ => respelt.push_str(&format!("%{byte:02X}")),
+                    }
+                }
+                (id, respelt)
+            })
+    }
+
     /// `?` pairs with names from a small set so that names repeat, and empty pairs among them.
     fn query_pairs() -> impl Strategy<Value = Vec<String>> {
         prop::collection::vec(
@@ -660,6 +721,18 @@ mod props {
             prop_assert!(route.is_ok(), "{:?}: {:?}", path, route);
             let again = parse(&respelt);
             prop_assert_eq!(route.ok(), again.ok(), "{:?} and {:?}", path, respelt);
+        }
+
+        #[test]
+        fn every_spelling_of_an_agent_id_is_one_agent((id, respelt) in id_and_respelling()) {
+            for family in ["agents", "agents2"] {
+                let plain = parse(&format!("/v1/{family}/{id}"));
+                let other = parse(&format!("/{family}/{respelt}/versions"));
+                prop_assert!(plain.is_ok() && other.is_ok(), "{id:?} or {respelt:?} refused");
+                let (plain, other) = (plain.unwrap(), other.unwrap());
+                prop_assert_eq!(&plain.agent.as_ref().unwrap().id, &id);
+                prop_assert_eq!(&other.agent.as_ref().unwrap().id, &id, "{:?}", respelt);
+            }
         }
 
         #[test]

@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
+use super::number::timeout_ms;
 use super::raw::RawCluster;
 use super::teams::{read_secret, Secret as Found, SecretFields};
-use super::validate::{positive_ms, Problems};
+use super::validate::Problems;
 use crate::settings::{ClusterSettings, OnUnavailable, Secret};
 
 const DEFAULT_KEY_PREFIX: &str = "dnxgw";
@@ -51,7 +52,7 @@ pub(super) fn validate_cluster(raw: RawCluster, p: &mut Problems) -> Option<Clus
             "must be non-empty [A-Za-z0-9_.:-]+ (no braces: the organisation is the hash tag)",
         );
     }
-    let timeout = positive_ms(raw.timeout_ms, DEFAULT_TIMEOUT_MS, "cluster.timeout_ms", p);
+    let timeout = timeout_ms(raw.timeout_ms, DEFAULT_TIMEOUT_MS, "cluster.timeout_ms", p);
     let on_unavailable = match raw.on_unavailable.as_deref() {
         None | Some("degrade") => Some(OnUnavailable::Degrade),
         Some("refuse") => Some(OnUnavailable::Refuse),
@@ -102,6 +103,17 @@ fn check_url(url: &str) -> Result<(), String> {
             "takes no query parameters (set the password and timeouts in [cluster])".into(),
         );
     }
+    // What the redis client itself would refuse only on the first connection attempt.
+    let parsed = url::Url::parse(url).map_err(|e| format!("is not a valid URL: {e}"))?;
+    if parsed.port() == Some(0) {
+        return Err("port must be between 1 and 65535".into());
+    }
+    let db = parsed.path().trim_matches('/');
+    if !db.is_empty() && (db.parse::<u16>().is_err() || db.starts_with('+')) {
+        return Err(format!(
+            "the database after the host must be a number from 0 to 65535, not {db:?}"
+        ));
+    }
     Ok(())
 }
 
@@ -127,5 +139,22 @@ mod tests {
         assert!(check_url("redis.internal:6379").is_err());
         assert!(check_url("redis://").is_err());
         assert!(check_url("redis://h?password=x").is_err());
+    }
+
+    #[test]
+    fn ports_and_databases_out_of_range_are_refused() {
+        assert!(check_url("redis://redis.internal:65535/15").is_ok());
+        assert!(check_url("redis://[::1]:6379/0").is_ok());
+        for (url, says) in [
+            ("redis://redis.internal:99999", "invalid port number"),
+            ("redis://redis.internal:0", "port must be"),
+            ("redis://redis.internal:6379/-1", "not \"-1\""),
+            ("redis://redis.internal:6379/1.5", "not \"1.5\""),
+            ("redis://redis.internal:6379/99999999999", "from 0 to 65535"),
+            ("redis://redis.internal/x", "database"),
+        ] {
+            let e = check_url(url).unwrap_err();
+            assert!(e.contains(says), "{url}: {e}");
+        }
     }
 }

@@ -8,7 +8,10 @@ use std::path::Path;
 use crate::settings::Settings;
 
 mod cluster;
+mod number;
+mod problems;
 mod raw;
+mod secret_file;
 mod teams;
 mod toml_errors;
 mod validate;
@@ -16,6 +19,10 @@ mod validate;
 use raw::RawConfig;
 use toml_errors::{check_syntax, one_line};
 use validate::validate;
+
+/// The `[server]` connection limits of a config that leaves them out; the simulated DialNexa
+/// serves under the same ones.
+pub use validate::default_connection_limits;
 
 /// Env overrides are `DNXGW__SECTION__KEY`.
 const ENV_PREFIX: &str = "DNXGW";
@@ -194,6 +201,9 @@ api_key_file = "{}"
         .unwrap();
         assert_eq!(s.server.max_body_bytes, 1024 * 1024);
         assert_eq!(s.server.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(s.server.limits, super::default_connection_limits());
+        assert_eq!(s.server.limits.header_timeout, Duration::from_secs(30));
+        assert_eq!(s.server.limits.max_connections.get(), 16_384);
         assert_eq!(s.upstream.base_url, "http://127.0.0.1:1/v1");
         assert_eq!(s.upstream.timeout, Duration::from_secs(15));
         assert!(s.cache.enabled);
@@ -416,6 +426,14 @@ mod props {
         ("rate_limit", Kind::Rate),
         ("write_rate_limit", Kind::Rate),
     ];
+    const CLUSTER: &[(&str, Kind)] = &[
+        ("redis_url", Kind::Str),
+        ("redis_password_env", Kind::Str),
+        ("redis_password_file", Kind::Str),
+        ("key_prefix", Kind::Str),
+        ("timeout_ms", Kind::Int),
+        ("on_unavailable", Kind::Str),
+    ];
     const UNKNOWN: &[(&str, Kind)] = &[
         ("retries", Kind::Int),
         ("Listen", Kind::Str),
@@ -471,6 +489,15 @@ mod props {
                 "a\0b",
                 "",
                 "/nonexistent/key",
+                "/dev/zero",
+                "/dev/null",
+                "/",
+                "redis://127.0.0.1:6379/0",
+                "redis://127.0.0.1:99999",
+                "redis://127.0.0.1:6379/-1",
+                "rediss://user@redis.internal",
+                "degrade",
+                "refuse",
                 "1111111111111111111111111111111111111111111111111111111111111111",
                 "zz11111111111111111111111111111111111111111111111111111111111111",
             ])
@@ -521,6 +548,37 @@ mod props {
                 (0u64..100_000).prop_map(|n| n.to_string()),
                 (0..=i64::MAX).prop_map(|n| n.to_string()),
                 Just("0".to_owned()),
+                // Either side of every bound `check` holds numbers to.
+                prop::sample::select(vec![
+                    "86400000",
+                    "86400001",
+                    "31536000",
+                    "31536001",
+                    "1000000",
+                    "1000001",
+                    "1024",
+                    "1025",
+                    "1048576",
+                    "1048577",
+                    "1073741824",
+                    "1073741825",
+                    "2147483647",
+                    "2147483648",
+                    "4294967295",
+                    "4294967296",
+                    "30000000000",
+                    "2305843009213693952",
+                    "9223372036854775807",
+                    "-1",
+                    "-9223372036854775808",
+                ])
+                .prop_map(str::to_owned),
+                // What the `config` crate would otherwise round, saturate or read as 1.
+                prop::sample::select(vec![
+                    "1.5", "0.4", "1e300", "9.2e18", "-0.0", "inf", "nan", "true", "\"300\"",
+                    "\"1.5\"", "\"-2\"", "\"\"",
+                ])
+                .prop_map(str::to_owned),
             ]
             .boxed(),
             Kind::Str => text(controls).prop_map(|s| quoted(&s)).boxed(),
@@ -615,7 +673,7 @@ mod props {
             optional("audit", AUDIT, 0.5),
             optional("admin", ADMIN, 0.3),
             (names(controls), names(controls)),
-            optional("cluster", UNKNOWN, if noise { 0.2 } else { 0.01 }),
+            optional("cluster", CLUSTER, if noise { 0.3 } else { 0.2 }),
         )
             .prop_flat_map(
                 move |(server, upstream, cache, audit, admin, (orgs, teams), cluster)| {
@@ -657,6 +715,47 @@ mod props {
         Ok(())
     }
 
+    /// What the gateway builds from its settings at start, built here: a config `check` accepts
+    /// must not panic or overflow there (moka's lifetime, the connection permits, the audit
+    /// queue, the deadlines made from every timeout).
+    fn assert_runnable(
+        text: &str,
+        result: &Result<Settings, ConfigError>,
+    ) -> Result<(), TestCaseError> {
+        let Ok(s) = result else { return Ok(()) };
+        let day = std::time::Duration::from_secs(24 * 60 * 60);
+        let year = 365 * day;
+        let limits = &s.server.limits;
+        let mut timeouts = vec![
+            ("server.shutdown_grace_ms", s.server.shutdown_grace),
+            ("server.request_header_timeout_ms", limits.header_timeout),
+            ("server.request_body_timeout_ms", limits.body_timeout),
+            ("server.idle_timeout_ms", limits.idle_timeout),
+            ("upstream.connect_timeout_ms", s.upstream.connect_timeout),
+            ("upstream.timeout_ms", s.upstream.timeout),
+        ];
+        if let Some(cluster) = &s.cluster {
+            timeouts.push(("cluster.timeout_ms", cluster.timeout));
+        }
+        for (key, t) in timeouts {
+            prop_assert!(
+                !t.is_zero() && t <= day,
+                "{key} = {t:?} accepted in {text:?}"
+            );
+            prop_assert!(tokio::time::Instant::now().checked_add(t * 4).is_some());
+        }
+        prop_assert!(
+            s.cache.ttl <= year && s.cache.stale_if_error <= year,
+            "{text:?}"
+        );
+        prop_assert!(limits.max_connections.get() <= 1_000_000, "{text:?}");
+        let _ = tokio::sync::Semaphore::new(limits.max_connections.get());
+        let _ = tokio::sync::mpsc::channel::<()>(s.audit.buffer_lines.get());
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+        let _ = crate::cache::AgentCache::new(&s.cache, metrics);
+        Ok(())
+    }
+
     fn load(text: &str) -> Result<Settings, ConfigError> {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         file.write_all(text.as_bytes()).unwrap();
@@ -695,12 +794,14 @@ mod props {
         fn a_config_of_any_shape_is_loaded_or_refused_in_lines(text in config_text(true, false)) {
             let result = Settings::from_toml_str(&text);
             assert_one_line_each(&text, &result, CR_OR_LF)?;
+            assert_runnable(&text, &result)?;
         }
 
         #[test]
         fn a_well_typed_config_is_loaded_or_refused_in_lines(text in config_text(false, false)) {
             let result = Settings::from_toml_str(&text);
             assert_one_line_each(&text, &result, CR_OR_LF)?;
+            assert_runnable(&text, &result)?;
         }
 
         #[test]
@@ -709,6 +810,104 @@ mod props {
         ) {
             let result = Settings::from_toml_str(&text);
             assert_one_line_each(&text, &result, CR_OR_LF)?;
+        }
+    }
+
+    /// Every number `check` reads, with its table.
+    const NUMBERS: &[(&str, &str)] = &[
+        ("server", "max_body_bytes"),
+        ("server", "shutdown_grace_ms"),
+        ("server", "request_header_timeout_ms"),
+        ("server", "request_body_timeout_ms"),
+        ("server", "idle_timeout_ms"),
+        ("server", "max_connections"),
+        ("server", "worker_threads"),
+        ("upstream", "connect_timeout_ms"),
+        ("upstream", "timeout_ms"),
+        ("cache", "ttl_seconds"),
+        ("cache", "max_bytes"),
+        ("cache", "max_entry_bytes"),
+        ("cache", "stale_if_error_seconds"),
+        ("audit", "buffer_lines"),
+        ("cluster", "timeout_ms"),
+    ];
+
+    /// A valid config with some of its numbers set to any value, in and out of range.
+    fn valid_config_with_numbers() -> impl Strategy<Value = (String, Vec<String>)> {
+        (
+            prop::sample::subsequence(NUMBERS.to_vec(), 1..5),
+            prop::collection::vec(value_of(Kind::Int, false, false), 5),
+            prop::collection::vec(
+                (
+                    prop::sample::select(vec!["per_minute", "burst"]),
+                    value_of(Kind::Int, false, false),
+                ),
+                0..2,
+            ),
+        )
+            .prop_map(|(keys, values, rates)| {
+                let mut tables: std::collections::BTreeMap<&str, String> = [
+                    (
+                        "server",
+                        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n",
+                    ),
+                    ("upstream", "base_url = \"http://127.0.0.1:1/v1\"\n"),
+                    ("cache", ""),
+                    ("audit", ""),
+                    ("cluster", "redis_url = \"redis://127.0.0.1:6379/0\"\n"),
+                ]
+                .into_iter()
+                .map(|(t, body)| (t, body.to_owned()))
+                .collect();
+                let mut changed = Vec::new();
+                for ((table, key), value) in keys.into_iter().zip(values) {
+                    tables
+                        .get_mut(table)
+                        .unwrap()
+                        .push_str(&format!("{key} = {value}\n"));
+                    changed.push(format!("{table}.{key}"));
+                }
+                let mut rate = vec![("per_minute", "600".to_owned()), ("burst", "60".to_owned())];
+                for (key, value) in rates {
+                    rate.retain(|(k, _)| *k != key);
+                    rate.push((key, value));
+                    changed.push(format!("teams.t.rate_limit.{key}"));
+                }
+                let rate: Vec<String> = rate.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+                let mut text: String = tables
+                    .iter()
+                    .map(|(table, body)| format!("[{table}]\n{body}"))
+                    .collect();
+                text.push_str(&format!(
+                    "[orgs.acme]\napi_key_env = \"PATH\"\n[teams.t]\norg = \"acme\"\n\
+                     key_sha256 = [\"{}\"]\nrate_limit = {{ {} }}\n",
+                    "1".repeat(64),
+                    rate.join(", ")
+                ));
+                (text, changed)
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any number is either taken and runnable, or refused with one line per problem, each
+        /// naming one of the keys that was changed (first, or as the other side of a rule
+        /// between two keys).
+        #[test]
+        fn numbers_out_of_range_are_refused_naming_their_key((text, changed) in valid_config_with_numbers()) {
+            let result = Settings::from_toml_str(&text);
+            assert_one_line_each(&text, &result, CR_OR_LF)?;
+            assert_runnable(&text, &result)?;
+            if let Err(e) = &result {
+                for problem in &e.problems {
+                    prop_assert!(
+                        changed.iter().any(|key| problem.starts_with(&format!("{key}: "))
+                            || problem.ends_with(&format!(" {key}"))),
+                        "{problem:?} names none of {changed:?}, in {text:?}"
+                    );
+                }
+            }
         }
     }
 

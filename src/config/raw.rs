@@ -1,10 +1,13 @@
 //! The config file's shape as operators write it: every field optional, unknown fields refused, so
-//! that validation (in [`super::validate`]) can name each missing or wrong key.
+//! that validation (in [`super::validate`]) can name each missing or wrong key. Numbers are
+//! [`Whole`]: kept as written, so a fraction or a negative is refused rather than rounded.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Deserialize;
+
+use super::number::Whole;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,7 +33,7 @@ pub(super) struct RawCluster {
     pub(super) redis_password_env: Option<String>,
     pub(super) redis_password_file: Option<PathBuf>,
     pub(super) key_prefix: Option<String>,
-    pub(super) timeout_ms: Option<u64>,
+    pub(super) timeout_ms: Option<Whole>,
     pub(super) on_unavailable: Option<String>,
 }
 
@@ -39,31 +42,31 @@ pub(super) struct RawCluster {
 pub(super) struct RawServer {
     pub(super) listen: Option<String>,
     pub(super) admin_listen: Option<String>,
-    pub(super) max_body_bytes: Option<u64>,
-    pub(super) shutdown_grace_ms: Option<u64>,
-    pub(super) request_header_timeout_ms: Option<u64>,
-    pub(super) request_body_timeout_ms: Option<u64>,
-    pub(super) idle_timeout_ms: Option<u64>,
-    pub(super) max_connections: Option<usize>,
-    pub(super) worker_threads: Option<usize>,
+    pub(super) max_body_bytes: Option<Whole>,
+    pub(super) shutdown_grace_ms: Option<Whole>,
+    pub(super) request_header_timeout_ms: Option<Whole>,
+    pub(super) request_body_timeout_ms: Option<Whole>,
+    pub(super) idle_timeout_ms: Option<Whole>,
+    pub(super) max_connections: Option<Whole>,
+    pub(super) worker_threads: Option<Whole>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawUpstream {
     pub(super) base_url: Option<String>,
-    pub(super) connect_timeout_ms: Option<u64>,
-    pub(super) timeout_ms: Option<u64>,
+    pub(super) connect_timeout_ms: Option<Whole>,
+    pub(super) timeout_ms: Option<Whole>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawCache {
     pub(super) enabled: Option<bool>,
-    pub(super) ttl_seconds: Option<u64>,
-    pub(super) max_bytes: Option<u64>,
-    pub(super) max_entry_bytes: Option<u64>,
-    pub(super) stale_if_error_seconds: Option<u64>,
+    pub(super) ttl_seconds: Option<Whole>,
+    pub(super) max_bytes: Option<Whole>,
+    pub(super) max_entry_bytes: Option<Whole>,
+    pub(super) stale_if_error_seconds: Option<Whole>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -71,7 +74,7 @@ pub(super) struct RawCache {
 pub(super) struct RawAudit {
     pub(super) sink: Option<String>,
     pub(super) path: Option<PathBuf>,
-    pub(super) buffer_lines: Option<usize>,
+    pub(super) buffer_lines: Option<Whole>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -101,6 +104,6 @@ pub(super) struct RawTeam {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRate {
-    pub(super) per_minute: Option<u32>,
-    pub(super) burst: Option<u32>,
+    pub(super) per_minute: Option<Whole>,
+    pub(super) burst: Option<Whole>,
 }

@@ -8,10 +8,15 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 
+use super::number::{whole, Unit, Whole};
 use super::raw::*;
+use super::secret_file::read_secret_file;
 use super::validate::Problems;
 use crate::auth::{Access, KeyDigest};
 use crate::settings::*;
+
+/// A quota's `per_minute` and `burst`: the limiter counts in u32.
+const RATE: Unit = Unit::new(1..=u32::MAX as u64);
 
 /// What [`read_secret`] found.
 pub(super) enum Secret {
@@ -50,8 +55,8 @@ pub(super) fn read_secret(
             (fields.env, found)
         }
         (None, Some(path)) => {
-            let found = std::fs::read_to_string(&path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+            let found = read_secret_file(&path)
+                .map_err(|e| e.to_string())
                 .and_then(|v| {
                     (!v.trim().is_empty())
                         .then(|| v.trim().to_owned())
@@ -123,20 +128,20 @@ pub(super) fn parse_digest(hex: &str, key: &str, p: &mut Problems) -> Option<Key
 
 fn validate_rate(raw: Option<RawRate>, key: &str, p: &mut Problems) -> Option<RateQuota> {
     let raw = raw?;
-    let per_minute = raw.per_minute.and_then(NonZeroU32::new);
-    let burst = raw.burst.and_then(NonZeroU32::new);
-    if per_minute.is_none() {
-        p.push(
-            &format!("{key}.per_minute"),
-            "is required and must be at least 1",
-        );
-    }
-    if burst.is_none() {
-        p.push(
-            &format!("{key}.burst"),
-            "is required and must be at least 1",
-        );
-    }
+    let mut part = |value: Option<Whole>, name: &str| {
+        let key = format!("{key}.{name}");
+        match value {
+            None => {
+                p.push(&key, "is required and must be at least 1");
+                None
+            }
+            value => whole(value, 0, &key, RATE, p)
+                .and_then(|n| u32::try_from(n).ok())
+                .and_then(NonZeroU32::new),
+        }
+    };
+    let per_minute = part(raw.per_minute, "per_minute");
+    let burst = part(raw.burst, "burst");
     Some(RateQuota {
         per_minute: per_minute?,
         burst: burst?,

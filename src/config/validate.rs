@@ -2,12 +2,12 @@
 //! file; every problem collected so an operator sees all of them at once, one line each.
 
 use std::collections::{HashMap, HashSet};
-use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::number::{timeout_ms, whole, Unit, MAX_TTL_SECONDS};
 use super::raw::*;
 use super::teams::{parse_digest, validate_org, validate_team, KnownOrgs};
 use super::ConfigError;
@@ -20,7 +20,8 @@ const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
 const DEFAULT_REQUEST_HEADER_TIMEOUT_MS: u64 = 30_000;
 const DEFAULT_REQUEST_BODY_TIMEOUT_MS: u64 = 60_000;
 const DEFAULT_IDLE_TIMEOUT_MS: u64 = 75_000;
-const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+/// Far more clients than one replica serves at once, and well under the usual 65536 descriptors.
+const DEFAULT_MAX_CONNECTIONS: u64 = 16_384;
 const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 2_000;
 const DEFAULT_TIMEOUT_MS: u64 = 15_000;
 const DEFAULT_TTL_SECONDS: u64 = 60;
@@ -29,14 +30,34 @@ const DEFAULT_MAX_ENTRY_BYTES: u64 = 1024 * 1024;
 const DEFAULT_STALE_IF_ERROR_SECONDS: u64 = 300;
 const DEFAULT_AUDIT_PATH: &str = "audit.jsonl";
 /// Large enough to absorb a slow disk for a moment at tens of thousands of requests per second.
-const DEFAULT_AUDIT_BUFFER_LINES: usize = 16 * 1024;
+const DEFAULT_AUDIT_BUFFER_LINES: u64 = 16 * 1024;
 
-pub(super) struct Problems(pub(super) Vec<String>);
+/// Bodies are held whole in memory before anything is forwarded; a bigger limit is a typo.
+const MAX_BODY_BYTES: Unit = Unit::new(1..=1024 * 1024 * 1024).max_in_words("1073741824 (1 GiB)");
+/// Each connection costs a task and buffers; past a million the process runs out of memory or
+/// descriptors long before the limit means anything (and near 2^61 the permits overflow).
+const MAX_CONNECTIONS: Unit = Unit::new(1..=1_000_000);
+/// Threads are started at once; more than this is a typo, not a machine.
+const WORKER_THREADS: Unit = Unit::new(1..=1024).zero_hint(" (leave it out for one per CPU)");
+/// A minute of a stalled disk at full load; a queue larger than that only hides the stall.
+const AUDIT_BUFFER_LINES: Unit = Unit::new(1..=1024 * 1024);
+/// The cache's weigher counts in u32; one entry can never weigh more than half of that.
+const MAX_ENTRY_BYTES: Unit =
+    Unit::new(1..=(u32::MAX / 2) as u64).max_in_words("2147483647 (below 2 GiB)");
+const STALE_SECONDS: Unit = Unit::new(0..=MAX_TTL_SECONDS).max_in_words("31536000 s, one year");
+const TTL_SECONDS: Unit = Unit::new(1..=MAX_TTL_SECONDS)
+    .max_in_words("31536000 s, one year")
+    .zero_hint(" (set cache.enabled = false to turn caching off)");
 
-impl Problems {
-    pub(super) fn push(&mut self, key: &str, msg: impl fmt::Display) {
-        self.0
-            .push(super::one_printable_line(&format!("{key}: {msg}")));
+pub(super) use super::problems::Problems;
+
+/// The `[server]` connection limits an operator gets by leaving them out.
+pub fn default_connection_limits() -> ConnectionLimits {
+    ConnectionLimits {
+        header_timeout: Duration::from_millis(DEFAULT_REQUEST_HEADER_TIMEOUT_MS),
+        body_timeout: Duration::from_millis(DEFAULT_REQUEST_BODY_TIMEOUT_MS),
+        idle_timeout: Duration::from_millis(DEFAULT_IDLE_TIMEOUT_MS),
+        max_connections: nonzero(DEFAULT_MAX_CONNECTIONS).unwrap_or(NonZeroUsize::MIN),
     }
 }
 
@@ -115,21 +136,6 @@ pub(super) fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
-pub(super) fn positive_ms(
-    value: Option<u64>,
-    default: u64,
-    key: &str,
-    p: &mut Problems,
-) -> Option<Duration> {
-    match value.unwrap_or(default) {
-        0 => {
-            p.push(key, "must be greater than 0");
-            None
-        }
-        ms => Some(Duration::from_millis(ms)),
-    }
-}
-
 fn parse_addr(
     value: Option<String>,
     default: Option<&str>,
@@ -157,52 +163,54 @@ fn validate_server(raw: RawServer, p: &mut Problems) -> Option<ServerSettings> {
         "server.admin_listen",
         p,
     );
-    let max_body_bytes = raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
-    if max_body_bytes == 0 {
-        p.push("server.max_body_bytes", "must be greater than 0");
-    }
-    let shutdown_grace = positive_ms(
+    let max_body_bytes = whole(
+        raw.max_body_bytes,
+        DEFAULT_MAX_BODY_BYTES,
+        "server.max_body_bytes",
+        MAX_BODY_BYTES,
+        p,
+    );
+    let shutdown_grace = timeout_ms(
         raw.shutdown_grace_ms,
         DEFAULT_SHUTDOWN_GRACE_MS,
         "server.shutdown_grace_ms",
         p,
     );
-    let header_timeout = positive_ms(
+    let header_timeout = timeout_ms(
         raw.request_header_timeout_ms,
         DEFAULT_REQUEST_HEADER_TIMEOUT_MS,
         "server.request_header_timeout_ms",
         p,
     );
-    let body_timeout = positive_ms(
+    let body_timeout = timeout_ms(
         raw.request_body_timeout_ms,
         DEFAULT_REQUEST_BODY_TIMEOUT_MS,
         "server.request_body_timeout_ms",
         p,
     );
-    let idle_timeout = positive_ms(
+    let idle_timeout = timeout_ms(
         raw.idle_timeout_ms,
         DEFAULT_IDLE_TIMEOUT_MS,
         "server.idle_timeout_ms",
         p,
     );
-    let max_connections = NonZeroUsize::new(raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS));
-    if max_connections.is_none() {
-        p.push("server.max_connections", "must be at least 1");
-    }
-    let worker_threads = match raw.worker_threads {
-        None => None,
-        Some(n) => {
-            let n = NonZeroUsize::new(n);
-            if n.is_none() {
-                p.push(
-                    "server.worker_threads",
-                    "must be at least 1 (leave it out for one per CPU)",
-                );
-            }
-            n
-        }
-    };
+    let max_connections = whole(
+        raw.max_connections,
+        DEFAULT_MAX_CONNECTIONS,
+        "server.max_connections",
+        MAX_CONNECTIONS,
+        p,
+    )
+    .and_then(nonzero);
+    // Absent: one per CPU. Present: `Some(None)` once refused.
+    let worker_threads = raw
+        .worker_threads
+        .map(|n| whole(Some(n), 0, "server.worker_threads", WORKER_THREADS, p).and_then(nonzero));
     let (listen, admin_listen, shutdown_grace) = (listen?, admin_listen?, shutdown_grace?);
+    let (max_body_bytes, worker_threads) = (
+        max_body_bytes?,
+        worker_threads.map_or(Some(None), |n| n.map(Some))?,
+    );
     let limits = ConnectionLimits {
         header_timeout: header_timeout?,
         body_timeout: body_timeout?,
@@ -212,7 +220,7 @@ fn validate_server(raw: RawServer, p: &mut Problems) -> Option<ServerSettings> {
     if listen == admin_listen && listen.port() != 0 {
         p.push("server.admin_listen", "must differ from server.listen");
     }
-    (max_body_bytes > 0).then_some(ServerSettings {
+    Some(ServerSettings {
         listen,
         admin_listen,
         max_body_bytes,
@@ -220,6 +228,11 @@ fn validate_server(raw: RawServer, p: &mut Problems) -> Option<ServerSettings> {
         limits,
         worker_threads,
     })
+}
+
+/// A count already checked to be at least 1.
+fn nonzero(n: u64) -> Option<NonZeroUsize> {
+    usize::try_from(n).ok().and_then(NonZeroUsize::new)
 }
 
 fn validate_upstream(raw: RawUpstream, p: &mut Problems) -> Option<UpstreamSettings> {
@@ -239,13 +252,13 @@ fn validate_upstream(raw: RawUpstream, p: &mut Problems) -> Option<UpstreamSetti
             }
         },
     };
-    let connect_timeout = positive_ms(
+    let connect_timeout = timeout_ms(
         raw.connect_timeout_ms,
         DEFAULT_CONNECT_TIMEOUT_MS,
         "upstream.connect_timeout_ms",
         p,
     );
-    let timeout = positive_ms(raw.timeout_ms, DEFAULT_TIMEOUT_MS, "upstream.timeout_ms", p);
+    let timeout = timeout_ms(raw.timeout_ms, DEFAULT_TIMEOUT_MS, "upstream.timeout_ms", p);
     Some(UpstreamSettings {
         base_url: base_url?,
         connect_timeout: connect_timeout?,
@@ -262,6 +275,11 @@ fn validate_base_url(url: &str) -> Result<String, &'static str> {
     if uri.authority().is_none_or(|a| a.host().is_empty()) {
         return Err("has no host");
     }
+    // `http::Uri` takes any digits as a port; the connector would fail every request on them.
+    let port = url::Url::parse(url).map(|u| u.port());
+    if !matches!(port, Ok(None) | Ok(Some(1..))) {
+        return Err("has a port outside 1 to 65535");
+    }
     if uri.query().is_some() {
         return Err("must not carry a query string");
     }
@@ -270,52 +288,73 @@ fn validate_base_url(url: &str) -> Result<String, &'static str> {
 
 fn validate_cache(raw: RawCache, p: &mut Problems) -> Option<CacheSettings> {
     let enabled = raw.enabled.unwrap_or(true);
-    let ttl_seconds = raw.ttl_seconds.unwrap_or(DEFAULT_TTL_SECONDS);
-    let max_bytes = raw.max_bytes.unwrap_or(DEFAULT_CACHE_MAX_BYTES);
-    let max_entry_bytes = raw.max_entry_bytes.unwrap_or(DEFAULT_MAX_ENTRY_BYTES);
     let before = p.0.len();
-    if enabled {
-        if ttl_seconds == 0 {
-            p.push(
-                "cache.ttl_seconds",
-                "must be greater than 0 (set cache.enabled = false to turn caching off)",
-            );
+    // Switched off, zero sizes and lifetimes are fine; the upper bounds still hold, since a
+    // reload may switch it on and entries stored before it was switched off still live.
+    let when_on = |unit: Unit| {
+        if enabled {
+            unit
+        } else {
+            Unit {
+                range: (0, unit.range.1),
+                ..unit
+            }
         }
-        if max_bytes == 0 {
-            p.push("cache.max_bytes", "must be greater than 0");
-        }
-        if max_entry_bytes == 0 {
-            p.push("cache.max_entry_bytes", "must be greater than 0");
-        }
-        if max_bytes > 0 && max_entry_bytes > max_bytes {
+    };
+    let ttl_seconds = whole(
+        raw.ttl_seconds,
+        DEFAULT_TTL_SECONDS,
+        "cache.ttl_seconds",
+        when_on(TTL_SECONDS),
+        p,
+    );
+    let stale_if_error = whole(
+        raw.stale_if_error_seconds,
+        DEFAULT_STALE_IF_ERROR_SECONDS,
+        "cache.stale_if_error_seconds",
+        STALE_SECONDS,
+        p,
+    );
+    let max_bytes = whole(
+        raw.max_bytes,
+        DEFAULT_CACHE_MAX_BYTES,
+        "cache.max_bytes",
+        when_on(Unit::new(1..=u64::MAX)),
+        p,
+    );
+    let max_entry_bytes = whole(
+        raw.max_entry_bytes,
+        DEFAULT_MAX_ENTRY_BYTES,
+        "cache.max_entry_bytes",
+        when_on(MAX_ENTRY_BYTES),
+        p,
+    );
+    if let (true, Some(max_bytes), Some(max_entry_bytes)) = (enabled, max_bytes, max_entry_bytes) {
+        if max_entry_bytes > max_bytes {
             p.push("cache.max_entry_bytes", "must not exceed cache.max_bytes");
         }
-        // The weigher counts in u32; one entry can never weigh more than that.
-        if max_entry_bytes > u64::from(u32::MAX) / 2 {
-            p.push("cache.max_entry_bytes", "must be below 2 GiB");
-        }
     }
-    (p.0.len() == before).then(|| CacheSettings {
+    if p.0.len() != before {
+        return None;
+    }
+    Some(CacheSettings {
         enabled,
-        ttl: Duration::from_secs(ttl_seconds),
-        max_bytes,
-        max_entry_bytes,
-        stale_if_error: Duration::from_secs(
-            raw.stale_if_error_seconds
-                .unwrap_or(DEFAULT_STALE_IF_ERROR_SECONDS),
-        ),
+        ttl: Duration::from_secs(ttl_seconds?),
+        max_bytes: max_bytes?,
+        max_entry_bytes: max_entry_bytes?,
+        stale_if_error: Duration::from_secs(stale_if_error?),
     })
 }
 
 fn validate_audit(raw: RawAudit, p: &mut Problems) -> Option<AuditSettings> {
-    let buffer_lines =
-        match NonZeroUsize::new(raw.buffer_lines.unwrap_or(DEFAULT_AUDIT_BUFFER_LINES)) {
-            Some(n) => n,
-            None => {
-                p.push("audit.buffer_lines", "must be at least 1");
-                return None;
-            }
-        };
+    let buffer_lines = whole(
+        raw.buffer_lines,
+        DEFAULT_AUDIT_BUFFER_LINES,
+        "audit.buffer_lines",
+        AUDIT_BUFFER_LINES,
+        p,
+    )
+    .and_then(nonzero)?;
     let sink = match raw.sink.as_deref().unwrap_or("file") {
         "file" => {
             let path = raw
@@ -337,4 +376,21 @@ fn validate_audit(raw: RawAudit, p: &mut Problems) -> Option<AuditSettings> {
         }
     };
     Some(AuditSettings { sink, buffer_lines })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_base_url_port_must_be_one_a_socket_can_have() {
+        assert!(validate_base_url("http://127.0.0.1:65535/v1").is_ok());
+        for url in [
+            "http://127.0.0.1:99999/v1",
+            "https://h:0/v1",
+            "http://h:65536",
+        ] {
+            assert!(validate_base_url(url).is_err(), "{url}");
+        }
+    }
 }

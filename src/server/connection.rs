@@ -177,20 +177,30 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
     }
 }
 
+/// The raw HTTP/1.1 `408` (closing the connection) written to a client whose request head
+/// stalled, given the request id it is written under: each server answers in its own error shape.
+pub type TimeoutAnswer = fn(request_id: &str) -> Vec<u8>;
+
 /// The client's socket, as hyper reads and writes it, watched by the connection's [`Activity`].
 pub struct Watched {
     stream: TcpStream,
     activity: Arc<Activity>,
     /// How many of the connection's first bytes were compared with the HTTP/2 preface.
     compared: usize,
+    answer_408: TimeoutAnswer,
 }
 
 impl Watched {
-    pub fn new(stream: TcpStream, activity: Arc<Activity>) -> TokioIo<Self> {
+    pub fn new(
+        stream: TcpStream,
+        activity: Arc<Activity>,
+        answer_408: TimeoutAnswer,
+    ) -> TokioIo<Self> {
         TokioIo::new(Self {
             stream,
             activity,
             compared: 0,
+            answer_408,
         })
     }
 
@@ -232,7 +242,7 @@ impl Watched {
         if mid_http1_head {
             let id = crate::request_id::generate();
             let id = id.to_str().unwrap_or_default().to_owned();
-            let answer = request_timeout_answer(&id);
+            let answer = (self.answer_408)(&id);
             // Small enough for any socket buffer; written whole or (and audited) not at all.
             if matches!(self.stream.try_write(&answer), Ok(n) if n == answer.len()) {
                 if let Ok(mut slot) = a.timed_out.lock() {
@@ -246,15 +256,21 @@ impl Watched {
 
 /// `408` in the gateway's error shape, as raw HTTP/1.1 (hyper's connection is being failed, so it
 /// cannot write it), closing the connection.
-fn request_timeout_answer(request_id: &str) -> Vec<u8> {
-    let error = GatewayError::HeaderTimeout;
-    let body = error.body_json(request_id);
+pub fn request_timeout_answer(request_id: &str) -> Vec<u8> {
+    raw_408(
+        request_id,
+        &GatewayError::HeaderTimeout.body_json(request_id),
+    )
+}
+
+/// A raw HTTP/1.1 `408` with a JSON `body`, closing the connection.
+pub fn raw_408(request_id: &str, body: &[u8]) -> Vec<u8> {
     let mut out = format!(
         "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {request_id}\r\nconnection: close\r\n\r\n",
         body.len()
     )
     .into_bytes();
-    out.extend_from_slice(&body);
+    out.extend_from_slice(body);
     out
 }
 

@@ -2,7 +2,6 @@
 //! reloads, and shuts down gracefully (stop accepting, `/readyz` 503, finish in-flight requests up
 //! to `server.shutdown_grace_ms`, flush the audit sink).
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -11,11 +10,10 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::audit::{AuditOpenError, AuditRecord, AuditWriter, AuditedBody};
@@ -25,9 +23,10 @@ use crate::settings::Settings;
 use crate::state::Gateway;
 
 mod connection;
+pub mod limited;
 mod signals;
 
-use connection::{Activity, Tracked, Watched};
+use limited::Acceptor;
 pub use signals::Signals;
 
 /// The admin listener outlives the API drain by this much, so probes see `503` until the end.
@@ -200,54 +199,20 @@ async fn serve<H, Fut>(
     // audit log is closed: a cancelled request still writes its line (as the client going away does).
     let mut connections = JoinSet::new();
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
-    // `max_connections` is read once: the permits are the listener's, so it needs a restart.
-    let limit = gw.snapshot().settings.server.limits.max_connections.get();
-    let permits = Arc::new(Semaphore::new(limit));
-    let mut accept_errors = AcceptErrors::default();
+    let mut acceptor = Acceptor::new(&gw.snapshot().settings.server.limits);
     let mut stopping = stop.clone();
-    loop {
-        // Beyond `max_connections`, new clients wait in the kernel's backlog, not in memory here.
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            _ = stopping.changed() => break,
-        };
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stopping.changed() => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(conn) => {
-                accept_errors.recovered();
-                conn
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: established clients keep being served while
-                // the listener backs off, and a burst of failures is one log line, not thousands.
-                let pause = accept_errors.failed(&e);
-                drop(permit);
-                tokio::select! {
-                    _ = tokio::time::sleep(pause) => continue,
-                    _ = stopping.changed() => break,
-                }
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let limits = gw.snapshot().settings.server.limits;
+    while let Some(accepted) = acceptor.accept(&listener, &mut stopping).await {
         let conn = Connection {
             gw: gw.clone(),
             builder: builder.clone(),
             stop: stop.clone(),
             role,
-            peer,
-            quiet_limit: limits.header_timeout.min(limits.idle_timeout),
+            peer: accepted.peer,
         };
         while connections.try_join_next().is_some() {}
         connections.spawn(async move {
-            conn.serve(stream, handler).await;
-            drop(permit);
+            conn.serve(accepted.stream, handler).await;
+            drop(accepted.permit);
         });
     }
     drop(listener);
@@ -263,34 +228,6 @@ async fn serve<H, Fut>(
     }
 }
 
-/// Failed accepts in a row: logged once when a burst starts and once when it ends, with a pause
-/// that doubles up to a second so a listener out of descriptors does not spin.
-#[derive(Default)]
-struct AcceptErrors {
-    in_a_row: u64,
-}
-
-impl AcceptErrors {
-    const FIRST_PAUSE: Duration = Duration::from_millis(10);
-    const MAX_PAUSE: Duration = Duration::from_secs(1);
-
-    fn failed(&mut self, e: &std::io::Error) -> Duration {
-        if self.in_a_row == 0 {
-            tracing::warn!(error = %e, "accept failed; backing off until connections can be accepted again");
-        }
-        self.in_a_row += 1;
-        let doublings = u32::try_from(self.in_a_row.min(8)).unwrap_or(8) - 1;
-        (Self::FIRST_PAUSE * 2u32.pow(doublings)).min(Self::MAX_PAUSE)
-    }
-
-    fn recovered(&mut self) {
-        if self.in_a_row > 0 {
-            tracing::warn!(failed = self.in_a_row, "accepting connections again");
-            self.in_a_row = 0;
-        }
-    }
-}
-
 /// One accepted client and what serving it needs.
 struct Connection {
     gw: Arc<Gateway>,
@@ -298,67 +235,32 @@ struct Connection {
     stop: watch::Receiver<bool>,
     role: Listener,
     peer: SocketAddr,
-    quiet_limit: Duration,
 }
 
 impl Connection {
-    /// Serves the connection until the client closes it, it stays quiet too long (see
-    /// [`connection`]), or the server stops (in-flight requests finish first).
-    async fn serve<H, Fut>(mut self, stream: tokio::net::TcpStream, handler: H)
+    /// Serves the connection within the limits of the config it was accepted under (see
+    /// [`limited`]), then audits what never reached the pipeline: a stalled head answered `408`,
+    /// a request hyper could not parse.
+    async fn serve<H, Fut>(self, stream: tokio::net::TcpStream, handler: H)
     where
         H: Fn(Arc<Gateway>, Request<Incoming>, IpAddr) -> Fut + Copy + Send + Sync + 'static,
         Fut: Future<Output = Response<AuditedBody>> + Send + 'static,
     {
-        let activity = Activity::new();
-        let (gw, ip, seen) = (self.gw.clone(), self.peer.ip(), activity.clone());
-        let service = service_fn(move |req: Request<Incoming>| {
-            let in_flight = seen.begin(req.version());
-            let gw = gw.clone();
-            async move {
-                let resp = handler(gw, req, ip).await;
-                Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, in_flight)))
-            }
-        });
-        let conn = self
-            .builder
-            .serve_connection(Watched::new(stream, activity.clone()), service);
-        tokio::pin!(conn);
-        let mut closing = false;
-        // Set once an idle HTTP/2 connection was sent GOAWAY: h2 closes only after the client
-        // acknowledges it, which a client may never do, so it gets one more quiet period.
-        let mut hard_stop: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
-        let result = loop {
-            tokio::select! {
-                result = conn.as_mut() => break result,
-                _ = self.stop.changed(), if !closing => {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-                _ = activity.quiet_for(self.quiet_limit), if !closing => {
-                    closing = true;
-                    if activity.is_h2() {
-                        // GOAWAY: the client learns no stream was lost and reconnects when it needs to.
-                        conn.as_mut().graceful_shutdown();
-                        hard_stop = Some(Box::pin(tokio::time::sleep(self.quiet_limit)));
-                    } else {
-                        activity.expire();
-                    }
-                }
-                _ = async {
-                    match hard_stop.as_mut() {
-                        Some(deadline) => deadline.await,
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    // Dropping the connection closes the socket.
-                    break Ok(());
-                }
-            }
-        };
-        if let Some(id) = activity.timed_out_request() {
+        let limits = self.gw.snapshot().settings.server.limits;
+        let (gw, ip) = (self.gw.clone(), self.peer.ip());
+        let ended = limited::serve_connection(
+            &self.builder,
+            stream,
+            &limits,
+            self.stop.clone(),
+            connection::request_timeout_answer,
+            move |req| handler(gw.clone(), req, ip),
+        )
+        .await;
+        if let Some(id) = ended.timed_out_request {
             self.audit_unparsed(id, 408);
         }
-        if let Err(e) = result {
+        if let Some(e) = ended.error {
             tracing::debug!(error = %e, "connection ended with an error");
             if let Some(status) = automatic_answer(&*e) {
                 let id = crate::request_id::generate();

@@ -165,6 +165,31 @@ async fn a_patch_through_one_replica_is_seen_by_the_next_get_through_every_other
     assert_eq!(x_cache(&hit), "HIT");
 }
 
+/// Escaped and plain reserved characters are one agent on every replica: a write under one
+/// spelling through one replica drops a read cached under the other on another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_under_one_spelling_is_seen_under_the_other_through_every_replica() {
+    require_redis!();
+    let c = cluster(2, |b| b).await;
+    for (plain, escaped) in [("a:b", "a%3Ab"), ("{x}", "%7Bx%7D")] {
+        let (plain, escaped) = (
+            format!("/v1/agents2/{plain}"),
+            format!("/v1/agents2/{escaped}"),
+        );
+        let filled = c.client(1).get(&plain, SUPPORT).await;
+        assert_eq!((x_cache(&filled), version(&filled)), ("MISS", 1), "{plain}");
+        let hit = c.client(1).get(&escaped, SUPPORT).await;
+        assert_eq!((x_cache(&hit), version(&hit)), ("HIT", 1), "{escaped}");
+
+        let patched = patch(&c.client(0), &escaped).await;
+        assert_eq!((patched.status, version(&patched)), (200, 2), "{escaped}");
+        for path in [&plain, &escaped] {
+            let after = c.client(1).get(path, SUPPORT).await;
+            assert_eq!(version(&after), 2, "{path}: {}", x_cache(&after));
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_fill_that_raced_a_patch_on_another_replica_is_never_served_after_it() {
     require_redis!();

@@ -13,7 +13,7 @@
 //! | 5. invalidate (both times, whatever upstream answered) | `cache::invalidation`, `cache::write_race` |
 //! | 6. audit, one line per request | `audit` |
 //! | legacy unversioned paths, `/v2` is `404` | `forwarding`, `cache::invalidation` |
-//! | cache rules: keys and org scoping | `cache::hits`, `cache::invalidation` |
+//! | cache rules: keys and org scoping, one agent however its id is spelt | `cache::hits`, `cache::invalidation`, `cluster` |
 //! | cache rules: a fill older than an invalidation is not stored | `cache::write_race`, `cache::purge`, `cache::stale` |
 //! | cache rules: coalescing | `cache::coalescing` |
 //! | cache rules: what is stored, identity fills, no `304` | `cache::stored`, `forwarding` |
@@ -25,10 +25,10 @@
 //! | forwarding rules: headers, request id, unsafe paths, `413`, `502`/`504`, pass-through | `forwarding` |
 //! | forwarding rules: TLS and ALPN to upstream | `tls` |
 //! | forwarding rules: methods, re-framing, HTTP/2 cookies | `edges` |
-//! | limits on slow, idle and too many clients | `edges` |
+//! | limits on slow, idle and too many clients | `edges`, `sim` (the simulator holds the same ones) |
 //! | audit line: fields, `changed_fields`, secrets, backpressure, shutdown | `audit`, `operations::secrets`, `operations::signals` |
 //! | audit line: `invalidated`, `499` for clients gone | `cache::invalidation`, `cache::coalescing`, `forwarding` |
-//! | config: validation (`check`), env overrides | `operations::subcommands` |
+//! | config: validation (`check`), bounds, secret files, env overrides | `operations::subcommands` |
 //! | config: `SIGHUP` reloads, key files re-read | `operations::reload`, `ratelimit` (quota state) |
 //! | CLI: run, `check`, `hash-key`, `gen-key`, exit codes | `operations::subcommands`, `operations::signals` |
 //! | CLI: `demo`, `sim` | `sim` |
@@ -38,7 +38,7 @@
 //! | cluster mode (quotas, read-after-write, purges, Redis unavailable) | `cluster` (a real `redis-server`; `support::redis`) |
 //!
 //! `support` holds the fixtures: the fake upstream, the gateway under test with its typed config,
-//! a client, and the one `/metrics` reader.
+//! a client, a raw HTTP/1.1 connection, and the one `/metrics` reader.
 
 #[allow(dead_code, unused_imports)]
 mod support;

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,7 @@ use http::Method;
 use serde_json::{json, Value};
 
 use dialnexa_gateway::demo::sim::{SimHandle, SimOptions, Simulator};
+use dialnexa_gateway::settings::ConnectionLimits;
 
 use crate::support::*;
 
@@ -673,4 +674,123 @@ async fn sim_refuses_an_oversized_body_with_413_and_stops_when_its_handle_drops(
         std::net::TcpStream::connect(addr).is_err()
     })
     .await;
+}
+
+// === The gateway's connection limits (DESIGN, "Limits on slow, idle and too many clients") ===
+
+/// A simulator holding clients to short limits, so each can be seen to run out.
+async fn limited_sim(max_connections: usize) -> SimHandle {
+    let quick = Duration::from_millis(300);
+    let limits = ConnectionLimits {
+        header_timeout: quick,
+        body_timeout: quick,
+        idle_timeout: quick,
+        max_connections: NonZeroUsize::new(max_connections).unwrap(),
+    };
+    start(SimOptions::new(KEY).limits(limits)).await
+}
+
+fn raw_request(method: &str, path: &str, extra: &str) -> Vec<u8> {
+    format!("{method} {path} HTTP/1.1\r\nHost: sim\r\nAuthorization: Bearer {KEY}\r\n{extra}\r\n")
+        .into_bytes()
+}
+
+#[test]
+fn sim_serves_under_the_gateways_default_connection_limits() {
+    let defaults = dialnexa_gateway::config::default_connection_limits();
+    assert_eq!(defaults.header_timeout, Duration::from_secs(30));
+    assert_eq!(defaults.body_timeout, Duration::from_secs(60));
+    assert_eq!(defaults.idle_timeout, Duration::from_secs(75));
+    assert_eq!(defaults.max_connections.get(), 16_384);
+}
+
+#[tokio::test]
+async fn sim_closes_silent_connections_and_answers_a_stalled_head_408_in_dialnexa_shape() {
+    let sim = limited_sim(16).await;
+    let mut silent = RawConn::open(sim.addr).await;
+    let mut half_head = RawConn::open(sim.addr).await;
+    half_head
+        .send(b"GET /v1/agents2 HTTP/1.1\r\nHost: sim\r\nAuthoriz")
+        .await;
+
+    let (closed, sent) = silent.closed().await;
+    assert!(closed, "a silent connection stayed open");
+    assert!(sent.is_empty(), "a silent client was sent {sent:?}");
+    let (closed, sent) = half_head.closed().await;
+    assert!(closed, "a stalled head kept its connection");
+    let text = String::from_utf8_lossy(&sent);
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    let body: Value = serde_json::from_str(&text[text.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    assert_eq!(body["statusCode"], 408);
+    assert_eq!(body["error"], "Request Timeout");
+}
+
+#[tokio::test]
+async fn sim_closes_an_idle_keep_alive_connection_and_answers_a_stalled_body_408() {
+    let sim = limited_sim(16).await;
+    let mut idle = RawConn::open(sim.addr).await;
+    idle.send(&raw_request("GET", &format!("/v1/agents2/{AGENT}"), ""))
+        .await;
+    assert_eq!(idle.answer("GET").await.status, 200);
+    let (closed, sent) = idle.closed().await;
+    assert!(closed, "an idle keep-alive connection stayed open");
+    assert!(sent.is_empty(), "an idle client was sent {sent:?}");
+
+    let mut stalled = RawConn::open(sim.addr).await;
+    let head = raw_request(
+        "PATCH",
+        &format!("/v1/agents2/{AGENT}"),
+        "content-type: application/json\r\ncontent-length: 100\r\n",
+    );
+    stalled.send(&head).await;
+    stalled.send(b"{\"pipeline_type\":").await;
+    let a = stalled.answer("PATCH").await;
+    assert_eq!(a.status, 408, "{}", a.head);
+    let body: Value = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(
+        (&body["statusCode"], &body["error"]),
+        (&json!(408), &json!("Request Timeout"))
+    );
+    // Nothing changed.
+    let c = Client::new(sim.addr);
+    let agent = get(&c, &format!("/v1/agents2/{AGENT}")).await.json();
+    assert_eq!(agent["pipeline_type"], "Cascaded");
+}
+
+/// A declared 10 GB body is refused on its head, without waiting for (or reading) any of it.
+#[tokio::test]
+async fn sim_refuses_a_10_gb_content_length_at_once() {
+    let sim = limited_sim(16).await;
+    let mut c = RawConn::open(sim.addr).await;
+    let head = raw_request(
+        "POST",
+        "/v1/agents2",
+        "content-type: application/json\r\ncontent-length: 10000000000\r\n",
+    );
+    c.send(&head).await;
+    let a = c.answer("POST").await;
+    assert_eq!(a.status, 413, "{}", a.head);
+    assert_eq!(sim.agent_count(), 3);
+}
+
+#[tokio::test]
+async fn sim_connections_beyond_max_connections_wait_until_one_closes() {
+    let sim = limited_sim(2).await;
+    let path = format!("/v1/agents2/{AGENT}");
+    let first = RawConn::open(sim.addr).await;
+    let mut second = RawConn::open(sim.addr).await;
+    second.send(&raw_request("GET", &path, "")).await;
+    assert_eq!(second.answer("GET").await.status, 200);
+
+    // The kernel completes the third handshake, but the simulator does not take the connection.
+    let mut third = RawConn::open(sim.addr).await;
+    third.send(&raw_request("GET", &path, "")).await;
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(200), third.stream.peek(&mut byte));
+    assert!(
+        early.await.is_err(),
+        "a third connection was served beyond max_connections = 2"
+    );
+    drop(first);
+    assert_eq!(third.answer("GET").await.status, 200);
 }

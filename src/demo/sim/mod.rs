@@ -11,22 +11,25 @@ mod quota;
 mod reply;
 mod sdk_routes;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::request::Parts;
 use hyper::body::Incoming;
 use hyper::header::AUTHORIZATION;
-use hyper::service::service_fn;
 use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use rand::RngCore;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
+
+use crate::server::limited::{serve_connection, Acceptor};
+use crate::settings::ConnectionLimits;
 
 pub use agents::ORGANIZATION_ID;
 
@@ -42,6 +45,7 @@ pub struct SimOptions {
     org_key: String,
     latency: Duration,
     rate_limit: Option<NonZeroU32>,
+    limits: ConnectionLimits,
 }
 
 impl SimOptions {
@@ -50,7 +54,14 @@ impl SimOptions {
             org_key: org_key.into(),
             latency: Duration::ZERO,
             rate_limit: None,
+            limits: crate::config::default_connection_limits(),
         }
+    }
+
+    /// What a client may hold without sending a request; by default the gateway's own defaults.
+    pub fn limits(mut self, limits: ConnectionLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Added before every answer, as the network to the real API would.
@@ -72,6 +83,7 @@ pub struct Simulator {
     /// Never logged nor echoed.
     org_key: String,
     latency: Duration,
+    limits: ConnectionLimits,
     quota: OrgQuota,
     agents: Mutex<AgentStore>,
     catalog: Mutex<Catalog>,
@@ -125,6 +137,7 @@ impl Simulator {
         let sim = Arc::new(Simulator {
             org_key: options.org_key,
             latency: options.latency,
+            limits: options.limits,
             quota: OrgQuota::new(options.rate_limit),
             agents: Mutex::new(AgentStore::seeded()),
             catalog: Mutex::new(Catalog::seeded()),
@@ -191,7 +204,7 @@ impl Simulator {
         let Some(segments) = api_segments(path) else {
             return reply::no_route(method, path);
         };
-        let answer = match body_of(method, body).await {
+        let answer = match body_of(&parts, body, self.limits.body_timeout).await {
             Ok(body) => match segments.as_slice() {
                 [family] if is_agents(family) => self.agents_route(method, None, query, &body),
                 [family, id] if is_agents(family) && is_id(id) => {
@@ -241,9 +254,9 @@ impl Simulator {
 }
 
 /// The request body, read (bounded) only for the methods that carry one here; others' is ignored.
-async fn body_of(method: &Method, body: Incoming) -> Result<Bytes, Refusal> {
-    if matches!(*method, Method::POST | Method::PATCH) {
-        reply::read_body(body).await
+async fn body_of(parts: &Parts, body: Incoming, idle: Duration) -> Result<Bytes, Refusal> {
+    if matches!(parts.method, Method::POST | Method::PATCH) {
+        reply::read_body(parts, body, idle).await
     } else {
         Ok(Bytes::new())
     }
@@ -302,31 +315,38 @@ fn fresh_id(prefix: &str, taken: impl Fn(&str) -> bool) -> String {
     }
 }
 
-/// Accepts until aborted. Connections live in a `JoinSet` owned by this task, so aborting
-/// the task (dropping the handle) also closes every open connection.
+/// Accepts until aborted, under the same connection limits as the gateway's API listener (one
+/// implementation: [`crate::server::limited`]). Connections live in a `JoinSet` owned by this
+/// task, so aborting the task (dropping the handle) also closes every open connection.
 async fn accept_loop(listener: TcpListener, sim: Arc<Simulator>) {
     let mut connections = JoinSet::new();
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _peer)) => stream,
-            Err(err) => {
-                // Usually out of file descriptors: back off instead of spinning.
-                tracing::warn!(%err, "simulator accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let mut acceptor = Acceptor::new(&sim.limits);
+    // Never told to stop: the task is aborted instead.
+    let (_running, stop) = watch::channel(false);
+    let mut stopping = stop.clone();
+    while let Some(accepted) = acceptor.accept(&listener, &mut stopping).await {
         while connections.try_join_next().is_some() {}
-        let sim = Arc::clone(&sim);
+        let (sim, builder, stop) = (Arc::clone(&sim), builder.clone(), stop.clone());
         connections.spawn(async move {
-            let svc = service_fn(move |req| {
+            let limits = sim.limits;
+            let handler = move |req| {
                 let sim = Arc::clone(&sim);
-                async move { Ok::<_, Infallible>(sim.handle(req).await) }
-            });
-            let conn = auto::Builder::new(TokioExecutor::new());
-            if let Err(err) = conn.serve_connection(TokioIo::new(stream), svc).await {
+                async move { sim.handle(req).await }
+            };
+            let ended = serve_connection(
+                &builder,
+                accepted.stream,
+                &limits,
+                stop,
+                reply::request_timeout,
+                handler,
+            )
+            .await;
+            if let Some(err) = ended.error {
                 tracing::debug!(%err, "simulator connection ended with an error");
             }
+            drop(accepted.permit);
         });
     }
 }

@@ -1,8 +1,11 @@
 //! What the simulator answers with: JSON bodies, DialNexa's error shape (NestJS's:
 //! `statusCode`, `message`, `error`), request bodies read within a bound, and query parameters.
 
+use std::time::Duration;
+
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http::request::Parts;
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
@@ -11,6 +14,8 @@ use serde_json::{Map, Value};
 
 use super::agents::AgentError;
 use super::patch::Invalid;
+use crate::error::GatewayError;
+use crate::proxy::request_body::{self, BodyLimits};
 
 pub(super) type Reply = Response<Full<Bytes>>;
 
@@ -89,6 +94,8 @@ pub(super) enum Refusal {
     TooLarge,
     #[error("{0}")]
     BadBody(&'static str),
+    #[error("Request body not received in time")]
+    BodyTimeout,
     /// Fields (or query parameters) that break the rules, one message each.
     #[error(transparent)]
     Invalid(#[from] Invalid),
@@ -112,19 +119,43 @@ impl From<Refusal> for Reply {
         match refusal {
             Refusal::TooLarge => error(StatusCode::PAYLOAD_TOO_LARGE, refusal.to_string()),
             Refusal::BadBody(message) => error(StatusCode::BAD_REQUEST, message),
+            Refusal::BodyTimeout => error(StatusCode::REQUEST_TIMEOUT, refusal.to_string()),
             Refusal::Invalid(Invalid(problems)) => error(StatusCode::BAD_REQUEST, problems),
             Refusal::NotFound(message) => error(StatusCode::NOT_FOUND, message),
         }
     }
 }
 
-/// Reads the request body, bounded.
-pub(super) async fn read_body(body: Incoming) -> Result<Bytes, Refusal> {
-    match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(Refusal::TooLarge),
-        Err(_) => Err(Refusal::BadBody("Could not read request body")),
-    }
+/// Reads the request body with the gateway's own reader: refused at once when it declares more
+/// than [`MAX_BODY_BYTES`], `413` past it, `408` when it stalls for `idle` between two reads.
+pub(super) async fn read_body(
+    parts: &Parts,
+    body: Incoming,
+    idle: Duration,
+) -> Result<Bytes, Refusal> {
+    let limits = BodyLimits {
+        max_bytes: MAX_BODY_BYTES as u64,
+        idle,
+    };
+    let mut seen = 0;
+    request_body::read(body, parts, limits, &mut seen)
+        .await
+        .map_err(|e| match e {
+            GatewayError::BodyTooLarge { .. } => Refusal::TooLarge,
+            GatewayError::BodyTimeout(_) => Refusal::BodyTimeout,
+            _ => Refusal::BadBody("Could not read request body"),
+        })
+}
+
+/// The `408` written to a client whose request head stalled, in DialNexa's error shape.
+pub(super) fn request_timeout(request_id: &str) -> Vec<u8> {
+    let body = ErrorBody {
+        status_code: StatusCode::REQUEST_TIMEOUT.as_u16(),
+        message: Value::from("Request headers not received in time"),
+        error: "Request Timeout",
+    };
+    let body = serde_json::to_vec(&body).unwrap_or_default();
+    crate::server::limited::raw_408(request_id, &body)
 }
 
 /// The body as a JSON object.

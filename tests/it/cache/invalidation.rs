@@ -318,6 +318,66 @@ async fn spellings_of_one_agent_path_are_one_agent() {
     assert_eq!(upstream.count(&Method::GET, "/v1/agents/abc"), 3);
 }
 
+/// Reserved characters name the same agent upstream whether escaped or not, so a read under one
+/// spelling is a hit for the other, and a write under either drops it; upstream is still sent
+/// the spelling the request used.
+#[tokio::test]
+async fn reserved_characters_escaped_or_not_are_one_cache_entry_and_one_invalidation() {
+    let (upstream, gw) = setup().await;
+    let c = gw.client();
+    let gets = || {
+        upstream
+            .requests()
+            .iter()
+            .filter(|r| r.method == Method::GET)
+            .count()
+    };
+    for (plain, escaped) in [
+        ("a:b", "a%3Ab"),
+        ("%7Bx%7D", "{x}"),
+        ("a@b!$;=", "a%40b%21%24%3b%3D"),
+    ] {
+        let before = gets();
+        let first = c.get(&format!("/v1/agents2/{plain}"), BILLING).await;
+        assert_eq!((x_cache(&first), version(&first)), ("MISS", 1), "{plain}");
+        let r = c.get(&format!("/v1/agents2/{escaped}"), SUPPORT).await;
+        assert_eq!((x_cache(&r), &r.body), ("HIT", &first.body), "{escaped}");
+        assert_eq!(
+            gets(),
+            before + 1,
+            "{plain}: one upstream call for both spellings"
+        );
+
+        // A write under the other spelling drops it, and is forwarded as it was spelt.
+        let r = send_write(
+            &c,
+            Method::PATCH,
+            &format!("/v1/agents2/{escaped}"),
+            BILLING,
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        let sent = upstream.requests().last().unwrap().uri.clone();
+        assert_eq!(sent, format!("/v1/agents2/{escaped}").replace("%3b", "%3B"));
+        let r = c.get(&format!("/v1/agents2/{plain}"), SUPPORT).await;
+        assert_eq!((x_cache(&r), version(&r)), ("MISS", 2), "{plain}");
+
+        // And the other way round: a read cached under the escaped spelling, a write under the plain one.
+        let r = c.get(&format!("/v1/agents/{escaped}"), BILLING).await;
+        assert_eq!((x_cache(&r), version(&r)), ("MISS", 2), "{escaped}");
+        let r = send_write(
+            &c,
+            Method::PATCH,
+            &format!("/agents/{plain}/versions"),
+            BILLING,
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        let r = c.get(&format!("/v1/agents/{escaped}"), BILLING).await;
+        assert_eq!((x_cache(&r), version(&r)), ("MISS", 3), "{escaped}");
+    }
+}
+
 #[tokio::test]
 async fn a_304_or_a_compressed_answer_to_a_fill_is_never_cached_or_replayed() {
     let (upstream, gw) = setup().await;

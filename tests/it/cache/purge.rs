@@ -52,6 +52,59 @@ async fn admin_purge_by_agent_by_org_or_everything() {
     assert_eq!(x_cache(&c.get("/v1/agents2/a2", BILLING).await), "HIT");
 }
 
+/// An empty name is a mistake, not "everything": `400` in the gateway's error shape, nothing
+/// purged, and the refusal audited.
+#[tokio::test]
+async fn admin_purge_with_an_empty_org_or_agent_id_is_400_and_purges_nothing() {
+    let (upstream, gw) = setup().await;
+    let c = gw.client();
+    let admin = bearer(ADMIN_TOKEN);
+    c.get("/v1/agents2/a1", BILLING).await;
+    let bodies = [
+        r#"{"agent_id":""}"#,
+        r#"{"org":""}"#,
+        r#"{"org":"acme","agent_id":" "}"#,
+        r#"{"org":"","agent_id":"a1"}"#,
+    ];
+    for body in bodies {
+        let r = purge(&gw, Some(&admin), body).await;
+        assert_eq!(r.status, 400, "{body}");
+        let json = r.json();
+        assert_eq!(
+            (&json["statusCode"], &json["error"], &json["code"]),
+            (
+                &json!(400),
+                &json!("Bad Request"),
+                &json!("invalid_request")
+            ),
+            "{body}"
+        );
+        assert!(
+            json["message"]
+                .as_str()
+                .unwrap()
+                .contains("must not be empty"),
+            "{json}"
+        );
+        assert!(json["request_id"].is_string());
+    }
+    assert_eq!(x_cache(&c.get("/v1/agents2/a1", BILLING).await), "HIT");
+    assert_eq!(upstream.total(), 1);
+    let lines = gw.audit_lines(bodies.len() + 2).await;
+    let refused: Vec<_> = lines
+        .iter()
+        .filter(|l| l["path"] == "/admin/cache/purge")
+        .collect();
+    assert_eq!(refused.len(), bodies.len(), "{lines:?}");
+    for l in refused {
+        assert_eq!(
+            (&l["status"], &l["decision"], &l["invalidated"], &l["team"]),
+            (&json!(400), &json!("bad_request"), &json!(0), &json!(null)),
+            "{l}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purge_drops_a_fill_that_was_in_flight_when_it_ran() {
     let (upstream, gw) = setup().await;

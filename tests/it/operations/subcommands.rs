@@ -102,6 +102,26 @@ fn env_override_is_validated_like_the_file() {
     assert!(stderr.contains("upstream.timeout_ms"), "{stderr}");
     // The same file without the override is fine: the env var is what broke it.
     assert_eq!(check(&toml, &[]).status.code(), Some(0));
+    // An override is held to the same bounds, and a float is refused, not rounded.
+    for (var, value, key) in [
+        ("DNXGW__CACHE__TTL_SECONDS", "1.5", "cache.ttl_seconds"),
+        (
+            "DNXGW__UPSTREAM__TIMEOUT_MS",
+            "1e300",
+            "upstream.timeout_ms",
+        ),
+        (
+            "DNXGW__SERVER__MAX_CONNECTIONS",
+            "2305843009213693952",
+            "server.max_connections",
+        ),
+    ] {
+        let stderr = text(&check(&toml, &[(var, value)]).stderr);
+        assert!(
+            stderr.starts_with(&format!("config error: {key}: ")) && stderr.lines().count() == 1,
+            "{var}={value}: {stderr}"
+        );
+    }
 }
 
 fn hash_key(stdin: &str) -> Output {
@@ -152,4 +172,185 @@ fn gen_key_prints_a_different_key_each_run() {
         .collect();
     let distinct: std::collections::HashSet<_> = keys.iter().collect();
     assert_eq!(distinct.len(), keys.len(), "{keys:?}");
+}
+
+/// `valid` with `line` added to `[table]` (appended as a new table when the file has none).
+fn with_line(valid: &str, table: &str, line: &str) -> String {
+    let header = format!("[{table}]\n");
+    if valid.contains(&header) {
+        valid.replacen(&header, &format!("{header}{line}\n"), 1)
+    } else {
+        format!("{valid}{header}{line}\n")
+    }
+}
+
+/// The values the gateway once accepted and then crashed, wedged or overflowed on, and their
+/// neighbours: each is refused by `check` with exit 1 and exactly one line, naming its key.
+#[test]
+fn check_refuses_numbers_the_gateway_cannot_run_with_in_one_line_naming_the_key() {
+    let valid = config_text("");
+    let redis = "redis_url = \"redis://127.0.0.1:6379/0\"";
+    let cases: &[(&str, &str, &str)] = &[
+        ("cache", "ttl_seconds = 30000000000", "cache.ttl_seconds"),
+        ("cache", "ttl_seconds = 31536001", "cache.ttl_seconds"),
+        (
+            "cache",
+            "stale_if_error_seconds = 31536001",
+            "cache.stale_if_error_seconds",
+        ),
+        ("cache", "ttl_seconds = 1.5", "cache.ttl_seconds"),
+        (
+            "server",
+            "max_connections = 2305843009213693952",
+            "server.max_connections",
+        ),
+        (
+            "server",
+            "max_connections = 1000001",
+            "server.max_connections",
+        ),
+        ("server", "max_connections = 0", "server.max_connections"),
+        ("server", "max_connections = -1", "server.max_connections"),
+        (
+            "server",
+            "shutdown_grace_ms = 86400001",
+            "server.shutdown_grace_ms",
+        ),
+        (
+            "server",
+            "request_header_timeout_ms = 1e300",
+            "server.request_header_timeout_ms",
+        ),
+        (
+            "server",
+            "request_body_timeout_ms = 86400001",
+            "server.request_body_timeout_ms",
+        ),
+        (
+            "server",
+            "idle_timeout_ms = 9223372036854775807",
+            "server.idle_timeout_ms",
+        ),
+        ("server", "max_body_bytes = 2.5", "server.max_body_bytes"),
+        (
+            "upstream",
+            "timeout_ms = 9200000000000000000",
+            "upstream.timeout_ms",
+        ),
+        ("upstream", "timeout_ms = 1e300", "upstream.timeout_ms"),
+        (
+            "upstream",
+            "connect_timeout_ms = 86400001",
+            "upstream.connect_timeout_ms",
+        ),
+        ("audit", "buffer_lines = true", "audit.buffer_lines"),
+        (
+            "cluster",
+            &format!("{redis}\ntimeout_ms = 9200000000000000000"),
+            "cluster.timeout_ms",
+        ),
+        (
+            "cluster",
+            &format!("{redis}\ntimeout_ms = 1e300"),
+            "cluster.timeout_ms",
+        ),
+        (
+            "cluster",
+            "redis_url = \"redis://127.0.0.1:99999\"",
+            "cluster.redis_url",
+        ),
+        (
+            "cluster",
+            "redis_url = \"redis://127.0.0.1:6379/-1\"",
+            "cluster.redis_url",
+        ),
+    ];
+    let replaced = [
+        valid.replace("127.0.0.1:9/v1", "127.0.0.1:99999/v1"),
+        valid.replacen(
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"127.0.0.1:99999\"",
+            1,
+        ),
+    ];
+    let keys = ["upstream.base_url", "server.listen"];
+    let mut files: Vec<(String, &str)> = cases
+        .iter()
+        .map(|&(table, line, key)| (with_line(&valid, table, line), key))
+        .collect();
+    files.extend(replaced.into_iter().zip(keys));
+    for (toml, key) in files {
+        let line = toml.clone();
+        let out = check(&toml, &[]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{line}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{line}: {stderr}");
+        assert!(
+            lines[0].starts_with(&format!("config error: {key}: ")),
+            "{line}: {stderr}"
+        );
+    }
+    // The edges themselves are fine.
+    for (table, line) in [
+        ("cache", "ttl_seconds = 31536000"),
+        ("server", "max_connections = 1000000"),
+        ("upstream", "timeout_ms = 86400000"),
+        ("cluster", "redis_url = \"redis://127.0.0.1:65535/15\""),
+    ] {
+        let out = check(&with_line(&valid, table, line), &[]);
+        assert_eq!(out.status.code(), Some(0), "{line}: {}", text(&out.stderr));
+    }
+}
+
+/// A key file that never ends or never opens is an error at once, not a hang or a read until
+/// memory runs out.
+#[test]
+fn check_refuses_a_device_a_fifo_or_a_large_file_as_a_key_file_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("acme.fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let large = dir.path().join("large.key");
+    std::fs::write(&large, "k".repeat(64 * 1024 + 1)).unwrap();
+    let valid = config_text("");
+    for (path, says) in [
+        (
+            "/dev/zero".to_owned(),
+            "is not a regular file (a character device)",
+        ),
+        (fifo.display().to_string(), "is not a regular file (a FIFO)"),
+        (large.display().to_string(), "is larger than 65536 bytes"),
+    ] {
+        let toml = valid.replace(&format!("{DIR}/acme.key"), &path);
+        let started = std::time::Instant::now();
+        let out = check(&toml, &[]);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{path}"
+        );
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{path}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.starts_with("config error: orgs.acme.api_key_file: ") && stderr.contains(says),
+            "{path}: {stderr}"
+        );
+        assert!(!stderr.contains("kkkk"), "{stderr}");
+    }
+    // The Redis password file is read by the same rule.
+    let toml = with_line(
+        &valid,
+        "cluster",
+        "redis_url = \"redis://127.0.0.1:6379\"\nredis_password_file = \"/dev/zero\"",
+    );
+    let stderr = text(&check(&toml, &[]).stderr);
+    assert!(
+        stderr.starts_with("config error: cluster.redis_password_file: ")
+            && stderr.contains("not a regular file"),
+        "{stderr}"
+    );
 }

@@ -314,11 +314,16 @@ async fn handle(
 }
 
 /// `/v1/{agents2|agents}/{id}`: GET answers `{"id","version","query"}`; writes bump the version.
-/// Anything else answers `{"method","path"}`.
+/// Anything else answers `{"method","path"}`. The id is percent-decoded, as DialNexa's router
+/// decodes its parameters: `a%3Ab` and `a:b` are one agent.
 fn agent_store(state: &State, rec: &Recorded) -> Reply {
     let segments: Vec<&str> = rec.path().trim_start_matches('/').split('/').collect();
     let agent = match segments.as_slice() {
-        ["v1", "agents2" | "agents", id, ..] if !id.is_empty() => Some(id.to_string()),
+        ["v1", "agents2" | "agents", id, ..] if !id.is_empty() => Some(
+            percent_encoding::percent_decode_str(id)
+                .decode_utf8_lossy()
+                .into_owned(),
+        ),
         _ => None,
     };
     let Some(agent) = agent else {
