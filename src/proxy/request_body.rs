@@ -34,6 +34,9 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
+/// The most memory reserved for a body before its bytes arrive (typical agent PATCHes are a few KiB).
+const PREALLOCATE_AT_MOST: u64 = 64 * 1024;
+
 /// Reads the request body whole, refusing it past `limit` whether it declared its length or not.
 /// Bodies are small JSON documents bounded by `limit`; holding them lets the gateway refuse an
 /// oversized one before anything reaches upstream and name the changed fields in the audit line.
@@ -54,7 +57,9 @@ pub async fn read(
         discard(incoming, parts, seen).await;
         return Err(GatewayError::BodyTooLarge { limit });
     }
-    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+    // Room for what was declared, up to a bound: a declared length is a promise, not bytes, and a
+    // client announcing a large body it never sends must not make the gateway hold that memory.
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(PREALLOCATE_AT_MOST) as usize);
     loop {
         // A client that stops sending mid-body is answered `408` rather than holding the request
         // (and its connection) open; nothing has been forwarded yet.
