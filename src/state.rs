@@ -1,5 +1,5 @@
 //! The config snapshot requests run on ([`Snapshot`], swapped whole by a reload) and the process-wide
-//! parts that outlive reloads ([`Gateway`]: cache, quotas, audit log, metrics, drain flag, work left
+//! parts that outlive reloads ([`Gateway`]: cache, admission, audit log, metrics, drain flag, work left
 //! unattended), with the one entry point for every invalidation, [`Gateway::invalidate`].
 
 use std::collections::HashMap;
@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use tokio::task::JoinSet;
 
+use crate::admission::{Admission, TeamLimiter};
 use crate::audit::AuditLog;
 use crate::auth::KeyDigest;
 use crate::cache::{fold_case, AgentCache, Scope};
@@ -18,7 +19,6 @@ use crate::cluster::{Cluster, ClusterStartError, Reach};
 use crate::config::ConfigError;
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, TeamCounters};
-use crate::ratelimit::{Quotas, TeamLimiter};
 use crate::settings::{ClusterSettings, OnUnavailable, Settings, Team};
 use crate::upstream::UpstreamClient;
 
@@ -112,8 +112,8 @@ pub struct Gateway {
     snapshot: ArcSwap<Snapshot>,
     /// Built even when `cache.enabled = false`, so a reload can turn caching on; sized at start.
     pub cache: Arc<AgentCache>,
-    /// Where quota state lives; the pipeline asks it, never a limiter directly.
-    pub quotas: Quotas,
+    /// "May this request go now": the pipeline asks it, never a limiter directly.
+    pub admission: Admission,
     pub audit: AuditLog,
     pub metrics: Arc<Metrics>,
     draining: AtomicBool,
@@ -158,14 +158,14 @@ impl Gateway {
                 Some((cluster, cs.clone()))
             }
         };
-        let quotas = match &cluster {
-            Some((c, _)) => Quotas::Shared(Arc::clone(c)),
-            None => Quotas::Local,
+        let admission = match &cluster {
+            Some((c, _)) => Admission::shared(Arc::clone(c)),
+            None => Admission::local(),
         };
         Ok(Self {
             snapshot: ArcSwap::from_pointee(Snapshot::build(settings, None, &metrics)),
             cache,
-            quotas,
+            admission,
             audit,
             metrics,
             draining: AtomicBool::new(false),

@@ -30,6 +30,7 @@ pub(super) async fn forward(
 ) -> Result<Response<ProxyBody>, GatewayError> {
     let req = upstream_request(ex, team, route, parts, body, request_id, Purpose::Forward)?;
     let timeout = ex.snapshot.settings.upstream.timeout;
+    ex.gw.admission.before_upstream(&team.settings).await?;
     let pending = invalidate_before(ex, team, route, &parts.method).await;
     let started = Instant::now();
     let result = ex.snapshot.upstream.send(&req, timeout).await;
