@@ -10,6 +10,7 @@
 //! hits too), and [`Admission::before_upstream`] right before a request goes upstream (a fill's
 //! leader once, a forward, a write), where the organisation's budget is spent.
 
+mod budget;
 mod local;
 mod shared;
 mod verdict;

@@ -78,6 +78,12 @@ pub(super) fn read_secret(
 }
 
 pub(super) fn validate_org(name: &str, raw: RawOrg, key: &str, p: &mut Problems) -> Option<Org> {
+    let (upstream_rate_limit, max_upstream_hold) = super::budget::validate_org_budget(
+        raw.upstream_rate_limit,
+        raw.max_upstream_hold_seconds,
+        key,
+        p,
+    );
     let fields = SecretFields {
         env: "api_key_env",
         file: "api_key_file",
@@ -96,6 +102,8 @@ pub(super) fn validate_org(name: &str, raw: RawOrg, key: &str, p: &mut Problems)
             Some(Org {
                 name: Arc::from(name),
                 authorization,
+                upstream_rate_limit: upstream_rate_limit?,
+                max_upstream_hold: max_upstream_hold?,
             })
         }
         Err(_) => {
@@ -121,7 +129,11 @@ pub(super) fn parse_digest(hex: &str, key: &str, p: &mut Problems) -> Option<Key
     }
 }
 
-fn validate_rate(raw: Option<RawRate>, key: &str, p: &mut Problems) -> Option<RateQuota> {
+pub(super) fn validate_rate(
+    raw: Option<RawRate>,
+    key: &str,
+    p: &mut Problems,
+) -> Option<RateQuota> {
     let raw = raw?;
     let per_minute = raw.per_minute.and_then(NonZeroU32::new);
     let burst = raw.burst.and_then(NonZeroU32::new);
@@ -226,5 +238,8 @@ pub(super) fn validate_team(
         access: access?,
         rate_limit: rate_limit?,
         write_rate_limit,
+        upstream_share: raw
+            .upstream_share
+            .unwrap_or(super::budget::DEFAULT_UPSTREAM_SHARE),
     })
 }
