@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use tokio::task::JoinSet;
 
-use crate::admission::{Admission, TeamLimiter};
+use crate::admission::{self, Admission, TeamLimiter, TeamPart};
 use crate::audit::AuditLog;
 use crate::auth::KeyDigest;
 use crate::cache::{fold_case, AgentCache, Scope};
@@ -22,10 +22,12 @@ use crate::metrics::{Metrics, TeamCounters};
 use crate::settings::{ClusterSettings, OnUnavailable, Settings, Team};
 use crate::upstream::UpstreamClient;
 
-/// A team as requests see it: its config and its (reload-surviving) limiter.
+/// A team as requests see it: its config, its (reload-surviving) limiter, and its part in its
+/// org's budget.
 pub struct TeamState {
     pub settings: Team,
     pub limiter: Arc<TeamLimiter>,
+    pub part: Arc<TeamPart>,
     pub counters: TeamCounters,
 }
 
@@ -53,6 +55,7 @@ impl Snapshot {
             })
             .unwrap_or_default();
         let mut teams = HashMap::default();
+        let parts = admission::team_parts(&settings.teams, &metrics.budget);
         for team in &settings.teams {
             let limiter = match old_limiters.get(&*team.name) {
                 Some(l) if l.has_quotas(team.rate_limit, team.write_rate_limit) => Arc::clone(l),
@@ -66,6 +69,7 @@ impl Snapshot {
             let state = Arc::new(TeamState {
                 settings: team.clone(),
                 limiter,
+                part: Arc::clone(&parts[&team.name]),
                 counters: metrics.team_counters(&team.name, &team.org.name),
             });
             for digest in &team.key_digests {
@@ -100,6 +104,12 @@ impl Snapshot {
         orgs.sort();
         orgs.dedup();
         orgs
+    }
+
+    fn team_orgs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.teams
+            .values()
+            .map(|t| (&*t.settings.name, &*t.settings.org.name))
     }
 
     fn team_names(&self) -> impl Iterator<Item = &str> {
@@ -204,6 +214,16 @@ impl Gateway {
         let kept: std::collections::HashSet<&str> = new.team_names().collect();
         for gone in old.team_names().filter(|n| !kept.contains(n)) {
             self.metrics.forget_team(gone);
+        }
+        let kept: std::collections::HashSet<(&str, &str)> = new.team_orgs().collect();
+        for gone in old
+            .teams
+            .values()
+            .filter(|t| !kept.contains(&(&*t.settings.name, &*t.settings.org.name)))
+        {
+            self.metrics
+                .budget
+                .forget_team(&gone.settings.org.name, &gone.settings.name);
         }
         let kept: std::collections::HashSet<Arc<str>> = new.org_names().into_iter().collect();
         for org in old.org_names().iter().filter(|n| !kept.contains(*n)) {

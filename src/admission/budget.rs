@@ -377,7 +377,11 @@ mod tests {
     fn accepted_burst(per_minute: u32, shares: &[u32], from: u32) -> Option<u32> {
         let lender = u64::from(shares.contains(&0));
         (from..500).find(|&b| {
-            let g: u64 = plan(per_minute, b, shares).parts.iter().map(|p| p.guaranteed).sum();
+            let g: u64 = plan(per_minute, b, shares)
+                .parts
+                .iter()
+                .map(|p| p.guaranteed)
+                .sum();
             g + lender <= u64::from(b)
         })
     }

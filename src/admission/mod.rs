@@ -11,20 +11,26 @@
 //! leader once, a forward, a write), where the organisation's budget is spent.
 
 mod budget;
+mod hold;
 mod local;
+mod org;
 mod shared;
 mod verdict;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, StatusCode};
 
 pub use local::TeamLimiter;
+pub use org::{team_parts, TeamPart};
 pub use verdict::{apply_headers, LimitedBy, QuotaKind, QuotaStatus, Verdict};
 
 use crate::cache::SharedVersion;
 use crate::cluster::{Ask as ClusterAsk, Cluster, Mode};
 use crate::error::GatewayError;
-use crate::settings::{OnUnavailable, Team};
+use crate::settings::OnUnavailable;
+use org::{LocalBudgets, Refusal, Spent};
 
 /// Where admission state lives. A refused request spends nothing, whichever room answers.
 #[derive(Clone, Default)]
@@ -32,6 +38,9 @@ pub struct Admission {
     /// `None`: in this process only. `Some`: in the cluster's Redis, shared by every replica; the
     /// local state stands in while it is unavailable (`on_unavailable = "degrade"`).
     shared: Option<Arc<Cluster>>,
+    /// The org budgets and holds of this process: all of them without a cluster, and the stand-in
+    /// for Redis's while it is unavailable. Kept across reloads.
+    local: Arc<LocalBudgets>,
 }
 
 /// One request, as the admission step sees it.
@@ -65,13 +74,14 @@ pub enum Answer {
 impl Admission {
     /// Admission in this process alone.
     pub fn local() -> Self {
-        Self { shared: None }
+        Self::default()
     }
 
     /// Admission shared by every replica through `cluster`.
     pub fn shared(cluster: Arc<Cluster>) -> Self {
         Self {
             shared: Some(cluster),
+            local: Arc::default(),
         }
     }
 
@@ -130,9 +140,70 @@ impl Admission {
     }
 
     /// The step right before a request goes upstream, once per upstream call: a fill's leader
-    /// (however many requests wait on it), a forward, a write. Hits never come here.
-    pub async fn before_upstream(&self, _team: &Team) -> Result<(), GatewayError> {
-        Ok(())
+    /// (however many requests wait on it), a forward, a write. Hits never come here. Spends one
+    /// call of the org's budget, or refuses (nothing spent) for the budget or a DialNexa hold.
+    /// In cluster mode one round trip; without Redis, the replica's own budget stands in.
+    pub async fn before_upstream(&self, part: &TeamPart) -> Result<(), GatewayError> {
+        let decided = match &self.shared {
+            Some(cluster) if cluster.is_up() => match shared::spend(cluster, part).await {
+                Ok(decided) => decided,
+                Err(_) => self.local.spend(part),
+            },
+            _ => self.local.spend(part),
+        };
+        let counters = &part.counters;
+        match decided {
+            Ok(spent) => {
+                counters.calls.inc();
+                if spent == Spent::Borrowed {
+                    counters.borrowed.inc();
+                }
+                Ok(())
+            }
+            Err(Refusal::Org { wait, full }) => {
+                counters.refused_org.inc();
+                // Only an org with a budget refuses for it, so `quota` is there.
+                let (per_minute, burst) = part
+                    .quota
+                    .map_or((0, 0), |q| (q.per_minute.get(), q.burst.get()));
+                Err(GatewayError::OrgQuotaExhausted {
+                    retry_after: wait,
+                    per_minute,
+                    burst,
+                    reset: full,
+                })
+            }
+            Err(Refusal::Held { left }) => {
+                counters.refused_upstream.inc();
+                // Learnt from Redis, perhaps: this replica's gauge shows it too.
+                self.local.hold(&part.org, left, &counters.hold);
+                Err(GatewayError::UpstreamQuotaExhausted { retry_after: left })
+            }
+        }
+    }
+
+    /// Every upstream answer to one of the org's calls: DialNexa's `429`, or its word that no
+    /// call is left, holds the org (on every replica in cluster mode) for as long as it asks,
+    /// up to `max_upstream_hold_seconds`.
+    pub async fn upstream_answered(
+        &self,
+        part: &TeamPart,
+        status: StatusCode,
+        headers: &HeaderMap,
+    ) {
+        let Some(hold) = hold::hold_after(status, headers, part.max_hold, SystemTime::now()) else {
+            return;
+        };
+        self.local.hold(&part.org, hold, &part.counters.hold);
+        if let Some(cluster) = &self.shared {
+            // Without Redis the other replicas learn of it from DialNexa's next refusal to them.
+            let _ = cluster.hold(&part.org, hold).await;
+        }
+    }
+
+    /// Brings the hold gauges up to date, for a scrape.
+    pub fn refresh_gauges(&self) {
+        self.local.refresh_gauges();
     }
 
     /// The quota state without spending anything, for answers refused before the limiter. Always

@@ -1,12 +1,14 @@
-//! The shared quota: the team's GCRA state in the cluster's Redis, checked and spent by one script
-//! on Redis's clock, so N replicas admit exactly what one gateway would. Its answer is turned into
-//! the same [`Verdict`] the local limiter gives, so the headers do not know which one answered.
+//! The shared room: the team's GCRA state and the org's budget and hold in the cluster's Redis,
+//! each checked and spent by one script on Redis's clock, so N replicas admit exactly what one
+//! gateway would. Their answers are turned into the same values the local room gives ([`Verdict`],
+//! [`Spent`] or [`Refusal`]), so the pipeline does not know which one answered.
 
 use std::time::Duration;
 
 use super::local::TeamLimiter;
+use super::org::{Refusal, Spent, TeamPart};
 use super::verdict::{QuotaKind, QuotaStatus, Verdict};
-use crate::cluster::{AdmitReply, Bucket};
+use crate::cluster::{AdmitReply, Bucket, BudgetAsk, BudgetReply, Cluster, ClusterError};
 use crate::settings::RateQuota;
 
 /// A quota as the script takes it: the time GCRA needs to earn back one request, and the burst.
@@ -42,4 +44,37 @@ pub(super) fn verdict(reply: &AdmitReply, limiter: &TeamLimiter) -> Verdict {
         _ => None,
     };
     limiter.verdict(general, write, refusal)
+}
+
+/// One upstream call against the org's budget and hold in Redis, answered as the local budget
+/// answers.
+pub(super) async fn spend(
+    cluster: &Cluster,
+    part: &TeamPart,
+) -> Result<Result<Spent, Refusal>, ClusterError> {
+    let parts: Vec<(&str, u64, u64)>;
+    let ask = match &part.budget {
+        None => None,
+        Some((plan, i)) => {
+            parts = plan
+                .parts
+                .iter()
+                .map(|p| (&*p.team, p.share, p.guaranteed))
+                .collect();
+            Some(BudgetAsk {
+                per_minute: plan.per_minute,
+                burst: plan.burst,
+                total_shares: plan.total_shares,
+                parts: &parts,
+                team: *i,
+            })
+        }
+    };
+    Ok(match cluster.spend_budget(&part.org, ask).await? {
+        BudgetReply::Within => Ok(Spent::Within),
+        BudgetReply::Borrowed => Ok(Spent::Borrowed),
+        BudgetReply::Free => Ok(Spent::Free),
+        BudgetReply::Refused { wait, full } => Err(Refusal::Org { wait, full }),
+        BudgetReply::Held { left } => Err(Refusal::Held { left }),
+    })
 }

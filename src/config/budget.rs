@@ -107,3 +107,111 @@ pub(super) fn check_budgets(teams: &[Team], p: &mut Problems) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::settings::Settings;
+
+    /// The problems of a config with org `acme` (its key from `PATH`, set in any environment).
+    fn problems(org: &str, teams: &[(&str, Option<u32>)]) -> Vec<String> {
+        let mut toml = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nbase_url = \"http://127.0.0.1:1/v1\"\n\
+             [orgs.acme]\napi_key_env = \"PATH\"\n{org}\n"
+        );
+        for (i, (name, share)) in teams.iter().enumerate() {
+            toml.push_str(&format!(
+                "[teams.{name}]\norg = \"acme\"\nkey_sha256 = [\"{}\"]\n\
+                 rate_limit = {{ per_minute = 60, burst = 10 }}\n",
+                format!("{:x}", i + 1).repeat(64)
+            ));
+            if let Some(share) = share {
+                toml.push_str(&format!("upstream_share = {share}\n"));
+            }
+        }
+        match Settings::from_toml_str(&toml) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems,
+        }
+    }
+
+    #[test]
+    fn an_org_budget_and_shares_are_read_with_their_defaults() {
+        let toml = "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nbase_url = \"http://127.0.0.1:1/v1\"\n\
+             [orgs.acme]\napi_key_env = \"PATH\"\nupstream_rate_limit = { per_minute = 120, burst = 20 }\n\
+             [teams.a]\norg = \"acme\"\nkey_sha256 = [\"1111111111111111111111111111111111111111111111111111111111111111\"]\n\
+             rate_limit = { per_minute = 60, burst = 10 }\nupstream_share = 3\n";
+        let s = Settings::from_toml_str(toml).unwrap();
+        let team = &s.teams[0];
+        assert_eq!(team.upstream_share, 3);
+        let quota = team.org.upstream_rate_limit.unwrap();
+        assert_eq!((quota.per_minute.get(), quota.burst.get()), (120, 20));
+        assert_eq!(
+            team.org.max_upstream_hold,
+            std::time::Duration::from_secs(60)
+        );
+        assert!(problems("", &[("a", None)]).is_empty());
+    }
+
+    #[test]
+    fn guaranteed_bursts_beyond_the_org_burst_are_refused_naming_the_org() {
+        // Burst 2 and three teams: each is guaranteed at least 1, 3 in all.
+        let found = problems(
+            "upstream_rate_limit = { per_minute = 60, burst = 2 }",
+            &[("a", None), ("b", None), ("c", None)],
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("orgs.acme.upstream_rate_limit.burst: organisation \"acme\""),
+            "{found:?}"
+        );
+        assert!(found[0].contains("add up to 3"), "{found:?}");
+        assert!(problems(
+            "upstream_rate_limit = { per_minute = 60, burst = 3 }",
+            &[("a", None), ("b", None), ("c", None)],
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn a_borrowing_team_needs_room_to_borrow() {
+        let found = problems(
+            "upstream_rate_limit = { per_minute = 60, burst = 4 }",
+            &[("a", Some(1)), ("b", Some(1)), ("batch", Some(0))],
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("\"batch\""), "{found:?}");
+        assert!(problems(
+            "upstream_rate_limit = { per_minute = 60, burst = 5 }",
+            &[("a", Some(1)), ("b", Some(1)), ("batch", Some(0))],
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn bad_budget_values_name_their_key() {
+        let found = problems(
+            "upstream_rate_limit = { per_minute = 0, burst = 5 }\nmax_upstream_hold_seconds = 90000",
+            &[("a", None)],
+        );
+        assert_eq!(
+            found,
+            vec![
+                "orgs.acme.upstream_rate_limit.per_minute: is required and must be at least 1",
+                "orgs.acme.max_upstream_hold_seconds: must be at most 86400 (one day)",
+            ]
+        );
+        let found = problems("", &[("a", Some(2_000_000))]);
+        assert_eq!(
+            found,
+            vec!["teams.a.upstream_share: must be a whole number from 0 to 1000000"]
+        );
+        let found = problems(
+            "upstream_rate_limit = { per_minute = 60, burst = 100000 }",
+            &[("a", Some(10_000))],
+        );
+        assert!(
+            found[0].starts_with("orgs.acme.upstream_rate_limit.burst: burst 100000 times"),
+            "{found:?}"
+        );
+    }
+}

@@ -94,7 +94,7 @@ pub(super) async fn read(
     let report = ex.line.awaiting_fill();
     let fetch = move || async move {
         // Once per fill, by its leader: the requests waiting on it spend nothing.
-        gw.admission.before_upstream(&asking.settings).await?;
+        gw.admission.before_upstream(&asking.part).await?;
         let sent = Instant::now();
         let fetched = snapshot
             .upstream
@@ -102,11 +102,17 @@ pub(super) async fn read(
             .await;
         let took = sent.elapsed();
         gw.metrics.upstream_duration.observe(took.as_secs_f64());
-        let status = match &fetched {
-            Ok(CacheFetch::Buffered(answer)) => Some(answer.status.as_u16()),
-            Ok(CacheFetch::TooLarge(resp)) => Some(resp.status().as_u16()),
+        let answer = match &fetched {
+            Ok(CacheFetch::Buffered(answer)) => Some((answer.status, &answer.headers)),
+            Ok(CacheFetch::TooLarge(resp)) => Some((resp.status(), resp.headers())),
             Err(_) => None,
         };
+        if let Some((status, headers)) = answer {
+            gw.admission
+                .upstream_answered(&asking.part, status, headers)
+                .await;
+        }
+        let status = answer.map(|(status, _)| status.as_u16());
         let _ = report.send(UpstreamReport { status, took });
         fetched
     };

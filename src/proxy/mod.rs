@@ -96,6 +96,17 @@ async fn exchange(
         Ok(resp) => resp,
         Err(e) => {
             ex.record().decision = e.decision();
+            match &e {
+                // The org's headers describe the refusal, in place of the team's.
+                GatewayError::OrgQuotaExhausted { .. } => {
+                    ex.record().limited_by = Some(LimitedBy::Org);
+                    ex.verdict = None;
+                }
+                GatewayError::UpstreamQuotaExhausted { .. } => {
+                    ex.record().limited_by = Some(LimitedBy::Upstream);
+                }
+                _ => {}
+            }
             e.to_response(&ex.record().request_id)
         }
     };
