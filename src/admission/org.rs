@@ -90,10 +90,31 @@ struct OrgState {
     org: Bucket,
     /// By team name, so a reload that adds, removes or reweighs teams keeps what each spent.
     teams: HashMap<Arc<str>, Bucket>,
+    /// The sum of shares the buckets count in (units of `1 / (60 000 000 × S)` of a call); 0
+    /// before the first call.
+    shares: u64,
     /// On [`clock`]; 0: never held.
     held_until: u64,
     /// The org's hold gauge, refreshed at each scrape while it counts down.
     gauge: Option<Gauge>,
+}
+
+impl OrgState {
+    /// Carries the buckets over to units of `shares` (a reload reweighed the org's teams): the
+    /// same calls spent, rounded up.
+    fn rescale(&mut self, shares: u64) {
+        let old = self.shares;
+        self.shares = shares;
+        if old == 0 {
+            return;
+        }
+        let scale = |b: &mut Bucket| {
+            let scaled = (u128::from(b.deficit) * u128::from(shares)).div_ceil(u128::from(old));
+            b.deficit = u64::try_from(scaled).unwrap_or(u64::MAX);
+        };
+        scale(&mut self.org);
+        self.teams.values_mut().for_each(scale);
+    }
 }
 
 /// Microseconds on this process's monotonic clock. It starts above 0 so that a default bucket
@@ -122,6 +143,9 @@ impl LocalBudgets {
             return Ok(Spent::Free);
         };
         let state = orgs.entry(part.org.clone()).or_default();
+        if state.shares != plan.total_shares {
+            state.rescale(plan.total_shares);
+        }
         let mut teams: Vec<Bucket> = plan
             .parts
             .iter()

@@ -19,7 +19,8 @@ use super::{key, micros, Cluster, ClusterError};
 /// budget, 3 held (wait = the hold's time left), 4 admitted without a budget.
 ///
 /// The hash keeps each bucket as its deficit (units below full) and the instant of its last spend:
-/// fields `o`/`o@` for the org, `g:<team>`/`g@<team>` for a team's guaranteed part. Nothing is
+/// fields `o`/`o@` for the org, `g:<team>`/`g@<team>` for a team's guaranteed part, and `s`, the
+/// sum of shares its units were counted in (a reload that reweighs the teams rescales). Nothing is
 /// written on refusal; an admission sets the key to expire once every bucket in it is full again,
 /// so an expired key and a full budget are the same thing.
 static SPEND: LazyLock<Script> = LazyLock::new(|| {
@@ -44,6 +45,7 @@ for j = 1, n do
   fields[#fields + 1] = 'g:' .. names[j]
   fields[#fields + 1] = 'g@' .. names[j]
 end
+fields[#fields + 1] = 's'
 local raw = redis.call('HMGET', KEYS[1], unpack(fields))
 -- Every figure is a whole number below 2^53, so these doubles are exact integers.
 local function ceil_div(a, b)
@@ -69,6 +71,13 @@ for j = 1, n do
   td[j] = tonumber(raw[1 + 2 * j] or '0')
   tat[j] = tonumber(raw[2 + 2 * j] or '0')
 end
+-- Saved under other shares (a reload reweighed the teams): the same calls, in the new units.
+local saved_s = tonumber(raw[#fields] or '0')
+local rescaled = saved_s > 0 and saved_s ~= S
+if rescaled then
+  od = math.ceil(od / saved_s * S)
+  for j = 1, n do td[j] = math.ceil(td[j] / saved_s * S) end
+end
 local function org_at(dt)
   local v = org_cap - deficit_at(od, oat, now + dt, org_rate)
   if v < 0 then v = 0 end
@@ -86,13 +95,13 @@ local function reserved(dt)
 end
 local function save(spend_team)
   local odn = deficit_at(od, oat, now, org_rate) + unit
-  local set = {'o', string.format('%d', odn), 'o@', string.format('%d', now)}
+  local set = {'o', string.format('%d', odn), 'o@', string.format('%d', now), 's', string.format('%d', S)}
   local longest = ceil_div(odn, org_rate)
   for j = 1, n do
     if rates[j] > 0 then
       local d = deficit_at(td[j], tat[j], now, rates[j])
-      if j == spend_team then
-        d = d + unit
+      if j == spend_team or rescaled then
+        if j == spend_team then d = d + unit end
         set[#set + 1] = 'g:' .. names[j]
         set[#set + 1] = string.format('%d', d)
         set[#set + 1] = 'g@' .. names[j]
