@@ -321,6 +321,8 @@ async fn dashboard_and_alerts_use_only_series_the_gateway_exposes() {
     for must in [
         "dialnexa_gateway_request_duration_seconds_bucket",
         "dialnexa_gateway_upstream_ratelimit_remaining",
+        "dialnexa_gateway_upstream_calls_total",
+        "dialnexa_gateway_upstream_hold_seconds",
         "process_cpu_seconds_total",
     ] {
         assert!(used.iter().any(|(_, n)| n == must), "{must} is not used");
