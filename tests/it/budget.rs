@@ -494,3 +494,101 @@ async fn a_dialnexa_429_seen_by_one_replica_holds_the_other() {
         gw.shutdown().await;
     }
 }
+
+/// The cluster's script and the replica's own budget decide alike: random orgs (teams, shares,
+/// bursts) and random calls through both, the script on a real `redis-server`. At 1 call a minute
+/// nothing refills while the test runs, so the two clocks cannot tell them apart; a refusal's wait
+/// agrees to within the time between the two decisions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_budget_decides_every_call_as_the_local_one_does() {
+    use dialnexa_gateway::admission::{team_parts, Admission};
+    use dialnexa_gateway::cluster::Cluster;
+    use dialnexa_gateway::error::GatewayError;
+    use dialnexa_gateway::metrics::{BudgetMetrics, Metrics};
+    use dialnexa_gateway::settings::{ClusterSettings, OnUnavailable, Settings};
+    use rand::{Rng, SeedableRng};
+
+    require_redis!();
+    let redis = TestRedis::start();
+    let proxy = FaultyProxy::start(redis.socket()).await;
+    let settings = ClusterSettings {
+        redis_url: proxy.url(),
+        password: None,
+        key_prefix: "equivalence".into(),
+        timeout: Duration::from_secs(2),
+        on_unavailable: OnUnavailable::Refuse,
+    };
+    let cluster_metrics = Metrics::new().cluster.clone();
+    let cluster = Cluster::start(&settings, cluster_metrics.clone(), || {}).unwrap();
+    let since = Instant::now();
+    while !cluster.is_up() {
+        assert!(since.elapsed() < Duration::from_secs(10), "never connected");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let shared = Admission::shared(cluster);
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(24);
+    let mut refusals = 0;
+    for case in 0..12 {
+        let teams: Vec<u32> = (0..rng.random_range(1..5))
+            .map(|_| rng.random_range(0..4))
+            .collect();
+        let burst = rng.random_range(teams.len()..teams.len() + 6) + 1;
+        let mut toml = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nbase_url = \"http://127.0.0.1:1/v1\"\n\
+             [orgs.org{case}]\napi_key_env = \"PATH\"\n\
+             upstream_rate_limit = {{ per_minute = 1, burst = {burst} }}\n"
+        );
+        for (i, share) in teams.iter().enumerate() {
+            toml.push_str(&format!(
+                "[teams.t{case}x{i}]\norg = \"org{case}\"\nkey_sha256 = [\"{}\"]\n\
+                 rate_limit = {{ per_minute = 60, burst = 10 }}\nupstream_share = {share}\n",
+                format!("{:02x}", case * 8 + i).repeat(32)
+            ));
+        }
+        // Shares the config check refuses (no room to lend to a share-0 team) are not a case.
+        let Ok(config) = Settings::from_toml_str(&toml) else {
+            continue;
+        };
+        let (local_metrics, shared_metrics) = (BudgetMetrics::default(), BudgetMetrics::default());
+        let local_parts = team_parts(&config.teams, &local_metrics);
+        let shared_parts = team_parts(&config.teams, &shared_metrics);
+        let local = Admission::local();
+        for _ in 0..30 {
+            let team = &config.teams[rng.random_range(0..config.teams.len())].name;
+            let here = local.before_upstream(&local_parts[team]).await;
+            let there = shared.before_upstream(&shared_parts[team]).await;
+            match (&here, &there) {
+                (Ok(()), Ok(())) => {}
+                (
+                    Err(GatewayError::OrgQuotaExhausted { retry_after: a, .. }),
+                    Err(GatewayError::OrgQuotaExhausted { retry_after: b, .. }),
+                ) => {
+                    refusals += 1;
+                    let apart = a.abs_diff(*b);
+                    assert!(apart < Duration::from_millis(500), "waits {a:?} and {b:?}");
+                }
+                _ => {
+                    panic!("case {case} ({teams:?}, burst {burst}), {team}: {here:?} vs {there:?}")
+                }
+            }
+        }
+        for team in &config.teams {
+            let (org, name) = (&team.org.name, &team.name);
+            let (l, s) = (
+                local_metrics.counters(org, name),
+                shared_metrics.counters(org, name),
+            );
+            assert_eq!(l.calls.get(), s.calls.get(), "calls of {name}");
+            assert_eq!(l.borrowed.get(), s.borrowed.get(), "borrowed by {name}");
+        }
+    }
+    assert!(
+        refusals > 20,
+        "the cases hardly refused anything ({refusals})"
+    );
+    // Every shared decision was the script's: none fell back to the replica's own budget.
+    assert_eq!(cluster_metrics.errors.get(), 0);
+    let keys = redis.cli(&["--scan", "--pattern", "equivalence:{org*}:b"]);
+    assert!(keys.lines().count() >= 8, "{keys}");
+}
