@@ -209,7 +209,13 @@ impl GatewayError {
                     header::RETRY_AFTER,
                     crate::http::header_number(whole_seconds(*retry_after)),
                 );
-                org_policy_headers(headers, *per_minute, *burst, whole_seconds(*reset));
+                // Zero when the org's budget is full (it lends nothing beyond the parts it keeps).
+                let reset = if reset.is_zero() {
+                    0
+                } else {
+                    whole_seconds(*reset)
+                };
+                org_policy_headers(headers, *per_minute, *burst, reset);
             }
             _ => {}
         }
