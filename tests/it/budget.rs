@@ -197,6 +197,8 @@ async fn an_org_refusal_names_the_org_policy_and_an_agent_read_is_served_stale_i
             .cache_ttl_seconds(1)
             .cache_stale_if_error_seconds(60)
             .team_quota("rival", 6, 1)
+            .team("writer", "globex", "team-key-writer-made-up")
+            .write_quota("writer", 6, 1)
     })
     .await;
     let c = gw.client();
@@ -226,11 +228,14 @@ async fn an_org_refusal_names_the_org_policy_and_an_agent_read_is_served_stale_i
     assert_eq!(stale.body, first.body);
     assert_eq!(upstream.count(&Method::GET, "/"), 1);
 
-    // Another org's team, refused by its own quota.
+    // Another org's teams, refused by their own quotas.
     assert_eq!(c.get("/v1/calls", RIVAL).await.status, 200);
     assert_eq!(c.get("/v1/calls", RIVAL).await.status, 429);
+    let writer = "team-key-writer-made-up";
+    assert_eq!(c.patch("/v1/calls/c1", writer, "{}").await.status, 200);
+    assert_eq!(c.patch("/v1/calls/c1", writer, "{}").await.status, 429);
 
-    let lines = gw.audit_lines(5).await;
+    let lines = gw.audit_lines(7).await;
     let limited: Vec<(&str, &str, &serde_json::Value)> = lines
         .iter()
         .map(|l| {
@@ -249,6 +254,12 @@ async fn an_org_refusal_names_the_org_policy_and_an_agent_read_is_served_stale_i
             ("/v1/agents2/a1", "allowed", &serde_json::Value::Null),
             ("/v1/calls", "allowed", &serde_json::Value::Null),
             ("/v1/calls", "rate_limited", &serde_json::json!("team")),
+            ("/v1/calls/c1", "allowed", &serde_json::Value::Null),
+            (
+                "/v1/calls/c1",
+                "rate_limited",
+                &serde_json::json!("team_write")
+            ),
         ]
     );
     assert_eq!(lines[2]["cache"], "stale");
