@@ -1,10 +1,14 @@
 //! Step 3, and the step right before every upstream call: "may this request go now".
 //!
 //! The pipeline asks [`Admission`], one async seam with two rooms behind it: the replica's own
-//! state (`local`, and the team limiters it hands each team), and in cluster mode the shared one
-//! (`shared`), which answers for every replica at once and, in the same round trip, tells the
-//! cache which version of an agent is current. It answers in one value, [`Answer`]: admitted,
-//! with the quota headers and the version an agent read must match, or refused, with why.
+//! state (`team`, each team's GCRA limiter; `org`, each org's budget and hold), and in cluster
+//! mode the shared one (`shared`, with the scripts in `cluster`), which answers for every replica
+//! at once and, in the same round trip as the team's quota, tells the cache which version of an
+//! agent is current. It answers in one value, [`Answer`]: admitted, with the quota headers and the
+//! version an agent read must match, or refused, with why ([`LimitedBy`]).
+//!
+//! `budget` is the org budget's algorithm, with its invariant; `hold` reads DialNexa's refusals;
+//! `verdict` makes the quota headers.
 //!
 //! Two moments: [`Admission::admit`] once the request is identified (the team's quotas, spent by
 //! hits too), and [`Admission::before_upstream`] right before a request goes upstream (a fill's
@@ -12,7 +16,7 @@
 
 mod budget;
 mod hold;
-mod local;
+mod team;
 mod org;
 mod shared;
 mod verdict;
@@ -22,7 +26,7 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, StatusCode};
 
-pub use local::TeamLimiter;
+pub use team::TeamLimiter;
 pub use org::{team_parts, TeamPart};
 pub use verdict::{apply_headers, LimitedBy, QuotaKind, QuotaStatus, Verdict};
 

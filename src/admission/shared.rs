@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::local::TeamLimiter;
+use super::team::TeamLimiter;
 use super::org::{Refusal, Spent, TeamPart};
 use super::verdict::{QuotaKind, QuotaStatus, Verdict};
 use crate::cluster::{AdmitReply, Bucket, BudgetAsk, BudgetReply, Cluster, ClusterError};
