@@ -16,9 +16,9 @@
 
 mod budget;
 mod hold;
-mod team;
 mod org;
 mod shared;
+mod team;
 mod verdict;
 
 use std::sync::Arc;
@@ -26,8 +26,8 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, StatusCode};
 
-pub use team::TeamLimiter;
 pub use org::{team_parts, TeamPart};
+pub use team::TeamLimiter;
 pub use verdict::{apply_headers, LimitedBy, QuotaKind, QuotaStatus, Verdict};
 
 use crate::cache::SharedVersion;

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use super::team::TeamLimiter;
 use super::org::{Refusal, Spent, TeamPart};
+use super::team::TeamLimiter;
 use super::verdict::{QuotaKind, QuotaStatus, Verdict};
 use crate::cluster::{AdmitReply, Bucket, BudgetAsk, BudgetReply, Cluster, ClusterError};
 use crate::settings::RateQuota;

@@ -603,3 +603,31 @@ async fn the_shared_budget_decides_every_call_as_the_local_one_does() {
     let keys = redis.cli(&["--scan", "--pattern", "equivalence:{org*}:b"]);
     assert!(keys.lines().count() >= 8, "{keys}");
 }
+
+/// Without Redis (`degrade`), a replica keeps to its own copy of the budget rather than none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_a_replica_keeps_its_own_budget() {
+    require_redis!();
+    let mut redis = TestRedis::start();
+    let upstream = FakeUpstream::start().await;
+    let (_proxy, gws) = replicas(&redis, &upstream.base_url(), 1, |c| {
+        c.without_team("support")
+            .without_team("viewer")
+            .org_budget("acme", 1, 2)
+    })
+    .await;
+    redis.kill();
+    let c = gws[0].client();
+    // The first call finds Redis gone (and waits out its timeout), the rest do not ask it.
+    for _ in 0..2 {
+        assert_eq!(c.get("/v1/calls", BILLING).await.status, 200);
+    }
+    wait_for_readyz(&gws[0], "cluster: unavailable").await;
+    let refused = c.get("/v1/calls", BILLING).await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.json()["code"], "org_quota_exhausted");
+    assert_eq!(upstream.count(&Method::GET, "/v1/calls"), 2);
+    for gw in gws {
+        gw.shutdown().await;
+    }
+}
