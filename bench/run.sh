@@ -12,7 +12,7 @@
 #                         the report gives each figure's median over the rounds
 #   --connections N       wrk connections (default 64)
 #   --scenarios "A B"     subset of: hit-hot hit-spread miss-0ms miss-20ms mix rss cluster-hit-hot
-#                         cluster-mix (default: all)
+#                         cluster-mix budget-flood (default: all)
 #   --bin PATH            gateway binary to use instead of `cargo build --release` (e.g. target/debug/...)
 #   --baseline PATH       a second gateway binary, run beside the first as proxy "baseline" in every
 #                         rotation (same config), to measure a change against the build before it
@@ -21,7 +21,7 @@
 #   --docs FILE           where to write the figures (default docs/benchmarks.md; --no-docs: nowhere)
 #   --label TEXT          heading of the docs section (default "Latest run"); one section per label
 #   --keep                keep the work directory (configs, logs, wrk output) and print its path
-# Environment: BENCH_PORT_BASE (default 18100; uses 13 ports from it), BENCH_PROXY_CPU (0),
+# Environment: BENCH_PORT_BASE (default 18100; uses 15 ports from it), BENCH_PROXY_CPU (0),
 #   BENCH_LOAD_CPU (1), BENCH_REDIS_CPU (BENCH_LOAD_CPU), BENCH_SLOW_MS (20),
 #   BENCH_SPREAD_AGENTS (10000), BENCH_RSS_AGENTS (100000), BENCH_PATCH_PERCENT (10),
 #   BENCH_WRK_THREADS (1).
@@ -43,6 +43,13 @@
 # and the gateway's own count of Redis round trips (dialnexa_gateway_cluster_redis_duration).
 # Redis is only started (and redis-server only needed) when a cluster scenario is asked for.
 #
+# The org budget (budget-flood): a gateway whose organisation has an upstream budget
+# (upstream_rate_limit, BENCH_BUDGET_PER_MINUTE a minute, burst BENCH_BUDGET_BURST) shared by three
+# teams of share 1. Team "bench" floods cache misses with wrk (every request upstream-bound); team
+# "steady" sends 4 misses a second, within its guaranteed part; team "idle" sends nothing. Reports the
+# calls that reached upstream per second against the budget, and what each team got; fails if the
+# steady team is ever refused or upstream saw more than the budget allows.
+#
 # Exit status: 0 when every proxy started, answered the sanity checks, and every run finished with
 # no socket errors and no non-2xx answers; 1 otherwise; 2 for bad usage or missing tools.
 # Loopback only: every server binds 127.0.0.1, every run is bounded in time.
@@ -57,7 +64,7 @@ SMOKE=0
 DURATION=6
 ROUNDS=3
 CONNS=64
-SCENARIOS="hit-hot hit-spread miss-0ms miss-20ms mix rss cluster-hit-hot cluster-mix"
+SCENARIOS="hit-hot hit-spread miss-0ms miss-20ms mix rss cluster-hit-hot cluster-mix budget-flood"
 BIN=""
 BASELINE=""
 INSTALL=0
@@ -124,7 +131,9 @@ BASELINE_ADMIN_PORT=$((PORT_BASE + 9))
 CLUSTER_PORT=$((PORT_BASE + 10))
 CLUSTER_ADMIN_PORT=$((PORT_BASE + 11))
 REDIS_PORT=$((PORT_BASE + 12))
-LAST_PORT=$((PORT_BASE + 12))
+BUDGET_PORT=$((PORT_BASE + 13))
+BUDGET_ADMIN_PORT=$((PORT_BASE + 14))
+LAST_PORT=$((PORT_BASE + 14))
 CLUSTER=0
 case " $SCENARIOS " in *" cluster-"*) CLUSTER=1 ;; esac
 
@@ -269,8 +278,9 @@ start_upstream() {
     wait_up upstream "http://127.0.0.1:$UPSTREAM_PORT/__status"
 }
 
-# start_gateway NAME PORT ADMIN_PORT CACHE_MAX_BYTES [BINARY] [cluster]: with "cluster", the same
-# config plus a [cluster] section against the benchmark's redis-server.
+# start_gateway NAME PORT ADMIN_PORT CACHE_MAX_BYTES [BINARY] [cluster|budget]: with "cluster", the
+# same config plus a [cluster] section against the benchmark's redis-server; with "budget", an
+# upstream budget for the org and two more teams (budget-flood).
 start_gateway() {
     local name=$1 bin=${5:-$BIN}
     GATEWAY_PORT=$2 GATEWAY_ADMIN_PORT=$3 CACHE_MAX_BYTES=$4 AUDIT_FILE="$name.audit.jsonl"
@@ -279,11 +289,25 @@ start_gateway() {
         printf '\n[cluster]\nredis_url = "redis://127.0.0.1:%s"\nkey_prefix = "dnxgw-bench"\ntimeout_ms = 1000\non_unavailable = "refuse"\n' \
             "$REDIS_PORT" >>"$DIR/$name.toml"
     fi
+    if [ "${6:-}" = budget ]; then
+        sed -i "s/^api_key_env = \"DIALNEXA_KEY_BENCH\"\$/&\nupstream_rate_limit = { per_minute = $BUDGET_PER_MINUTE, burst = $BUDGET_BURST }/" "$DIR/$name.toml"
+        grep -q '^upstream_rate_limit' "$DIR/$name.toml" || die "no budget in $name's config"
+        local team key
+        for team in steady idle; do
+            key=${BUDGET_KEYS[$team]}
+            printf '\n[teams.%s]\norg = "bench"\nkey_sha256 = ["%s"]\nrate_limit = { per_minute = 1000000000, burst = 1000000000 }\n' \
+                "$team" "$(printf '%s' "$key" | "$bin" hash-key)" >>"$DIR/$name.toml"
+        done
+    fi
     DIALNEXA_KEY_BENCH="$ORG_KEY" "$bin" check --config "$DIR/$name.toml" >/dev/null || die "gateway config rejected"
     DIALNEXA_KEY_BENCH="$ORG_KEY" RUST_LOG=warn start "$name" "$PROXY_CPU" "$bin" --config "$DIR/$name.toml"
     wait_up "$name" "http://127.0.0.1:$GATEWAY_ADMIN_PORT/healthz"
     GATEWAY_PORT=$((PORT_BASE + 1)) GATEWAY_ADMIN_PORT=$((PORT_BASE + 2))
 }
+
+BUDGET_PER_MINUTE="${BENCH_BUDGET_PER_MINUTE:-1200}"
+BUDGET_BURST="${BENCH_BUDGET_BURST:-30}"
+declare -A BUDGET_KEYS=([steady]="bench-steady-team-key-not-a-secret" [idle]="bench-idle-team-key-not-a-secret")
 
 redis() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
 
@@ -564,6 +588,60 @@ scenario_cluster_mix() {
     done < <(rounds "${CLUSTER_PEERS[@]}")
 }
 
+BUDGET_LINES=()
+# budget_calls ADMIN_PORT TEAM: the team's calls upstream so far; budget_refused likewise, refusals
+# for the org's budget.
+budget_calls() { gateway_metric "dialnexa_gateway_upstream_calls_total{org=\"bench\",team=\"$2\"}" "$1"; }
+budget_refused() {
+    gateway_metric "dialnexa_gateway_org_budget_refused_total{org=\"bench\",team=\"$2\",reason=\"org\"}" "$1"
+}
+
+scenario_budget_flood() {
+    local name=gateway-budget base="http://127.0.0.1:$BUDGET_PORT" proxy team steady_out wrk_out up_before up_after
+    local steady_pid calls_per_s allowed refused_steady line
+    local -A before=() after=() refused_before=() refused_after=()
+    start_gateway "$name" "$BUDGET_PORT" "$BUDGET_ADMIN_PORT" "$CACHE_MAX_BYTES" "$BIN" budget
+    PORT[$name]=$BUDGET_PORT
+    while read -r ROUND proxy; do
+        steady_out="$DIR/budget-steady-$ROUND.txt" wrk_out="$DIR/wrk-budget-flood-$ROUND.txt"
+        up_before=$(upstream_requests)
+        for team in bench steady idle; do
+            before[$team]=$(budget_calls "$BUDGET_ADMIN_PORT" "$team")
+            refused_before[$team]=$(budget_refused "$BUDGET_ADMIN_PORT" "$team")
+        done
+        # The steady team: 4 misses a second for the run (its part is a third of the budget).
+        for i in $(seq 1 $((DURATION * 4))); do
+            curl -s -o /dev/null -w '%{http_code}\n' --max-time 5 -H "Authorization: Bearer ${BUDGET_KEYS[steady]}" \
+                "$base/v1/agents2/bs$NONCE-$ROUND-$i"
+            sleep 0.25
+        done >"$steady_out" &
+        steady_pid=$!
+        BENCH_PREFIX="bf$NONCE-$ROUND" wrk_load "$DURATION" "$base/" -s "$BENCH/lua/unique.lua" >"$wrk_out" 2>&1 ||
+            FAILURES+=("budget-flood: wrk failed")
+        wait "$steady_pid" || true
+        up_after=$(upstream_requests)
+        for team in bench steady idle; do
+            after[$team]=$(budget_calls "$BUDGET_ADMIN_PORT" "$team")
+            refused_after[$team]=$(budget_refused "$BUDGET_ADMIN_PORT" "$team")
+        done
+        refused_steady=$(grep -vc '^200$' "$steady_out" || true)
+        calls_per_s=$(awk -v a="$up_after" -v b="$up_before" -v d="$DURATION" 'BEGIN { printf "%.1f", (a - b) / d }')
+        # The budget over the run: the burst, plus the rate over the run and the steady team's tail.
+        allowed=$(awk -v pm="$BUDGET_PER_MINUTE" -v b="$BUDGET_BURST" -v d="$DURATION" 'BEGIN { printf "%d", b + pm / 60 * (d + 1.5) }')
+        line=$(awk -v r="$ROUND" -v rate="$calls_per_s" -v pm="$BUDGET_PER_MINUTE" -v b="$BUDGET_BURST" -v d="$DURATION" \
+            -v fb="${before[bench]}" -v fa="${after[bench]}" -v sb="${before[steady]}" -v sa="${after[steady]}" \
+            -v ib="${before[idle]}" -v ia="${after[idle]}" -v rb="${refused_before[bench]}" -v ra="${refused_after[bench]}" \
+            -v rs="$refused_steady" 'BEGIN {
+                printf "%s\t%.1f\t%s\t%d\t%.1f\t%.0f\t%.1f\t%s\t%.1f", r, pm / 60, rate, b, (fa - fb) / d, (ra - rb) / d, (sa - sb) / d, rs, (ia - ib) / d }')
+        BUDGET_LINES+=("$line")
+        log "$(awk -F'\t' '{ printf "budget-flood round %s: upstream %s calls/s against a budget of %s/s (burst %s); flood team %s calls/s (%s/s refused), steady team %s calls/s (%s refused), idle team %s calls/s", $1, $3, $2, $4, $5, $6, $7, $8, $9 }' <<<"$line")"
+        [ "$refused_steady" = 0 ] || FAILURES+=("budget-flood: the steady team was refused $refused_steady times within its part")
+        [ $((up_after - up_before)) -le "$allowed" ] ||
+            FAILURES+=("budget-flood: $((up_after - up_before)) calls upstream in ${DURATION} s, more than the budget's $allowed")
+    done < <(rounds "$name")
+    stop "$name"
+}
+
 RSS_LINES=()
 # A fresh gateway (cache.max_bytes $2) fetches RSS_AGENTS distinct agents; reports RSS and cache bytes.
 scenario_rss_one() { # NAME CACHE_MAX_BYTES [BINARY]
@@ -631,6 +709,7 @@ for s in $SCENARIOS; do
         rss) scenario_rss ;;
         cluster-hit-hot) scenario_cluster_hit_hot ;;
         cluster-mix) scenario_cluster_mix ;;
+        budget-flood) scenario_budget_flood ;;
         *) die "unknown scenario $s" ;;
     esac
 done
@@ -823,6 +902,17 @@ machine() {
     echo "- **The gateway's audit log was ON** (file sink, one JSON line per request; the \`audit lines/req\` column counts them from \`dialnexa_gateway_audit_lines_written_total\`). NGINX and HAProxy ran without access logs."
 }
 
+# The org budget under a flood: calls upstream against the budget, and what each team got.
+report_budget() {
+    [ ${#BUDGET_LINES[@]} -gt 0 ] || return 0
+    echo
+    echo "The org budget under a flood (\`budget-flood\`): one org, \`upstream_rate_limit = { per_minute = $BUDGET_PER_MINUTE, burst = $BUDGET_BURST }\`, three teams of \`upstream_share = 1\` (each guaranteed $((BUDGET_PER_MINUTE / 3)) a minute). Team \`bench\` floods cache misses with wrk (-c$CONNS); team \`steady\` sends 4 misses a second, within its part; team \`idle\` sends nothing. Upstream calls are the fake upstream's own count; per team, \`dialnexa_gateway_upstream_calls_total\` and \`org_budget_refused_total\`, per second of the ${DURATION} s run."
+    echo
+    echo "| round | budget calls/s | upstream calls/s | burst | flood team calls/s | flood team refused/s | steady team calls/s | steady team refused | idle team calls/s |"
+    echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    printf '%s\n' "${BUDGET_LINES[@]}" | awk -F'\t' '{ printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8, $9 }'
+}
+
 REPORT="$DIR/report.md"
 {
     echo "### $LABEL"
@@ -835,6 +925,7 @@ REPORT="$DIR/report.md"
     echo
     report
     report_cluster
+    report_budget
 } >"$REPORT"
 echo
 cat "$REPORT"

@@ -49,6 +49,7 @@ pub async fn handle(
         },
         (&Method::GET, "/metrics") => {
             gw.cache.refresh_gauges().await;
+            gw.admission.refresh_gauges();
             let (content_type, text) = if wants_openmetrics(req.headers()) {
                 (OPENMETRICS, gw.metrics.encode())
             } else {

@@ -22,6 +22,17 @@ pub enum GatewayError {
     ReadOnly,
     #[error("rate limit exceeded for team")]
     RateLimited { retry_after: Duration },
+    #[error("the organisation's DialNexa budget has no room for this team's call right now")]
+    OrgQuotaExhausted {
+        retry_after: Duration,
+        /// The org's budget, for its `RateLimit` headers.
+        per_minute: u32,
+        burst: u32,
+        /// Until the org's budget is full again.
+        reset: Duration,
+    },
+    #[error("DialNexa asked this organisation to wait; nothing is sent upstream until then")]
+    UpstreamQuotaExhausted { retry_after: Duration },
     #[error("request body exceeds the limit of {limit} bytes")]
     BodyTooLarge { limit: u64 },
     #[error("request body could not be read")]
@@ -84,7 +95,9 @@ impl GatewayError {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unauthenticated | Self::AdminUnauthenticated => StatusCode::UNAUTHORIZED,
             Self::ReadOnly => StatusCode::FORBIDDEN,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. }
+            | Self::OrgQuotaExhausted { .. }
+            | Self::UpstreamQuotaExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UpstreamUnreachable | Self::UpstreamInvalid(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -100,6 +113,8 @@ impl GatewayError {
             Self::Unauthenticated => "invalid_team_key",
             Self::ReadOnly => "read_only_team",
             Self::RateLimited { .. } => "rate_limited",
+            Self::OrgQuotaExhausted { .. } => "org_quota_exhausted",
+            Self::UpstreamQuotaExhausted { .. } => "upstream_quota_exhausted",
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::BodyUnreadable => "body_unreadable",
             Self::BodyTimeout(_) | Self::HeaderTimeout => "request_timeout",
@@ -119,7 +134,9 @@ impl GatewayError {
         match self {
             Self::Unauthenticated | Self::AdminUnauthenticated => Decision::Unauthenticated,
             Self::ReadOnly => Decision::Forbidden,
-            Self::RateLimited { .. } => Decision::RateLimited,
+            Self::RateLimited { .. }
+            | Self::OrgQuotaExhausted { .. }
+            | Self::UpstreamQuotaExhausted { .. } => Decision::RateLimited,
             Self::BadPath(_)
             | Self::UnknownVersion(_)
             | Self::BodyTooLarge { .. }
@@ -176,15 +193,53 @@ impl GatewayError {
             Self::ClusterUnavailable => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
-            Self::RateLimited { retry_after } => {
+            Self::RateLimited { retry_after } | Self::UpstreamQuotaExhausted { retry_after } => {
                 headers.insert(
                     header::RETRY_AFTER,
                     crate::http::header_number(whole_seconds(*retry_after)),
                 );
             }
+            Self::OrgQuotaExhausted {
+                retry_after,
+                per_minute,
+                burst,
+                reset,
+            } => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    crate::http::header_number(whole_seconds(*retry_after)),
+                );
+                // Zero when the org's budget is full (it lends nothing beyond the parts it keeps).
+                let reset = if reset.is_zero() {
+                    0
+                } else {
+                    whole_seconds(*reset)
+                };
+                org_policy_headers(headers, *per_minute, *burst, reset);
+            }
             _ => {}
         }
         resp
+    }
+}
+
+/// The quota headers of an answer the org's budget refused, naming the policy `"org"`: nothing
+/// left for this team right now, and the org's budget full again in `reset` seconds.
+fn org_policy_headers(headers: &mut http::HeaderMap, per_minute: u32, burst: u32, reset: u64) {
+    let mut policy = crate::http::HeaderText::with_capacity(32);
+    policy
+        .push("\"org\";q=")
+        .push_u64(per_minute.into())
+        .push(";w=60");
+    let mut current = crate::http::HeaderText::with_capacity(32);
+    current.push("\"org\";r=0;t=").push_u64(reset);
+    headers.insert("ratelimit-limit", HeaderValue::from(burst));
+    headers.insert("ratelimit-remaining", HeaderValue::from_static("0"));
+    headers.insert("ratelimit-reset", crate::http::header_number(reset));
+    for (name, value) in [("ratelimit-policy", policy), ("ratelimit", current)] {
+        if let Some(value) = value.finish() {
+            headers.insert(name, value);
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | 0 | [`route`] | path → route (`/v1` or legacy), agent id, the `400`s for unsafe paths |
 //! | 1-2 | [`auth`] | presented key → [`auth::KeyDigest`], [`auth::Access`], the method allow-list |
-//! | 3 | [`ratelimit`] | the [`ratelimit::Quotas`] seam, per-team GCRA, quota headers |
+//! | 3 | [`admission`] | "may this request go now": the [`admission::Admission`] seam, team GCRA, the org budget, quota headers |
 //! | 4-5 | [`cache`] | keys, storage, one fetch per miss, invalidation by [`cache::Scope`], `Cache-Status` |
 //! | 4 | [`upstream`] | the pooled client, credential swap and header hygiene, streamed bodies |
 //! | 6 | [`audit`] | the record, the one owner of each line ([`audit::PendingLine`]), the writer |
@@ -21,6 +21,7 @@
 //! `demo` and the simulated DialNexa; [`cli`] is the command line the thin binary runs.
 
 pub mod admin;
+pub mod admission;
 pub mod audit;
 pub mod auth;
 pub mod cache;
@@ -34,7 +35,6 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod proxy;
-pub mod ratelimit;
 pub mod request_id;
 pub mod route;
 pub mod server;

@@ -123,12 +123,18 @@ pub enum AuditSink {
     Stdout,
 }
 
-/// An organisation: its name and the ready-made `Authorization` value carrying its DialNexa key.
+/// An organisation: its name, the ready-made `Authorization` value carrying its DialNexa key, and
+/// how its DialNexa quota is shared out between its teams.
 #[derive(Clone)]
 pub struct Org {
     pub name: Arc<str>,
     /// `Bearer <org key>`, marked sensitive so hyper never logs it.
     pub authorization: HeaderValue,
+    /// `upstream_rate_limit`: the org budget its upstream calls spend. `None`: no budget, only
+    /// DialNexa's own holds apply.
+    pub upstream_rate_limit: Option<RateQuota>,
+    /// `max_upstream_hold_seconds`: the longest DialNexa's `429` stops the org's upstream calls.
+    pub max_upstream_hold: Duration,
 }
 
 impl fmt::Debug for Org {
@@ -136,6 +142,8 @@ impl fmt::Debug for Org {
         f.debug_struct("Org")
             .field("name", &self.name)
             .field("authorization", &"<redacted>")
+            .field("upstream_rate_limit", &self.upstream_rate_limit)
+            .field("max_upstream_hold", &self.max_upstream_hold)
             .finish()
     }
 }
@@ -154,4 +162,17 @@ pub struct Team {
     pub access: Access,
     pub rate_limit: RateQuota,
     pub write_rate_limit: Option<RateQuota>,
+    /// `upstream_share`: the team's weight in its org's budget (0: it only borrows).
+    pub upstream_share: u32,
+}
+
+impl RateQuota {
+    /// The burst guaranteed to a team of weight `share` out of `total` in an org whose budget
+    /// is `self`: `max(1, floor(burst × share / total))`, or none for a weight of 0.
+    pub fn guaranteed_burst(&self, share: u32, total: u64) -> u64 {
+        if share == 0 || total == 0 {
+            return 0;
+        }
+        (u64::from(self.burst.get()) * u64::from(share) / total).max(1)
+    }
 }

@@ -1,5 +1,5 @@
 //! The config snapshot requests run on ([`Snapshot`], swapped whole by a reload) and the process-wide
-//! parts that outlive reloads ([`Gateway`]: cache, quotas, audit log, metrics, drain flag, work left
+//! parts that outlive reloads ([`Gateway`]: cache, admission, audit log, metrics, drain flag, work left
 //! unattended), with the one entry point for every invalidation, [`Gateway::invalidate`].
 
 use std::collections::HashMap;
@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use tokio::task::JoinSet;
 
+use crate::admission::{self, Admission, TeamLimiter, TeamPart};
 use crate::audit::AuditLog;
 use crate::auth::KeyDigest;
 use crate::cache::{fold_case, AgentCache, Scope};
@@ -18,14 +19,15 @@ use crate::cluster::{Cluster, ClusterStartError, Reach};
 use crate::config::ConfigError;
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, TeamCounters};
-use crate::ratelimit::{Quotas, TeamLimiter};
 use crate::settings::{ClusterSettings, OnUnavailable, Settings, Team};
 use crate::upstream::UpstreamClient;
 
-/// A team as requests see it: its config and its (reload-surviving) limiter.
+/// A team as requests see it: its config, its (reload-surviving) limiter, and its part in its
+/// org's budget.
 pub struct TeamState {
     pub settings: Team,
     pub limiter: Arc<TeamLimiter>,
+    pub part: Arc<TeamPart>,
     pub counters: TeamCounters,
 }
 
@@ -53,6 +55,7 @@ impl Snapshot {
             })
             .unwrap_or_default();
         let mut teams = HashMap::default();
+        let parts = admission::team_parts(&settings.teams, &metrics.budget);
         for team in &settings.teams {
             let limiter = match old_limiters.get(&*team.name) {
                 Some(l) if l.has_quotas(team.rate_limit, team.write_rate_limit) => Arc::clone(l),
@@ -66,6 +69,7 @@ impl Snapshot {
             let state = Arc::new(TeamState {
                 settings: team.clone(),
                 limiter,
+                part: Arc::clone(&parts[&team.name]),
                 counters: metrics.team_counters(&team.name, &team.org.name),
             });
             for digest in &team.key_digests {
@@ -102,6 +106,12 @@ impl Snapshot {
         orgs
     }
 
+    fn team_orgs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.teams
+            .values()
+            .map(|t| (&*t.settings.name, &*t.settings.org.name))
+    }
+
     fn team_names(&self) -> impl Iterator<Item = &str> {
         self.teams.values().map(|t| &*t.settings.name)
     }
@@ -112,8 +122,8 @@ pub struct Gateway {
     snapshot: ArcSwap<Snapshot>,
     /// Built even when `cache.enabled = false`, so a reload can turn caching on; sized at start.
     pub cache: Arc<AgentCache>,
-    /// Where quota state lives; the pipeline asks it, never a limiter directly.
-    pub quotas: Quotas,
+    /// "May this request go now": the pipeline asks it, never a limiter directly.
+    pub admission: Admission,
     pub audit: AuditLog,
     pub metrics: Arc<Metrics>,
     draining: AtomicBool,
@@ -158,14 +168,14 @@ impl Gateway {
                 Some((cluster, cs.clone()))
             }
         };
-        let quotas = match &cluster {
-            Some((c, _)) => Quotas::Shared(Arc::clone(c)),
-            None => Quotas::Local,
+        let admission = match &cluster {
+            Some((c, _)) => Admission::shared(Arc::clone(c)),
+            None => Admission::local(),
         };
         Ok(Self {
             snapshot: ArcSwap::from_pointee(Snapshot::build(settings, None, &metrics)),
             cache,
-            quotas,
+            admission,
             audit,
             metrics,
             draining: AtomicBool::new(false),
@@ -204,6 +214,16 @@ impl Gateway {
         let kept: std::collections::HashSet<&str> = new.team_names().collect();
         for gone in old.team_names().filter(|n| !kept.contains(n)) {
             self.metrics.forget_team(gone);
+        }
+        let kept: std::collections::HashSet<(&str, &str)> = new.team_orgs().collect();
+        for gone in old
+            .teams
+            .values()
+            .filter(|t| !kept.contains(&(&*t.settings.name, &*t.settings.org.name)))
+        {
+            self.metrics
+                .budget
+                .forget_team(&gone.settings.org.name, &gone.settings.name);
         }
         let kept: std::collections::HashSet<Arc<str>> = new.org_names().into_iter().collect();
         for org in old.org_names().iter().filter(|n| !kept.contains(*n)) {

@@ -52,6 +52,8 @@ pub fn write(record: &AuditRecord, out: &mut Vec<u8>) {
     number(record.bytes_in, out);
     out.extend_from_slice(b",\"bytes_out\":");
     number(record.bytes_out, out);
+    out.extend_from_slice(b",\"limited_by\":");
+    opt_string(record.limited_by.map(|l| l.as_str()), out);
     out.extend_from_slice(b",\"changed_fields\":");
     match &record.changed_fields {
         Some(fields) => {
@@ -237,6 +239,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::admission::LimitedBy;
     use crate::audit::millis;
     use crate::cache::CacheOutcome;
     use crate::error::Decision;
@@ -250,7 +253,7 @@ mod tests {
     /// What serde_json makes of the same record, field by field in the contract's order.
     fn reference(r: &AuditRecord) -> String {
         use serde_json::{json, Value};
-        let fields: [(&str, Value); 19] = [
+        let fields: [(&str, Value); 20] = [
             (
                 "ts",
                 json!(humantime::format_rfc3339_millis(r.ts).to_string()),
@@ -271,6 +274,7 @@ mod tests {
             ("upstream_latency_ms", json!(r.upstream_latency_ms)),
             ("bytes_in", json!(r.bytes_in)),
             ("bytes_out", json!(r.bytes_out)),
+            ("limited_by", json!(r.limited_by.map(LimitedBy::as_str))),
             ("changed_fields", json!(r.changed_fields)),
             ("invalidated", json!(r.invalidated)),
         ];
@@ -300,6 +304,7 @@ mod tests {
         r.upstream_latency_ms = Some(millis(Duration::from_micros(7)));
         r.bytes_in = 42;
         r.bytes_out = u64::MAX;
+        r.limited_by = Some(LimitedBy::TeamWrite);
         r.changed_fields = Some(vec!["llm.model".into(), "na\"me".into()]);
         r.invalidated = 3;
         r
@@ -328,6 +333,7 @@ mod tests {
         upstream_latency_ms: Option<f64>,
         bytes_in: u64,
         bytes_out: u64,
+        limited_by: Option<&'a str>,
         changed_fields: Option<&'a [String]>,
         invalidated: u64,
     }
@@ -351,6 +357,7 @@ mod tests {
             upstream_latency_ms: r.upstream_latency_ms,
             bytes_in: r.bytes_in,
             bytes_out: r.bytes_out,
+            limited_by: r.limited_by.map(LimitedBy::as_str),
             changed_fields: r.changed_fields.as_deref(),
             invalidated: r.invalidated,
         };
@@ -468,6 +475,7 @@ mod tests {
             "upstream_latency_ms",
             "bytes_in",
             "bytes_out",
+            "limited_by",
             "changed_fields",
             "invalidated",
         ] {
@@ -559,11 +567,28 @@ mod tests {
                 latency.clone(),
                 prop::option::of(latency),
                 (any::<u64>(), any::<u64>(), any::<u64>()),
+                prop::option::of(prop::sample::select(vec![
+                    LimitedBy::Team,
+                    LimitedBy::TeamWrite,
+                    LimitedBy::Org,
+                    LimitedBy::Upstream,
+                ])),
             );
             (strings, numbers).prop_map(
                 |(
                     (request_id, team, key_id, org, method, path, agent_id, changed_fields),
-                    (ts, ip, status, upstream_status, cache, decision, lat, up_lat, (bi, bo, inv)),
+                    (
+                        ts,
+                        ip,
+                        status,
+                        upstream_status,
+                        cache,
+                        decision,
+                        lat,
+                        up_lat,
+                        (bi, bo, inv),
+                        limited_by,
+                    ),
                 )| {
                     let mut r = AuditRecord::new(request_id, ip, &http::Method::GET, &path);
                     r.ts = UNIX_EPOCH + Duration::from_millis(ts);
@@ -580,6 +605,7 @@ mod tests {
                     r.upstream_latency_ms = up_lat;
                     r.bytes_in = bi;
                     r.bytes_out = bo;
+                    r.limited_by = limited_by;
                     r.changed_fields = changed_fields;
                     r.invalidated = inv;
                     r
@@ -620,7 +646,7 @@ mod tests {
                 let v: serde_json::Value = serde_json::from_slice(&out)
                     .map_err(|e| TestCaseError::fail(format!("{e}: {}", String::from_utf8_lossy(&out))))?;
                 let o = v.as_object().unwrap();
-                prop_assert_eq!(o.len(), 19);
+                prop_assert_eq!(o.len(), 20);
                 prop_assert_eq!(&o["ts"], &serde_json::json!(humantime::format_rfc3339_millis(r.ts).to_string()));
                 prop_assert_eq!(&o["request_id"], &serde_json::json!(r.request_id));
                 prop_assert_eq!(&o["team"], &serde_json::json!(r.team.as_deref()));
@@ -646,6 +672,7 @@ mod tests {
                 prop_assert!(o["latency_ms"].is_number() || o["latency_ms"].is_null());
                 prop_assert_eq!(&o["bytes_in"], &serde_json::json!(r.bytes_in));
                 prop_assert_eq!(&o["bytes_out"], &serde_json::json!(r.bytes_out));
+                prop_assert_eq!(&o["limited_by"], &serde_json::json!(r.limited_by.map(LimitedBy::as_str)));
                 prop_assert_eq!(&o["changed_fields"], &serde_json::json!(r.changed_fields));
                 prop_assert_eq!(&o["invalidated"], &serde_json::json!(r.invalidated));
             }

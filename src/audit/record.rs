@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::admission::LimitedBy;
 use crate::cache::CacheOutcome;
 use crate::error::Decision;
 use crate::metrics::RouteClass;
@@ -31,6 +32,8 @@ pub struct AuditRecord {
     pub upstream_latency_ms: Option<f64>,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// What refused a `rate_limited` request; `None` on every other line.
+    pub limited_by: Option<LimitedBy>,
     pub changed_fields: Option<Vec<String>>,
     pub invalidated: u64,
     /// When the request arrived, for `latency_ms`; not written.
@@ -78,6 +81,7 @@ impl AuditRecord {
             upstream_latency_ms: None,
             bytes_in: 0,
             bytes_out: 0,
+            limited_by: None,
             changed_fields: None,
             invalidated: 0,
             started,

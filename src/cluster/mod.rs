@@ -8,6 +8,7 @@
 //! read, in the same round trip as the quota. Tokens never repeat, so nothing Redis forgets (a
 //! restart, a flush, an eviction) can make an old entry current again.
 
+mod budget;
 mod link;
 mod scripts;
 
@@ -21,6 +22,7 @@ use redis::ServerErrorKind;
 use crate::metrics::ClusterMetrics;
 use crate::settings::{ClusterSettings, OnUnavailable};
 
+pub use budget::{BudgetAsk, BudgetReply};
 pub use scripts::{AdmitReply, Mode};
 
 /// Why a cluster call did not happen.

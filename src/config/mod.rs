@@ -7,6 +7,7 @@ use std::path::Path;
 
 use crate::settings::Settings;
 
+mod budget;
 mod cluster;
 mod number;
 mod problems;

@@ -88,6 +88,8 @@ pub(super) struct RawAdmin {
 pub(super) struct RawOrg {
     pub(super) api_key_env: Option<String>,
     pub(super) api_key_file: Option<PathBuf>,
+    pub(super) upstream_rate_limit: Option<RawRate>,
+    pub(super) max_upstream_hold_seconds: Option<Whole>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,6 +101,7 @@ pub(super) struct RawTeam {
     pub(super) access: Option<String>,
     pub(super) rate_limit: Option<RawRate>,
     pub(super) write_rate_limit: Option<RawRate>,
+    pub(super) upstream_share: Option<Whole>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -83,6 +83,12 @@ pub(super) fn read_secret(
 }
 
 pub(super) fn validate_org(name: &str, raw: RawOrg, key: &str, p: &mut Problems) -> Option<Org> {
+    let (upstream_rate_limit, max_upstream_hold) = super::budget::validate_org_budget(
+        raw.upstream_rate_limit,
+        raw.max_upstream_hold_seconds,
+        key,
+        p,
+    );
     let fields = SecretFields {
         env: "api_key_env",
         file: "api_key_file",
@@ -101,6 +107,8 @@ pub(super) fn validate_org(name: &str, raw: RawOrg, key: &str, p: &mut Problems)
             Some(Org {
                 name: Arc::from(name),
                 authorization,
+                upstream_rate_limit: upstream_rate_limit?,
+                max_upstream_hold: max_upstream_hold?,
             })
         }
         Err(_) => {
@@ -126,7 +134,11 @@ pub(super) fn parse_digest(hex: &str, key: &str, p: &mut Problems) -> Option<Key
     }
 }
 
-fn validate_rate(raw: Option<RawRate>, key: &str, p: &mut Problems) -> Option<RateQuota> {
+pub(super) fn validate_rate(
+    raw: Option<RawRate>,
+    key: &str,
+    p: &mut Problems,
+) -> Option<RateQuota> {
     let raw = raw?;
     let mut part = |value: Option<Whole>, name: &str| {
         let key = format!("{key}.{name}");
@@ -224,6 +236,7 @@ pub(super) fn validate_team(
     };
     let write_rate_limit =
         validate_rate(raw.write_rate_limit, &format!("{key}.write_rate_limit"), p);
+    let upstream_share = super::budget::validate_share(raw.upstream_share, key, p);
     Some(Team {
         name: Arc::from(name),
         org: org?,
@@ -231,5 +244,6 @@ pub(super) fn validate_team(
         access: access?,
         rate_limit: rate_limit?,
         write_rate_limit,
+        upstream_share: upstream_share?,
     })
 }

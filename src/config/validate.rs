@@ -113,6 +113,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         }
     }
 
+    super::budget::check_budgets(&teams, &mut p);
+
     match (server, upstream, cache, audit) {
         (Some(server), Some(upstream), Some(cache), Some(audit)) if p.0.is_empty() => {
             Ok(Settings {

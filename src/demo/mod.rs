@@ -20,6 +20,10 @@ use sim::{SimOptions, Simulator};
 /// The simulator's added latency under `demo`: small, but enough that a cache hit is visibly
 /// faster than a miss in curl's `time_total`.
 const DEMO_LATENCY: Duration = Duration::from_millis(40);
+/// The demo org's budget (per minute, burst): team demo's part (share 3 of 4: a burst of 15) is
+/// more than the walkthrough's own commands spend, and team batch's (5) is small enough that its
+/// printed flood is refused well within its 30 calls.
+const DEMO_BUDGET: (u32, u32) = (120, 20);
 /// The agent the printed commands use (a seeded one, from the GET page's example).
 const DEMO_AGENT: &str = "agt_abc123";
 
@@ -27,6 +31,7 @@ pub async fn run(listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::Result
     let signals = Signals::install().context("installing signal handlers")?;
     let org_key = sim::new_org_key();
     let team_key = new_key();
+    let batch_key = new_key();
     let admin_token = new_key();
 
     let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -54,16 +59,26 @@ sink = "stdout"
 token_sha256 = "{admin}"
 [orgs.demo]
 api_key_file = "{key_file}"
+upstream_rate_limit = {{ per_minute = {budget_per_minute}, burst = {budget_burst} }}
 [teams.demo]
 org = "demo"
 key_sha256 = ["{team}"]
 rate_limit = {{ per_minute = 600, burst = 60 }}
 write_rate_limit = {{ per_minute = 60, burst = 10 }}
+upstream_share = 3
+[teams.batch]
+org = "demo"
+key_sha256 = ["{batch}"]
+rate_limit = {{ per_minute = 600, burst = 60 }}
+upstream_share = 1
 "#,
         sim = sim.addr,
         admin = KeyDigest::of(&admin_token).to_hex(),
         key_file = key_path.display(),
         team = KeyDigest::of(&team_key).to_hex(),
+        batch = KeyDigest::of(&batch_key).to_hex(),
+        budget_per_minute = DEMO_BUDGET.0,
+        budget_burst = DEMO_BUDGET.1,
     );
     let settings = Settings::from_toml_str(&toml).map_err(|e| anyhow::anyhow!("{e}"))?;
     let running = server::start(settings, None).await?;
@@ -74,6 +89,7 @@ write_rate_limit = {{ per_minute = 60, burst = 10 }}
         out,
         r#"dialnexa-gateway demo: gateway on {api}/v1 in front of a simulated DialNexa on http://{sim}/v1
 Team key (made up for this run): {team_key}
+Batch team key (made up for this run): {batch_key}
 
   # read an agent twice: the first is a MISS (the simulator adds {latency} ms), the second X-Cache: HIT
   curl -si {api}/v1/agents2/{agent} -H 'Authorization: Bearer {team_key}' -w '\ntime: %{{time_total}}s\n'
@@ -96,12 +112,23 @@ Team key (made up for this run): {team_key}
   curl -s http://{admin}/metrics | grep dialnexa_gateway_cache
   curl -si -X POST http://{admin}/admin/cache/purge -H 'Authorization: Bearer {admin_token}' -d '{{"org":"demo"}}'
 
+  # the org's DialNexa budget ({budget_per_minute} calls a minute, burst {budget_burst}) is shared by team demo (share 3)
+  # and team batch (share 1). batch floods: its part and what it may borrow go upstream, then 429
+  # org_quota_exhausted; cache hits never spend the budget
+  for i in $(seq 30); do curl -s -o /dev/null -w '%{{http_code}} ' {api}/v1/calls -H 'Authorization: Bearer {batch_key}'; done; echo
+  # demo's part was kept for it: still served
+  curl -si {api}/v1/calls -H 'Authorization: Bearer {team_key}'
+  # calls upstream by team, and the refusals
+  curl -s http://{admin}/metrics | grep -E 'upstream_calls|org_budget'
+
 Audit lines follow on stdout, diagnostics on stderr. Ctrl-C stops.
 "#,
         api = format_args!("http://{api}"),
         sim = sim.addr,
         agent = DEMO_AGENT,
         latency = DEMO_LATENCY.as_millis(),
+        budget_per_minute = DEMO_BUDGET.0,
+        budget_burst = DEMO_BUDGET.1,
     );
     drop(out);
     running.run_until_signalled(signals).await;

@@ -13,12 +13,14 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
 mod answers;
+mod budget;
 mod cluster;
 mod labels;
 mod process;
 mod upstream;
 
 pub use answers::RouteClass;
+pub use budget::{BudgetCounters, BudgetMetrics};
 pub use cluster::ClusterMetrics;
 pub use labels::*;
 pub use upstream::OrgUpstream;
@@ -53,6 +55,8 @@ pub struct Metrics {
     pub config_reloads: Family<ResultLabel, Counter>,
     /// Cluster mode's figures (registered always; flat without `[cluster]`).
     pub cluster: ClusterMetrics,
+    /// The org budget's figures.
+    pub budget: BudgetMetrics,
     request_duration: Family<DurationLabels, Histogram, fn() -> Histogram>,
     /// `request_duration`'s series, by [`duration_slot`]: resolved once, so that observing an
     /// answer takes no family lookup (a hash under a lock).
@@ -101,6 +105,7 @@ impl Metrics {
             audit_backpressure_waits: Counter::default(),
             config_reloads: Family::default(),
             cluster: ClusterMetrics::new(),
+            budget: BudgetMetrics::default(),
             request_duration,
             durations,
             upstream_responses: Family::default(),
@@ -166,6 +171,7 @@ impl Metrics {
             self.build_info.clone(),
         );
         self.cluster.register(r);
+        self.budget.register(r);
         r.register(
             "cache_hits",
             "Agent reads answered from the cache",
@@ -334,6 +340,7 @@ impl Metrics {
         let label = OrgLabel { org };
         self.ratelimit_remaining.remove(&label);
         self.ratelimit_limit.remove(&label);
+        self.budget.forget_org(&label.org.0);
     }
 
     /// Drops per-team series of teams a reload removed, so label sets stay bounded.

@@ -26,7 +26,7 @@ const ANSWER_HEADERS: usize = 16;
 
 pub(super) async fn read(
     ex: &mut Exchange<'_>,
-    team: &TeamState,
+    team: &Arc<TeamState>,
     route: &Route,
     agent: &AgentPath,
     parts: &Parts,
@@ -83,7 +83,8 @@ pub(super) async fn read(
         Purpose::CacheFill,
     )?;
     let snapshot = Arc::clone(ex.snapshot);
-    let metrics = Arc::clone(&ex.gw.metrics);
+    let gw = Arc::clone(ex.gw);
+    let asking = Arc::clone(team);
     let timeout = snapshot.settings.upstream.timeout;
     let max_entry = cache.max_entry_bytes();
     let started = Instant::now();
@@ -92,18 +93,26 @@ pub(super) async fn read(
     // pending line waits for the report.
     let report = ex.line.awaiting_fill();
     let fetch = move || async move {
+        // Once per fill, by its leader: the requests waiting on it spend nothing.
+        gw.admission.before_upstream(&asking.part).await?;
         let sent = Instant::now();
         let fetched = snapshot
             .upstream
             .fetch_buffered(&req, timeout, max_entry)
             .await;
         let took = sent.elapsed();
-        metrics.upstream_duration.observe(took.as_secs_f64());
-        let status = match &fetched {
-            Ok(CacheFetch::Buffered(answer)) => Some(answer.status.as_u16()),
-            Ok(CacheFetch::TooLarge(resp)) => Some(resp.status().as_u16()),
+        gw.metrics.upstream_duration.observe(took.as_secs_f64());
+        let answer = match &fetched {
+            Ok(CacheFetch::Buffered(answer)) => Some((answer.status, &answer.headers)),
+            Ok(CacheFetch::TooLarge(resp)) => Some((resp.status(), resp.headers())),
             Err(_) => None,
         };
+        if let Some((status, headers)) = answer {
+            gw.admission
+                .upstream_answered(&asking.part, status, headers)
+                .await;
+        }
+        let status = answer.map(|(status, _)| status.as_u16());
         let _ = report.send(UpstreamReport { status, took });
         fetched
     };

@@ -30,10 +30,17 @@ pub(super) async fn forward(
 ) -> Result<Response<ProxyBody>, GatewayError> {
     let req = upstream_request(ex, team, route, parts, body, request_id, Purpose::Forward)?;
     let timeout = ex.snapshot.settings.upstream.timeout;
+    ex.gw.admission.before_upstream(&team.part).await?;
     let pending = invalidate_before(ex, team, route, &parts.method).await;
     let started = Instant::now();
     let result = ex.snapshot.upstream.send(&req, timeout).await;
     upstream_took(ex, started.elapsed());
+    if let Ok(resp) = &result {
+        ex.gw
+            .admission
+            .upstream_answered(&team.part, resp.status(), resp.headers())
+            .await;
+    }
     if let Some(pending) = pending {
         // Again once the answer (or failure) is back: a read that filled in between is dropped too.
         ex.record().invalidated += pending.complete().await;

@@ -15,13 +15,13 @@ use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
 
+use crate::admission::{Answer, Ask, LimitedBy, Verdict};
 use crate::audit::{self, AuditRecord, AuditedBody, PendingLine};
 use crate::auth::{self, KeyDigest};
 use crate::cache::{fold_case, CacheStatus, SharedVersion};
 use crate::error::GatewayError;
 use crate::http::ProxyBody;
 use crate::metrics::RouteClass;
-use crate::ratelimit::{QuotaAsk, Verdict};
 use crate::request_id;
 use crate::route::{self, Route};
 use crate::state::{Gateway, Snapshot, TeamState};
@@ -96,6 +96,17 @@ async fn exchange(
         Ok(resp) => resp,
         Err(e) => {
             ex.record().decision = e.decision();
+            match &e {
+                // The org's headers describe the refusal, in place of the team's.
+                GatewayError::OrgQuotaExhausted { .. } => {
+                    ex.record().limited_by = Some(LimitedBy::Org);
+                    ex.verdict = None;
+                }
+                GatewayError::UpstreamQuotaExhausted { .. } => {
+                    ex.record().limited_by = Some(LimitedBy::Upstream);
+                }
+                _ => {}
+            }
             e.to_response(&ex.record().request_id)
         }
     };
@@ -175,7 +186,7 @@ impl Exchange<'_> {
         is_read: bool,
     ) -> Result<(Arc<TeamState>, Route), GatewayError> {
         // Cluster mode with Redis gone and `on_unavailable = "refuse"`: nothing is served.
-        if self.gw.quotas.refusing() {
+        if self.gw.admission.refusing() {
             return Err(GatewayError::ClusterUnavailable);
         }
         // The team is looked up first so that every answer, refusals of bad paths included, is
@@ -232,7 +243,7 @@ impl Exchange<'_> {
             .as_ref()
             .filter(|a| forwardable && (is_write || (a.is_item && method == Method::GET)));
         let folded = agent.map(|a| fold_case(&a.id));
-        let ask = QuotaAsk {
+        let ask = Ask {
             limiter: &team.limiter,
             team: &team.settings.name,
             org: &team.settings.org.name,
@@ -240,9 +251,19 @@ impl Exchange<'_> {
             agent: folded.as_deref(),
             upstream_timeout: self.snapshot.settings.upstream.timeout,
         };
-        let admission = self.gw.quotas.admit(ask).await?;
-        if let (true, Some(agent), SharedVersion::Current(_)) = (is_write, agent, &admission.agent)
-        {
+        let (verdict, version) = match self.gw.admission.admit(ask).await? {
+            Answer::Admitted { verdict, version } => (verdict, version),
+            Answer::Refused {
+                verdict,
+                why,
+                retry_after,
+            } => {
+                self.verdict = Some(verdict);
+                team.counters.limited.inc();
+                return Err(self.limited(why, GatewayError::RateLimited { retry_after }));
+            }
+        };
+        if let (true, Some(agent), SharedVersion::Current(_)) = (is_write, agent, &version) {
             // The write's first invalidation reached every replica with the quota: from here on
             // its second one is owed, whether or not the write gets as far as upstream.
             self.write = Some(forward::PendingInvalidation::new(
@@ -251,25 +272,21 @@ impl Exchange<'_> {
                 agent.id.clone(),
             ));
         }
-        self.shared = admission.agent;
-        let verdict = admission.verdict;
-        let retry_after = verdict.retry_after;
+        self.shared = version;
         self.verdict = Some(verdict);
-        match retry_after {
-            Some(retry_after) => {
-                team.counters.limited.inc();
-                Err(GatewayError::RateLimited { retry_after })
-            }
-            None => {
-                team.counters.allowed.inc();
-                Ok(())
-            }
-        }
+        team.counters.allowed.inc();
+        Ok(())
+    }
+
+    /// A refusal by `why`, recorded for the audit line's `limited_by`.
+    fn limited(&mut self, why: LimitedBy, e: GatewayError) -> GatewayError {
+        self.record().limited_by = Some(why);
+        e
     }
 
     /// The quota headers of an answer refused before the limiter: the state, nothing spent.
     async fn peek_quota(&mut self, team: &TeamState, is_read: bool) {
-        self.verdict = Some(self.gw.quotas.peek(&team.limiter, !is_read).await);
+        self.verdict = Some(self.gw.admission.peek(&team.limiter, !is_read).await);
     }
 
     fn record(&mut self) -> &mut AuditRecord {

@@ -4,9 +4,9 @@
 use http::{HeaderValue, Method, Response};
 
 use super::Exchange;
+use crate::admission;
 use crate::audit::AuditedBody;
 use crate::http::{self as body, ProxyBody};
-use crate::ratelimit;
 use crate::request_id::X_REQUEST_ID;
 
 impl Exchange<'_> {
@@ -21,7 +21,7 @@ impl Exchange<'_> {
         let headers = resp.headers_mut();
         headers.insert(X_REQUEST_ID.clone(), request_id);
         if let Some(verdict) = &self.verdict {
-            ratelimit::apply_headers(verdict, headers);
+            admission::apply_headers(verdict, headers);
         }
         if let Some(cache) = self.cache {
             cache.render(headers);

@@ -264,6 +264,8 @@ mod tests {
         Org {
             name: Arc::from("acme"),
             authorization,
+            upstream_rate_limit: None,
+            max_upstream_hold: std::time::Duration::from_secs(60),
         }
     }
 
@@ -505,6 +507,8 @@ mod props {
         Org {
             name: Arc::from("acme"),
             authorization,
+            upstream_rate_limit: None,
+            max_upstream_hold: std::time::Duration::from_secs(60),
         }
     }
 

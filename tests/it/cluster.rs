@@ -9,23 +9,10 @@ use bytes::Bytes;
 use http::Method;
 use tokio::sync::Mutex;
 
-use crate::support::redis::{in_cluster, redis_available, Fault, FaultyProxy, TestRedis};
+use crate::support::redis::{
+    in_cluster, readyz, require_redis, wait_for_readyz, Fault, FaultyProxy, TestRedis,
+};
 use crate::support::*;
-
-/// Skips (loudly) where no `redis-server` is installed, unless `DNXGW_REQUIRE_REDIS` is set, as
-/// `.ci/run` sets it after installing one: there a missing server fails the test.
-macro_rules! require_redis {
-    () => {
-        if !redis_available() {
-            assert!(
-                std::env::var_os("DNXGW_REQUIRE_REDIS").is_none(),
-                "redis-server is required (DNXGW_REQUIRE_REDIS) but not installed"
-            );
-            eprintln!("SKIPPED: redis-server is not installed");
-            return;
-        }
-    };
-}
 
 struct Cluster {
     redis: TestRedis,
@@ -75,31 +62,6 @@ impl Cluster {
         for r in &self.replicas {
             wait_for_readyz(r, "cluster: unavailable").await;
         }
-    }
-}
-
-async fn readyz(gw: &TestGateway) -> TestResponse {
-    gw.admin_client()
-        .send(Method::GET, "/readyz", &[], "")
-        .await
-}
-
-/// Waits until `/readyz` says `what`: state changes happen in the replica's own time (a deadline
-/// running out, a reconnection), which the test observes rather than predicts.
-async fn wait_for_readyz(gw: &TestGateway, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let r = readyz(gw).await;
-        if String::from_utf8_lossy(&r.body).contains(what) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/readyz never said {what:?}: {} {}",
-            r.status,
-            String::from_utf8_lossy(&r.body)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -35,6 +35,7 @@
 //! | the simulated DialNexa | `sim` |
 //! | admin listener: probes, `/metrics` | `operations::admin_listener`, `cache::metrics`, `ratelimit` |
 //! | admin listener: `/admin/cache/purge` | `cache::purge`, `audit`, `edges` |
+//! | the organisation's DialNexa quota: only upstream calls spend it, parts, lending, refusals, STALE, holds (also across replicas), reloads | `budget` |
 //! | cluster mode (quotas, read-after-write, purges, Redis unavailable) | `cluster` (a real `redis-server`; `support::redis`) |
 //!
 //! `support` holds the fixtures: the fake upstream, the gateway under test with its typed config,
@@ -44,6 +45,7 @@
 mod support;
 
 mod audit;
+mod budget;
 mod cache;
 mod cluster;
 mod edges;

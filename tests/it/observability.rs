@@ -143,7 +143,12 @@ async fn answer_times_are_counted_by_route_class_and_cache_outcome() {
 #[tokio::test]
 async fn upstream_answers_and_stated_quota_are_counted_per_org() {
     let upstream = FakeUpstream::start().await;
-    let mut gw = GatewayBuilder::new(upstream.base_url()).start().await;
+    // Holds off: the 429 below would otherwise hold acme's next call (see `budget`), and this test
+    // is about what each answer records.
+    let mut gw = GatewayBuilder::new(upstream.base_url())
+        .org_max_hold_seconds("acme", 0)
+        .start()
+        .await;
     let (c, admin) = (gw.client(), gw.admin_client());
     let before = scrape(&admin).await;
     // Answer counters exist from the start; quota gauges only once upstream has stated a quota.
@@ -321,6 +326,8 @@ async fn dashboard_and_alerts_use_only_series_the_gateway_exposes() {
     for must in [
         "dialnexa_gateway_request_duration_seconds_bucket",
         "dialnexa_gateway_upstream_ratelimit_remaining",
+        "dialnexa_gateway_upstream_calls_total",
+        "dialnexa_gateway_upstream_hold_seconds",
         "process_cpu_seconds_total",
     ] {
         assert!(used.iter().any(|(_, n)| n == must), "{must} is not used");

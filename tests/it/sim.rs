@@ -649,6 +649,25 @@ async fn demo_prints_commands_for_the_seeds_fields_and_they_answer_as_described(
     let after = c.get(&path, team_key).await;
     assert_eq!(after.header("x-cache"), Some("MISS"));
     assert_eq!(after.json(), merged);
+
+    // The org budget's commands: batch floods and is refused past its part, demo is served.
+    let batch_key = banner
+        .split("Batch team key (made up for this run): ")
+        .nth(1)
+        .and_then(|rest| rest.lines().next())
+        .unwrap();
+    assert!(banner.contains("for i in $(seq 30)"), "{banner}");
+    let mut statuses = Vec::new();
+    for _ in 0..30 {
+        let r = c.get("/v1/calls", batch_key).await;
+        if r.status == 429 {
+            assert_eq!(r.json()["code"], "org_quota_exhausted");
+        }
+        statuses.push(r.status);
+    }
+    let served = statuses.iter().filter(|s| **s == 200).count();
+    assert!((5..30).contains(&served), "{statuses:?}");
+    assert_eq!(c.get("/v1/calls", team_key).await.status, 200);
 }
 
 #[tokio::test]

@@ -101,6 +101,11 @@ impl SimHandle {
     pub fn agent_count(&self) -> usize {
         self.sim.agents().len()
     }
+
+    /// Authenticated requests answered so far, and how many of them the quota refused (`429`).
+    pub fn quota_counts(&self) -> (u64, u64) {
+        self.sim.quota.counts()
+    }
 }
 
 impl Drop for SimHandle {
@@ -411,9 +416,15 @@ mod tests {
         assert_eq!(headers["x-ratelimit-limit"], "2");
         assert_eq!(headers["x-ratelimit-remaining"], "0");
         assert!(headers.contains_key(hyper::header::RETRY_AFTER));
+        assert_eq!(quota.counts(), (3, 1));
         let unenforced = OrgQuota::new(None);
         for _ in 0..quota::ADVERTISED_PER_MINUTE + 5 {
-            assert!(unenforced.take().allowed);
+            let verdict = unenforced.take();
+            assert!(verdict.allowed);
+            // Never an empty quota it does not enforce.
+            let mut headers = hyper::HeaderMap::new();
+            verdict.write_headers(&mut headers);
+            assert_ne!(headers["x-ratelimit-remaining"], "0");
         }
     }
 }

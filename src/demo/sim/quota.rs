@@ -2,6 +2,7 @@
 //! authenticated answer in `X-RateLimit-*` and, when enforced, refused with `429` and
 //! `Retry-After` (NestJS's throttler, which DialNexa's headers and errors are shaped like).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,10 @@ pub(super) struct OrgQuota {
     /// Without `--rate-limit` the headers still move, but nothing is refused.
     enforced: bool,
     window: Mutex<Window>,
+    /// Requests counted against the quota, and those refused, since the start: what a test of a
+    /// client's manners asks DialNexa.
+    answered: AtomicU64,
+    refused: AtomicU64,
 }
 
 struct Window {
@@ -41,7 +46,17 @@ impl OrgQuota {
                 started: Instant::now(),
                 used: 0,
             }),
+            answered: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
         }
+    }
+
+    /// Authenticated requests answered so far, and how many of them were refused with `429`.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.answered.load(Ordering::Relaxed),
+            self.refused.load(Ordering::Relaxed),
+        )
     }
 
     /// Counts one request, unless it is refused (a refused request spends nothing).
@@ -58,12 +73,22 @@ impl OrgQuota {
         let allowed = window.used < self.per_minute || !self.enforced;
         if allowed {
             window.used = window.used.saturating_add(1);
+        } else {
+            self.refused.fetch_add(1, Ordering::Relaxed);
         }
+        self.answered.fetch_add(1, Ordering::Relaxed);
+        let remaining = self.per_minute.saturating_sub(window.used);
         let left = WINDOW.saturating_sub(now.duration_since(window.started));
         Verdict {
             allowed,
             limit: self.per_minute,
-            remaining: self.per_minute.saturating_sub(window.used),
+            // Unenforced, it never says the quota is empty: a client that believes it (the
+            // gateway holds the org) would stop for nothing.
+            remaining: if self.enforced {
+                remaining
+            } else {
+                remaining.max(1)
+            },
             reset_secs: left.as_millis().div_ceil(1000).max(1) as u64,
         }
     }

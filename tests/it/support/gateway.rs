@@ -54,6 +54,8 @@ struct Team {
     access: &'static str,
     rate: Quota,
     write: Option<Quota>,
+    /// `upstream_share`, when set.
+    share: Option<u32>,
 }
 
 /// The gateway's config, set through typed methods (a misspelt setting does not compile), written
@@ -68,6 +70,8 @@ pub struct GatewayBuilder {
     settings: Vec<(&'static str, &'static str, String)>,
     audit_fifo: bool,
     teams: Vec<Team>,
+    /// `(org, key, value as TOML)` added to an `[orgs.*]` table.
+    org_settings: Vec<(&'static str, &'static str, String)>,
     binary_env: Vec<(String, String)>,
     capture_stdout: bool,
     fd_limit: Option<u32>,
@@ -88,12 +92,14 @@ impl GatewayBuilder {
             access,
             rate: GENEROUS,
             write: None,
+            share: None,
         });
         Self {
             upstream: upstream_base_url.into(),
             settings: Vec::new(),
             audit_fifo: false,
             teams: teams.into(),
+            org_settings: Vec::new(),
             binary_env: Vec::new(),
             capture_stdout: false,
             fd_limit: None,
@@ -232,6 +238,7 @@ impl GatewayBuilder {
             access: "read_write",
             rate: GENEROUS,
             write: None,
+            share: None,
         });
         self
     }
@@ -240,6 +247,29 @@ impl GatewayBuilder {
     pub fn team_org(mut self, team: &str, org: &str) -> Self {
         self.team_mut(team).org = org.into();
         self
+    }
+
+    /// Sets a team's weight in its org's budget (`upstream_share`).
+    pub fn upstream_share(mut self, team: &str, share: u32) -> Self {
+        self.team_mut(team).share = Some(share);
+        self
+    }
+
+    fn org_set(mut self, org: &'static str, key: &'static str, value: String) -> Self {
+        self.org_settings.retain(|(o, k, _)| (*o, *k) != (org, key));
+        self.org_settings.push((org, key, value));
+        self
+    }
+
+    /// Gives `org` (`acme` or `globex`) a budget for its upstream calls (`upstream_rate_limit`).
+    pub fn org_budget(self, org: &'static str, per_minute: u32, burst: u32) -> Self {
+        let budget = Quota { per_minute, burst };
+        self.org_set(org, "upstream_rate_limit", budget.to_string())
+    }
+
+    /// Caps how long DialNexa's refusal holds `org` (`max_upstream_hold_seconds`).
+    pub fn org_max_hold_seconds(self, org: &'static str, seconds: u64) -> Self {
+        self.org_set(org, "max_upstream_hold_seconds", seconds.to_string())
     }
 
     pub fn without_team(mut self, name: &str) -> Self {
@@ -316,6 +346,9 @@ impl GatewayBuilder {
                 "[orgs.{org}]\napi_key_file = {}\n",
                 quoted(&key_file)
             ));
+            for (_, key, value) in self.org_settings.iter().filter(|(o, _, _)| *o == org) {
+                t.push_str(&format!("{key} = {value}\n"));
+            }
         }
         for team in &self.teams {
             t.push_str(&format!(
@@ -328,6 +361,9 @@ impl GatewayBuilder {
             ));
             if let Some(write) = team.write {
                 t.push_str(&format!("write_rate_limit = {write}\n"));
+            }
+            if let Some(share) = team.share {
+                t.push_str(&format!("upstream_share = {share}\n"));
             }
         }
         t

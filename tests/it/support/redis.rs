@@ -8,12 +8,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, UnixStream};
 
-use super::GatewayBuilder;
+use http::Method;
+
+use super::{GatewayBuilder, TestGateway, TestResponse};
 
 /// Whether this machine has a `redis-server` (CI installs Debian's; see `.ci/run`).
 pub fn redis_available() -> bool {
@@ -237,4 +239,45 @@ async fn pump(
 /// A gateway configured in cluster mode against `url`, with a short call deadline.
 pub fn in_cluster(builder: GatewayBuilder, url: &str) -> GatewayBuilder {
     builder.cluster_redis_url(url).cluster_timeout_ms(200)
+}
+
+/// Skips (loudly) where no `redis-server` is installed, unless `DNXGW_REQUIRE_REDIS` is set, as
+/// `.ci/run` sets it after installing one: there a missing server fails the test.
+macro_rules! require_redis {
+    () => {
+        if !$crate::support::redis::redis_available() {
+            assert!(
+                std::env::var_os("DNXGW_REQUIRE_REDIS").is_none(),
+                "redis-server is required (DNXGW_REQUIRE_REDIS) but not installed"
+            );
+            eprintln!("SKIPPED: redis-server is not installed");
+            return;
+        }
+    };
+}
+pub(crate) use require_redis;
+
+pub async fn readyz(gw: &TestGateway) -> TestResponse {
+    gw.admin_client()
+        .send(Method::GET, "/readyz", &[], "")
+        .await
+}
+
+/// Waits until `/readyz` says `what`: state changes happen in the replica's own time (a deadline
+/// running out, a reconnection), which the test observes rather than predicts.
+pub async fn wait_for_readyz(gw: &TestGateway, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = readyz(gw).await;
+        if String::from_utf8_lossy(&r.body).contains(what) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz never said {what:?}: {} {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

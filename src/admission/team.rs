@@ -219,8 +219,8 @@ impl TeamLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::admission::verdict::{apply_headers, reset_seconds};
     use crate::error::whole_seconds;
-    use crate::ratelimit::verdict::{apply_headers, reset_seconds};
     use http::HeaderMap;
 
     fn quota(per_minute: u32, burst: u32) -> RateQuota {

@@ -17,6 +17,31 @@ pub enum QuotaKind {
     Write,
 }
 
+/// What refused a request: the `limited_by` of its audit line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitedBy {
+    /// The team's general quota.
+    Team,
+    /// The team's write quota.
+    TeamWrite,
+    /// The organisation's DialNexa budget, as the gateway shares it out.
+    Org,
+    /// DialNexa itself: the organisation is held after upstream refused it.
+    Upstream,
+}
+
+impl LimitedBy {
+    /// The audit line's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Team => "team",
+            Self::TeamWrite => "team_write",
+            Self::Org => "org",
+            Self::Upstream => "upstream",
+        }
+    }
+}
+
 /// One quota's state as of this request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuotaStatus {
@@ -84,6 +109,14 @@ impl FixedHeaders {
 }
 
 impl Verdict {
+    /// Which team quota refused the request, if one did.
+    pub fn limited_by(&self) -> Option<LimitedBy> {
+        match self.refused_by? {
+            QuotaKind::General => Some(LimitedBy::Team),
+            QuotaKind::Write => Some(LimitedBy::TeamWrite),
+        }
+    }
+
     /// The quota that binds: the one that refused the request, else the one with fewer requests left.
     pub(super) fn binding(&self) -> QuotaStatus {
         match (self.refused_by, self.write) {
