@@ -7,12 +7,13 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use tokio::task::JoinSet;
 
 use crate::audit::AuditLog;
-use crate::auth::KeyDigest;
+use crate::auth::{KeyDigest, KeyLife};
 use crate::cache::{fold_case, AgentCache, Scope};
 use crate::cluster::{Cluster, ClusterStartError, Reach};
 use crate::config::ConfigError;
@@ -29,13 +30,19 @@ pub struct TeamState {
     pub counters: TeamCounters,
 }
 
+/// A team key as requests see it: its team, and its life (end, last use).
+pub struct KnownKey {
+    pub team: Arc<TeamState>,
+    pub life: KeyLife,
+}
+
 /// One immutable config snapshot. A request loads it once and finishes on it, whatever reloads
 /// happen meanwhile.
 pub struct Snapshot {
     pub settings: Settings,
     /// Looked up on every request. foldhash, not SipHash: the map is small and only changes on
     /// reload, so no choice of presented keys can make its lookups slow.
-    teams: HashMap<KeyDigest, Arc<TeamState>, foldhash::fast::RandomState>,
+    keys: HashMap<KeyDigest, KnownKey, foldhash::fast::RandomState>,
     pub upstream: UpstreamClient,
 }
 
@@ -46,13 +53,13 @@ impl Snapshot {
     pub fn build(settings: Settings, previous: Option<&Snapshot>, metrics: &Metrics) -> Self {
         let old_limiters: HashMap<&str, &Arc<TeamLimiter>> = previous
             .map(|p| {
-                p.teams
+                p.keys
                     .values()
-                    .map(|t| (&*t.settings.name, &t.limiter))
+                    .map(|k| (&*k.team.settings.name, &k.team.limiter))
                     .collect()
             })
             .unwrap_or_default();
-        let mut teams = HashMap::default();
+        let mut keys = HashMap::default();
         for team in &settings.teams {
             let limiter = match old_limiters.get(&*team.name) {
                 Some(l) if l.has_quotas(team.rate_limit, team.write_rate_limit) => Arc::clone(l),
@@ -68,8 +75,16 @@ impl Snapshot {
                 limiter,
                 counters: metrics.team_counters(&team.name, &team.org.name),
             });
-            for digest in &team.key_digests {
-                teams.insert(*digest, state.clone());
+            for key in &team.keys {
+                let last_used =
+                    metrics
+                        .config
+                        .team_key(&team.name, key.digest.key_id(), key.not_after);
+                let known = KnownKey {
+                    team: state.clone(),
+                    life: KeyLife::new(key.not_after, last_used),
+                };
+                keys.insert(key.digest, known);
             }
         }
         let upstream = match previous {
@@ -80,13 +95,13 @@ impl Snapshot {
         };
         Self {
             settings,
-            teams,
+            keys,
             upstream,
         }
     }
 
-    pub fn team(&self, digest: &KeyDigest) -> Option<&Arc<TeamState>> {
-        self.teams.get(digest)
+    pub fn key(&self, digest: &KeyDigest) -> Option<&KnownKey> {
+        self.keys.get(digest)
     }
 
     /// Every organisation a team belongs to, each once: what a purge of all of them reaches.
@@ -103,7 +118,14 @@ impl Snapshot {
     }
 
     fn team_names(&self) -> impl Iterator<Item = &str> {
-        self.teams.values().map(|t| &*t.settings.name)
+        self.keys.values().map(|k| &*k.team.settings.name)
+    }
+
+    /// Every key, as its team and `key_id`.
+    fn key_ids(&self) -> impl Iterator<Item = (&Arc<str>, String)> {
+        self.keys
+            .iter()
+            .map(|(digest, k)| (&k.team.settings.name, digest.key_id()))
     }
 }
 
@@ -162,6 +184,9 @@ impl Gateway {
             Some((c, _)) => Quotas::Shared(Arc::clone(c)),
             None => Quotas::Local,
         };
+        metrics
+            .config
+            .loaded(&settings.fingerprint, SystemTime::now());
         Ok(Self {
             snapshot: ArcSwap::from_pointee(Snapshot::build(settings, None, &metrics)),
             cache,
@@ -173,6 +198,11 @@ impl Gateway {
             unattended: Mutex::new(JoinSet::new()),
             cluster,
         })
+    }
+
+    /// The file `reload` reads, if the gateway was started from one.
+    pub fn config_path(&self) -> Option<&std::path::Path> {
+        self.config_path.as_deref()
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -209,6 +239,13 @@ impl Gateway {
         for org in old.org_names().iter().filter(|n| !kept.contains(*n)) {
             self.metrics.forget_org(org);
         }
+        let kept: std::collections::HashSet<_> = new.key_ids().collect();
+        for (team, key_id) in old.key_ids().filter(|k| !kept.contains(k)) {
+            self.metrics.config.forget_key(team, key_id);
+        }
+        self.metrics
+            .config
+            .loaded(&new.settings.fingerprint, SystemTime::now());
         self.snapshot.store(Arc::new(new));
     }
 

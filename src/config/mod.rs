@@ -8,14 +8,17 @@ use std::path::Path;
 use crate::settings::Settings;
 
 mod cluster;
+mod fingerprint;
 mod raw;
 mod teams;
 mod toml_errors;
 mod validate;
+mod watch;
 
 use raw::RawConfig;
 use toml_errors::{check_syntax, one_line};
 use validate::validate;
+pub use watch::{ConfigWatcher, Contents, WatchError};
 
 /// Env overrides are `DNXGW__SECTION__KEY`.
 const ENV_PREFIX: &str = "DNXGW";
@@ -77,29 +80,26 @@ impl Settings {
 
     fn from_text(text: &str, origin: &str) -> Result<Self, ConfigError> {
         check_syntax(text, origin)?;
-        Self::build(
-            config::File::from_str(text, config::FileFormat::Toml),
-            origin,
-        )
-    }
-
-    fn build<S>(source: S, origin: &str) -> Result<Self, ConfigError>
-    where
-        S: config::Source + Send + Sync + 'static,
-    {
-        let raw: RawConfig = config::Config::builder()
-            .add_source(source)
-            .add_source(
-                config::Environment::with_prefix(ENV_PREFIX)
-                    .prefix_separator("__")
-                    .separator("__")
-                    .try_parsing(true),
-            )
-            .build()
+        let raw: RawConfig = layered(text)
             .and_then(|c| c.try_deserialize())
             .map_err(|e| ConfigError::one(one_line(&format!("{origin}: {e}"))))?;
-        validate(raw)
+        let mut settings = validate(raw)?;
+        settings.fingerprint = fingerprint::of(text, &settings);
+        Ok(settings)
     }
+}
+
+/// The file's values with the `DNXGW__SECTION__KEY` env overrides laid over them, unchecked.
+fn layered(text: &str) -> Result<config::Config, config::ConfigError> {
+    config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        )
+        .build()
 }
 
 #[cfg(test)]

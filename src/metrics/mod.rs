@@ -14,12 +14,14 @@ use prometheus_client::registry::{Registry, Unit};
 
 mod answers;
 mod cluster;
+mod config;
 mod labels;
 mod process;
 mod upstream;
 
 pub use answers::RouteClass;
 pub use cluster::ClusterMetrics;
+pub use config::{ConfigMetrics, KeyLastUsed};
 pub use labels::*;
 pub use upstream::OrgUpstream;
 
@@ -53,6 +55,8 @@ pub struct Metrics {
     pub config_reloads: Family<ResultLabel, Counter>,
     /// Cluster mode's figures (registered always; flat without `[cluster]`).
     pub cluster: ClusterMetrics,
+    /// The config served and its team keys' lives.
+    pub config: ConfigMetrics,
     request_duration: Family<DurationLabels, Histogram, fn() -> Histogram>,
     /// `request_duration`'s series, by [`duration_slot`]: resolved once, so that observing an
     /// answer takes no family lookup (a hash under a lock).
@@ -101,6 +105,7 @@ impl Metrics {
             audit_backpressure_waits: Counter::default(),
             config_reloads: Family::default(),
             cluster: ClusterMetrics::new(),
+            config: ConfigMetrics::default(),
             request_duration,
             durations,
             upstream_responses: Family::default(),
@@ -166,6 +171,7 @@ impl Metrics {
             self.build_info.clone(),
         );
         self.cluster.register(r);
+        self.config.register(r);
         r.register(
             "cache_hits",
             "Agent reads answered from the cache",
