@@ -272,6 +272,47 @@ api_key_file = "{}"
     }
 
     #[test]
+    fn a_key_may_have_an_end_beside_plain_digests() {
+        let key = key_file("k");
+        let s = Settings::from_toml_str(&base(
+            key.path(),
+            &format!(
+                "[teams.billing]\norg = \"acme\"\nrate_limit = {{ per_minute = 1, burst = 1 }}\n\
+                 key_sha256 = [\"{DIGEST_A}\", {{ sha256 = \"{DIGEST_B}\", not_after = \"2027-03-01T01:00:00+01:00\" }}]"
+            ),
+        ))
+        .unwrap();
+        let keys = &s.teams[0].keys;
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[0].not_after, None);
+        assert_eq!(keys[1].digest.to_hex(), DIGEST_B);
+        // 2027-03-01T00:00:00Z, whatever offset it was written with.
+        let end = std::time::UNIX_EPOCH + Duration::from_secs(1_803_859_200);
+        assert_eq!(keys[1].not_after, Some(end));
+    }
+
+    #[test]
+    fn a_dated_key_names_its_wrong_parts() {
+        let key = key_file("k");
+        let p = problems(&base(
+            key.path(),
+            &format!(
+                "[teams.billing]\norg = \"acme\"\nrate_limit = {{ per_minute = 1, burst = 1 }}\n\
+                 key_sha256 = [{{ sha256 = \"{DIGEST_A}\", not_after = \"next tuesday\" }}, \
+                 {{ not_after = \"2027-03-01T00:00:00Z\" }}, {{ sha256 = \"{DIGEST_B}\", not_afer = \"x\" }}]"
+            ),
+        ));
+        for starts in [
+            "teams.billing.key_sha256[0].not_after: must be an RFC 3339 time",
+            "teams.billing.key_sha256[1].sha256: is required",
+            "teams.billing.key_sha256[2].not_afer: unknown field",
+        ] {
+            assert!(p.iter().any(|l| l.starts_with(starts)), "{starts} missing from {p:?}");
+        }
+        assert_eq!(p.len(), 3, "{p:?}");
+    }
+
+    #[test]
     fn unset_env_and_unreadable_file_are_named() {
         let toml = r#"
 [server]
