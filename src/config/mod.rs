@@ -307,7 +307,10 @@ api_key_file = "{}"
             "teams.billing.key_sha256[1].sha256: is required",
             "teams.billing.key_sha256[2].not_afer: unknown field",
         ] {
-            assert!(p.iter().any(|l| l.starts_with(starts)), "{starts} missing from {p:?}");
+            assert!(
+                p.iter().any(|l| l.starts_with(starts)),
+                "{starts} missing from {p:?}"
+            );
         }
         assert_eq!(p.len(), 3, "{p:?}");
     }

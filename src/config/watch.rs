@@ -85,14 +85,18 @@ impl ConfigWatcher {
         Ok(watcher)
     }
 
-    /// Waits for an event naming a watched path. `Some(contents)`: what the files hold now differs
-    /// from what was last loaded, so a reload is due (then hand `contents` to
-    /// [`rewatch`](Self::rewatch)); `None`: nothing a reload would read changed (a file touched, a
-    /// directory link replaced by an equal one, an old ConfigMap directory removed).
-    pub async fn changed(&mut self) -> Option<Contents> {
-        self.shared.changed.notified().await;
-        let now = self.read_contents();
-        (now.0 != self.contents).then_some(now)
+    /// Waits until an event names a watched path and what the files hold differs from what was
+    /// last loaded: a reload is due (then hand what it returns to [`rewatch`](Self::rewatch)).
+    /// Events that change nothing a reload would read (a file touched, an old ConfigMap directory
+    /// removed, the second half of a change already reloaded) are passed over. Cancel-safe.
+    pub async fn changed(&mut self) -> Contents {
+        loop {
+            self.shared.changed.notified().await;
+            let now = self.read_contents();
+            if now.0 != self.contents {
+                return now;
+            }
+        }
     }
 
     /// What the config file and the files it names hold now, to take just before a reload reads

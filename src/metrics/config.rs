@@ -1,19 +1,33 @@
 //! Which config a replica serves and the life of its team keys (DESIGN, "Config changes without a
 //! signal, and the life of a team key").
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 
 use super::TeamName;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct FingerprintLabel {
-    fingerprint: String,
+/// `config_info`, written at scrape time from the one fingerprint served, so that no scrape sees a
+/// reload half done (no series, or two).
+#[derive(Debug, Default)]
+struct ConfigInfo(Arc<Mutex<Arc<str>>>);
+
+impl Collector for ConfigInfo {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let fingerprint = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let info = ConstGauge::new(1i64);
+        let help = "Always 1; the fingerprint of the config this replica serves in its label \
+                    (replicas that read the same file and secrets show the same one)";
+        let mut family =
+            encoder.encode_descriptor("config_info", help, None, info.metric_type())?;
+        info.encode(family.encode_family(&[("fingerprint", &*fingerprint)])?)
+    }
 }
 
 /// A team key, by the first 8 hex digits of its digest (as the audit line's `key_id`).
@@ -25,7 +39,7 @@ struct TeamKeyLabels {
 
 #[derive(Clone, Default)]
 pub struct ConfigMetrics {
-    info: Family<FingerprintLabel, Gauge>,
+    fingerprint: Arc<Mutex<Arc<str>>>,
     loaded: Gauge,
     key_not_after: Family<TeamKeyLabels, Gauge>,
     key_last_used: Family<TeamKeyLabels, Gauge>,
@@ -57,12 +71,7 @@ fn unix_seconds(t: SystemTime) -> i64 {
 
 impl ConfigMetrics {
     pub(super) fn register(&self, r: &mut Registry) {
-        r.register(
-            "config_info",
-            "Always 1; the fingerprint of the config this replica serves in its label (replicas \
-             that read the same file and secrets show the same one)",
-            self.info.clone(),
-        );
+        r.register_collector(Box::new(ConfigInfo(self.fingerprint.clone())));
         r.register_with_unit(
             "config_loaded_timestamp",
             "When the config now served was loaded (at start or by the last successful reload)",
@@ -85,13 +94,8 @@ impl ConfigMetrics {
     }
 
     /// A config was loaded at `at` and is now the one served.
-    pub fn loaded(&self, fingerprint: &str, at: SystemTime) {
-        self.info.clear();
-        self.info
-            .get_or_create(&FingerprintLabel {
-                fingerprint: fingerprint.to_owned(),
-            })
-            .set(1);
+    pub fn loaded(&self, fingerprint: &Arc<str>, at: SystemTime) {
+        *self.fingerprint.lock().unwrap_or_else(|e| e.into_inner()) = fingerprint.clone();
         self.loaded.set(unix_seconds(at));
     }
 

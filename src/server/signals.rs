@@ -3,6 +3,7 @@
 
 use super::RunningGateway;
 use crate::config::{ConfigWatcher, Contents};
+use crate::state::Gateway;
 
 /// The process signals the gateway answers, installed before serving so none hits the default action.
 pub struct Signals {
@@ -41,18 +42,18 @@ impl RunningGateway {
     /// Serves until `SIGTERM`/`SIGINT`, reloading on `SIGHUP` and, with `server.watch_config`, when
     /// the config file or a secret file it names changes (the same reload either way), and
     /// reopening the audit file on `SIGUSR1`.
-    pub async fn run_until_signalled(self, mut signals: Signals) {
-        let mut watcher = self.watch(None, None);
+    pub async fn run_until_signalled(mut self, mut signals: Signals) {
+        let mut watcher = self.watcher.take();
         loop {
             tokio::select! {
                 _ = signals.hangup.recv() => {
                     let before = watcher.as_ref().map(ConfigWatcher::read_contents);
                     let _ = self.reload();
-                    watcher = self.watch(watcher, before);
+                    watcher = watch(self.gateway(), watcher, before);
                 }
-                Some(changed) = changes(&mut watcher) => {
+                changed = changes(&mut watcher) => {
                     let _ = self.reload();
-                    watcher = self.watch(watcher, Some(changed));
+                    watcher = watch(self.gateway(), watcher, Some(changed));
                 }
                 _ = signals.user1.recv() => self.reopen_audit().await,
                 _ = signals.terminate.recv() => break,
@@ -62,44 +63,44 @@ impl RunningGateway {
         tracing::info!("shutting down: draining in-flight requests");
         self.shutdown().await;
     }
+}
 
-    /// After a (re)load or an attempt: starts, keeps or stops watching as the config served now
-    /// says, over the files the config on disk names now. `before`: what they held just before the
-    /// reload read them.
-    fn watch(
-        &self,
-        watcher: Option<ConfigWatcher>,
-        before: Option<Contents>,
-    ) -> Option<ConfigWatcher> {
-        let path = self.gateway().config_path()?;
-        if !self.gateway().snapshot().settings.server.watch_config {
-            if watcher.is_some() {
-                tracing::info!("server.watch_config is off: config changes wait for SIGHUP");
-            }
-            return None;
+/// At start and after each (re)load or attempt: starts, keeps or stops watching as the config
+/// served now says, over the files the config on disk names now. `before`: what they held just
+/// before the reload read them.
+pub(super) fn watch(
+    gateway: &Gateway,
+    watcher: Option<ConfigWatcher>,
+    before: Option<Contents>,
+) -> Option<ConfigWatcher> {
+    let path = gateway.config_path()?;
+    if !gateway.snapshot().settings.server.watch_config {
+        if watcher.is_some() {
+            tracing::info!("server.watch_config is off: config changes wait for SIGHUP");
         }
-        match watcher {
-            Some(mut watcher) => {
-                let contents = before.unwrap_or_else(|| watcher.read_contents());
-                watcher.rewatch(contents);
+        return None;
+    }
+    match watcher {
+        Some(mut watcher) => {
+            let contents = before.unwrap_or_else(|| watcher.read_contents());
+            watcher.rewatch(contents);
+            Some(watcher)
+        }
+        None => match ConfigWatcher::start(path) {
+            Ok(watcher) => {
+                tracing::info!(config = %path.display(), "watching the config file and the secret files it names");
                 Some(watcher)
             }
-            None => match ConfigWatcher::start(path) {
-                Ok(watcher) => {
-                    tracing::info!(config = %path.display(), "watching the config file and the secret files it names");
-                    Some(watcher)
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "config changes wait for SIGHUP");
-                    None
-                }
-            },
-        }
+            Err(e) => {
+                tracing::warn!(error = %e, "config changes wait for SIGHUP");
+                None
+            }
+        },
     }
 }
 
 /// The next change worth a reload, or never without a watcher.
-async fn changes(watcher: &mut Option<ConfigWatcher>) -> Option<Contents> {
+async fn changes(watcher: &mut Option<ConfigWatcher>) -> Contents {
     match watcher {
         Some(watcher) => watcher.changed().await,
         None => std::future::pending().await,

@@ -78,7 +78,10 @@ async fn a_key_is_refused_from_the_moment_it_ends_while_the_gateway_runs() {
     })
     .await;
     assert!(SystemTime::now() >= end - Duration::from_secs(1));
-    assert_eq!(c.get("/v1/calls", OLD_KEY).await.json()["code"], "key_expired");
+    assert_eq!(
+        c.get("/v1/calls", OLD_KEY).await.json()["code"],
+        "key_expired"
+    );
     assert_eq!(c.get("/v1/calls", BILLING).await.status, 200);
 }
 
@@ -97,11 +100,18 @@ async fn a_keys_last_use_survives_a_reload_and_a_removed_keys_series_go() {
     assert!(used > 0.0);
 
     // The reload drops the ended key (billing keeps only its current one).
-    gw.rewrite_config(|config| config.without_team("billing").team("billing", "acme", BILLING));
+    gw.rewrite_config(|config| {
+        config
+            .without_team("billing")
+            .team("billing", "acme", BILLING)
+    });
     gw.running().reload().unwrap();
     let m = gw.metrics().await;
     assert_eq!(m.value(LAST_USED, &current), used, "{m}");
     assert_eq!(m.sample(LAST_USED, &old), None, "{m}");
     assert_eq!(m.sample(NOT_AFTER, &old), None, "{m}");
-    assert_eq!(c.get("/v1/calls", OLD_KEY).await.json()["code"], "invalid_team_key");
+    assert_eq!(
+        c.get("/v1/calls", OLD_KEY).await.json()["code"],
+        "invalid_team_key"
+    );
 }

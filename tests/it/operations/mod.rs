@@ -33,10 +33,7 @@ where
 {
     let deadline = Instant::now() + limit;
     while !cond().await {
-        assert!(
-            Instant::now() < deadline,
-            "not within {limit:?}: {what}"
-        );
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -50,7 +47,12 @@ async fn org_key_seen_upstream(c: &Client, upstream: &FakeUpstream, request_id: 
         ("x-request-id", request_id),
     ];
     let r = c
-        .send(http::Method::GET, "/v1/calls", &headers, bytes::Bytes::new())
+        .send(
+            http::Method::GET,
+            "/v1/calls",
+            &headers,
+            bytes::Bytes::new(),
+        )
         .await;
     assert_eq!(r.status, 200);
     let seen = upstream

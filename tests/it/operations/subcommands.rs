@@ -113,7 +113,10 @@ fn check_warns_of_each_key_ending_within_7_days_and_still_exits_0() {
         (BILLING, None),
         ("team-key-soon-0009", Some(rfc3339(now + 3 * day))),
         ("team-key-later-0010", Some(rfc3339(now + 30 * day))),
-        ("team-key-ended-0011", Some("2026-01-01T00:00:00Z".to_owned())),
+        (
+            "team-key-ended-0011",
+            Some("2026-01-01T00:00:00Z".to_owned()),
+        ),
     ];
     let entries: Vec<String> = keys
         .iter()
@@ -142,13 +145,19 @@ fn check_warns_of_each_key_ending_within_7_days_and_still_exits_0() {
         warnings[0].contains("teams.billing.key_sha256[1]") && warnings[0].contains(&soon),
         "{warnings:?}"
     );
-    assert!(warnings[0].contains(keys[1].1.as_deref().unwrap()), "{warnings:?}");
+    assert!(
+        warnings[0].contains(keys[1].1.as_deref().unwrap()),
+        "{warnings:?}"
+    );
     assert!(
         warnings[1].contains("teams.billing.key_sha256[3]")
             && warnings[1].contains("ended at 2026-01-01T00:00:00Z"),
         "{warnings:?}"
     );
-    assert!(!stderr.contains(&KeyDigest::of(keys[1].0).to_hex()), "{stderr}");
+    assert!(
+        !stderr.contains(&KeyDigest::of(keys[1].0).to_hex()),
+        "{stderr}"
+    );
 }
 
 fn hash_key(stdin: &str) -> Output {

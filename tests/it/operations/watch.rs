@@ -14,16 +14,21 @@ const PROMPTLY: Duration = Duration::from_secs(3);
 const CONFIG_INFO: &str = "dialnexa_gateway_config_info";
 const LOADED_AT: &str = "dialnexa_gateway_config_loaded_timestamp_seconds";
 
-/// The fingerprint a process serves, by `/metrics`, checked against `/readyz`'s body.
+/// The fingerprint a process serves, by `/metrics`.
 async fn fingerprint(admin: &Client) -> String {
     let shown = scrape(admin).await.label_values(CONFIG_INFO, "fingerprint");
     assert_eq!(shown.len(), 1, "one config_info series: {shown:?}");
-    let fingerprint = shown.into_iter().next().unwrap();
+    shown.into_iter().next().unwrap()
+}
+
+/// The fingerprint, once no reload is under way: `/metrics` and `/readyz` name the same one.
+async fn settled_fingerprint(admin: &Client) -> String {
+    let fingerprint = fingerprint(admin).await;
     let ready = admin.send(http::Method::GET, "/readyz", &[], "").await;
     let body = String::from_utf8_lossy(&ready.body).into_owned();
     assert!(
         body.ends_with(&format!("config: {fingerprint}")),
-        "/readyz names the fingerprint: {body}"
+        "/readyz names the fingerprint {fingerprint}: {body}"
     );
     fingerprint
 }
@@ -37,7 +42,10 @@ async fn a_configmap_swap_adding_a_team_is_applied_within_3_s_and_sighup_still_r
         .spawn_binary()
         .await;
     let (c, admin) = (gw.client(), gw.admin_client());
-    assert!(gw.config_path.is_symlink(), "precondition: a ConfigMap layout");
+    assert!(
+        gw.config_path.is_symlink(),
+        "precondition: a ConfigMap layout"
+    );
     assert_eq!(c.get("/v1/calls", NEWCOMER).await.status, 401);
 
     gw.rewrite_config(|config| config.team("newcomer", "globex", NEWCOMER));
@@ -75,7 +83,7 @@ async fn a_broken_configmap_swap_keeps_the_old_config_serving_and_is_counted_onc
         .spawn_binary()
         .await;
     let (c, admin) = (gw.client(), gw.admin_client());
-    let before = fingerprint(&admin).await;
+    let before = settled_fingerprint(&admin).await;
 
     // An unknown organisation; it also removes `support`, which a partly applied file would show.
     gw.rewrite_config(|config| {
@@ -90,7 +98,7 @@ async fn a_broken_configmap_swap_keeps_the_old_config_serving_and_is_counted_onc
     .await;
     assert_eq!(c.get("/v1/calls", SUPPORT).await.status, 200);
     assert_eq!(c.get("/v1/calls", NEWCOMER).await.status, 401);
-    assert_eq!(fingerprint(&admin).await, before);
+    assert_eq!(settled_fingerprint(&admin).await, before);
     assert!(gw.child.try_wait().unwrap().is_none(), "the process is up");
 
     // The next swap fixes it; the broken one was not tried again in between.
@@ -104,7 +112,7 @@ async fn a_broken_configmap_swap_keeps_the_old_config_serving_and_is_counted_onc
     let m = scrape(&admin).await;
     assert_eq!(m.count(RELOADS, FAILED), 1.0, "{m}");
     assert_eq!(m.count(RELOADS, OK), 1.0, "{m}");
-    assert_ne!(fingerprint(&admin).await, before);
+    assert_ne!(settled_fingerprint(&admin).await, before);
 
     gw.signal("TERM");
     assert_eq!(gw.wait_exit(Duration::from_secs(15)).await, Some(0));
@@ -178,8 +186,8 @@ async fn two_processes_on_one_config_show_one_fingerprint_until_only_one_has_rel
         .spawn_sibling(&[("DNXGW__SERVER__WATCH_CONFIG", "false")])
         .await;
     let (a, b) = (watching.admin_client(), signalled.admin_client());
-    let before = fingerprint(&a).await;
-    assert_eq!(fingerprint(&b).await, before);
+    let before = settled_fingerprint(&a).await;
+    assert_eq!(settled_fingerprint(&b).await, before);
     let loaded_before = scrape(&b).await.value(LOADED_AT, &[]);
 
     watching.rewrite_config(|config| config.team("newcomer", "globex", NEWCOMER));
@@ -189,8 +197,12 @@ async fn two_processes_on_one_config_show_one_fingerprint_until_only_one_has_rel
         async move { fingerprint(a).await != *before }
     })
     .await;
-    let after = fingerprint(&a).await;
-    assert_eq!(fingerprint(&b).await, before, "the other one waits for SIGHUP");
+    let after = settled_fingerprint(&a).await;
+    assert_eq!(
+        settled_fingerprint(&b).await,
+        before,
+        "the other one waits for SIGHUP"
+    );
     assert!(scrape(&a).await.value(LOADED_AT, &[]) >= loaded_before);
 
     signalled.signal("HUP");
@@ -200,6 +212,7 @@ async fn two_processes_on_one_config_show_one_fingerprint_until_only_one_has_rel
         async move { fingerprint(b).await == *after }
     })
     .await;
+    assert_eq!(settled_fingerprint(&b).await, after);
     assert_eq!(
         signalled.client().get("/v1/calls", NEWCOMER).await.status,
         200
