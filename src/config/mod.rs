@@ -433,6 +433,7 @@ mod props {
         ("idle_timeout_ms", Kind::Int),
         ("max_connections", Kind::Int),
         ("worker_threads", Kind::Int),
+        ("watch_config", Kind::Bool),
     ];
     const UPSTREAM: &[(&str, Kind)] = &[
         ("base_url", Kind::Str),

@@ -304,7 +304,11 @@ async fn dashboard_and_alerts_use_only_series_the_gateway_exposes() {
     });
     // A key with an end, so the series that only exist for such keys do too.
     let gw = GatewayBuilder::new(upstream.base_url())
-        .team_key_ending("billing", "team-key-billing-ending-0012", "2099-01-01T00:00:00Z")
+        .team_key_ending(
+            "billing",
+            "team-key-billing-ending-0012",
+            "2099-01-01T00:00:00Z",
+        )
         .start()
         .await;
     // One upstream answer, so the series that only exist once upstream has stated a quota do too.
