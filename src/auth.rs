@@ -1,5 +1,6 @@
-//! Step 1 and 2 of the pipeline: find the presented team key, identify its team by SHA-256 digest,
-//! and decide whether the team may use the method.
+//! Step 1 and 2 of the pipeline: find the presented team key, identify its team by SHA-256 digest
+//! (refusing a key past its `not_after`, stamping its last use), and decide whether the team may use
+//! the method.
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
