@@ -218,3 +218,36 @@ async fn two_processes_on_one_config_show_one_fingerprint_until_only_one_has_rel
         200
     );
 }
+
+#[tokio::test]
+async fn turning_watch_config_off_in_a_watched_change_leaves_reloads_to_sighup() {
+    let upstream = FakeUpstream::start().await;
+    let mut gw = GatewayBuilder::new(upstream.base_url())
+        .watch_config(true)
+        .spawn_binary()
+        .await;
+    let (c, admin) = (gw.client(), gw.admin_client());
+
+    // The change that turns watching off is itself applied as a watched change.
+    gw.rewrite_config(|config| config.watch_config(false).without_team("support"));
+    eventually_within(PROMPTLY, "the change is applied", || {
+        let c = &c;
+        async move { c.get("/v1/calls", SUPPORT).await.status == 401 }
+    })
+    .await;
+    wait_until("the watcher stops", || {
+        gw.stderr_so_far()
+            .contains("config changes wait for SIGHUP")
+    })
+    .await;
+
+    gw.rewrite_config(|config| config.team("newcomer", "globex", NEWCOMER));
+    gw.signal("HUP");
+    eventually("SIGHUP applies the next change", || {
+        let c = &c;
+        async move { c.get("/v1/calls", NEWCOMER).await.status == 200 }
+    })
+    .await;
+    let m = scrape(&admin).await;
+    assert_eq!(m.count(RELOADS, OK), 2.0, "{m}");
+}
