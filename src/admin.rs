@@ -34,19 +34,24 @@ pub async fn handle(
         (&Method::GET | &Method::HEAD, "/readyz") if gw.is_draining() => {
             probe(StatusCode::SERVICE_UNAVAILABLE, "draining")
         }
-        (&Method::GET | &Method::HEAD, "/readyz") => match gw.cluster_state() {
-            None => probe(StatusCode::OK, "ready"),
-            Some((true, _)) => probe(StatusCode::OK, "ready; cluster: connected"),
-            // Under `degrade` a replica without Redis still serves, so it stays in rotation.
-            Some((false, OnUnavailable::Degrade)) => probe(
-                StatusCode::OK,
-                "ready; cluster: unavailable, degraded (local quotas, no cache, agent writes 503)",
-            ),
-            Some((false, OnUnavailable::Refuse)) => probe(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not ready; cluster: unavailable, refusing requests",
-            ),
-        },
+        (&Method::GET | &Method::HEAD, "/readyz") => {
+            let (status, text) = match gw.cluster_state() {
+                None => (StatusCode::OK, "ready"),
+                Some((true, _)) => (StatusCode::OK, "ready; cluster: connected"),
+                // Under `degrade` a replica without Redis still serves, so it stays in rotation.
+                Some((false, OnUnavailable::Degrade)) => (
+                    StatusCode::OK,
+                    "ready; cluster: unavailable, degraded (local quotas, no cache, agent writes 503)",
+                ),
+                Some((false, OnUnavailable::Refuse)) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready; cluster: unavailable, refusing requests",
+                ),
+            };
+            // Which config this replica serves, as `config_info` shows it.
+            let fingerprint = &gw.snapshot().settings.fingerprint;
+            probe(status, format!("{text}; config: {fingerprint}"))
+        }
         (&Method::GET, "/metrics") => {
             gw.cache.refresh_gauges().await;
             gw.admission.refresh_gauges();
@@ -72,8 +77,8 @@ pub async fn handle(
     resp.map(AuditedBody::unaudited)
 }
 
-fn probe(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
-    let mut resp = Response::new(body::full(Bytes::from_static(text.as_bytes())));
+fn probe(status: StatusCode, text: impl Into<Bytes>) -> Response<ProxyBody> {
+    let mut resp = Response::new(body::full(text.into()));
     *resp.status_mut() = status;
     resp
 }

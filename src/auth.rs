@@ -1,10 +1,14 @@
-//! Step 1 and 2 of the pipeline: find the presented team key, identify its team by SHA-256 digest,
-//! and decide whether the team may use the method.
+//! Step 1 and 2 of the pipeline: find the presented team key, identify its team by SHA-256 digest
+//! (refusing a key past its `not_after`, stamping its last use), and decide whether the team may use
+//! the method.
 
 use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{header, HeaderMap, Method};
 use sha2::{Digest, Sha256};
+
+use crate::metrics::KeyLastUsed;
 
 /// What a team may do: everything, or only read (GET and HEAD).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +46,38 @@ impl KeyDigest {
 impl fmt::Debug for KeyDigest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "KeyDigest({}…)", self.key_id())
+    }
+}
+
+/// A team key's life as requests see it: when it ends, and where its uses are stamped.
+#[derive(Debug)]
+pub struct KeyLife {
+    /// Since the Unix epoch, worked out at load so that the check on every request is one
+    /// comparison of the arrival time it already has.
+    not_after: Option<Duration>,
+    last_used: KeyLastUsed,
+}
+
+impl KeyLife {
+    pub fn new(not_after: Option<SystemTime>, last_used: KeyLastUsed) -> Self {
+        Self {
+            // An end before 1970 has long passed: every arrival time is past it.
+            not_after: not_after.map(|t| t.duration_since(UNIX_EPOCH).unwrap_or_default()),
+            last_used,
+        }
+    }
+
+    /// The key was presented by a request that arrived `at`: its use is stamped (an ended key
+    /// still presented too, so the callers a removal would break stay visible), and from the key's
+    /// end on it is refused with the moment it ended.
+    #[inline]
+    pub fn presented(&self, at: SystemTime) -> Result<(), SystemTime> {
+        let at = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+        self.last_used.stamp(at);
+        match self.not_after {
+            Some(end) if at >= end => Err(UNIX_EPOCH + end),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -158,6 +194,22 @@ mod tests {
         assert!(d.to_hex().starts_with(&d.key_id()));
         assert_eq!(d.key_id().len(), 8);
         assert_eq!(KeyDigest::from_hex("abc"), None);
+    }
+
+    #[test]
+    fn a_key_is_refused_from_its_end_on_and_not_before() {
+        let end = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let metrics = crate::metrics::ConfigMetrics::default();
+        let used = metrics.team_key(&"t".into(), "k".into(), Some(end));
+        let life = KeyLife::new(Some(end), used);
+        assert_eq!(life.presented(end - Duration::from_millis(1)), Ok(()));
+        assert_eq!(life.presented(end), Err(end));
+        assert_eq!(life.presented(end + Duration::from_secs(86_400)), Err(end));
+        let forever = KeyLife::new(None, metrics.team_key(&"t".into(), "j".into(), None));
+        assert_eq!(
+            forever.presented(end + Duration::from_secs(1 << 40)),
+            Ok(())
+        );
     }
 
     #[test]

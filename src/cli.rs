@@ -4,7 +4,7 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand};
 
@@ -115,14 +115,51 @@ fn load(path: &Path) -> Result<Settings, ExitCode> {
     })
 }
 
+/// How far ahead `check` warns of team keys that end: the `TeamKeyEndingSoon` alert's horizon, so
+/// the two agree, and a week leaves a rotation time to be noticed and done.
+const KEY_END_WARNING: Duration = Duration::from_secs(7 * 24 * 3600);
+
 fn check(path: &Path) -> ExitCode {
     match load(path) {
         Ok(s) => {
+            for line in keys_ending(&s, SystemTime::now(), KEY_END_WARNING) {
+                eprintln!("config warning: {line}");
+            }
             println!("{}: ok ({} teams)", path.display(), s.teams.len());
             ExitCode::SUCCESS
         }
         Err(code) => code,
     }
+}
+
+/// One line for each team key that ends before `now + within` (or has ended), naming it by its
+/// place in the file and its `key_id`, never by its digest.
+fn keys_ending(settings: &Settings, now: SystemTime, within: Duration) -> Vec<String> {
+    let mut lines = Vec::new();
+    for team in &settings.teams {
+        for (i, key) in team.keys.iter().enumerate() {
+            let Some(end) = key.not_after else { continue };
+            let when = humantime::format_rfc3339_seconds(end);
+            let place = format!(
+                "teams.{}.key_sha256[{i}] (key_id {})",
+                team.name,
+                key.digest.key_id()
+            );
+            match end.duration_since(now) {
+                Err(_) => lines.push(format!("{place} ended at {when}; it is refused")),
+                Ok(left) if left < within => {
+                    // To the minute: "6days 23h 59m" reads better than its seconds.
+                    let left = Duration::from_secs(left.as_secs() / 60 * 60);
+                    lines.push(format!(
+                        "{place} ends at {when}, in {}",
+                        humantime::format_duration(left)
+                    ));
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+    lines
 }
 
 fn hash_key() -> ExitCode {

@@ -18,6 +18,8 @@ pub enum GatewayError {
     UnknownVersion(String),
     #[error("a valid team key is required (Authorization: Bearer <key> or X-Api-Key)")]
     Unauthenticated,
+    #[error("this team key ended at {} (its not_after) and is no longer accepted; use another of the team's keys", humantime::format_rfc3339_seconds(*.ended))]
+    KeyExpired { ended: std::time::SystemTime },
     #[error("team is read-only: only GET and HEAD are allowed")]
     ReadOnly,
     #[error("rate limit exceeded for team")]
@@ -93,7 +95,9 @@ impl GatewayError {
             Self::UnknownVersion(_) | Self::NotFound | Self::AdminDisabled => StatusCode::NOT_FOUND,
             Self::BodyTimeout(_) | Self::HeaderTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Unauthenticated | Self::AdminUnauthenticated => StatusCode::UNAUTHORIZED,
+            Self::Unauthenticated | Self::KeyExpired { .. } | Self::AdminUnauthenticated => {
+                StatusCode::UNAUTHORIZED
+            }
             Self::ReadOnly => StatusCode::FORBIDDEN,
             Self::RateLimited { .. }
             | Self::OrgQuotaExhausted { .. }
@@ -111,6 +115,7 @@ impl GatewayError {
             Self::BadPath(_) => "bad_path",
             Self::UnknownVersion(_) => "unknown_api_version",
             Self::Unauthenticated => "invalid_team_key",
+            Self::KeyExpired { .. } => "key_expired",
             Self::ReadOnly => "read_only_team",
             Self::RateLimited { .. } => "rate_limited",
             Self::OrgQuotaExhausted { .. } => "org_quota_exhausted",
@@ -132,7 +137,9 @@ impl GatewayError {
 
     pub fn decision(&self) -> Decision {
         match self {
-            Self::Unauthenticated | Self::AdminUnauthenticated => Decision::Unauthenticated,
+            Self::Unauthenticated | Self::KeyExpired { .. } | Self::AdminUnauthenticated => {
+                Decision::Unauthenticated
+            }
             Self::ReadOnly => Decision::Forbidden,
             Self::RateLimited { .. }
             | Self::OrgQuotaExhausted { .. }
@@ -180,7 +187,7 @@ impl GatewayError {
             HeaderValue::from_static("application/json"),
         );
         match self {
-            Self::Unauthenticated | Self::AdminUnauthenticated => {
+            Self::Unauthenticated | Self::KeyExpired { .. } | Self::AdminUnauthenticated => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             Self::MethodNotAllowed(_) => {

@@ -12,8 +12,8 @@
 //! | 4 | [`upstream`] | the pooled client, credential swap and header hygiene, streamed bodies |
 //! | 6 | [`audit`] | the record, the one owner of each line ([`audit::PendingLine`]), the writer |
 //!
-//! Around the pipeline: [`server`] accepts connections and holds them to their limits, signals and
-//! drain; [`state`] is the process ([`state::Gateway`], with the one [`state::Gateway::invalidate`])
+//! Around the pipeline: [`server`] accepts connections and holds them to their limits, signals,
+//! reloads (on `SIGHUP` or a change to the files [`config`] watches) and drain; [`state`] is the process ([`state::Gateway`], with the one [`state::Gateway::invalidate`])
 //! and the reloadable [`state::Snapshot`]; [`admin`] serves probes, metrics and purges; [`config`]
 //! turns operators' TOML into [`settings`], the validated types every stage reads. [`error`] maps
 //! every refusal to a status, an audit decision and DialNexa's error shape; [`http`] is the shared

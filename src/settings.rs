@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::HeaderValue;
 
@@ -25,6 +25,9 @@ pub struct Settings {
     pub teams: Vec<Team>,
     /// `None`: one process, nothing shared (no `[cluster]` section).
     pub cluster: Option<ClusterSettings>,
+    /// Which config this is, the same on every replica that read the same file and secrets: the
+    /// first 16 hex digits of a SHA-256 over the file and the digests of the secrets it named.
+    pub fingerprint: Arc<str>,
 }
 
 /// `[cluster]`: the Redis every replica shares, and what a replica does without it.
@@ -77,6 +80,8 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
     pub limits: ConnectionLimits,
     pub worker_threads: Option<NonZeroUsize>,
+    /// Reload when the config file or a secret file it names changes (`server.watch_config`).
+    pub watch_config: bool,
 }
 
 /// What a client may hold without sending a request (DESIGN, "Limits on slow, idle and too many
@@ -158,7 +163,8 @@ pub struct RateQuota {
 pub struct Team {
     pub name: Arc<str>,
     pub org: Org,
-    pub key_digests: Vec<KeyDigest>,
+    /// In the order of `key_sha256`.
+    pub keys: Vec<TeamKey>,
     pub access: Access,
     pub rate_limit: RateQuota,
     pub write_rate_limit: Option<RateQuota>,
@@ -175,4 +181,12 @@ impl RateQuota {
         }
         (u64::from(self.burst.get()) * u64::from(share) / total).max(1)
     }
+}
+
+/// One entry of a team's `key_sha256`: the key's digest and, if it has one, its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TeamKey {
+    pub digest: KeyDigest,
+    /// From this moment on the key is refused (`key_expired`); `None`: it never ends.
+    pub not_after: Option<SystemTime>,
 }

@@ -7,13 +7,14 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use tokio::task::JoinSet;
 
 use crate::admission::{self, Admission, TeamLimiter, TeamPart};
 use crate::audit::AuditLog;
-use crate::auth::KeyDigest;
+use crate::auth::{KeyDigest, KeyLife};
 use crate::cache::{fold_case, AgentCache, Scope};
 use crate::cluster::{Cluster, ClusterStartError, Reach};
 use crate::config::ConfigError;
@@ -31,13 +32,19 @@ pub struct TeamState {
     pub counters: TeamCounters,
 }
 
+/// A team key as requests see it: its team, and its life (end, last use).
+pub struct KnownKey {
+    pub team: Arc<TeamState>,
+    pub life: KeyLife,
+}
+
 /// One immutable config snapshot. A request loads it once and finishes on it, whatever reloads
 /// happen meanwhile.
 pub struct Snapshot {
     pub settings: Settings,
     /// Looked up on every request. foldhash, not SipHash: the map is small and only changes on
     /// reload, so no choice of presented keys can make its lookups slow.
-    teams: HashMap<KeyDigest, Arc<TeamState>, foldhash::fast::RandomState>,
+    keys: HashMap<KeyDigest, KnownKey, foldhash::fast::RandomState>,
     pub upstream: UpstreamClient,
 }
 
@@ -48,13 +55,13 @@ impl Snapshot {
     pub fn build(settings: Settings, previous: Option<&Snapshot>, metrics: &Metrics) -> Self {
         let old_limiters: HashMap<&str, &Arc<TeamLimiter>> = previous
             .map(|p| {
-                p.teams
+                p.keys
                     .values()
-                    .map(|t| (&*t.settings.name, &t.limiter))
+                    .map(|k| (&*k.team.settings.name, &k.team.limiter))
                     .collect()
             })
             .unwrap_or_default();
-        let mut teams = HashMap::default();
+        let mut keys = HashMap::default();
         let parts = admission::team_parts(&settings.teams, &metrics.budget);
         for team in &settings.teams {
             let limiter = match old_limiters.get(&*team.name) {
@@ -72,8 +79,16 @@ impl Snapshot {
                 part: Arc::clone(&parts[&team.name]),
                 counters: metrics.team_counters(&team.name, &team.org.name),
             });
-            for digest in &team.key_digests {
-                teams.insert(*digest, state.clone());
+            for key in &team.keys {
+                let last_used =
+                    metrics
+                        .config
+                        .team_key(&team.name, key.digest.key_id(), key.not_after);
+                let known = KnownKey {
+                    team: state.clone(),
+                    life: KeyLife::new(key.not_after, last_used),
+                };
+                keys.insert(key.digest, known);
             }
         }
         let upstream = match previous {
@@ -84,13 +99,13 @@ impl Snapshot {
         };
         Self {
             settings,
-            teams,
+            keys,
             upstream,
         }
     }
 
-    pub fn team(&self, digest: &KeyDigest) -> Option<&Arc<TeamState>> {
-        self.teams.get(digest)
+    pub fn key(&self, digest: &KeyDigest) -> Option<&KnownKey> {
+        self.keys.get(digest)
     }
 
     /// Every organisation a team belongs to, each once: what a purge of all of them reaches.
@@ -107,13 +122,20 @@ impl Snapshot {
     }
 
     fn team_orgs(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.teams
+        self.keys
             .values()
-            .map(|t| (&*t.settings.name, &*t.settings.org.name))
+            .map(|k| (&*k.team.settings.name, &*k.team.settings.org.name))
     }
 
     fn team_names(&self) -> impl Iterator<Item = &str> {
-        self.teams.values().map(|t| &*t.settings.name)
+        self.keys.values().map(|k| &*k.team.settings.name)
+    }
+
+    /// Every key, as its team and `key_id`.
+    fn key_ids(&self) -> impl Iterator<Item = (&Arc<str>, String)> {
+        self.keys
+            .iter()
+            .map(|(digest, k)| (&k.team.settings.name, digest.key_id()))
     }
 }
 
@@ -172,6 +194,9 @@ impl Gateway {
             Some((c, _)) => Admission::shared(Arc::clone(c)),
             None => Admission::local(),
         };
+        metrics
+            .config
+            .loaded(&settings.fingerprint, SystemTime::now());
         Ok(Self {
             snapshot: ArcSwap::from_pointee(Snapshot::build(settings, None, &metrics)),
             cache,
@@ -183,6 +208,11 @@ impl Gateway {
             unattended: Mutex::new(JoinSet::new()),
             cluster,
         })
+    }
+
+    /// The file `reload` reads, if the gateway was started from one.
+    pub fn config_path(&self) -> Option<&std::path::Path> {
+        self.config_path.as_deref()
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -216,19 +246,24 @@ impl Gateway {
             self.metrics.forget_team(gone);
         }
         let kept: std::collections::HashSet<(&str, &str)> = new.team_orgs().collect();
-        for gone in old
-            .teams
-            .values()
-            .filter(|t| !kept.contains(&(&*t.settings.name, &*t.settings.org.name)))
-        {
+        let gone: std::collections::HashSet<(&str, &str)> =
+            old.team_orgs().filter(|t| !kept.contains(t)).collect();
+        for (team, org) in gone {
             self.metrics
                 .budget
-                .forget_team(&gone.settings.org.name, &gone.settings.name);
+                .forget_team(&Arc::from(org), &Arc::from(team));
         }
         let kept: std::collections::HashSet<Arc<str>> = new.org_names().into_iter().collect();
         for org in old.org_names().iter().filter(|n| !kept.contains(*n)) {
             self.metrics.forget_org(org);
         }
+        let kept: std::collections::HashSet<_> = new.key_ids().collect();
+        for (team, key_id) in old.key_ids().filter(|k| !kept.contains(k)) {
+            self.metrics.config.forget_key(team, key_id);
+        }
+        self.metrics
+            .config
+            .loaded(&new.settings.fingerprint, SystemTime::now());
         self.snapshot.store(Arc::new(new));
     }
 

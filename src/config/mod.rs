@@ -9,6 +9,7 @@ use crate::settings::Settings;
 
 mod budget;
 mod cluster;
+mod fingerprint;
 mod number;
 mod problems;
 mod raw;
@@ -16,10 +17,12 @@ mod secret_file;
 mod teams;
 mod toml_errors;
 mod validate;
+mod watch;
 
 use raw::RawConfig;
 use toml_errors::{check_syntax, one_line};
 use validate::validate;
+pub use watch::{ConfigWatcher, Contents, WatchError};
 
 /// The `[server]` connection limits of a config that leaves them out; the simulated DialNexa
 /// serves under the same ones.
@@ -85,29 +88,26 @@ impl Settings {
 
     fn from_text(text: &str, origin: &str) -> Result<Self, ConfigError> {
         check_syntax(text, origin)?;
-        Self::build(
-            config::File::from_str(text, config::FileFormat::Toml),
-            origin,
-        )
-    }
-
-    fn build<S>(source: S, origin: &str) -> Result<Self, ConfigError>
-    where
-        S: config::Source + Send + Sync + 'static,
-    {
-        let raw: RawConfig = config::Config::builder()
-            .add_source(source)
-            .add_source(
-                config::Environment::with_prefix(ENV_PREFIX)
-                    .prefix_separator("__")
-                    .separator("__")
-                    .try_parsing(true),
-            )
-            .build()
+        let raw: RawConfig = layered(text)
             .and_then(|c| c.try_deserialize())
             .map_err(|e| ConfigError::one(one_line(&format!("{origin}: {e}"))))?;
-        validate(raw)
+        let mut settings = validate(raw)?;
+        settings.fingerprint = fingerprint::of(text, &settings);
+        Ok(settings)
     }
+}
+
+/// The file's values with the `DNXGW__SECTION__KEY` env overrides laid over them, unchecked.
+fn layered(text: &str) -> Result<config::Config, config::ConfigError> {
+    config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        )
+        .build()
 }
 
 #[cfg(test)]
@@ -283,6 +283,50 @@ api_key_file = "{}"
     }
 
     #[test]
+    fn a_key_may_have_an_end_beside_plain_digests() {
+        let key = key_file("k");
+        let s = Settings::from_toml_str(&base(
+            key.path(),
+            &format!(
+                "[teams.billing]\norg = \"acme\"\nrate_limit = {{ per_minute = 1, burst = 1 }}\n\
+                 key_sha256 = [\"{DIGEST_A}\", {{ sha256 = \"{DIGEST_B}\", not_after = \"2027-03-01T01:00:00+01:00\" }}]"
+            ),
+        ))
+        .unwrap();
+        let keys = &s.teams[0].keys;
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[0].not_after, None);
+        assert_eq!(keys[1].digest.to_hex(), DIGEST_B);
+        // 2027-03-01T00:00:00Z, whatever offset it was written with.
+        let end = std::time::UNIX_EPOCH + Duration::from_secs(1_803_859_200);
+        assert_eq!(keys[1].not_after, Some(end));
+    }
+
+    #[test]
+    fn a_dated_key_names_its_wrong_parts() {
+        let key = key_file("k");
+        let p = problems(&base(
+            key.path(),
+            &format!(
+                "[teams.billing]\norg = \"acme\"\nrate_limit = {{ per_minute = 1, burst = 1 }}\n\
+                 key_sha256 = [{{ sha256 = \"{DIGEST_A}\", not_after = \"next tuesday\" }}, \
+                 {{ not_after = \"2027-03-01T00:00:00Z\" }}, {{ sha256 = \"{DIGEST_B}\", not_afer = \"x\" }}]"
+            ),
+        ));
+        for starts in [
+            "teams.billing.key_sha256[0].not_after: must be an RFC 3339 time",
+            "teams.billing.key_sha256[1].sha256: is required",
+            "teams.billing.key_sha256[2].not_afer: unknown field",
+        ] {
+            assert!(
+                p.iter().any(|l| l.starts_with(starts)),
+                "{starts} missing from {p:?}"
+            );
+        }
+        assert_eq!(p.len(), 3, "{p:?}");
+    }
+
+    #[test]
     fn unset_env_and_unreadable_file_are_named() {
         let toml = r#"
 [server]
@@ -400,6 +444,7 @@ mod props {
         ("idle_timeout_ms", Kind::Int),
         ("max_connections", Kind::Int),
         ("worker_threads", Kind::Int),
+        ("watch_config", Kind::Bool),
     ];
     const UPSTREAM: &[(&str, Kind)] = &[
         ("base_url", Kind::Str),

@@ -49,6 +49,7 @@ pub(super) struct RawServer {
     pub(super) idle_timeout_ms: Option<Whole>,
     pub(super) max_connections: Option<Whole>,
     pub(super) worker_threads: Option<Whole>,
+    pub(super) watch_config: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -97,11 +98,30 @@ pub(super) struct RawOrg {
 pub(super) struct RawTeam {
     pub(super) org: Option<String>,
     #[serde(default)]
-    pub(super) key_sha256: Vec<String>,
+    pub(super) key_sha256: Vec<RawKey>,
     pub(super) access: Option<String>,
     pub(super) rate_limit: Option<RawRate>,
     pub(super) write_rate_limit: Option<RawRate>,
     pub(super) upstream_share: Option<Whole>,
+}
+
+/// One `key_sha256` entry: a bare digest, or `{ sha256 = "<hex>", not_after = "<RFC 3339>" }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawKey {
+    Digest(String),
+    Dated(RawDatedKey),
+}
+
+/// Unknown fields are kept (not refused by serde) so that validation names the entry they are in:
+/// an untagged enum's own error names neither the field nor the entry.
+#[derive(Debug, Deserialize)]
+pub(super) struct RawDatedKey {
+    pub(super) sha256: Option<String>,
+    /// A TOML date-time arrives here as its text too.
+    pub(super) not_after: Option<String>,
+    #[serde(flatten)]
+    pub(super) unknown: BTreeMap<String, serde::de::IgnoredAny>,
 }
 
 #[derive(Debug, Deserialize)]

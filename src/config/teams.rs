@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use http::HeaderValue;
 
@@ -134,6 +135,55 @@ pub(super) fn parse_digest(hex: &str, key: &str, p: &mut Problems) -> Option<Key
     }
 }
 
+/// One `key_sha256` entry, checked: its digest and, when it has one, its end.
+fn team_key(entry: RawKey, item: &str, p: &mut Problems) -> Option<TeamKey> {
+    let dated = match entry {
+        RawKey::Digest(hex) => {
+            return parse_digest(&hex, item, p).map(|digest| TeamKey {
+                digest,
+                not_after: None,
+            })
+        }
+        RawKey::Dated(dated) => dated,
+    };
+    for field in dated.unknown.keys() {
+        p.push(
+            &format!("{item}.{field}"),
+            "unknown field (an entry is a digest, or { sha256 = \"<hex>\", not_after = \"<RFC 3339 time>\" })",
+        );
+    }
+    let digest = match &dated.sha256 {
+        Some(hex) => parse_digest(hex, &format!("{item}.sha256"), p),
+        None => {
+            p.push(&format!("{item}.sha256"), "is required");
+            None
+        }
+    };
+    let not_after = match dated.not_after.as_deref().map(parse_rfc3339) {
+        None => None,
+        Some(Some(t)) => Some(t),
+        Some(None) => {
+            p.push(
+                &format!("{item}.not_after"),
+                "must be an RFC 3339 time with its offset, e.g. \"2027-03-01T00:00:00Z\"",
+            );
+            return None;
+        }
+    };
+    (dated.unknown.is_empty())
+        .then_some(())
+        .and(digest)
+        .map(|digest| TeamKey { digest, not_after })
+}
+
+/// An RFC 3339 time (`2027-03-01T00:00:00Z`, `2027-03-01T01:00:00+01:00`) as a `SystemTime`.
+pub(super) fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+    let t =
+        time::OffsetDateTime::parse(text.trim(), &time::format_description::well_known::Rfc3339)
+            .ok()?;
+    Some(SystemTime::from(t))
+}
+
 pub(super) fn validate_rate(
     raw: Option<RawRate>,
     key: &str,
@@ -196,13 +246,14 @@ pub(super) fn validate_team(
     if raw.key_sha256.is_empty() {
         p.push(&format!("{key}.key_sha256"), "needs at least one digest");
     }
-    let mut digests = Vec::new();
+    let mut keys = Vec::new();
     let mut own = HashSet::new();
-    for (i, hex) in raw.key_sha256.iter().enumerate() {
+    for (i, entry) in raw.key_sha256.into_iter().enumerate() {
         let item = format!("{key}.key_sha256[{i}]");
-        let Some(d) = parse_digest(hex, &item, p) else {
+        let Some(team_key) = team_key(entry, &item, p) else {
             continue;
         };
+        let d = team_key.digest;
         if !own.insert(d) {
             p.push(&item, "duplicate digest within this team");
             continue;
@@ -211,7 +262,7 @@ pub(super) fn validate_team(
             p.push(&item, format!("digest already belongs to team {other:?}"));
             continue;
         }
-        digests.push(d);
+        keys.push(team_key);
     }
     let access = match raw.access.as_deref().unwrap_or("read_write") {
         "read_write" => Some(Access::ReadWrite),
@@ -240,7 +291,7 @@ pub(super) fn validate_team(
     Some(Team {
         name: Arc::from(name),
         org: org?,
-        key_digests: digests,
+        keys,
         access: access?,
         rate_limit: rate_limit?,
         write_rate_limit,

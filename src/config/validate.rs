@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::number::{timeout_ms, whole, Unit, MAX_TTL_SECONDS};
@@ -29,6 +30,9 @@ const DEFAULT_CACHE_MAX_BYTES: u64 = 256 * 1024 * 1024;
 const DEFAULT_MAX_ENTRY_BYTES: u64 = 1024 * 1024;
 const DEFAULT_STALE_IF_ERROR_SECONDS: u64 = 300;
 const DEFAULT_AUDIT_PATH: &str = "audit.jsonl";
+/// On: what an operator expects of a proxy (Envoy, Traefik and Caddy watch their files), and the
+/// one way a container image without a shell gets a new config without a restart.
+const DEFAULT_WATCH_CONFIG: bool = true;
 /// Large enough to absorb a slow disk for a moment at tens of thousands of requests per second.
 const DEFAULT_AUDIT_BUFFER_LINES: u64 = 16 * 1024;
 
@@ -125,6 +129,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
                 admin_token,
                 teams,
                 cluster: cluster.flatten(),
+                // Filled in by the loader, which has the file's text.
+                fingerprint: Arc::from(""),
             })
         }
         _ => Err(ConfigError { problems: p.0 }),
@@ -229,6 +235,7 @@ fn validate_server(raw: RawServer, p: &mut Problems) -> Option<ServerSettings> {
         shutdown_grace,
         limits,
         worker_threads,
+        watch_config: raw.watch_config.unwrap_or(DEFAULT_WATCH_CONFIG),
     })
 }
 

@@ -15,6 +15,7 @@ use prometheus_client::registry::{Registry, Unit};
 mod answers;
 mod budget;
 mod cluster;
+mod config;
 mod labels;
 mod process;
 mod upstream;
@@ -22,6 +23,7 @@ mod upstream;
 pub use answers::RouteClass;
 pub use budget::{BudgetCounters, BudgetMetrics};
 pub use cluster::ClusterMetrics;
+pub use config::{ConfigMetrics, KeyLastUsed};
 pub use labels::*;
 pub use upstream::OrgUpstream;
 
@@ -57,6 +59,8 @@ pub struct Metrics {
     pub cluster: ClusterMetrics,
     /// The org budget's figures.
     pub budget: BudgetMetrics,
+    /// The config served and its team keys' lives.
+    pub config: ConfigMetrics,
     request_duration: Family<DurationLabels, Histogram, fn() -> Histogram>,
     /// `request_duration`'s series, by [`duration_slot`]: resolved once, so that observing an
     /// answer takes no family lookup (a hash under a lock).
@@ -106,6 +110,7 @@ impl Metrics {
             config_reloads: Family::default(),
             cluster: ClusterMetrics::new(),
             budget: BudgetMetrics::default(),
+            config: ConfigMetrics::default(),
             request_duration,
             durations,
             upstream_responses: Family::default(),
@@ -172,6 +177,7 @@ impl Metrics {
         );
         self.cluster.register(r);
         self.budget.register(r);
+        self.config.register(r);
         r.register(
             "cache_hits",
             "Agent reads answered from the cache",

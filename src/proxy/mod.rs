@@ -196,7 +196,7 @@ impl Exchange<'_> {
         let route = match well_formed(parts) {
             Ok(route) => route,
             Err(e) => {
-                if let Some(team) = &team {
+                if let Ok(team) = &team {
                     self.peek_quota(team, is_read).await;
                 }
                 return Err(e);
@@ -206,7 +206,7 @@ impl Exchange<'_> {
         let agent_item = route.agent.as_ref().is_some_and(|a| a.is_item);
         self.record().class = Some(RouteClass::of_route(&parts.method, agent_item));
 
-        let team = team.ok_or(GatewayError::Unauthenticated)?;
+        let team = team?;
         if !auth::allows(team.settings.access, &parts.method) {
             self.peek_quota(&team, is_read).await;
             return Err(GatewayError::ReadOnly);
@@ -214,16 +214,25 @@ impl Exchange<'_> {
         Ok((team, route))
     }
 
-    /// Step 1: the team behind the presented key, by digest; `None` is a `401` once the path passed.
-    fn identify(&mut self, headers: &HeaderMap) -> Option<Arc<TeamState>> {
+    /// Step 1: the team behind the presented key, by digest, if the key has not ended; an `Err` is
+    /// a `401` once the path passed.
+    fn identify(&mut self, headers: &HeaderMap) -> Result<Arc<TeamState>, GatewayError> {
         let digest = auth::presented_key(headers).map(KeyDigest::of);
         self.record().key_id = digest.map(KeyDigest::key_id);
-        let team = self.snapshot.team(&digest?)?.clone();
+        let snapshot = self.snapshot;
+        let key = digest
+            .and_then(|d| snapshot.key(&d))
+            .ok_or(GatewayError::Unauthenticated)?;
+        let arrived = self.record().ts;
+        key.life
+            .presented(arrived)
+            .map_err(|ended| GatewayError::KeyExpired { ended })?;
+        let team = key.team.clone();
         let record = self.record();
         record.team = Some(team.settings.name.clone());
         record.org = Some(team.settings.org.name.clone());
         self.get_ok = Some(team.counters.get_ok.clone());
-        Some(team)
+        Ok(team)
     }
 
     /// Step 3: after authentication and before the cache, so cache hits spend quota too: a hit still

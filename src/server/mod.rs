@@ -56,6 +56,9 @@ pub struct RunningGateway {
     stop_admin: watch::Sender<bool>,
     api_task: JoinHandle<()>,
     admin_task: JoinHandle<()>,
+    /// With `server.watch_config`: started before the gateway says it listens, so no change made
+    /// once it is ready goes unseen; [`RunningGateway::run_until_signalled`] acts on it.
+    watcher: Option<crate::config::ConfigWatcher>,
 }
 
 /// Binds both listeners and starts serving. Must run inside a tokio runtime.
@@ -73,6 +76,7 @@ pub async fn start(
     );
     let grace = settings.server.shutdown_grace;
     let gateway = Arc::new(Gateway::new(settings, config_path, audit.log(), metrics)?);
+    let watcher = signals::watch(&gateway, None, None);
 
     let (stop_api, api_rx) = watch::channel(false);
     let (stop_admin, admin_rx) = watch::channel(false);
@@ -102,6 +106,7 @@ pub async fn start(
         stop_admin,
         api_task,
         admin_task,
+        watcher,
     })
 }
 

@@ -1,7 +1,9 @@
-//! The process signals the gateway answers: `SIGHUP` reloads, `SIGUSR1` reopens the audit file,
-//! `SIGTERM`/`SIGINT` drain and stop.
+//! The process signals the gateway answers: `SIGHUP` reloads (as does a change to a watched config
+//! file), `SIGUSR1` reopens the audit file, `SIGTERM`/`SIGINT` drain and stop.
 
 use super::RunningGateway;
+use crate::config::{ConfigWatcher, Contents};
+use crate::state::Gateway;
 
 /// The process signals the gateway answers, installed before serving so none hits the default action.
 pub struct Signals {
@@ -37,11 +39,22 @@ impl Signals {
 }
 
 impl RunningGateway {
-    /// Serves until `SIGTERM`/`SIGINT`, reloading on `SIGHUP` and reopening the audit file on `SIGUSR1`.
-    pub async fn run_until_signalled(self, mut signals: Signals) {
+    /// Serves until `SIGTERM`/`SIGINT`, reloading on `SIGHUP` and, with `server.watch_config`, when
+    /// the config file or a secret file it names changes (the same reload either way), and
+    /// reopening the audit file on `SIGUSR1`.
+    pub async fn run_until_signalled(mut self, mut signals: Signals) {
+        let mut watcher = self.watcher.take();
         loop {
             tokio::select! {
-                _ = signals.hangup.recv() => { let _ = self.reload(); }
+                _ = signals.hangup.recv() => {
+                    let before = watcher.as_ref().map(ConfigWatcher::read_contents);
+                    let _ = self.reload();
+                    watcher = watch(self.gateway(), watcher, before);
+                }
+                changed = changes(&mut watcher) => {
+                    let _ = self.reload();
+                    watcher = watch(self.gateway(), watcher, Some(changed));
+                }
                 _ = signals.user1.recv() => self.reopen_audit().await,
                 _ = signals.terminate.recv() => break,
                 _ = signals.interrupt.recv() => break,
@@ -49,5 +62,47 @@ impl RunningGateway {
         }
         tracing::info!("shutting down: draining in-flight requests");
         self.shutdown().await;
+    }
+}
+
+/// At start and after each (re)load or attempt: starts, keeps or stops watching as the config
+/// served now says, over the files the config on disk names now. `before`: what they held just
+/// before the reload read them.
+pub(super) fn watch(
+    gateway: &Gateway,
+    watcher: Option<ConfigWatcher>,
+    before: Option<Contents>,
+) -> Option<ConfigWatcher> {
+    let path = gateway.config_path()?;
+    if !gateway.snapshot().settings.server.watch_config {
+        if watcher.is_some() {
+            tracing::info!("server.watch_config is off: config changes wait for SIGHUP");
+        }
+        return None;
+    }
+    match watcher {
+        Some(mut watcher) => {
+            let contents = before.unwrap_or_else(|| watcher.read_contents());
+            watcher.rewatch(contents);
+            Some(watcher)
+        }
+        None => match ConfigWatcher::start(path) {
+            Ok(watcher) => {
+                tracing::info!(config = %path.display(), "watching the config file and the secret files it names");
+                Some(watcher)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "config changes wait for SIGHUP");
+                None
+            }
+        },
+    }
+}
+
+/// The next change worth a reload, or never without a watcher.
+async fn changes(watcher: &mut Option<ConfigWatcher>) -> Contents {
+    match watcher {
+        Some(watcher) => watcher.changed().await,
+        None => std::future::pending().await,
     }
 }

@@ -30,6 +30,8 @@
 //! | audit line: `invalidated`, `499` for clients gone | `cache::invalidation`, `cache::coalescing`, `forwarding` |
 //! | config: validation (`check`), bounds, secret files, env overrides | `operations::subcommands` |
 //! | config: `SIGHUP` reloads, key files re-read | `operations::reload`, `ratelimit` (quota state) |
+//! | config changes without a signal: watched files, ConfigMap swaps, the fingerprint | `operations::watch` |
+//! | the life of a team key: `not_after`, `key_expired`, last use, `check`'s warning | `operations::key_life`, `operations::subcommands`, `observability` |
 //! | CLI: run, `check`, `hash-key`, `gen-key`, exit codes | `operations::subcommands`, `operations::signals` |
 //! | CLI: `demo`, `sim` | `sim` |
 //! | the simulated DialNexa | `sim` |

@@ -307,7 +307,15 @@ async fn dashboard_and_alerts_use_only_series_the_gateway_exposes() {
                 .with_header("x-ratelimit-remaining", "999"),
         )
     });
-    let gw = GatewayBuilder::new(upstream.base_url()).start().await;
+    // A key with an end, so the series that only exist for such keys do too.
+    let gw = GatewayBuilder::new(upstream.base_url())
+        .team_key_ending(
+            "billing",
+            "team-key-billing-ending-0012",
+            "2099-01-01T00:00:00Z",
+        )
+        .start()
+        .await;
     // One upstream answer, so the series that only exist once upstream has stated a quota do too.
     assert_eq!(gw.client().get("/v1/calls", BILLING).await.status, 200);
     let text = scrape(&gw.admin_client()).await;

@@ -4,10 +4,12 @@
 //! point. This file holds what they share.
 
 mod admin_listener;
+mod key_life;
 mod reload;
 mod secrets;
 mod signals;
 mod subcommands;
+mod watch;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -15,16 +17,48 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 
 /// The async sibling of [`wait_until`], for conditions only an HTTP answer can tell.
-async fn eventually<F, Fut>(what: &str, mut cond: F)
+async fn eventually<F, Fut>(what: &str, cond: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    eventually_within(Duration::from_secs(10), what, cond).await;
+}
+
+/// [`eventually`], for a condition promised within `limit`.
+async fn eventually_within<F, Fut>(limit: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
     while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// The `Authorization` upstream saw for a `billing` request sent with `request_id` (unique per
+/// call): the organisation key the gateway injected.
+async fn org_key_seen_upstream(c: &Client, upstream: &FakeUpstream, request_id: &str) -> String {
+    let auth = format!("Bearer {BILLING}");
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("x-request-id", request_id),
+    ];
+    let r = c
+        .send(
+            http::Method::GET,
+            "/v1/calls",
+            &headers,
+            bytes::Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let seen = upstream
+        .request_with_id(request_id)
+        .expect("request reached upstream");
+    seen.headers["authorization"].to_str().unwrap().to_owned()
 }
 
 const RELOADS: &str = "dialnexa_gateway_config_reloads_total";

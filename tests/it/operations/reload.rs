@@ -218,27 +218,8 @@ async fn sighup_rereads_the_organisation_key_files() {
         .spawn_binary()
         .await;
     let (c, admin) = (gw.client(), gw.admin_client());
-    let org_key_sent = |request_id: &'static str| {
-        let c = c.clone();
-        let upstream = upstream.clone();
-        async move {
-            let auth = format!("Bearer {BILLING}");
-            let headers = [
-                ("authorization", auth.as_str()),
-                ("x-request-id", request_id),
-            ];
-            let r = c
-                .send(Method::GET, "/v1/calls", &headers, Bytes::new())
-                .await;
-            assert_eq!(r.status, 200);
-            let seen = upstream
-                .request_with_id(request_id)
-                .expect("request reached upstream");
-            seen.headers["authorization"].to_str().unwrap().to_owned()
-        }
-    };
     assert_eq!(
-        org_key_sent("before").await,
+        org_key_seen_upstream(&c, &upstream, "before").await,
         format!("Bearer {ORG_KEY_ACME}")
     );
 
@@ -251,5 +232,8 @@ async fn sighup_rereads_the_organisation_key_files() {
         async move { scrape(admin).await.count(RELOADS, OK) == 1.0 }
     })
     .await;
-    assert_eq!(org_key_sent("after").await, format!("Bearer {ROTATED}"));
+    assert_eq!(
+        org_key_seen_upstream(&c, &upstream, "after").await,
+        format!("Bearer {ROTATED}")
+    );
 }

@@ -124,6 +124,62 @@ fn env_override_is_validated_like_the_file() {
     }
 }
 
+#[test]
+fn check_warns_of_each_key_ending_within_7_days_and_still_exits_0() {
+    let rfc3339 = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    let now = std::time::SystemTime::now();
+    let day = Duration::from_secs(86_400);
+    let keys = [
+        (BILLING, None),
+        ("team-key-soon-0009", Some(rfc3339(now + 3 * day))),
+        ("team-key-later-0010", Some(rfc3339(now + 30 * day))),
+        (
+            "team-key-ended-0011",
+            Some("2026-01-01T00:00:00Z".to_owned()),
+        ),
+    ];
+    let entries: Vec<String> = keys
+        .iter()
+        .map(|(key, end)| {
+            let digest = KeyDigest::of(key).to_hex();
+            match end {
+                Some(end) => format!("{{ sha256 = \"{digest}\", not_after = \"{end}\" }}"),
+                None => format!("\"{digest}\""),
+            }
+        })
+        .collect();
+    let toml = config_text("").replace(
+        &format!("[\"{}\"]", KeyDigest::of(BILLING).to_hex()),
+        &format!("[{}]", entries.join(", ")),
+    );
+    let out = check(&toml, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("config warning: "))
+        .collect();
+    assert_eq!(warnings.len(), 2, "{stderr}");
+    let soon = KeyDigest::of(keys[1].0).key_id();
+    assert!(
+        warnings[0].contains("teams.billing.key_sha256[1]") && warnings[0].contains(&soon),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings[0].contains(keys[1].1.as_deref().unwrap()),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings[1].contains("teams.billing.key_sha256[3]")
+            && warnings[1].contains("ended at 2026-01-01T00:00:00Z"),
+        "{warnings:?}"
+    );
+    assert!(
+        !stderr.contains(&KeyDigest::of(keys[1].0).to_hex()),
+        "{stderr}"
+    );
+}
+
 fn hash_key(stdin: &str) -> Output {
     let mut child = Command::new(BIN)
         .arg("hash-key")

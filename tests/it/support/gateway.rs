@@ -56,11 +56,25 @@ struct Team {
     write: Option<Quota>,
     /// `upstream_share`, when set.
     share: Option<u32>,
+    /// More keys after `key`, each with its `not_after` (RFC 3339), if it has one.
+    more_keys: Vec<(String, Option<String>)>,
+}
+
+/// How the config file is laid out and replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// A regular file, replaced by writing a new one and renaming it over the old.
+    File,
+    /// As Kubernetes mounts a ConfigMap: `gateway.toml -> ..data/gateway.toml`,
+    /// `..data -> ..<generation>/`, replaced by renaming a new `..data` link over the old one.
+    ConfigMap,
 }
 
 /// The gateway's config, set through typed methods (a misspelt setting does not compile), written
 /// as a TOML file when the gateway starts. Unset keys keep the gateway's defaults, except
-/// `upstream.timeout_ms` (5 s, so a test never waits the default 15 s).
+/// `upstream.timeout_ms` (5 s, so a test never waits the default 15 s) and `server.watch_config`
+/// (off, so that a test's rewrite is applied when it says: by `SIGHUP` or `reload()`; the tests of
+/// watching turn it on).
 ///
 /// Starts with the four standard teams, each with a generous quota.
 #[derive(Debug, Clone)]
@@ -75,6 +89,7 @@ pub struct GatewayBuilder {
     binary_env: Vec<(String, String)>,
     capture_stdout: bool,
     fd_limit: Option<u32>,
+    layout: Layout,
 }
 
 impl GatewayBuilder {
@@ -93,6 +108,7 @@ impl GatewayBuilder {
             rate: GENEROUS,
             write: None,
             share: None,
+            more_keys: Vec::new(),
         });
         Self {
             upstream: upstream_base_url.into(),
@@ -103,8 +119,10 @@ impl GatewayBuilder {
             binary_env: Vec::new(),
             capture_stdout: false,
             fd_limit: None,
+            layout: Layout::File,
         }
         .upstream_timeout_ms(5000)
+        .watch_config(false)
     }
 
     fn set(mut self, table: &'static str, key: &'static str, value: impl ToString) -> Self {
@@ -165,6 +183,10 @@ impl GatewayBuilder {
 
     pub fn max_connections(self, n: u32) -> Self {
         self.set("server", "max_connections", n)
+    }
+
+    pub fn watch_config(self, on: bool) -> Self {
+        self.set("server", "watch_config", on)
     }
 
     // --- [upstream] ---
@@ -239,7 +261,16 @@ impl GatewayBuilder {
             rate: GENEROUS,
             write: None,
             share: None,
+            more_keys: Vec::new(),
         });
+        self
+    }
+
+    /// Gives a team another key, one that ends at `not_after` (RFC 3339).
+    pub fn team_key_ending(mut self, team: &str, key: &str, not_after: &str) -> Self {
+        self.team_mut(team)
+            .more_keys
+            .push((key.into(), Some(not_after.into())));
         self
     }
 
@@ -291,6 +322,13 @@ impl GatewayBuilder {
     /// `dialnexa_gateway::server` at `info`, or the binary never says where it listens).
     pub fn binary_env(mut self, name: &str, value: &str) -> Self {
         self.binary_env.push((name.into(), value.into()));
+        self
+    }
+
+    /// Lays the config file out as Kubernetes mounts a ConfigMap (`gateway.toml` a link through
+    /// `..data`), and makes every rewrite an atomic swap of `..data`, as kubelet does.
+    pub fn configmap_mount(mut self) -> Self {
+        self.layout = Layout::ConfigMap;
         self
     }
 
@@ -351,11 +389,19 @@ impl GatewayBuilder {
             }
         }
         for team in &self.teams {
+            let mut keys = vec![quoted(&KeyDigest::of(&team.key).to_hex())];
+            for (key, not_after) in &team.more_keys {
+                let digest = quoted(&KeyDigest::of(key).to_hex());
+                keys.push(match not_after {
+                    Some(end) => format!("{{ sha256 = {digest}, not_after = {} }}", quoted(end)),
+                    None => digest,
+                });
+            }
             t.push_str(&format!(
                 "[teams.{}]\norg = {}\nkey_sha256 = [{}]\naccess = {}\nrate_limit = {}\n",
                 team.name,
                 quoted(&team.org),
-                quoted(&KeyDigest::of(&team.key).to_hex()),
+                keys.join(", "),
                 quoted(team.access),
                 team.rate,
             ));
@@ -380,9 +426,10 @@ impl GatewayBuilder {
         }
         std::fs::write(dir.path().join("acme.key"), format!("{ORG_KEY_ACME}\n")).unwrap();
         std::fs::write(dir.path().join("globex.key"), ORG_KEY_GLOBEX).unwrap();
-        let config = ConfigFile {
+        let mut config = ConfigFile {
             path: dir.path().join("gateway.toml"),
             written_from: self.clone(),
+            generation: 0,
         };
         config.write();
         (dir, config)
@@ -418,81 +465,88 @@ impl GatewayBuilder {
     /// `listening` log line, and waits until `/readyz` answers 200.
     pub async fn spawn_binary(self) -> BinaryGateway {
         let (dir, config) = self.prepare();
-        let bin = env!("CARGO_BIN_EXE_dialnexa-gateway");
-        let mut command = match self.fd_limit {
-            Some(n) => {
-                let mut c = Command::new("prlimit");
-                c.arg(format!("--nofile={n}:{n}")).arg(bin);
-                c
-            }
-            None => Command::new(bin),
-        };
-        let mut child = command
-            .arg("--config")
-            .arg(&config.path)
-            .env("RUST_LOG", LISTENING_AND_WARNINGS)
-            .envs(self.binary_env.iter().map(|(k, v)| (k, v)))
-            .stdout(if self.capture_stdout {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = Stderr::read(child.stderr.take().unwrap());
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        let (api, admin) = loop {
-            if let Some(bound) = stderr.listening() {
-                break bound;
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!(
-                    "binary exited before listening ({status}): {}",
-                    stderr.all()
-                );
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "binary did not start listening: {}",
-                stderr.text()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
-        let mut gw = BinaryGateway {
-            api,
-            admin,
-            audit_path: dir.path().join("audit.jsonl"),
-            config_path: config.path.clone(),
-            config,
-            child,
-            stderr,
-            _dir: dir,
-        };
-        let probe = Client::new(admin);
-        loop {
-            if let Some(status) = gw.child.try_wait().unwrap() {
-                panic!(
-                    "binary exited before becoming ready ({status}): {}",
-                    gw.stderr()
-                );
-            }
-            let ready = tokio::time::timeout(
-                Duration::from_millis(500),
-                probe.send(http::Method::GET, "/readyz", &[], ""),
-            )
-            .await;
-            if matches!(ready, Ok(ref r) if r.status == 200) {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "binary did not become ready"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        gw
+        launch(config, Arc::new(dir)).await
     }
+}
+
+/// Runs the binary on `config` as its builder says, reads the addresses it bound from its
+/// `listening` log line, and waits until `/readyz` answers 200.
+async fn launch(config: ConfigFile, dir: Arc<tempfile::TempDir>) -> BinaryGateway {
+    let this = &config.written_from;
+    let bin = env!("CARGO_BIN_EXE_dialnexa-gateway");
+    let mut command = match this.fd_limit {
+        Some(n) => {
+            let mut c = Command::new("prlimit");
+            c.arg(format!("--nofile={n}:{n}")).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    let mut child = command
+        .arg("--config")
+        .arg(&config.path)
+        .env("RUST_LOG", LISTENING_AND_WARNINGS)
+        .envs(this.binary_env.iter().map(|(k, v)| (k, v)))
+        .stdout(if this.capture_stdout {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = Stderr::read(child.stderr.take().unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (api, admin) = loop {
+        if let Some(bound) = stderr.listening() {
+            break bound;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "binary exited before listening ({status}): {}",
+                stderr.all()
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "binary did not start listening: {}",
+            stderr.text()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let mut gw = BinaryGateway {
+        api,
+        admin,
+        audit_path: dir.path().join("audit.jsonl"),
+        config_path: config.path.clone(),
+        config,
+        child,
+        stderr,
+        dir,
+    };
+    let probe = Client::new(admin);
+    loop {
+        if let Some(status) = gw.child.try_wait().unwrap() {
+            panic!(
+                "binary exited before becoming ready ({status}): {}",
+                gw.stderr()
+            );
+        }
+        let ready = tokio::time::timeout(
+            Duration::from_millis(500),
+            probe.send(http::Method::GET, "/readyz", &[], ""),
+        )
+        .await;
+        if matches!(ready, Ok(ref r) if r.status == 200) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "binary did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gw
 }
 
 /// `RUST_LOG` for the binary: warnings, and the server's own lines, among them the one that says
@@ -500,24 +554,58 @@ impl GatewayBuilder {
 const LISTENING_AND_WARNINGS: &str = "warn,dialnexa_gateway::server=info";
 
 /// The config file and the builder it was last written from, so a test can change it in types.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct ConfigFile {
     path: PathBuf,
     written_from: GatewayBuilder,
+    /// Rewrites so far (names a ConfigMap layout's data directories).
+    generation: u32,
 }
 
 impl ConfigFile {
-    /// Writes the file in one rename, so a gateway reloading meanwhile never reads half a file.
-    fn write(&self) {
-        let dir = self.path.parent().unwrap();
-        let tmp = self.path.with_extension("toml.new");
-        std::fs::write(&tmp, self.written_from.toml(dir)).unwrap();
-        std::fs::rename(&tmp, &self.path).unwrap();
+    /// Writes the file in one rename (of the file, or of a ConfigMap's `..data` link), so a
+    /// gateway reloading meanwhile never reads half a file.
+    fn write(&mut self) {
+        let dir = self.path.parent().unwrap().to_owned();
+        let text = self.written_from.toml(&dir);
+        match self.written_from.layout {
+            Layout::File => {
+                let tmp = self.path.with_extension("toml.new");
+                std::fs::write(&tmp, text).unwrap();
+                std::fs::rename(&tmp, &self.path).unwrap();
+            }
+            Layout::ConfigMap => {
+                // kubelet's AtomicWriter: a new data directory, a new `..data` link renamed over
+                // the old one, then the old directory removed.
+                use std::os::unix::fs::symlink;
+                let name = format!("..{}", self.generation);
+                std::fs::create_dir(dir.join(&name)).unwrap();
+                std::fs::write(dir.join(&name).join("gateway.toml"), text).unwrap();
+                symlink(&name, dir.join("..data_tmp")).unwrap();
+                std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+                if self.generation == 0 {
+                    symlink("..data/gateway.toml", &self.path).unwrap();
+                } else {
+                    let old = dir.join(format!("..{}", self.generation - 1));
+                    std::fs::remove_dir_all(old).unwrap();
+                }
+            }
+        }
+        self.generation += 1;
     }
 
     fn rewrite(&mut self, change: impl FnOnce(GatewayBuilder) -> GatewayBuilder) {
         self.written_from = change(self.written_from.clone());
         self.write();
+    }
+
+    /// Rewrites the file where it is: truncated, then written (as `echo … > file` or an editor
+    /// that saves in place does).
+    fn rewrite_in_place(&mut self, change: impl FnOnce(GatewayBuilder) -> GatewayBuilder) {
+        assert_eq!(self.written_from.layout, Layout::File);
+        self.written_from = change(self.written_from.clone());
+        let text = self.written_from.toml(self.path.parent().unwrap());
+        std::fs::write(&self.path, text).unwrap();
     }
 }
 
@@ -674,10 +762,22 @@ pub struct BinaryGateway {
     config: ConfigFile,
     pub child: Child,
     stderr: Stderr,
-    _dir: tempfile::TempDir,
+    /// Shared with the other processes started on the same config ([`Self::spawn_sibling`]).
+    dir: Arc<tempfile::TempDir>,
 }
 
 impl BinaryGateway {
+    /// Another process of the binary on the same config file (the same audit file, the same key
+    /// files), with `env` added to its environment.
+    pub async fn spawn_sibling(&self, env: &[(&str, &str)]) -> BinaryGateway {
+        let mut config = self.config.clone();
+        config
+            .written_from
+            .binary_env
+            .extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        launch(config, self.dir.clone()).await
+    }
+
     pub fn client(&self) -> Client {
         Client::new(self.api)
     }
@@ -700,10 +800,23 @@ impl BinaryGateway {
         self.stderr.all()
     }
 
+    /// What the binary has written to stderr so far, while it runs.
+    pub fn stderr_so_far(&self) -> String {
+        self.stderr.text()
+    }
+
     /// Rewrites the config file (in one rename) with `change` applied to the settings it was
     /// written from; SIGHUP applies it.
     pub fn rewrite_config(&mut self, change: impl FnOnce(GatewayBuilder) -> GatewayBuilder) {
         self.config.rewrite(change);
+    }
+
+    /// Rewrites the config file in place (truncated, then written), not by a rename.
+    pub fn rewrite_config_in_place(
+        &mut self,
+        change: impl FnOnce(GatewayBuilder) -> GatewayBuilder,
+    ) {
+        self.config.rewrite_in_place(change);
     }
 
     pub fn signal(&self, sig: &str) {

@@ -33,6 +33,20 @@ impl Metrics {
             .unwrap_or_else(|| panic!("{name}{labels:?} not in /metrics:\n{self}"))
     }
 
+    /// The values `label` takes across the samples of `name`, in the order exposed.
+    pub fn label_values(&self, name: &str, label: &str) -> Vec<String> {
+        self.0
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(parse_sample)
+            .filter(|(series, _)| series.name == name)
+            .filter_map(|(series, _)| {
+                let (_, value) = series.labels.into_iter().find(|(k, _)| k == label)?;
+                Some(value)
+            })
+            .collect()
+    }
+
     /// [`sample`](Self::sample), or 0 for a counter not created yet.
     pub fn count(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.sample(name, labels).unwrap_or(0.0)
