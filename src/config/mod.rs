@@ -11,6 +11,7 @@ mod cluster;
 mod raw;
 mod teams;
 mod toml_errors;
+mod tracing;
 mod validate;
 
 use raw::RawConfig;

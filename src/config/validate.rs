@@ -50,6 +50,9 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     let cluster = raw
         .cluster
         .map(|c| super::cluster::validate_cluster(c, &mut p));
+    let tracing = raw
+        .tracing
+        .map(|t| super::tracing::validate_tracing(t, &mut p));
     let admin_token = raw.admin.and_then(|a| match a.token_sha256 {
         None => None,
         Some(hex) => parse_digest(&hex, "admin.token_sha256", &mut p),
@@ -102,6 +105,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
                 admin_token,
                 teams,
                 cluster: cluster.flatten(),
+                tracing: tracing.flatten(),
             })
         }
         _ => Err(ConfigError { problems: p.0 }),
@@ -253,7 +257,7 @@ fn validate_upstream(raw: RawUpstream, p: &mut Problems) -> Option<UpstreamSetti
     })
 }
 
-fn validate_base_url(url: &str) -> Result<String, &'static str> {
+pub(super) fn validate_base_url(url: &str) -> Result<String, &'static str> {
     let uri: http::Uri = url.parse().map_err(|_| "is not a valid URL")?;
     match uri.scheme_str() {
         Some("http") | Some("https") => {}
