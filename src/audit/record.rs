@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::cache::CacheOutcome;
 use crate::error::Decision;
 use crate::metrics::RouteClass;
+use crate::telemetry::TraceId;
 
 /// One audit line, written by `audit::line::write`. Field names and meanings are the contract's;
 /// values never include keys, tokens or body values.
@@ -31,6 +32,8 @@ pub struct AuditRecord {
     pub upstream_latency_ms: Option<f64>,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// The W3C trace id: the client's `traceparent`'s, the request's span's, or one made here.
+    pub trace_id: TraceId,
     pub changed_fields: Option<Vec<String>>,
     pub invalidated: u64,
     /// When the request arrived, for `latency_ms`; not written.
@@ -78,6 +81,7 @@ impl AuditRecord {
             upstream_latency_ms: None,
             bytes_in: 0,
             bytes_out: 0,
+            trace_id: crate::telemetry::span::random_trace_id(),
             changed_fields: None,
             invalidated: 0,
             started,

@@ -18,6 +18,8 @@ use raw::RawConfig;
 use toml_errors::{check_syntax, one_line};
 use validate::validate;
 
+pub use self::tracing::demo_tracing;
+
 /// Env overrides are `DNXGW__SECTION__KEY`.
 const ENV_PREFIX: &str = "DNXGW";
 

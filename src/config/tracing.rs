@@ -11,6 +11,17 @@ const DEFAULT_SAMPLE_RATIO: f64 = 0.1;
 /// The name a trace view shows the gateway's spans under; OpenTelemetry's `service.name`.
 const DEFAULT_SERVICE_NAME: &str = "dialnexa-gateway";
 
+/// `demo --otlp-endpoint URL`: every request traced, under the default service name.
+pub fn demo_tracing(otlp_endpoint: String) -> Result<TracingSettings, super::ConfigError> {
+    let mut p = Problems(Vec::new());
+    let raw = RawTracing {
+        otlp_endpoint: Some(otlp_endpoint),
+        sample_ratio: Some(1.0),
+        service_name: None,
+    };
+    validate_tracing(raw, &mut p).ok_or(super::ConfigError { problems: p.0 })
+}
+
 pub(super) fn validate_tracing(raw: RawTracing, p: &mut Problems) -> Option<TracingSettings> {
     let before = p.0.len();
     let otlp_endpoint = match raw.otlp_endpoint {

@@ -7,6 +7,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use tracing::Instrument;
 
 use super::forward;
 use super::Exchange;
@@ -18,6 +19,7 @@ use crate::error::GatewayError;
 use crate::http::{self as body, ProxyBody};
 use crate::route::{self, AgentPath, Route};
 use crate::state::TeamState;
+use crate::telemetry;
 use crate::upstream::{Buffered, CacheFetch, Purpose};
 
 /// Room for every header a cached answer leaves with (content type, cache, request id, quota):
@@ -73,7 +75,7 @@ pub(super) async fn read(
         detail: None,
     });
 
-    let req = forward::upstream_request(
+    let mut req = forward::upstream_request(
         ex,
         team,
         route,
@@ -87,28 +89,39 @@ pub(super) async fn read(
     let timeout = snapshot.settings.upstream.timeout;
     let max_entry = cache.max_entry_bytes();
     let started = Instant::now();
+    // This request's wait for the answer, its own fetch or another's; a shared fill's waiters are
+    // linked to the fill they waited on (in `cache::coalesce`).
+    let waiting = telemetry::span::step("cache fill");
+    let parent = waiting.clone();
     // The fetch runs once however many requests share it, so it alone feeds the histogram; each
     // request's audit line has the time it waited for the answer. Should this client leave, its
     // pending line waits for the report.
     let report = ex.line.awaiting_fill();
     let fetch = move || async move {
+        // Opened here, by the one request that fetches, in whichever task runs the fetch.
+        let call = req.traced(&parent);
         let sent = Instant::now();
         let fetched = snapshot
             .upstream
             .fetch_buffered(&req, timeout, max_entry)
+            .instrument(call.clone())
             .await;
         let took = sent.elapsed();
         metrics.upstream_duration.observe(took.as_secs_f64());
         let status = match &fetched {
-            Ok(CacheFetch::Buffered(answer)) => Some(answer.status.as_u16()),
-            Ok(CacheFetch::TooLarge(resp)) => Some(resp.status().as_u16()),
+            Ok(CacheFetch::Buffered(answer)) => Some(answer.status),
+            Ok(CacheFetch::TooLarge(resp)) => Some(resp.status()),
             Err(_) => None,
         };
+        let error = fetched.as_ref().err().map(GatewayError::code);
+        telemetry::span::upstream_answered(&call, status, error);
+        let status = status.map(|s| s.as_u16());
         let _ = report.send(UpstreamReport { status, took });
         fetched
     };
     let outcome = cache
         .fill(&ticket, directive == ClientDirective::Normal, fetch)
+        .instrument(waiting)
         .await;
     ex.line.fill_done();
     ex.record().upstream_latency_ms = Some(audit::millis(started.elapsed()));

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::request::Parts;
 use http::{header, HeaderValue, Method, Response, StatusCode};
+use tracing::Instrument;
 
 use super::Exchange;
 use crate::audit;
@@ -17,6 +18,7 @@ use crate::error::GatewayError;
 use crate::http::ProxyBody;
 use crate::route::Route;
 use crate::state::{Gateway, Moment, TeamState};
+use crate::telemetry;
 use crate::upstream::{Purpose, UpstreamRequest};
 
 /// Forwards the request and streams upstream's answer back.
@@ -28,12 +30,22 @@ pub(super) async fn forward(
     body: Bytes,
     request_id: &HeaderValue,
 ) -> Result<Response<ProxyBody>, GatewayError> {
-    let req = upstream_request(ex, team, route, parts, body, request_id, Purpose::Forward)?;
+    let mut req = upstream_request(ex, team, route, parts, body, request_id, Purpose::Forward)?;
+    let call = req.traced(&telemetry::span::current());
     let timeout = ex.snapshot.settings.upstream.timeout;
     let pending = invalidate_before(ex, team, route, &parts.method).await;
     let started = Instant::now();
-    let result = ex.snapshot.upstream.send(&req, timeout).await;
+    let result = ex
+        .snapshot
+        .upstream
+        .send(&req, timeout)
+        .instrument(call.clone())
+        .await;
     upstream_took(ex, started.elapsed());
+    match &result {
+        Ok(resp) => telemetry::span::upstream_answered(&call, Some(resp.status()), None),
+        Err(e) => telemetry::span::upstream_answered(&call, None, Some(e.code())),
+    }
     if let Some(pending) = pending {
         // Again once the answer (or failure) is back: a read that filled in between is dropped too.
         ex.record().invalidated += pending.complete().await;

@@ -14,6 +14,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use crate::audit::{self, AuditRecord, AuditedBody, PendingLine};
 use crate::auth::{self, KeyDigest};
@@ -25,6 +26,7 @@ use crate::ratelimit::{QuotaAsk, Verdict};
 use crate::request_id;
 use crate::route::{self, Route};
 use crate::state::{Gateway, Snapshot, TeamState};
+use crate::telemetry::{self, RequestTrace};
 
 mod agent_read;
 mod forward;
@@ -82,6 +84,10 @@ async fn exchange(
         req.uri().path(),
     );
     record.class = Some(RouteClass::of(&method));
+    let trace = RequestTrace::start(&method, req.uri().path(), req.headers(), client_ip);
+    if let Some(trace_id) = trace.trace_id {
+        record.trace_id = trace_id;
+    }
     let mut ex = Exchange {
         gw: &gw,
         snapshot: &snapshot,
@@ -92,13 +98,18 @@ async fn exchange(
         shared: SharedVersion::NotShared,
         write: None,
     };
-    let answer = match ex.run(req, &request_id).await {
+    let answer = match ex
+        .run(req, &request_id)
+        .instrument(trace.span().clone())
+        .await
+    {
         Ok(resp) => resp,
         Err(e) => {
             ex.record().decision = e.decision();
             e.to_response(&ex.record().request_id)
         }
     };
+    trace.answered(answer.status(), ex.record());
     ex.respond(answer, request_id, &method)
 }
 
@@ -150,6 +161,7 @@ impl Exchange<'_> {
         // version here, which must happen only for a write that will be forwarded. A quota refusal
         // still comes before a 413 or 408, as DESIGN orders them, and those spend quota as before.
         self.rate_limit(&team, &route, &parts.method, body.is_ok())
+            .instrument(telemetry::span::step("admission"))
             .await?;
         let body = body?;
         if !is_read {

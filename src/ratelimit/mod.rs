@@ -10,7 +10,9 @@ mod shared;
 mod verdict;
 
 use std::sync::Arc;
+
 use std::time::Duration;
+use tracing::Instrument;
 
 pub use local::TeamLimiter;
 pub use verdict::{apply_headers, QuotaKind, QuotaStatus, Verdict};
@@ -81,7 +83,12 @@ impl Quotas {
                 agent: ask.agent,
                 write_lifetime: cluster.write_lifetime(ask.upstream_timeout),
             };
-            if let Ok(reply) = cluster.admit(shared).await {
+            let round_trip = crate::telemetry::span::redis("EVALSHA admit");
+            let reply = cluster.admit(shared).instrument(round_trip.clone()).await;
+            if reply.is_err() {
+                crate::telemetry::span::failed(&round_trip, "redis_unavailable");
+            }
+            if let Ok(reply) = reply {
                 let verdict = shared::verdict(&reply, ask.limiter);
                 let agent = match reply.version {
                     Some(version) if reply.writing && !ask.is_write => {

@@ -38,7 +38,8 @@ impl Signals {
 
 impl RunningGateway {
     /// Serves until `SIGTERM`/`SIGINT`, reloading on `SIGHUP` and reopening the audit file on `SIGUSR1`.
-    pub async fn run_until_signalled(self, mut signals: Signals) {
+    /// Returns when the stop signal came, which the shutdown grace counts from.
+    pub async fn run_until_signalled(self, mut signals: Signals) -> std::time::Instant {
         loop {
             tokio::select! {
                 _ = signals.hangup.recv() => { let _ = self.reload(); }
@@ -47,7 +48,9 @@ impl RunningGateway {
                 _ = signals.interrupt.recv() => break,
             }
         }
+        let stopping = std::time::Instant::now();
         tracing::info!("shutting down: draining in-flight requests");
         self.shutdown().await;
+        stopping
     }
 }

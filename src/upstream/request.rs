@@ -101,6 +101,14 @@ impl UpstreamRequest {
         self
     }
 
+    /// Opens the client span of this call (a child of `parent`) and, with tracing on, gives
+    /// upstream that span's `traceparent` in place of the client's.
+    pub fn traced(&mut self, parent: &tracing::Span) -> tracing::Span {
+        let span = crate::telemetry::span::upstream(parent, &self.method, &self.uri);
+        crate::telemetry::span::propagate(&span, &mut self.headers);
+        span
+    }
+
     pub(super) fn to_request(&self) -> Request<Full<Bytes>> {
         let mut req = Request::new(Full::new(self.body.clone()));
         *req.method_mut() = self.method.clone();

@@ -1,0 +1,161 @@
+//! The OTLP exporter behind `[tracing]`: spans go in batches, over HTTP/protobuf, from a thread of
+//! the SDK's own, through a bounded queue. A collector that is slow, absent or refusing costs the
+//! requests nothing: what cannot be queued or delivered is dropped and counted.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use opentelemetry::Context;
+use opentelemetry_otlp::{Protocol, RetryPolicy, SpanExporter, WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, Span, SpanData,
+    SpanProcessor,
+};
+use opentelemetry_sdk::Resource;
+use prometheus_client::metrics::counter::Counter;
+
+use crate::settings::TracingSettings;
+
+/// Spans waiting for export. At 1.0 sampling a request makes two or three spans, so this holds a
+/// second or two of a busy replica's traffic: enough to ride out one slow export, small enough
+/// (a few MB) that a dead collector costs little memory before spans are dropped.
+const DEFAULT_QUEUE_SPANS: usize = 8192;
+/// The SDK's own default batch: one OTLP request per 512 spans keeps each under a collector's
+/// default 4 MiB body limit.
+const DEFAULT_BATCH_SPANS: usize = 512;
+/// How long spans may wait before a part-full batch goes; a trace shows up within seconds.
+const DEFAULT_EXPORT_DELAY: Duration = Duration::from_secs(1);
+/// One export's longest wait for the collector: a collector that never answers holds the export
+/// thread this long per batch (the queue drops meanwhile), not forever.
+const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+static DROPPED: LazyLock<Counter> = LazyLock::new(Counter::default);
+
+/// Spans lost on the way to the collector: the queue was full, or the export of their batch failed.
+/// Registered as `dialnexa_gateway_trace_spans_dropped_total`.
+pub fn spans_dropped() -> Counter {
+    DROPPED.clone()
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the OTLP exporter: {0}")]
+pub struct ExporterError(String);
+
+/// The provider every gateway span is made by: parent-based sampling (a client's sampled flag is
+/// followed; without a parent, `sample_ratio` of the trace ids are kept).
+pub(super) fn provider(settings: &TracingSettings) -> Result<SdkTracerProvider, ExporterError> {
+    let exporter = SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(format!("{}/v1/traces", settings.otlp_endpoint))
+        .with_timeout(DEFAULT_EXPORT_TIMEOUT)
+        // A batch the collector cannot take now is dropped and counted; retrying it would hold the
+        // export thread while newer spans pile up behind it.
+        .with_retry_policy(RetryPolicy::disabled())
+        .build()
+        .map_err(|e| ExporterError(e.to_string()))?;
+    let queued = Arc::new(AtomicUsize::new(0));
+    let exporter = Counted {
+        inner: exporter,
+        queued: Arc::clone(&queued),
+    };
+    let batch = BatchConfigBuilder::default()
+        .with_max_queue_size(DEFAULT_QUEUE_SPANS)
+        .with_max_export_batch_size(DEFAULT_BATCH_SPANS)
+        .with_scheduled_delay(DEFAULT_EXPORT_DELAY)
+        .build();
+    let processor = Bounded {
+        inner: BatchSpanProcessor::builder(exporter)
+            .with_batch_config(batch)
+            .build(),
+        queued,
+        capacity: DEFAULT_QUEUE_SPANS,
+    };
+    let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(settings.sample_ratio)));
+    Ok(SdkTracerProvider::builder()
+        .with_span_processor(processor)
+        .with_sampler(sampler)
+        .with_resource(
+            Resource::builder()
+                .with_service_name(settings.service_name.clone())
+                .build(),
+        )
+        .build())
+}
+
+/// The SDK's batch processor in front of which the queue is counted. The SDK drops spans it has no
+/// room for but keeps the count to itself (it logs it at shutdown), so the gateway keeps its own:
+/// a span is admitted while fewer than `capacity` are waiting (the SDK's own queue is as large, so
+/// it never drops one of these), and leaves the count when its batch is handed to the exporter.
+#[derive(Debug)]
+struct Bounded {
+    inner: BatchSpanProcessor,
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
+}
+
+impl SpanProcessor for Bounded {
+    fn on_start(&self, span: &mut Span, cx: &Context) {
+        self.inner.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        let admitted = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.capacity).then_some(n + 1)
+            })
+            .is_ok();
+        if admitted {
+            self.inner.on_end(span);
+        } else {
+            DROPPED.inc();
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// The OTLP exporter, counting what it could not deliver and releasing each batch's room in the
+/// queue.
+#[derive(Debug)]
+struct Counted {
+    inner: SpanExporter,
+    queued: Arc<AtomicUsize>,
+}
+
+impl opentelemetry_sdk::trace::SpanExporter for Counted {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let spans = batch.len();
+        self.queued.fetch_sub(spans, Ordering::AcqRel);
+        let result = self.inner.export(batch).await;
+        if result.is_err() {
+            DROPPED.inc_by(spans as u64);
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
