@@ -19,7 +19,7 @@ pub mod export;
 pub mod span;
 
 pub use export::{spans_dropped, ExporterError};
-pub use span::{RequestTrace, TraceId};
+pub use span::{Answered, RequestTrace, TraceId};
 
 /// The `tracing` target of the pipeline's spans: exported, never written to the log.
 pub(crate) const SPAN_TARGET: &str = "dnxgw_span";

@@ -20,7 +20,6 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 pub use opentelemetry::trace::TraceId;
 
 use super::{enabled, SPAN_TARGET};
-use crate::audit::AuditRecord;
 
 /// One request's trace: the id its audit line carries and, with tracing on, its server span.
 pub struct RequestTrace {
@@ -79,20 +78,28 @@ impl RequestTrace {
 
     /// What the audit line says of the request, on its span: who, how the cache and the quota took
     /// part, and the status (a `5xx` is an error).
-    pub fn answered(&self, status: StatusCode, record: &AuditRecord) {
+    pub fn answered(&self, status: StatusCode, said: Answered<'_>) {
         if self.span.is_none() {
             return;
         }
         let span = &self.span;
-        span.record("http.response.status_code", status.as_u16());
-        span.record("dialnexa.team", record.team.as_deref());
-        span.record("dialnexa.org", record.org.as_deref());
-        span.record("dialnexa.cache", record.cache.map(|c| c.as_str()));
-        span.record("dialnexa.decision", record.decision.as_str());
+        span.record("http.response.status_code", i64::from(status.as_u16()));
+        span.record("dialnexa.team", said.team);
+        span.record("dialnexa.org", said.org);
+        span.record("dialnexa.cache", said.cache);
+        span.record("dialnexa.decision", said.decision);
         if status.is_server_error() {
             span.set_status(Status::error(status.as_str().to_owned()));
         }
     }
+}
+
+/// The audit line's account of a request, as its server span carries it.
+pub struct Answered<'a> {
+    pub team: Option<&'a str>,
+    pub org: Option<&'a str>,
+    pub cache: Option<&'a str>,
+    pub decision: &'a str,
 }
 
 /// An internal span for one step of the pipeline (`admission`, `cache fill`), a child of the
@@ -144,7 +151,7 @@ pub fn upstream(parent: &Span, method: &Method, uri: &Uri) -> Span {
         otel.status_code = Empty,
         http.request.method = method.as_str(),
         server.address = uri.host().unwrap_or_default(),
-        server.port = uri.port_u16().or_else(|| default_port(uri)),
+        server.port = uri.port_u16().or_else(|| default_port(uri)).map(i64::from),
         url.full = %redacted_url(uri),
         http.response.status_code = Empty,
         error.type = Empty,
@@ -158,7 +165,7 @@ pub fn upstream_answered(span: &Span, status: Option<StatusCode>, error: Option<
         return;
     }
     if let Some(status) = status {
-        span.record("http.response.status_code", status.as_u16());
+        span.record("http.response.status_code", i64::from(status.as_u16()));
     }
     let error = match (error, status) {
         (Some(kind), _) => Some(Cow::Borrowed(kind)),

@@ -36,9 +36,10 @@
 //! | admin listener: probes, `/metrics` | `operations::admin_listener`, `cache::metrics`, `ratelimit` |
 //! | admin listener: `/admin/cache/purge` | `cache::purge`, `audit`, `edges` |
 //! | cluster mode (quotas, read-after-write, purges, Redis unavailable) | `cluster` (a real `redis-server`; `support::redis`) |
+//! | tracing: spans, context, sampling, a dead collector; audit `trace_id` | `traces` (an OTLP collector; `support::otlp`), `audit` |
 //!
 //! `support` holds the fixtures: the fake upstream, the gateway under test with its typed config,
-//! a client, and the one `/metrics` reader.
+//! a client, the one `/metrics` reader, and an OTLP collector.
 
 #[allow(dead_code, unused_imports)]
 mod support;
@@ -54,3 +55,4 @@ mod ratelimit;
 mod sim;
 mod soak;
 mod tls;
+mod traces;

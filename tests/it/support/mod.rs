@@ -4,6 +4,7 @@
 pub mod client;
 pub mod gateway;
 pub mod metrics;
+pub mod otlp;
 pub mod redis;
 pub mod upstream;
 
@@ -13,6 +14,7 @@ pub use gateway::{
     RIVAL, SUPPORT, VIEWER,
 };
 pub use metrics::{scrape, Metrics};
+pub use otlp::{absent_endpoint, ExportedSpan, OtlpCollector};
 pub use upstream::{FakeUpstream, Reply};
 
 use std::time::{Duration, Instant};
