@@ -537,3 +537,27 @@ async fn a_collector_that_never_answers_costs_requests_nothing_and_drops_are_cou
     let collector = OtlpCollector::never_answering().await;
     requests_are_not_held_back(&collector.endpoint(), || collector.requests() > 0).await;
 }
+
+#[tokio::test]
+async fn demo_with_an_otlp_endpoint_traces_every_request() {
+    let collector = OtlpCollector::start().await;
+    let (_demo, banner, api, team_key) =
+        crate::sim::start_demo(&["--otlp-endpoint", &collector.endpoint()]).await;
+    assert!(banner.contains(&collector.endpoint()), "{banner}");
+    let r = Client::new(api)
+        .get("/v1/agents2/agt_abc123", &team_key)
+        .await;
+    assert_eq!(r.status, 200);
+    // `demo` samples every request that brings no parent.
+    wait_until("the demo request's server span", || {
+        collector
+            .spans()
+            .iter()
+            .any(|s| s.kind == SERVER && s.name == "GET /v1/agents2/{id}")
+    })
+    .await;
+    let spans = collector.spans();
+    let server = one(&spans, SERVER, "server");
+    assert_eq!(server.attr_str("dialnexa.team"), Some("demo"));
+    assert_eq!(one(&spans, CLIENT, "client").trace_id, server.trace_id);
+}
