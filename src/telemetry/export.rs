@@ -90,13 +90,13 @@ pub(super) fn provider(settings: &TracingSettings) -> Result<SdkTracerProvider, 
 /// a span is admitted while fewer than `capacity` are waiting (the SDK's own queue is as large, so
 /// it never drops one of these), and leaves the count when its batch is handed to the exporter.
 #[derive(Debug)]
-struct Bounded {
-    inner: BatchSpanProcessor,
+struct Bounded<P = BatchSpanProcessor> {
+    inner: P,
     queued: Arc<AtomicUsize>,
     capacity: usize,
 }
 
-impl SpanProcessor for Bounded {
+impl<P: SpanProcessor> SpanProcessor for Bounded<P> {
     fn on_start(&self, span: &mut Span, cx: &Context) {
         self.inner.on_start(span, cx);
     }
@@ -131,12 +131,14 @@ impl SpanProcessor for Bounded {
 /// The OTLP exporter, counting what it could not deliver and releasing each batch's room in the
 /// queue.
 #[derive(Debug)]
-struct Counted {
-    inner: SpanExporter,
+struct Counted<E = SpanExporter> {
+    inner: E,
     queued: Arc<AtomicUsize>,
 }
 
-impl opentelemetry_sdk::trace::SpanExporter for Counted {
+impl<E: opentelemetry_sdk::trace::SpanExporter> opentelemetry_sdk::trace::SpanExporter
+    for Counted<E>
+{
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let spans = batch.len();
         self.queued.fetch_sub(spans, Ordering::AcqRel);
@@ -157,5 +159,100 @@ impl opentelemetry_sdk::trace::SpanExporter for Counted {
 
     fn set_resource(&mut self, resource: &Resource) {
         self.inner.set_resource(resource);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::SystemTime;
+
+    use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status};
+    use opentelemetry::InstrumentationScope;
+    use opentelemetry_sdk::error::OTelSdkError;
+    use opentelemetry_sdk::trace::{SpanEvents, SpanExporter as _, SpanLinks};
+
+    use super::*;
+
+    fn span() -> SpanData {
+        SpanData {
+            span_context: SpanContext::empty_context(),
+            parent_span_id: SpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Internal,
+            name: "test".into(),
+            start_time: SystemTime::now(),
+            end_time: SystemTime::now(),
+            attributes: Vec::new(),
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: Status::Unset,
+            instrumentation_scope: InstrumentationScope::default(),
+        }
+    }
+
+    /// Keeps what it is handed, as the SDK's batch processor queues it.
+    #[derive(Debug, Default)]
+    struct Kept(Mutex<Vec<SpanData>>);
+
+    impl SpanProcessor for Kept {
+        fn on_start(&self, _: &mut Span, _: &Context) {}
+        fn on_end(&self, span: SpanData) {
+            self.0.lock().unwrap().push(span);
+        }
+        fn force_flush(&self) -> OTelSdkResult {
+            Ok(())
+        }
+        fn shutdown_with_timeout(&self, _: Duration) -> OTelSdkResult {
+            Ok(())
+        }
+    }
+
+    /// A collector that refuses every export.
+    #[derive(Debug)]
+    struct Refusing;
+
+    impl opentelemetry_sdk::trace::SpanExporter for Refusing {
+        async fn export(&self, _: Vec<SpanData>) -> OTelSdkResult {
+            Err(OTelSdkError::InternalFailure("503".into()))
+        }
+    }
+
+    // One test for both: the counter is the process's, and tests run at once.
+    #[test]
+    fn a_full_queue_and_a_failed_export_drop_and_count_their_spans() {
+        let queued = Arc::new(AtomicUsize::new(0));
+        let bounded = Bounded {
+            inner: Kept::default(),
+            queued: Arc::clone(&queued),
+            capacity: 2,
+        };
+        let before = DROPPED.get();
+        for _ in 0..5 {
+            bounded.on_end(span());
+        }
+        assert_eq!(bounded.inner.0.lock().unwrap().len(), 2, "two admitted");
+        assert_eq!(DROPPED.get() - before, 3, "three dropped, counted");
+
+        // The batch leaves the queue as it is handed over, whether or not it is delivered.
+        let exporter = Counted {
+            inner: Refusing,
+            queued: Arc::clone(&queued),
+        };
+        let batch = std::mem::take(&mut *bounded.inner.0.lock().unwrap());
+        let exported = block_on(exporter.export(batch));
+        assert!(exported.is_err());
+        assert_eq!(queued.load(Ordering::SeqCst), 0);
+        assert_eq!(DROPPED.get() - before, 5, "the refused batch counted too");
+        bounded.on_end(span());
+        assert_eq!(bounded.inner.0.lock().unwrap().len(), 1, "room again");
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
     }
 }
