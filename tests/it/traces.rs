@@ -413,6 +413,22 @@ async fn without_tracing_the_clients_traceparent_passes_unchanged_and_every_line
         audit_for(&lines, &bad)["trace_id"],
         "00000000000000000000000000000000"
     );
+    // An admin action's line joins its caller's trace too.
+    let purged = gw
+        .admin_client()
+        .send(
+            Method::POST,
+            "/admin/cache/purge",
+            &[
+                ("authorization", &format!("Bearer {ADMIN_TOKEN}")),
+                ("traceparent", &traceparent(&trace_n(11), "00")),
+            ],
+            r#"{"org":"acme"}"#,
+        )
+        .await;
+    assert_eq!(purged.status, 200);
+    let lines = gw.audit_lines(6).await;
+    assert_eq!(audit_for(&lines, &purged)["trace_id"], trace_n(11).as_str());
 }
 
 #[tokio::test]
