@@ -26,7 +26,7 @@ use crate::ratelimit::{QuotaAsk, Verdict};
 use crate::request_id;
 use crate::route::{self, Route};
 use crate::state::{Gateway, Snapshot, TeamState};
-use crate::telemetry::{self, Answered, RequestTrace};
+use crate::telemetry::{self, RequestTrace};
 
 mod agent_read;
 mod forward;
@@ -109,17 +109,7 @@ async fn exchange(
             e.to_response(&ex.record().request_id)
         }
     };
-    let record = ex.record();
-    trace.answered(
-        answer.status(),
-        Answered {
-            team: record.team.as_deref(),
-            org: record.org.as_deref(),
-            cache: record.cache.map(|c| c.as_str()),
-            decision: record.decision.as_str(),
-        },
-    );
-    ex.respond(answer, request_id, &method)
+    ex.respond(answer, request_id, &method, &trace)
 }
 
 /// One request on its way through the pipeline: its pending audit line and what the answer's

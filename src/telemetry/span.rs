@@ -88,6 +88,7 @@ impl RequestTrace {
         span.record("dialnexa.org", said.org);
         span.record("dialnexa.cache", said.cache);
         span.record("dialnexa.decision", said.decision);
+        span.record("dialnexa.limited_by", said.limited_by);
         if status.is_server_error() {
             span.set_status(Status::error(status.as_str().to_owned()));
         }
@@ -100,6 +101,8 @@ pub struct Answered<'a> {
     pub org: Option<&'a str>,
     pub cache: Option<&'a str>,
     pub decision: &'a str,
+    /// Which limit refused a `429` (`team`, `team_write`, `org`, `upstream`); absent otherwise.
+    pub limited_by: Option<&'a str>,
 }
 
 /// An internal span for one step of the pipeline (`admission`, `cache fill`), a child of the
