@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use http::Method;
 use serde_json::Value;
 
+use crate::operations::eventually;
 use crate::support::otlp::{CLIENT, ERROR, INTERNAL, SERVER};
 use crate::support::*;
 
@@ -183,8 +184,14 @@ async fn a_coalesced_fill_is_linked_to_the_request_that_waited_on_it() {
     let c = gw.client();
     let tp = traceparent(&joiner_trace, "01");
     let joiner = tokio::spawn(async move { get_traced(&c, "/v1/agents2/ag-2", &tp).await });
-    let metrics = gw.admin_client();
-    eventually_coalesced(&metrics).await;
+    let admin = gw.admin_client();
+    eventually("the second request joined the fill", || async {
+        scrape(&admin)
+            .await
+            .value("dialnexa_gateway_cache_coalesced_total", &[])
+            >= 1.0
+    })
+    .await;
     held.release();
     let (leader, joiner) = (leader.await.unwrap(), joiner.await.unwrap());
     assert_eq!((leader.status, joiner.status), (200, 200));
@@ -212,21 +219,6 @@ async fn a_coalesced_fill_is_linked_to_the_request_that_waited_on_it() {
         lead_fill.span_id
     );
     assert!(waiting.iter().all(|s| s.kind != CLIENT), "{waiting:#?}");
-}
-
-async fn eventually_coalesced(admin: &Client) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let m = scrape(admin).await;
-        if m.value("dialnexa_gateway_cache_coalesced_total", &[]) >= 1.0 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the second request never joined the fill"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test]
@@ -527,14 +519,10 @@ async fn requests_are_not_held_back(endpoint: &str, counted: impl Fn() -> bool) 
         started.elapsed()
     );
     let admin = gw.admin_client();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if scrape(&admin).await.value(DROPPED, &[]) > 0.0 && counted() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no dropped spans counted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("dropped spans counted", || async {
+        scrape(&admin).await.value(DROPPED, &[]) > 0.0 && counted()
+    })
+    .await;
     // More spans queued behind the stuck or failing export: the exit still keeps to the grace.
     let r = c.get("/v1/calls", BILLING).await;
     assert_eq!(r.status, 200);
