@@ -93,13 +93,14 @@ pub(super) async fn read(
     // linked to the fill they waited on (in `cache::coalesce`).
     let waiting = telemetry::span::step("cache fill");
     let parent = waiting.clone();
+    let trace_id = ex.record().trace_id;
     // The fetch runs once however many requests share it, so it alone feeds the histogram; each
     // request's audit line has the time it waited for the answer. Should this client leave, its
     // pending line waits for the report.
     let report = ex.line.awaiting_fill();
     let fetch = move || async move {
         // Opened here, by the one request that fetches, in whichever task runs the fetch.
-        let call = req.traced(&parent);
+        let call = req.traced(&parent, trace_id);
         let sent = Instant::now();
         let fetched = snapshot
             .upstream

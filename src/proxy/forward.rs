@@ -31,7 +31,7 @@ pub(super) async fn forward(
     request_id: &HeaderValue,
 ) -> Result<Response<ProxyBody>, GatewayError> {
     let mut req = upstream_request(ex, team, route, parts, body, request_id, Purpose::Forward)?;
-    let call = req.traced(&telemetry::span::current());
+    let call = req.traced(&telemetry::span::current(), ex.record().trace_id);
     let timeout = ex.snapshot.settings.upstream.timeout;
     let pending = invalidate_before(ex, team, route, &parts.method).await;
     let started = Instant::now();

@@ -10,8 +10,8 @@ mod shared;
 mod verdict;
 
 use std::sync::Arc;
-
 use std::time::Duration;
+
 use tracing::Instrument;
 
 pub use local::TeamLimiter;

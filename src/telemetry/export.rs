@@ -2,16 +2,18 @@
 //! the SDK's own, through a bounded queue. A collector that is slow, absent or refusing costs the
 //! requests nothing: what cannot be queued or delivered is dropped and counted.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
+use opentelemetry::trace::{SpanId, SpanKind, TraceId};
 use opentelemetry::Context;
 use opentelemetry_otlp::{Protocol, RetryPolicy, SpanExporter, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, Span, SpanData,
-    SpanProcessor,
+    BatchConfigBuilder, BatchSpanProcessor, IdGenerator, RandomIdGenerator, Sampler,
+    SamplingDecision, SdkTracerProvider, ShouldSample, Span, SpanData, SpanProcessor,
 };
 use opentelemetry_sdk::Resource;
 use prometheus_client::metrics::counter::Counter;
@@ -32,6 +34,14 @@ const DEFAULT_EXPORT_DELAY: Duration = Duration::from_secs(1);
 const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
 static DROPPED: LazyLock<Counter> = LazyLock::new(Counter::default);
+
+/// The provider's sampler, asked before any span is made (see [`samples`]).
+static SAMPLER: OnceLock<Sampler> = OnceLock::new();
+
+thread_local! {
+    /// The trace id the next root span on this thread takes (see [`Handed`]).
+    static HANDED: Cell<Option<TraceId>> = const { Cell::new(None) };
+}
 
 /// Spans lost on the way to the collector: the queue was full, or the export of their batch failed.
 /// Registered as `dialnexa_gateway_trace_spans_dropped_total`.
@@ -74,15 +84,53 @@ pub(super) fn provider(settings: &TracingSettings) -> Result<SdkTracerProvider, 
         capacity: DEFAULT_QUEUE_SPANS,
     };
     let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(settings.sample_ratio)));
+    let _ = SAMPLER.set(sampler.clone());
     Ok(SdkTracerProvider::builder()
         .with_span_processor(processor)
         .with_sampler(sampler)
+        .with_id_generator(Handed(RandomIdGenerator::default()))
         .with_resource(
             Resource::builder()
                 .with_service_name(settings.service_name.clone())
                 .build(),
         )
         .build())
+}
+
+/// Whether a request with this parent (empty without one) and trace id is traced: the provider's
+/// own sampler, asked before any span exists, so that a request it drops costs no span at all.
+/// `false` before the exporter is installed.
+pub(super) fn samples(parent: &Context, trace_id: TraceId) -> bool {
+    SAMPLER.get().is_some_and(|sampler| {
+        let result = sampler.should_sample(Some(parent), trace_id, "", &SpanKind::Server, &[], &[]);
+        matches!(result.decision, SamplingDecision::RecordAndSample)
+    })
+}
+
+/// Has the next root span made on this thread take `trace_id`: the one [`samples`] decided on,
+/// which the audit line already carries. The span is built synchronously right after this.
+pub(super) fn hand_trace_id(trace_id: TraceId) {
+    HANDED.set(Some(trace_id));
+}
+
+/// Drops a handed trace id no span took.
+pub(super) fn clear_handed() {
+    HANDED.take();
+}
+
+/// The SDK's random ids, except a root span's trace id when one was handed over: without it a
+/// sampled root would get a second random id, and the ratio sampler a second, independent say.
+#[derive(Debug)]
+struct Handed(RandomIdGenerator);
+
+impl IdGenerator for Handed {
+    fn new_trace_id(&self) -> TraceId {
+        HANDED.take().unwrap_or_else(|| self.0.new_trace_id())
+    }
+
+    fn new_span_id(&self) -> SpanId {
+        self.0.new_span_id()
+    }
 }
 
 /// The SDK's batch processor in front of which the queue is counted. The SDK drops spans it has no

@@ -8,9 +8,11 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 
-use http::{HeaderMap, Method, StatusCode, Uri};
+use http::header::HeaderName;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{SpanContext, Status, TraceContextExt};
+use opentelemetry::Context;
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing::field::Empty;
@@ -19,7 +21,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 pub use opentelemetry::trace::TraceId;
 
-use super::{enabled, SPAN_TARGET};
+use super::{enabled, export, SPAN_TARGET};
 
 /// One request's trace: the id its audit line carries and, with tracing on, its server span.
 pub struct RequestTrace {
@@ -31,12 +33,31 @@ pub struct RequestTrace {
 
 impl RequestTrace {
     /// The server span of a request, named `METHOD route-template`, its parent the client's
-    /// `traceparent` (whose sampled flag the sampler follows). Without tracing, only the trace id:
-    /// the client's, or a random one.
+    /// `traceparent` (whose sampled flag the sampler follows). The sampler is asked first: a
+    /// request it does not sample gets no span at all (and none of its steps do), only the trace
+    /// id. Without tracing, only the trace id: the client's, or none (the audit record made one).
     pub fn start(method: &Method, path: &str, headers: &HeaderMap, client_ip: IpAddr) -> Self {
         if !enabled() {
             return Self {
                 trace_id: incoming_trace_id(headers),
+                span: Span::none(),
+            };
+        }
+        let parent = if headers.contains_key("traceparent") {
+            TraceContextPropagator::new().extract(&HeaderExtractor(headers))
+        } else {
+            Context::new()
+        };
+        let parent_trace = parent.span().span_context().trace_id();
+        let root = parent_trace == TraceId::INVALID;
+        let trace_id = if root {
+            random_trace_id()
+        } else {
+            parent_trace
+        };
+        if !export::samples(&parent, trace_id) {
+            return Self {
+                trace_id: Some(trace_id),
                 span: Span::none(),
             };
         }
@@ -62,12 +83,15 @@ impl RequestTrace {
             dialnexa.decision = Empty,
             dialnexa.limited_by = Empty,
         );
-        let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
         let _ = span.set_parent(parent);
-        // Builds the span (the sampler decides here): its trace id is the parent's or a new one.
-        let trace_id = span.context().span().span_context().trace_id();
+        if root {
+            export::hand_trace_id(trace_id);
+        }
+        // Builds the span: the sampler says again what it said above, on the same trace id.
+        let built = span.context().span().span_context().trace_id();
+        export::clear_handed();
         Self {
-            trace_id: Some(trace_id),
+            trace_id: Some(built),
             span,
         }
     }
@@ -106,17 +130,17 @@ pub struct Answered<'a> {
 }
 
 /// An internal span for one step of the pipeline (`admission`, `cache fill`), a child of the
-/// current one.
+/// current one; none outside a traced request.
 pub fn step(name: &'static str) -> Span {
-    if !enabled() {
+    if current().is_none() {
         return Span::none();
     }
     tracing::info_span!(target: SPAN_TARGET, "step", otel.name = name, otel.kind = "internal")
 }
 
-/// The client span of one Redis round trip in cluster mode.
+/// The client span of one Redis round trip in cluster mode; none outside a traced request.
 pub fn redis(command: &'static str) -> Span {
-    if !enabled() {
+    if current().is_none() {
         return Span::none();
     }
     tracing::info_span!(
@@ -130,8 +154,8 @@ pub fn redis(command: &'static str) -> Span {
     )
 }
 
-/// The current span (the pipeline's step or the request's server span); none without tracing,
-/// at no cost.
+/// The current span (the pipeline's step or the request's server span); none outside a traced
+/// request, and at no cost without tracing.
 pub fn current() -> Span {
     if !enabled() {
         return Span::none();
@@ -139,10 +163,11 @@ pub fn current() -> Span {
     Span::current()
 }
 
-/// The client span of one upstream call, a child of `parent`. `url.full` has the query's values
-/// replaced (they may carry anything a client put there).
+/// The client span of one upstream call, a child of `parent` (none when `parent` is: the request
+/// is not traced). `url.full` has the query's values replaced (they may carry anything a client
+/// put there).
 pub fn upstream(parent: &Span, method: &Method, uri: &Uri) -> Span {
-    if !enabled() {
+    if parent.is_none() {
         return Span::none();
     }
     tracing::info_span!(
@@ -193,15 +218,32 @@ pub fn failed(span: &Span, kind: &'static str) {
     span.set_status(Status::error(kind));
 }
 
-/// Replaces the request's `traceparent` (and `tracestate`) with the client span's, so upstream's
-/// own spans hang below the gateway's call. Without tracing the client's pass unchanged.
-pub fn propagate(span: &Span, headers: &mut HeaderMap) {
-    if span.is_none() {
+/// Gives upstream the gateway's place in the trace: the client span's `traceparent` (with
+/// `tracestate`) for a traced request; for one the sampler left out, the request's trace id with
+/// an id of the gateway's own, unsampled. Without tracing the client's pass unchanged.
+pub fn propagate(span: &Span, trace_id: TraceId, headers: &mut HeaderMap) {
+    if !enabled() {
         return;
     }
-    let cx = span.context();
-    if cx.span().span_context().is_valid() {
-        TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
+    if !span.is_none() {
+        let cx = span.context();
+        if cx.span().span_context().is_valid() {
+            TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
+            return;
+        }
+    }
+    let mut value = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    let span_id = loop {
+        let id = rand::random::<u64>();
+        if id != 0 {
+            break id;
+        }
+    };
+    // Both fit their slots exactly.
+    let _ = hex::encode_to_slice(trace_id.to_bytes(), &mut value[3..35]);
+    let _ = hex::encode_to_slice(span_id.to_be_bytes(), &mut value[36..52]);
+    if let Ok(value) = HeaderValue::from_bytes(&value) {
+        headers.insert(HeaderName::from_static("traceparent"), value);
     }
 }
 

@@ -565,3 +565,51 @@ async fn demo_with_an_otlp_endpoint_traces_every_request() {
     assert_eq!(server.attr_str("dialnexa.team"), Some("demo"));
     assert_eq!(one(&spans, CLIENT, "client").trace_id, server.trace_id);
 }
+
+/// A ratio between 0 and 1 keeps exactly the requests whose (audit line's) trace id the ratio
+/// sampler keeps, and their spans carry that id: the gateway decides once, on the id it logs.
+#[tokio::test]
+async fn a_ratio_samples_by_the_trace_id_the_audit_line_carries() {
+    use opentelemetry_sdk::trace::{Sampler, SamplingDecision, ShouldSample};
+    const REQUESTS: usize = 40;
+    let upstream = FakeUpstream::start().await;
+    let collector = OtlpCollector::start().await;
+    let gw = traced_gateway(&upstream, &collector, 0.5, |b| b).await;
+    let c = gw.client();
+    let mut answers = Vec::new();
+    for _ in 0..REQUESTS {
+        answers.push(c.get("/v1/calls", BILLING).await);
+    }
+    // A last, sampled request: once its spans are in, every earlier one's would be.
+    let marker = get_traced(&c, "/v1/calls", &traceparent(&trace_n(12), "01")).await;
+    collector.trace(&trace_n(12), 3).await;
+    let lines = audit_lines(&gw, REQUESTS + 1).await;
+    let ratio = Sampler::TraceIdRatioBased(0.5);
+    let exported: std::collections::HashSet<String> =
+        collector.spans().into_iter().map(|s| s.trace_id).collect();
+    let mut kept = 0;
+    for r in &answers {
+        let id = audit_for(&lines, r)["trace_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let trace_id = opentelemetry::trace::TraceId::from_hex(&id).unwrap();
+        let keep = matches!(
+            ratio
+                .should_sample(
+                    None,
+                    trace_id,
+                    "",
+                    &opentelemetry::trace::SpanKind::Server,
+                    &[],
+                    &[]
+                )
+                .decision,
+            SamplingDecision::RecordAndSample
+        );
+        assert_eq!(exported.contains(&id), keep, "trace {id}");
+        kept += usize::from(keep);
+    }
+    assert!(kept > 0 && kept < REQUESTS, "{kept} of {REQUESTS} kept");
+    assert_eq!(marker.status, 200);
+}
