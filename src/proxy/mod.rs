@@ -14,7 +14,6 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
-use tracing::Instrument;
 
 use crate::audit::{self, AuditRecord, AuditedBody, PendingLine};
 use crate::auth::{self, KeyDigest};
@@ -98,10 +97,7 @@ async fn exchange(
         shared: SharedVersion::NotShared,
         write: None,
     };
-    let answer = match ex
-        .run(req, &request_id)
-        .instrument(trace.span().clone())
-        .await
+    let answer = match telemetry::span::within(trace.span().clone(), ex.run(req, &request_id)).await
     {
         Ok(resp) => resp,
         Err(e) => {
@@ -159,9 +155,8 @@ impl Exchange<'_> {
         // Step 3, once the body is in: in cluster mode an agent write replaces the agent's shared
         // version here, which must happen only for a write that will be forwarded. A quota refusal
         // still comes before a 413 or 408, as DESIGN orders them, and those spend quota as before.
-        self.rate_limit(&team, &route, &parts.method, body.is_ok())
-            .instrument(telemetry::span::step("admission"))
-            .await?;
+        let admission = self.rate_limit(&team, &route, &parts.method, body.is_ok());
+        telemetry::span::within(telemetry::span::step("admission"), admission).await?;
         let body = body?;
         if !is_read {
             self.record().changed_fields = audit::changed_fields(&body);
