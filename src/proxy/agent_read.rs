@@ -7,7 +7,6 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
-use tracing::Instrument;
 
 use super::forward;
 use super::Exchange;
@@ -102,11 +101,10 @@ pub(super) async fn read(
         // Opened here, by the one request that fetches, in whichever task runs the fetch.
         let call = req.traced(&parent, trace_id);
         let sent = Instant::now();
-        let fetched = snapshot
-            .upstream
-            .fetch_buffered(&req, timeout, max_entry)
-            .instrument(call.clone())
-            .await;
+        let fetched = telemetry::in_span!(
+            call.clone(),
+            snapshot.upstream.fetch_buffered(&req, timeout, max_entry)
+        );
         let took = sent.elapsed();
         metrics.upstream_duration.observe(took.as_secs_f64());
         let status = match &fetched {
@@ -120,10 +118,10 @@ pub(super) async fn read(
         let _ = report.send(UpstreamReport { status, took });
         fetched
     };
-    let outcome = cache
-        .fill(&ticket, directive == ClientDirective::Normal, fetch)
-        .instrument(waiting)
-        .await;
+    let outcome = telemetry::in_span!(
+        waiting,
+        cache.fill(&ticket, directive == ClientDirective::Normal, fetch)
+    );
     ex.line.fill_done();
     ex.record().upstream_latency_ms = Some(audit::millis(started.elapsed()));
 

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::request::Parts;
 use http::{header, HeaderValue, Method, Response, StatusCode};
-use tracing::Instrument;
 
 use super::Exchange;
 use crate::audit;
@@ -35,12 +34,7 @@ pub(super) async fn forward(
     let timeout = ex.snapshot.settings.upstream.timeout;
     let pending = invalidate_before(ex, team, route, &parts.method).await;
     let started = Instant::now();
-    let result = ex
-        .snapshot
-        .upstream
-        .send(&req, timeout)
-        .instrument(call.clone())
-        .await;
+    let result = telemetry::in_span!(call.clone(), ex.snapshot.upstream.send(&req, timeout));
     upstream_took(ex, started.elapsed());
     match &result {
         Ok(resp) => telemetry::span::upstream_answered(&call, Some(resp.status()), None),

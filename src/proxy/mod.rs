@@ -97,8 +97,7 @@ async fn exchange(
         shared: SharedVersion::NotShared,
         write: None,
     };
-    let answer = match telemetry::span::within(trace.span().clone(), ex.run(req, &request_id)).await
-    {
+    let answer = match telemetry::in_span!(trace.span().clone(), ex.run(req, &request_id)) {
         Ok(resp) => resp,
         Err(e) => {
             ex.record().decision = e.decision();
@@ -155,8 +154,10 @@ impl Exchange<'_> {
         // Step 3, once the body is in: in cluster mode an agent write replaces the agent's shared
         // version here, which must happen only for a write that will be forwarded. A quota refusal
         // still comes before a 413 or 408, as DESIGN orders them, and those spend quota as before.
-        let admission = self.rate_limit(&team, &route, &parts.method, body.is_ok());
-        telemetry::span::within(telemetry::span::step("admission"), admission).await?;
+        telemetry::in_span!(
+            telemetry::span::step("admission"),
+            self.rate_limit(&team, &route, &parts.method, body.is_ok())
+        )?;
         let body = body?;
         if !is_read {
             self.record().changed_fields = audit::changed_fields(&body);

@@ -12,8 +12,6 @@ mod verdict;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::Instrument;
-
 pub use local::TeamLimiter;
 pub use verdict::{apply_headers, QuotaKind, QuotaStatus, Verdict};
 
@@ -84,7 +82,7 @@ impl Quotas {
                 write_lifetime: cluster.write_lifetime(ask.upstream_timeout),
             };
             let round_trip = crate::telemetry::span::redis("EVALSHA admit");
-            let reply = cluster.admit(shared).instrument(round_trip.clone()).await;
+            let reply = crate::telemetry::in_span!(round_trip.clone(), cluster.admit(shared));
             if reply.is_err() {
                 crate::telemetry::span::failed(&round_trip, "redis_unavailable");
             }

@@ -21,6 +21,22 @@ pub mod span;
 pub use export::{spans_dropped, ExporterError};
 pub use span::{Answered, RequestTrace, TraceId};
 
+/// `in_span!(span, future)`: awaits the future inside `span`, or, without one (tracing off, or a
+/// request the sampler left out), as it is. A macro rather than a function so that the future is
+/// built where it is awaited: passed to a function it would be moved, a copy of its whole state,
+/// on every request.
+macro_rules! in_span {
+    ($span:expr, $fut:expr) => {{
+        let span: ::tracing::Span = $span;
+        if span.is_none() {
+            $fut.await
+        } else {
+            ::tracing::Instrument::instrument($fut, span).await
+        }
+    }};
+}
+pub(crate) use in_span;
+
 /// The `tracing` target of the pipeline's spans: exported, never written to the log.
 pub(crate) const SPAN_TARGET: &str = "dnxgw_span";
 

@@ -7,7 +7,6 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::future::Future;
 use std::net::IpAddr;
 
 use http::header::HeaderName;
@@ -20,7 +19,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tracing::field::Empty;
-use tracing::{Instrument, Span};
+use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 pub use opentelemetry::trace::TraceId;
@@ -143,15 +142,6 @@ pub fn step(name: &'static str) -> Span {
         return Span::none();
     }
     tracing::info_span!(target: SPAN_TARGET, "step", otel.name = name, otel.kind = "internal")
-}
-
-/// Runs `fut` in `span`; without a span, as it is (no wrapper to enter and leave at every poll).
-pub async fn within<F: Future>(span: Span, fut: F) -> F::Output {
-    if span.is_none() {
-        fut.await
-    } else {
-        fut.instrument(span).await
-    }
 }
 
 /// The client span of one Redis round trip in cluster mode; none outside a traced request.
