@@ -296,7 +296,31 @@ async fn a_429_a_patch_and_an_upstream_5xx_carry_their_decision_and_status() {
         Some(format!("{}/calls/c-1?page=REDACTED", upstream.base_url()).as_str())
     );
 
-    let lines = audit_lines(&gw, 3).await;
+    // No answer at all (the connection reset): the gateway's own 502, an error on both spans.
+    upstream.fail(Method::POST, Reply::reset());
+    let reset = c
+        .send(
+            Method::POST,
+            "/v1/calls",
+            &[
+                // Not billing, whose one write is spent.
+                ("authorization", &format!("Bearer {SUPPORT}")),
+                ("traceparent", &traceparent(&trace_n(13), "01")),
+            ],
+            "{}",
+        )
+        .await;
+    assert_eq!(reset.status, 502);
+    let spans = collector.trace(&trace_n(13), 3).await;
+    let server = one(&spans, SERVER, "server");
+    assert_eq!(server.name, "POST /v1/calls");
+    assert_eq!(server.status_code, ERROR);
+    let call = one(&spans, CLIENT, "client");
+    assert_eq!(call.status_code, ERROR);
+    assert_eq!(call.attr_str("error.type"), Some("upstream_unreachable"));
+    assert_eq!(call.attr("http.response.status_code"), None);
+
+    let lines = audit_lines(&gw, 4).await;
     assert_eq!(audit_for(&lines, &limited)["trace_id"], trace_n(6).as_str());
 }
 
