@@ -98,7 +98,19 @@ async fn a_miss_and_a_hit_are_server_spans_in_the_clients_trace_and_upstream_get
     let miss_trace = trace_n(1);
     let hit_trace = trace_n(2);
 
-    let miss = get_traced(&c, "/v1/agents2/ag-1", &traceparent(&miss_trace, "01")).await;
+    let auth = format!("Bearer {BILLING}");
+    let miss = c
+        .send(
+            Method::GET,
+            "/v1/agents2/ag-1",
+            &[
+                ("authorization", &auth),
+                ("traceparent", &traceparent(&miss_trace, "01")),
+                ("tracestate", "vendor=made-up-1"),
+            ],
+            "",
+        )
+        .await;
     assert_eq!((miss.status, miss.x_cache()), (200, "MISS"));
     let hit = get_traced(&c, "/agents2/ag-1", &traceparent(&hit_trace, "01")).await;
     assert_eq!((hit.status, hit.x_cache()), (200, "HIT"));
@@ -151,6 +163,14 @@ async fn a_miss_and_a_hit_are_server_spans_in_the_clients_trace_and_upstream_get
         upstream_traceparent(&upstream, &miss),
         Some(format!("00-{miss_trace}-{}-01", call.span_id)),
         "upstream's parent is the gateway's client span"
+    );
+    let seen = upstream
+        .request_with_id(miss.header("x-request-id").unwrap())
+        .unwrap();
+    assert_eq!(
+        seen.headers.get("tracestate").map(|v| v.to_str().unwrap()),
+        Some("vendor=made-up-1"),
+        "the client's tracestate passes on"
     );
 
     // The hit: a server span of its own trace, marked hit, and no upstream call.
