@@ -18,7 +18,6 @@ use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use tracing::field::Empty;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -77,17 +76,10 @@ impl RequestTrace {
             "request",
             otel.name = name,
             otel.kind = "server",
-            otel.status_code = Empty,
             http.request.method = method.as_str(),
             http.route = route.as_deref(),
             url.path = path,
             client.address = %client_ip,
-            http.response.status_code = Empty,
-            dialnexa.team = Empty,
-            dialnexa.org = Empty,
-            dialnexa.cache = Empty,
-            dialnexa.decision = Empty,
-            dialnexa.limited_by = Empty,
         );
         let _ = span.set_parent(parent);
         if root {
@@ -113,12 +105,19 @@ impl RequestTrace {
             return;
         }
         let span = &self.span;
-        span.record("http.response.status_code", i64::from(status.as_u16()));
-        span.record("dialnexa.team", said.team);
-        span.record("dialnexa.org", said.org);
-        span.record("dialnexa.cache", said.cache);
-        span.record("dialnexa.decision", said.decision);
-        span.record("dialnexa.limited_by", said.limited_by);
+        span.set_attribute("http.response.status_code", i64::from(status.as_u16()));
+        span.set_attribute("dialnexa.decision", said.decision.to_owned());
+        let known = [
+            ("dialnexa.team", said.team),
+            ("dialnexa.org", said.org),
+            ("dialnexa.cache", said.cache),
+            ("dialnexa.limited_by", said.limited_by),
+        ];
+        for (key, value) in known {
+            if let Some(value) = value {
+                span.set_attribute(key, value.to_owned());
+            }
+        }
         if status.is_server_error() {
             span.set_status(Status::error(status.as_str().to_owned()));
         }
@@ -156,7 +155,6 @@ pub fn redis(command: &'static str) -> Span {
         otel.kind = "client",
         db.system.name = "redis",
         db.operation.name = command,
-        error.type = Empty,
     )
 }
 
@@ -182,13 +180,10 @@ pub fn upstream(parent: &Span, method: &Method, uri: &Uri) -> Span {
         "upstream",
         otel.name = method.as_str(),
         otel.kind = "client",
-        otel.status_code = Empty,
         http.request.method = method.as_str(),
         server.address = uri.host().unwrap_or_default(),
         server.port = uri.port_u16().or_else(|| default_port(uri)).map(i64::from),
         url.full = %redacted_url(uri),
-        http.response.status_code = Empty,
-        error.type = Empty,
     )
 }
 
@@ -199,7 +194,7 @@ pub fn upstream_answered(span: &Span, status: Option<StatusCode>, error: Option<
         return;
     }
     if let Some(status) = status {
-        span.record("http.response.status_code", i64::from(status.as_u16()));
+        span.set_attribute("http.response.status_code", i64::from(status.as_u16()));
     }
     let error = match (error, status) {
         (Some(kind), _) => Some(Cow::Borrowed(kind)),
@@ -210,7 +205,7 @@ pub fn upstream_answered(span: &Span, status: Option<StatusCode>, error: Option<
         _ => None,
     };
     if let Some(kind) = error {
-        span.record("error.type", &*kind);
+        span.set_attribute("error.type", kind.clone());
         span.set_status(Status::error(kind));
     }
 }
@@ -220,7 +215,7 @@ pub fn failed(span: &Span, kind: &'static str) {
     if span.is_none() {
         return;
     }
-    span.record("error.type", kind);
+    span.set_attribute("error.type", kind);
     span.set_status(Status::error(kind));
 }
 
