@@ -32,8 +32,21 @@ pub(super) fn validate_tracing(raw: RawTracing, p: &mut Problems) -> Option<Trac
             );
             None
         }
-        // The same rules as the upstream's base URL: http(s), a host, no query.
+        // The same rules as the upstream's base URL (a host, no query), and plain HTTP: the
+        // exporter's client is built without TLS (see Cargo.toml), so a node-local collector
+        // or agent is the hop that speaks TLS onwards.
         Some(url) => match validate_base_url(&url) {
+            Ok(_)
+                if !url
+                    .get(..7)
+                    .is_some_and(|s| s.eq_ignore_ascii_case("http://")) =>
+            {
+                p.push(
+                    "tracing.otlp_endpoint",
+                    format!("{url:?} must start with http:// (send to a local collector, which can forward over TLS)"),
+                );
+                None
+            }
             Ok(url) => Some(url),
             Err(why) => {
                 p.push("tracing.otlp_endpoint", format!("{url:?} {why}"));
@@ -139,6 +152,9 @@ rate_limit = {{ per_minute = 60, burst = 10 }}
             negative[0].starts_with("tracing.sample_ratio: "),
             "{negative:?}"
         );
+        let tls = with_tracing("[tracing]\notlp_endpoint = \"https://c:4318\"").unwrap_err();
+        assert!(tls[0].starts_with("tracing.otlp_endpoint: "), "{tls:?}");
+        assert!(tls[0].contains("http://"), "{tls:?}");
         let missing = with_tracing("[tracing]\nsample_ratio = 1.0").unwrap_err();
         assert!(
             missing[0].starts_with("tracing.otlp_endpoint: "),
