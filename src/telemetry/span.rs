@@ -1,6 +1,6 @@
 //! The pipeline's spans and the request's trace id. Every helper returns a disabled span (a no-op
-//! to enter, record or instrument with) unless `[tracing]` installed the exporter, so a request
-//! without tracing costs one branch per step.
+//! to enter, record or instrument with) unless the request is traced (`[tracing]` is on and the
+//! sampler keeps it), so a request without tracing costs one branch per step.
 //!
 //! Only what DESIGN names goes into a span: methods, route templates, paths, statuses, the team's
 //! and organisation's names, the client's address. Never a header value, a query value or a body.
