@@ -103,6 +103,10 @@ async fn admin_api(
         req.uri().path(),
     );
     record.key_id = auth::presented_key(req.headers()).map(|k| KeyDigest::of(k).key_id());
+    // Admin actions make no spans, but their line joins the caller's trace all the same.
+    if let Some(trace_id) = crate::telemetry::span::incoming_trace_id(req.headers()) {
+        record.trace_id = trace_id;
+    }
     // The admin token is a Bearer token only: `X-Api-Key` is the team keys' header.
     let digest = auth::bearer_token(req.headers()).map(KeyDigest::of);
     let method = req.method().clone();

@@ -52,6 +52,10 @@ enum Command {
         listen: SocketAddr,
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin_listen: SocketAddr,
+        /// Export every request's spans over OTLP/HTTP to this collector (a local Jaeger:
+        /// `http://127.0.0.1:4318`).
+        #[arg(long, value_name = "URL")]
+        otlp_endpoint: Option<String>,
     },
     /// Run the simulated DialNexa alone (no gateway), for a service's own tests. Prints its URL
     /// and organisation key.
@@ -73,10 +77,15 @@ enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
-    match cli.command.unwrap_or(Command::Run) {
+    let format = cli.log_format;
+    let command = cli.command.unwrap_or(Command::Run);
+    // Serving commands install the exporter themselves, once they know where spans go.
+    if !matches!(command, Command::Run | Command::Demo { .. }) {
+        logs_only(format);
+    }
+    match command {
         Command::Run => match cli.config {
-            Some(path) => run(&path),
+            Some(path) => run(&path, format),
             None => fail("--config FILE is required (or try `dialnexa-gateway demo`)"),
         },
         Command::Check => match cli.config {
@@ -91,7 +100,8 @@ pub fn main() -> ExitCode {
         Command::Demo {
             listen,
             admin_listen,
-        } => demo(listen, admin_listen),
+            otlp_endpoint,
+        } => demo(listen, admin_listen, otlp_endpoint, format),
         Command::Sim {
             listen,
             key,
@@ -99,6 +109,11 @@ pub fn main() -> ExitCode {
             rate_limit,
         } => sim(listen, key, Duration::from_millis(latency_ms), rate_limit),
     }
+}
+
+fn logs_only(format: LogFormat) {
+    // Without `[tracing]` there is no exporter to fail or to flush.
+    let _ = telemetry::init(format, None).map(|t| t.shutdown(Duration::ZERO));
 }
 
 fn fail(msg: &str) -> ExitCode {
@@ -194,11 +209,19 @@ fn runtime(
     builder.build()
 }
 
-fn run(path: &Path) -> ExitCode {
+fn run(path: &Path, format: LogFormat) -> ExitCode {
     let settings = match load(path) {
         Ok(s) => s,
-        Err(code) => return code,
+        Err(code) => {
+            logs_only(format);
+            return code;
+        }
     };
+    let tracing = match telemetry::init(format, settings.tracing.as_ref()) {
+        Ok(t) => t,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let grace = settings.server.shutdown_grace;
     let rt = match runtime(settings.server.worker_threads) {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
@@ -210,7 +233,9 @@ fn run(path: &Path) -> ExitCode {
         };
         match server::start(settings, Some(path.to_path_buf())).await {
             Ok(running) => {
-                running.run_until_signalled(signals).await;
+                let stopping = running.run_until_signalled(signals).await;
+                // What is left of the grace once requests drained and the audit log flushed.
+                tracing.shutdown(grace.saturating_sub(stopping.elapsed()));
                 ExitCode::SUCCESS
             }
             Err(e) => fail(&e.to_string()),
@@ -218,18 +243,40 @@ fn run(path: &Path) -> ExitCode {
     })
 }
 
-fn demo(listen: SocketAddr, admin_listen: SocketAddr) -> ExitCode {
+fn demo(
+    listen: SocketAddr,
+    admin_listen: SocketAddr,
+    otlp_endpoint: Option<String>,
+    format: LogFormat,
+) -> ExitCode {
+    let settings = match crate::demo::tracing(otlp_endpoint) {
+        Ok(settings) => settings,
+        Err(e) => {
+            logs_only(format);
+            return fail(&e);
+        }
+    };
+    let tracing = match telemetry::init(format, settings.as_ref()) {
+        Ok(t) => t,
+        Err(e) => return fail(&e.to_string()),
+    };
     let rt = match runtime(None) {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
     rt.block_on(async {
-        match crate::demo::run(listen, admin_listen).await {
+        let ran = crate::demo::run(listen, admin_listen, settings.as_ref()).await;
+        // The demo stops on Ctrl-C: what its last requests made still reaches the collector.
+        tracing.shutdown(DEMO_FLUSH);
+        match ran {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&format!("{e:#}")),
         }
     })
 }
+
+/// How long the demo waits for its last spans to reach the collector as it stops.
+const DEMO_FLUSH: Duration = Duration::from_secs(2);
 
 fn sim(
     listen: SocketAddr,

@@ -17,8 +17,9 @@
 //! and the reloadable [`state::Snapshot`]; [`admin`] serves probes, metrics and purges; [`config`]
 //! turns operators' TOML into [`settings`], the validated types every stage reads. [`error`] maps
 //! every refusal to a status, an audit decision and DialNexa's error shape; [`http`] is the shared
-//! body type and header-value helpers; [`metrics`], [`telemetry`], [`request_id`]. [`demo`] holds
-//! `demo` and the simulated DialNexa; [`cli`] is the command line the thin binary runs.
+//! body type and header-value helpers; [`metrics`], [`request_id`]; [`telemetry`] is the log and
+//! the OTLP spans each step opens (`[tracing]`). [`demo`] holds `demo` and the simulated DialNexa;
+//! [`cli`] is the command line the thin binary runs.
 
 pub mod admin;
 pub mod admission;

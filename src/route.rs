@@ -45,6 +45,41 @@ pub struct Route {
     pub agent: Option<AgentPath>,
 }
 
+impl Route {
+    /// The route as a template, for span names and `http.route`: ids are `{id}`, and what lies
+    /// below an agent or past a non-agent route's first segment is `*`, so a template never
+    /// carries an id and the names stay few. `/v1/agents2/{id}`, `/v1/agents/{id}/*`, `/v1/calls/*`.
+    pub fn template(&self) -> Cow<'static, str> {
+        if let Some(agent) = &self.agent {
+            let item = match agent.family {
+                Family::Agents2 => "/v1/agents2/{id}",
+                Family::Agents => "/v1/agents/{id}",
+            };
+            return if agent.is_item {
+                Cow::Borrowed(item)
+            } else {
+                Cow::Owned(format!("{item}/*"))
+            };
+        }
+        let mut segments = self.upstream_path.split(is_slash).skip(1);
+        let first = segments.next().unwrap_or_default();
+        // A name, not an id: short, lowercase, no digits-only segment.
+        let named = !first.is_empty()
+            && first.len() <= 32
+            && !first.bytes().all(|b| b.is_ascii_digit())
+            && first
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        let deeper = segments.any(|s| !s.is_empty());
+        match (named, deeper) {
+            (false, _) if first.is_empty() => Cow::Borrowed("/v1"),
+            (false, _) => Cow::Borrowed("/v1/*"),
+            (true, false) => Cow::Owned(format!("/v1/{first}")),
+            (true, true) => Cow::Owned(format!("/v1/{first}/*")),
+        }
+    }
+}
+
 /// Parses the raw (still percent-encoded) request path.
 pub fn parse(raw_path: &str) -> Result<Route, GatewayError> {
     check_safe(raw_path)?;
@@ -244,6 +279,19 @@ pub fn normalize_query(query: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn templates_name_routes_without_ids() {
+        let t = |p: &str| parse(p).unwrap().template().into_owned();
+        assert_eq!(t("/v1/agents2/ag_123"), "/v1/agents2/{id}");
+        assert_eq!(t("/agents/ag_123/"), "/v1/agents/{id}");
+        assert_eq!(t("/v1/Agents2/ag_123/versions/3"), "/v1/agents2/{id}/*");
+        assert_eq!(t("/v1/calls"), "/v1/calls");
+        assert_eq!(t("/calls/c_9f8e"), "/v1/calls/*");
+        assert_eq!(t("/v1/12345"), "/v1/*");
+        assert_eq!(t("/v1/Weird%20Name"), "/v1/*");
+        assert_eq!(t("/v1"), "/v1");
+    }
 
     fn bad(path: &str) -> bool {
         matches!(parse(path), Err(GatewayError::BadPath(_)))

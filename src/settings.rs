@@ -28,6 +28,18 @@ pub struct Settings {
     /// Which config this is, the same on every replica that read the same file and secrets: the
     /// first 16 hex digits of a SHA-256 over the file and the digests of the secrets it named.
     pub fingerprint: Arc<str>,
+    /// `None`: no spans are exported (no `[tracing]` section). Read once at start.
+    pub tracing: Option<TracingSettings>,
+}
+
+/// `[tracing]`: where OTLP spans go and how many requests without a sampled parent are traced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingSettings {
+    /// The collector's base URL (`http://otel-collector:4318`); spans go to `<it>/v1/traces`.
+    pub otlp_endpoint: String,
+    /// The share of requests traced when the client sent no sampled parent, in `0.0..=1.0`.
+    pub sample_ratio: f64,
+    pub service_name: String,
 }
 
 /// `[cluster]`: the Redis every replica shares, and what a replica does without it.

@@ -34,6 +34,7 @@ use crate::cache::SharedVersion;
 use crate::cluster::{Ask as ClusterAsk, Cluster, Mode};
 use crate::error::GatewayError;
 use crate::settings::OnUnavailable;
+use crate::telemetry;
 use org::{LocalBudgets, Refusal, Spent};
 
 /// Where admission state lives. A refused request spends nothing, whichever room answers.
@@ -116,7 +117,12 @@ impl Admission {
                 agent: ask.agent,
                 write_lifetime: cluster.write_lifetime(ask.upstream_timeout),
             };
-            if let Ok(reply) = cluster.admit(asked).await {
+            let round_trip = telemetry::span::redis("EVALSHA admit");
+            let reply = telemetry::in_span!(round_trip.clone(), cluster.admit(asked));
+            if reply.is_err() {
+                telemetry::span::failed(&round_trip, "redis_unavailable");
+            }
+            if let Ok(reply) = reply {
                 let verdict = shared::verdict(&reply, ask.limiter);
                 let version = match reply.version {
                     Some(version) if reply.writing && !ask.is_write => {
@@ -148,14 +154,29 @@ impl Admission {
     /// call of the org's budget, or refuses (nothing spent) for the budget or a DialNexa hold.
     /// In cluster mode one round trip; without Redis, the replica's own budget stands in.
     pub async fn before_upstream(&self, part: &TeamPart) -> Result<(), GatewayError> {
+        let step = telemetry::span::step("org budget");
         let decided = match &self.shared {
-            Some(cluster) if cluster.is_up() => match shared::spend(cluster, part).await {
-                Ok(decided) => decided,
-                Err(_) => self.local.spend(part),
-            },
+            Some(cluster) if cluster.is_up() => {
+                let round_trip = step.in_scope(|| telemetry::span::redis("EVALSHA budget"));
+                let spent = telemetry::in_span!(round_trip.clone(), shared::spend(cluster, part));
+                match spent {
+                    Ok(decided) => decided,
+                    Err(_) => {
+                        telemetry::span::failed(&round_trip, "redis_unavailable");
+                        self.local.spend(part)
+                    }
+                }
+            }
             _ => self.local.spend(part),
         };
         let counters = &part.counters;
+        let decision = match &decided {
+            Ok(Spent::Borrowed) => "borrowed",
+            Ok(_) => "part",
+            Err(Refusal::Org { .. }) => "org",
+            Err(Refusal::Held { .. }) => "upstream",
+        };
+        telemetry::span::decided(&step, "dialnexa.budget", decision);
         match decided {
             Ok(spent) => {
                 counters.calls.inc();

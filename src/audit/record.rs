@@ -10,6 +10,7 @@ use crate::admission::LimitedBy;
 use crate::cache::CacheOutcome;
 use crate::error::Decision;
 use crate::metrics::RouteClass;
+use crate::telemetry::TraceId;
 
 /// One audit line, written by `audit::line::write`. Field names and meanings are the contract's;
 /// values never include keys, tokens or body values.
@@ -34,6 +35,8 @@ pub struct AuditRecord {
     pub bytes_out: u64,
     /// What refused a `rate_limited` request; `None` on every other line.
     pub limited_by: Option<LimitedBy>,
+    /// The W3C trace id: the client's `traceparent`'s, the request's span's, or one made here.
+    pub trace_id: TraceId,
     pub changed_fields: Option<Vec<String>>,
     pub invalidated: u64,
     /// When the request arrived, for `latency_ms`; not written.
@@ -82,6 +85,7 @@ impl AuditRecord {
             bytes_in: 0,
             bytes_out: 0,
             limited_by: None,
+            trace_id: crate::telemetry::span::random_trace_id(),
             changed_fields: None,
             invalidated: 0,
             started,

@@ -14,6 +14,7 @@ use super::store::{AgentCache, Ticket};
 use crate::error::GatewayError;
 use crate::http::ProxyBody;
 use crate::route::Family;
+use crate::telemetry;
 use crate::upstream::{Buffered, CacheFetch};
 
 /// What a fill produced for this request.
@@ -48,8 +49,11 @@ pub(super) struct FillKey {
     keep: bool,
 }
 
-pub(super) type Inflight =
-    Mutex<HashMap<FillKey, watch::Receiver<Option<Shared>>, foldhash::fast::RandomState>>;
+/// The fills in flight: what each will publish, and the span of the request that leads it (none
+/// without tracing), which the requests that join it are linked to.
+pub(super) type Inflight = Mutex<
+    HashMap<FillKey, (watch::Receiver<Option<Shared>>, tracing::Span), foldhash::fast::RandomState>,
+>;
 
 /// Removes the leader's in-flight entry however the leader ends (answered, failed or cancelled).
 struct InflightGuard<'a> {
@@ -97,10 +101,13 @@ impl AgentCache {
                     return self.lead(ticket, fetch, None).await;
                 };
                 match map.get(&fill_key) {
-                    Some(rx) => (Some(rx.clone()), None),
+                    Some((rx, leading)) => {
+                        telemetry::span::link(leading, &telemetry::span::current());
+                        (Some(rx.clone()), None)
+                    }
                     None => {
                         let (tx, rx) = watch::channel(None);
-                        map.insert(fill_key.clone(), rx);
+                        map.insert(fill_key.clone(), (rx, telemetry::span::current()));
                         (None, Some(tx))
                     }
                 }

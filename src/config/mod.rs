@@ -16,6 +16,7 @@ mod raw;
 mod secret_file;
 mod teams;
 mod toml_errors;
+mod tracing;
 mod validate;
 mod watch;
 
@@ -27,6 +28,8 @@ pub use watch::{ConfigWatcher, Contents, WatchError};
 /// The `[server]` connection limits of a config that leaves them out; the simulated DialNexa
 /// serves under the same ones.
 pub use validate::default_connection_limits;
+
+pub use self::tracing::demo_tracing;
 
 /// Env overrides are `DNXGW__SECTION__KEY`.
 const ENV_PREFIX: &str = "DNXGW";

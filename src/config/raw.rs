@@ -20,6 +20,7 @@ pub(super) struct RawConfig {
     pub(super) audit: RawAudit,
     pub(super) admin: Option<RawAdmin>,
     pub(super) cluster: Option<RawCluster>,
+    pub(super) tracing: Option<RawTracing>,
     #[serde(default)]
     pub(super) orgs: BTreeMap<String, RawOrg>,
     #[serde(default)]
@@ -35,6 +36,14 @@ pub(super) struct RawCluster {
     pub(super) key_prefix: Option<String>,
     pub(super) timeout_ms: Option<Whole>,
     pub(super) on_unavailable: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTracing {
+    pub(super) otlp_endpoint: Option<String>,
+    pub(super) sample_ratio: Option<f64>,
+    pub(super) service_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -75,6 +75,9 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     let cluster = raw
         .cluster
         .map(|c| super::cluster::validate_cluster(c, &mut p));
+    let tracing = raw
+        .tracing
+        .map(|t| super::tracing::validate_tracing(t, &mut p));
     let admin_token = raw.admin.and_then(|a| match a.token_sha256 {
         None => None,
         Some(hex) => parse_digest(&hex, "admin.token_sha256", &mut p),
@@ -131,6 +134,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
                 cluster: cluster.flatten(),
                 // Filled in by the loader, which has the file's text.
                 fingerprint: Arc::from(""),
+                tracing: tracing.flatten(),
             })
         }
         _ => Err(ConfigError { problems: p.0 }),
@@ -275,7 +279,7 @@ fn validate_upstream(raw: RawUpstream, p: &mut Problems) -> Option<UpstreamSetti
     })
 }
 
-fn validate_base_url(url: &str) -> Result<String, &'static str> {
+pub(super) fn validate_base_url(url: &str) -> Result<String, &'static str> {
     let uri: http::Uri = url.parse().map_err(|_| "is not a valid URL")?;
     match uri.scheme_str() {
         Some("http") | Some("https") => {}

@@ -13,7 +13,7 @@ use anyhow::Context;
 
 use crate::auth::{new_key, KeyDigest};
 use crate::server::{self, Signals};
-use crate::settings::Settings;
+use crate::settings::{Settings, TracingSettings};
 
 use sim::{SimOptions, Simulator};
 
@@ -27,7 +27,19 @@ const DEMO_BUDGET: (u32, u32) = (120, 20);
 /// The agent the printed commands use (a seeded one, from the GET page's example).
 const DEMO_AGENT: &str = "agt_abc123";
 
-pub async fn run(listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::Result<()> {
+/// The `[tracing]` of `demo --otlp-endpoint URL`, checked as the config file's would be.
+pub fn tracing(otlp_endpoint: Option<String>) -> Result<Option<TracingSettings>, String> {
+    otlp_endpoint
+        .map(crate::config::demo_tracing)
+        .transpose()
+        .map_err(|e| format!("--otlp-endpoint: {e}"))
+}
+
+pub async fn run(
+    listen: SocketAddr,
+    admin_listen: SocketAddr,
+    tracing: Option<&TracingSettings>,
+) -> anyhow::Result<()> {
     let signals = Signals::install().context("installing signal handlers")?;
     let org_key = sim::new_org_key();
     let team_key = new_key();
@@ -71,7 +83,12 @@ org = "demo"
 key_sha256 = ["{batch}"]
 rate_limit = {{ per_minute = 600, burst = 60 }}
 upstream_share = 1
+{tracing_section}
 "#,
+        tracing_section = tracing.map_or_else(String::new, |t| format!(
+            "[tracing]\notlp_endpoint = {:?}\nsample_ratio = {}",
+            t.otlp_endpoint, t.sample_ratio
+        )),
         sim = sim.addr,
         admin = KeyDigest::of(&admin_token).to_hex(),
         key_file = key_path.display(),
@@ -121,8 +138,12 @@ Batch team key (made up for this run): {batch_key}
   # calls upstream by team, and the refusals
   curl -s http://{admin}/metrics | grep -E 'upstream_calls|org_budget'
 
-Audit lines follow on stdout, diagnostics on stderr. Ctrl-C stops.
+{traces}Audit lines follow on stdout, diagnostics on stderr. Ctrl-C stops.
 "#,
+        traces = tracing.map_or_else(String::new, |t| format!(
+            "Every request's spans go to {} (OTLP/HTTP); a local Jaeger shows them at http://127.0.0.1:16686.\n",
+            t.otlp_endpoint
+        )),
         api = format_args!("http://{api}"),
         sim = sim.addr,
         agent = DEMO_AGENT,

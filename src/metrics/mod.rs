@@ -175,6 +175,12 @@ impl Metrics {
             "Always 1; the gateway's version in its label",
             self.build_info.clone(),
         );
+        r.register(
+            "trace_spans_dropped",
+            "Spans not exported: the export queue was full or the collector refused or timed out \
+             ([tracing] only)",
+            crate::telemetry::spans_dropped(),
+        );
         self.cluster.register(r);
         self.budget.register(r);
         self.config.register(r);

@@ -18,6 +18,7 @@ use crate::error::GatewayError;
 use crate::http::{self as body, ProxyBody};
 use crate::route::{self, AgentPath, Route};
 use crate::state::TeamState;
+use crate::telemetry;
 use crate::upstream::{Buffered, CacheFetch, Purpose};
 
 /// Room for every header a cached answer leaves with (content type, cache, request id, quota):
@@ -73,7 +74,7 @@ pub(super) async fn read(
         detail: None,
     });
 
-    let req = forward::upstream_request(
+    let mut req = forward::upstream_request(
         ex,
         team,
         route,
@@ -88,18 +89,26 @@ pub(super) async fn read(
     let timeout = snapshot.settings.upstream.timeout;
     let max_entry = cache.max_entry_bytes();
     let started = Instant::now();
+    // This request's wait for the answer, its own fetch or another's; a shared fill's waiters are
+    // linked to the fill they waited on (in `cache::coalesce`).
+    let waiting = telemetry::span::step("cache fill");
+    let parent = waiting.clone();
+    let trace_id = ex.record().trace_id;
     // The fetch runs once however many requests share it, so it alone feeds the histogram; each
     // request's audit line has the time it waited for the answer. Should this client leave, its
     // pending line waits for the report.
     let report = ex.line.awaiting_fill();
     let fetch = move || async move {
         // Once per fill, by its leader: the requests waiting on it spend nothing.
-        gw.admission.before_upstream(&asking.part).await?;
+        // Within the fill's span: the fetch may run in a task of its own, where no span is current.
+        telemetry::in_span!(parent.clone(), gw.admission.before_upstream(&asking.part))?;
+        // Opened here, by the one request that fetches, in whichever task runs the fetch.
+        let call = req.traced(&parent, trace_id);
         let sent = Instant::now();
-        let fetched = snapshot
-            .upstream
-            .fetch_buffered(&req, timeout, max_entry)
-            .await;
+        let fetched = telemetry::in_span!(
+            call.clone(),
+            snapshot.upstream.fetch_buffered(&req, timeout, max_entry)
+        );
         let took = sent.elapsed();
         gw.metrics.upstream_duration.observe(took.as_secs_f64());
         let answer = match &fetched {
@@ -112,13 +121,17 @@ pub(super) async fn read(
                 .upstream_answered(&asking.part, status, headers)
                 .await;
         }
-        let status = answer.map(|(status, _)| status.as_u16());
+        let status = answer.map(|(status, _)| status);
+        let error = fetched.as_ref().err().map(GatewayError::code);
+        telemetry::span::upstream_answered(&call, status, error);
+        let status = status.map(|s| s.as_u16());
         let _ = report.send(UpstreamReport { status, took });
         fetched
     };
-    let outcome = cache
-        .fill(&ticket, directive == ClientDirective::Normal, fetch)
-        .await;
+    let outcome = telemetry::in_span!(
+        waiting,
+        cache.fill(&ticket, directive == ClientDirective::Normal, fetch)
+    );
     ex.line.fill_done();
     ex.record().upstream_latency_ms = Some(audit::millis(started.elapsed()));
 

@@ -17,6 +17,7 @@ use crate::error::GatewayError;
 use crate::http::ProxyBody;
 use crate::route::Route;
 use crate::state::{Gateway, Moment, TeamState};
+use crate::telemetry;
 use crate::upstream::{Purpose, UpstreamRequest};
 
 /// Forwards the request and streams upstream's answer back.
@@ -28,18 +29,23 @@ pub(super) async fn forward(
     body: Bytes,
     request_id: &HeaderValue,
 ) -> Result<Response<ProxyBody>, GatewayError> {
-    let req = upstream_request(ex, team, route, parts, body, request_id, Purpose::Forward)?;
-    let timeout = ex.snapshot.settings.upstream.timeout;
+    let mut req = upstream_request(ex, team, route, parts, body, request_id, Purpose::Forward)?;
     ex.gw.admission.before_upstream(&team.part).await?;
+    let call = req.traced(&telemetry::span::current(), ex.record().trace_id);
+    let timeout = ex.snapshot.settings.upstream.timeout;
     let pending = invalidate_before(ex, team, route, &parts.method).await;
     let started = Instant::now();
-    let result = ex.snapshot.upstream.send(&req, timeout).await;
+    let result = telemetry::in_span!(call.clone(), ex.snapshot.upstream.send(&req, timeout));
     upstream_took(ex, started.elapsed());
-    if let Ok(resp) = &result {
-        ex.gw
-            .admission
-            .upstream_answered(&team.part, resp.status(), resp.headers())
-            .await;
+    match &result {
+        Ok(resp) => {
+            telemetry::span::upstream_answered(&call, Some(resp.status()), None);
+            ex.gw
+                .admission
+                .upstream_answered(&team.part, resp.status(), resp.headers())
+                .await;
+        }
+        Err(e) => telemetry::span::upstream_answered(&call, None, Some(e.code())),
     }
     if let Some(pending) = pending {
         // Again once the answer (or failure) is back: a read that filled in between is dropped too.

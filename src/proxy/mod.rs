@@ -25,6 +25,7 @@ use crate::metrics::RouteClass;
 use crate::request_id;
 use crate::route::{self, Route};
 use crate::state::{Gateway, Snapshot, TeamState};
+use crate::telemetry::{self, RequestTrace};
 
 mod agent_read;
 mod forward;
@@ -82,6 +83,10 @@ async fn exchange(
         req.uri().path(),
     );
     record.class = Some(RouteClass::of(&method));
+    let trace = RequestTrace::start(&method, req.uri().path(), req.headers(), client_ip);
+    if let Some(trace_id) = trace.trace_id {
+        record.trace_id = trace_id;
+    }
     let mut ex = Exchange {
         gw: &gw,
         snapshot: &snapshot,
@@ -92,7 +97,7 @@ async fn exchange(
         shared: SharedVersion::NotShared,
         write: None,
     };
-    let answer = match ex.run(req, &request_id).await {
+    let answer = match telemetry::in_span!(trace.span().clone(), ex.run(req, &request_id)) {
         Ok(resp) => resp,
         Err(e) => {
             ex.record().decision = e.decision();
@@ -110,7 +115,7 @@ async fn exchange(
             e.to_response(&ex.record().request_id)
         }
     };
-    ex.respond(answer, request_id, &method)
+    ex.respond(answer, request_id, &method, &trace)
 }
 
 /// One request on its way through the pipeline: its pending audit line and what the answer's
@@ -160,8 +165,10 @@ impl Exchange<'_> {
         // Step 3, once the body is in: in cluster mode an agent write replaces the agent's shared
         // version here, which must happen only for a write that will be forwarded. A quota refusal
         // still comes before a 413 or 408, as DESIGN orders them, and those spend quota as before.
-        self.rate_limit(&team, &route, &parts.method, body.is_ok())
-            .await?;
+        telemetry::in_span!(
+            telemetry::span::step("admission"),
+            self.rate_limit(&team, &route, &parts.method, body.is_ok())
+        )?;
         let body = body?;
         if !is_read {
             self.record().changed_fields = audit::changed_fields(&body);

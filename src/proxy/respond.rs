@@ -1,5 +1,6 @@
 //! The last step: the answer's per-request headers (request id, quota, how the cache took part),
-//! the request metric, and the hand-off of the audit line to the answer's body.
+//! the request metric, the server span's account of the request, and the hand-off of the audit
+//! line to the answer's body.
 
 use http::{HeaderValue, Method, Response};
 
@@ -8,6 +9,7 @@ use crate::admission;
 use crate::audit::AuditedBody;
 use crate::http::{self as body, ProxyBody};
 use crate::request_id::X_REQUEST_ID;
+use crate::telemetry::{Answered, RequestTrace};
 
 impl Exchange<'_> {
     /// Adds the per-request headers, records the request, and attaches the audit line to the body.
@@ -16,6 +18,7 @@ impl Exchange<'_> {
         mut resp: Response<ProxyBody>,
         request_id: HeaderValue,
         method: &Method,
+        trace: &RequestTrace,
     ) -> Response<AuditedBody> {
         body::drop_for_head(method, &mut resp);
         let headers = resp.headers_mut();
@@ -26,6 +29,17 @@ impl Exchange<'_> {
         if let Some(cache) = self.cache {
             cache.render(headers);
         }
+        let record = self.record();
+        trace.answered(
+            resp.status(),
+            Answered {
+                team: record.team.as_deref(),
+                org: record.org.as_deref(),
+                cache: record.cache.map(|c| c.as_str()),
+                decision: record.decision.as_str(),
+                limited_by: record.limited_by.map(|l| l.as_str()),
+            },
+        );
         let status = resp.status().as_u16();
         match &self.get_ok {
             Some(get_ok) if *method == Method::GET && status == 200 => {

@@ -41,8 +41,9 @@ impl Signals {
 impl RunningGateway {
     /// Serves until `SIGTERM`/`SIGINT`, reloading on `SIGHUP` and, with `server.watch_config`, when
     /// the config file or a secret file it names changes (the same reload either way), and
-    /// reopening the audit file on `SIGUSR1`.
-    pub async fn run_until_signalled(mut self, mut signals: Signals) {
+    /// reopening the audit file on `SIGUSR1`. Returns when the stop signal came, which the
+    /// shutdown grace counts from.
+    pub async fn run_until_signalled(mut self, mut signals: Signals) -> std::time::Instant {
         let mut watcher = self.watcher.take();
         loop {
             tokio::select! {
@@ -60,8 +61,10 @@ impl RunningGateway {
                 _ = signals.interrupt.recv() => break,
             }
         }
+        let stopping = std::time::Instant::now();
         tracing::info!("shutting down: draining in-flight requests");
         self.shutdown().await;
+        stopping
     }
 }
 

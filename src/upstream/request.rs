@@ -11,6 +11,7 @@ use crate::error::GatewayError;
 use crate::metrics::OrgUpstream;
 use crate::request_id::X_REQUEST_ID;
 use crate::settings::Org;
+use crate::telemetry::TraceId;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus the proxy ones; never forwarded in either direction.
 /// Header names, not strings: comparing a parsed name with a standard one is a tag comparison.
@@ -99,6 +100,15 @@ impl UpstreamRequest {
     pub fn observed_by(mut self, org: Arc<OrgUpstream>) -> Self {
         self.observer = Some(org);
         self
+    }
+
+    /// Opens the client span of this call (a child of `parent`, none when the request is not
+    /// traced) and, with tracing on, gives upstream the gateway's `traceparent` in trace
+    /// `trace_id` in place of the client's.
+    pub fn traced(&mut self, parent: &tracing::Span, trace_id: TraceId) -> tracing::Span {
+        let span = crate::telemetry::span::upstream(parent, &self.method, &self.uri);
+        crate::telemetry::span::propagate(&span, trace_id, &mut self.headers);
+        span
     }
 
     pub(super) fn to_request(&self) -> Request<Full<Bytes>> {

@@ -111,6 +111,16 @@ fn assert_line_shape(line: &Value) {
     }
     assert!(line["bytes_in"].is_u64());
     assert!(line["bytes_out"].is_u64());
+    // Every line has a W3C trace id, tracing on or off.
+    let trace_id = line["trace_id"].as_str().expect("trace_id is a string");
+    assert!(
+        trace_id.len() == 32
+            && trace_id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            && trace_id.bytes().any(|b| b != b'0'),
+        "trace_id {trace_id}"
+    );
     match &line["changed_fields"] {
         Value::Null => {}
         Value::Array(fields) => assert!(fields.iter().all(Value::is_string)),

@@ -584,3 +584,62 @@ async fn requirepass_with_the_password_from_the_environment() {
         assert!(!String::from_utf8_lossy(&text.body).contains(password));
     }
 }
+
+/// DESIGN "Tracing": in cluster mode the admission's Redis round trip is a client span of its own,
+/// below the admission step; a round trip that fails is an error. The Redis password stays out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_round_trip_is_a_span_of_the_requests_trace() {
+    require_redis!();
+    let password = "test-redis-secret-trace-41c2";
+    let redis = TestRedis::start_with(Some(password));
+    let proxy = FaultyProxy::start(redis.socket()).await;
+    let upstream = FakeUpstream::start().await;
+    let collector = OtlpCollector::start().await;
+    let gw = in_cluster(GatewayBuilder::new(upstream.base_url()), &proxy.url())
+        .cluster_password_env("DNXGW_TEST_REDIS_PASSWORD_TRACE")
+        .binary_env("DNXGW_TEST_REDIS_PASSWORD_TRACE", password)
+        .tracing_endpoint(&collector.endpoint())
+        .tracing_sample_ratio(1.0)
+        .spawn_binary()
+        .await;
+    let send = |trace: &'static str| {
+        let c = gw.client();
+        let auth = format!("Bearer {BILLING}");
+        async move {
+            let tp = format!("00-{trace}-00f067aa0ba902b7-01");
+            c.send(
+                Method::GET,
+                "/v1/calls",
+                &[("authorization", &auth), ("traceparent", &tp)],
+                "",
+            )
+            .await
+        }
+    };
+    const UP: &str = "5bf92f3577b34da6a3ce929d0e0e4736";
+    const DOWN: &str = "6bf92f3577b34da6a3ce929d0e0e4736";
+    assert_eq!(send(UP).await.status, 200);
+    proxy.set(Fault::Blackhole);
+    // Degraded: served on local quotas once the round trip times out.
+    assert_eq!(send(DOWN).await.status, 200);
+
+    let spans = collector.trace(UP, 4).await;
+    let admission = spans.iter().find(|s| s.name == "admission").unwrap();
+    let round_trip = spans
+        .iter()
+        .find(|s| s.attr_str("db.system.name") == Some("redis"))
+        .unwrap_or_else(|| panic!("no Redis span in {spans:#?}"));
+    assert_eq!(round_trip.kind, crate::support::otlp::CLIENT);
+    assert_eq!(round_trip.parent_span_id, admission.span_id);
+    assert_ne!(round_trip.status_code, crate::support::otlp::ERROR);
+    let spans = collector.trace(DOWN, 4).await;
+    let round_trip = spans
+        .iter()
+        .find(|s| s.attr_str("db.system.name") == Some("redis"))
+        .unwrap();
+    assert_eq!(round_trip.status_code, crate::support::otlp::ERROR);
+    let raw = collector.raw();
+    assert!(!raw
+        .windows(password.len())
+        .any(|w| w == password.as_bytes()));
+}

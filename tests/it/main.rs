@@ -39,9 +39,10 @@
 //! | admin listener: `/admin/cache/purge` | `cache::purge`, `audit`, `edges` |
 //! | the organisation's DialNexa quota: only upstream calls spend it, parts, lending, refusals, STALE, holds (also across replicas), reloads | `budget` |
 //! | cluster mode (quotas, read-after-write, purges, Redis unavailable) | `cluster` (a real `redis-server`; `support::redis`) |
+//! | tracing: spans, context, sampling, a dead collector; audit `trace_id` | `traces` (an OTLP collector; `support::otlp`), `audit` |
 //!
 //! `support` holds the fixtures: the fake upstream, the gateway under test with its typed config,
-//! a client, a raw HTTP/1.1 connection, and the one `/metrics` reader.
+//! a client, a raw HTTP/1.1 connection, the one `/metrics` reader, and an OTLP collector.
 
 #[allow(dead_code, unused_imports)]
 mod support;
@@ -58,3 +59,4 @@ mod ratelimit;
 mod sim;
 mod soak;
 mod tls;
+mod traces;

@@ -561,7 +561,7 @@ async fn sim_subcommand_prints_its_url_and_key_and_stops_on_sigterm() {
 }
 
 /// A child process killed when the test ends, whatever happened to it.
-struct Stopped(std::process::Child);
+pub(crate) struct Stopped(std::process::Child);
 
 impl Drop for Stopped {
     fn drop(&mut self) {
@@ -570,10 +570,9 @@ impl Drop for Stopped {
     }
 }
 
-/// `demo`: the gateway in front of the simulator; its printed commands use the seed's fields, and
-/// replayed against it they answer as their comments say.
-#[tokio::test]
-async fn demo_prints_commands_for_the_seeds_fields_and_they_answer_as_described() {
+/// `demo` with `extra` arguments, on ports of its own: the process, its banner, the API's address
+/// and the team key the banner printed.
+pub(crate) async fn start_demo(extra: &[&str]) -> (Stopped, String, SocketAddr, String) {
     let mut child = Stopped(
         Command::new(env!("CARGO_BIN_EXE_dialnexa-gateway"))
             .args([
@@ -583,6 +582,7 @@ async fn demo_prints_commands_for_the_seeds_fields_and_they_answer_as_described(
                 "--admin-listen",
                 "127.0.0.1:0",
             ])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -608,15 +608,6 @@ async fn demo_prints_commands_for_the_seeds_fields_and_they_answer_as_described(
         .await
         .unwrap()
         .expect("demo printed its banner");
-    let pipeline = r#"{"pipeline_type":"Speech_To_Speech"}"#;
-    let speech = r#"{"speech":{"backchanneling":true,"responsiveness":0.8}}"#;
-    let bad = r#"{"pipeline_type":"Telepathy"}"#;
-    for body in [pipeline, speech, bad] {
-        assert!(
-            banner.contains(&format!("-d '{body}'")),
-            "{body} in {banner}"
-        );
-    }
     let api: SocketAddr = banner
         .split("gateway on http://")
         .nth(1)
@@ -628,7 +619,26 @@ async fn demo_prints_commands_for_the_seeds_fields_and_they_answer_as_described(
         .split("Team key (made up for this run): ")
         .nth(1)
         .and_then(|rest| rest.lines().next())
-        .unwrap();
+        .unwrap()
+        .to_owned();
+    (child, banner, api, team_key)
+}
+
+/// `demo`: the gateway in front of the simulator; its printed commands use the seed's fields, and
+/// replayed against it they answer as their comments say.
+#[tokio::test]
+async fn demo_prints_commands_for_the_seeds_fields_and_they_answer_as_described() {
+    let (_demo, banner, api, team_key) = start_demo(&[]).await;
+    let team_key = team_key.as_str();
+    let pipeline = r#"{"pipeline_type":"Speech_To_Speech"}"#;
+    let speech = r#"{"speech":{"backchanneling":true,"responsiveness":0.8}}"#;
+    let bad = r#"{"pipeline_type":"Telepathy"}"#;
+    for body in [pipeline, speech, bad] {
+        assert!(
+            banner.contains(&format!("-d '{body}'")),
+            "{body} in {banner}"
+        );
+    }
     let c = Client::new(api);
     let path = format!("/v1/agents2/{AGENT}");
     assert_eq!(c.get(&path, team_key).await.header("x-cache"), Some("MISS"));

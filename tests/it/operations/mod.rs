@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 
 /// The async sibling of [`wait_until`], for conditions only an HTTP answer can tell.
-async fn eventually<F, Fut>(what: &str, cond: F)
+pub(crate) async fn eventually<F, Fut>(what: &str, cond: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,

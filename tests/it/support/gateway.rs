@@ -138,6 +138,18 @@ impl GatewayBuilder {
         self
     }
 
+    // --- [tracing] ---
+
+    /// Spans exported to the OTLP collector at `url` (a `[tracing]` table appears once any key is
+    /// set).
+    pub fn tracing_endpoint(self, url: &str) -> Self {
+        self.set("tracing", "otlp_endpoint", format!("{url:?}"))
+    }
+
+    pub fn tracing_sample_ratio(self, ratio: f64) -> Self {
+        self.set("tracing", "sample_ratio", format!("{ratio:?}"))
+    }
+
     // --- [cluster] ---
 
     /// Cluster mode against the Redis at `url` (a `[cluster]` table appears once any key is set).
@@ -377,6 +389,9 @@ impl GatewayBuilder {
         );
         if self.settings.iter().any(|(t, _, _)| *t == "cluster") {
             table("cluster", &[]);
+        }
+        if self.settings.iter().any(|(t, _, _)| *t == "tracing") {
+            table("tracing", &[]);
         }
         for org in ["acme", "globex"] {
             let key_file = dir.join(format!("{org}.key")).display().to_string();

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod gateway;
 pub mod metrics;
+pub mod otlp;
 pub mod raw;
 pub mod redis;
 pub mod upstream;
@@ -14,6 +15,7 @@ pub use gateway::{
     RIVAL, SUPPORT, VIEWER,
 };
 pub use metrics::{scrape, Metrics};
+pub use otlp::{absent_endpoint, ExportedSpan, OtlpCollector};
 pub use raw::{RawAnswer, RawConn, PATIENCE};
 pub use upstream::{FakeUpstream, Reply};
 
