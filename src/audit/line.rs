@@ -655,7 +655,7 @@ mod tests {
                 let v: serde_json::Value = serde_json::from_slice(&out)
                     .map_err(|e| TestCaseError::fail(format!("{e}: {}", String::from_utf8_lossy(&out))))?;
                 let o = v.as_object().unwrap();
-                prop_assert_eq!(o.len(), 20);
+                prop_assert_eq!(o.len(), 21);
                 prop_assert_eq!(&o["ts"], &serde_json::json!(humantime::format_rfc3339_millis(r.ts).to_string()));
                 prop_assert_eq!(&o["request_id"], &serde_json::json!(r.request_id));
                 prop_assert_eq!(&o["team"], &serde_json::json!(r.team.as_deref()));
