@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::audit::{AuditRecord, AuditedBody, PendingLine};
 use crate::auth::{self, KeyDigest};
 use crate::cache::Scope;
+use crate::cluster::Phase;
 use crate::error::GatewayError;
 use crate::http::{self as body, ProxyBody};
 use crate::proxy::request_body::{self, BodyLimits};
@@ -34,19 +35,7 @@ pub async fn handle(
         (&Method::GET | &Method::HEAD, "/readyz") if gw.is_draining() => {
             probe(StatusCode::SERVICE_UNAVAILABLE, "draining")
         }
-        (&Method::GET | &Method::HEAD, "/readyz") => match gw.cluster_state() {
-            None => probe(StatusCode::OK, "ready"),
-            Some((true, _)) => probe(StatusCode::OK, "ready; cluster: connected"),
-            // Under `degrade` a replica without Redis still serves, so it stays in rotation.
-            Some((false, OnUnavailable::Degrade)) => probe(
-                StatusCode::OK,
-                "ready; cluster: unavailable, degraded (local quotas, no cache, agent writes 503)",
-            ),
-            Some((false, OnUnavailable::Refuse)) => probe(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not ready; cluster: unavailable, refusing requests",
-            ),
-        },
+        (&Method::GET | &Method::HEAD, "/readyz") => readyz(gw.cluster_state()),
         (&Method::GET, "/metrics") => {
             gw.cache.refresh_gauges().await;
             let (content_type, text) = if wants_openmetrics(req.headers()) {
@@ -71,8 +60,33 @@ pub async fn handle(
     resp.map(AuditedBody::unaudited)
 }
 
-fn probe(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
-    let mut resp = Response::new(body::full(Bytes::from_static(text.as_bytes())));
+/// Ready unless draining, or refusing for want of Redis; the body names the cluster's state and,
+/// while it is unavailable, why (a Redis error reply, a deadline, a refused connection).
+fn readyz(cluster: Option<(Phase, OnUnavailable)>) -> Response<ProxyBody> {
+    let (phase, mode) = match cluster {
+        None => return probe(StatusCode::OK, "ready"),
+        Some((Phase::Up, _)) => return probe(StatusCode::OK, "ready; cluster: connected"),
+        Some(state) => state,
+    };
+    let why = match &phase {
+        Phase::Down(why) => why,
+        _ => "the connection closed; reconnecting",
+    };
+    match mode {
+        // Under `degrade` a replica without Redis still serves, so it stays in rotation.
+        OnUnavailable::Degrade => probe(
+            StatusCode::OK,
+            format!("ready; cluster: unavailable ({why}), degraded (local quotas, no cache, agent writes 503)"),
+        ),
+        OnUnavailable::Refuse => probe(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready; cluster: unavailable ({why}), refusing requests"),
+        ),
+    }
+}
+
+fn probe(status: StatusCode, text: impl Into<Bytes>) -> Response<ProxyBody> {
+    let mut resp = Response::new(body::full(text.into()));
     *resp.status_mut() = status;
     resp
 }

@@ -13,15 +13,25 @@ use redis::Script;
 ///
 /// KEYS: general TAT, write TAT, then for an agent: org version, agent version, writes in progress.
 /// ARGV: mode (0 read, 1 agent read, 2 write, 3 agent write), general T and burst, write T and
-/// burst (T = 0: no write quota), a fresh token, writes-in-progress lifetime in ms.
+/// burst (T = 0: no write quota), a fresh token, writes-in-progress lifetime in ms, versions'
+/// lifetime in ms.
 /// Returns `{refused_by, g_remaining, g_reset, w_remaining, w_reset, retry_after, version, writing}`:
 /// `refused_by` 0 allowed, 1 general, 2 write; `w_remaining` -1 when no write quota applied.
 ///
-/// Both quotas are looked at before either is spent, and a refusal spends nothing. A version that
-/// is missing (a restart, a flush, an eviction) is created from the fresh token, so no version ever
-/// comes back: entries cached under an old one stay dead. An agent write that is allowed replaces
-/// the agent's version and counts itself in progress (until `WRITE_END`, or its lifetime ends), so
-/// no fill is stored while upstream may still answer the old body.
+/// Both quotas are looked at before either is spent, and a refusal writes nothing at all: no TAT,
+/// no version, nothing that names the agent (a refused request must not grow Redis, DESIGN "A
+/// hostile team and a sick Redis"). So a refused write changes no version either.
+///
+/// Every key written expires. A version lives `versions' lifetime` (the cache's TTL plus its
+/// stale-if-error window plus a fill's time upstream) after it was last written *or read*: `GETEX`
+/// refreshes it on every admitted read, so it never expires under an entry that can still be
+/// served. One that expires anyway (or is lost to a restart, a flush, an eviction) is created again
+/// from the fresh token, which no replica has seen: entries cached under the old one stay dead,
+/// so an expiry can cost a miss, never a stale answer.
+///
+/// An agent write that is allowed replaces the agent's version and counts itself in progress
+/// (until `WRITE_END`, or its lifetime ends), so no fill is stored while upstream may still answer
+/// the old body.
 pub(super) static ADMIT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -65,46 +75,53 @@ if has_write and now < wtat - wT * (wB - 1) then
   if wwait > retry then retry = wwait end
 end
 
-local g_rem, g_reset, w_rem, w_reset = 0, 0, -1, 0
-if refused_by == 0 then
-  g_rem, g_reset = status(spend(KEYS[1], gtat, gT), gT, gB)
-  if has_write then w_rem, w_reset = status(spend(KEYS[2], wtat, wT), wT, wB) end
-else
-  g_rem, g_reset = status(gtat, gT, gB)
+if refused_by ~= 0 then
+  local g_rem, g_reset = status(gtat, gT, gB)
+  local w_rem, w_reset = -1, 0
   if has_write then w_rem, w_reset = status(wtat, wT, wB) end
+  return {refused_by, g_rem, g_reset, w_rem, w_reset, retry, '', 0}
 end
+
+local g_rem, g_reset = status(spend(KEYS[1], gtat, gT), gT, gB)
+local w_rem, w_reset = -1, 0
+if has_write then w_rem, w_reset = status(spend(KEYS[2], wtat, wT), wT, wB) end
 
 local version, writing = '', 0
 if mode == 1 or mode == 3 then
-  local ov = redis.call('GET', KEYS[3])
+  local life = ARGV[8]
+  local ov = redis.call('GETEX', KEYS[3], 'PX', life)
   if not ov then
     ov = ARGV[6]
-    redis.call('SET', KEYS[3], ov)
+    redis.call('SET', KEYS[3], ov, 'PX', life)
   end
-  local av = redis.call('GET', KEYS[4])
-  if mode == 3 and refused_by == 0 then
+  local av
+  if mode == 3 then
     av = ARGV[6]
-    redis.call('SET', KEYS[4], av)
+    redis.call('SET', KEYS[4], av, 'PX', life)
     redis.call('INCR', KEYS[5])
-    redis.call('PEXPIRE', KEYS[5], tonumber(ARGV[7]))
-  elseif not av then
-    av = ARGV[6]
-    redis.call('SET', KEYS[4], av)
+    redis.call('PEXPIRE', KEYS[5], ARGV[7])
+  else
+    av = redis.call('GETEX', KEYS[4], 'PX', life)
+    if not av then
+      av = ARGV[6]
+      redis.call('SET', KEYS[4], av, 'PX', life)
+    end
   end
   version = ov .. '/' .. av
   if tonumber(redis.call('GET', KEYS[5]) or '0') > 0 then writing = 1 end
 end
-return {refused_by, g_rem, g_reset, w_rem, w_reset, retry, version, writing}
+return {0, g_rem, g_reset, w_rem, w_reset, 0, version, writing}
 "#,
     )
 });
 
 /// The second invalidation of an agent write, once upstream's answer (or failure) is back.
-/// KEYS: agent version, writes in progress. ARGV: a fresh token.
+/// KEYS: agent version, writes in progress. ARGV: a fresh token, versions' lifetime in ms.
+/// `DECR` of a mark that expired creates `-1`, deleted at once: nothing is left without expiry.
 pub(super) static WRITE_END: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 if redis.call('DECR', KEYS[2]) <= 0 then redis.call('DEL', KEYS[2]) end
 return 1
 "#,
@@ -136,7 +153,7 @@ pub struct AdmitReply {
     pub writing: bool,
 }
 
-type RawReply = (i64, i64, i64, i64, i64, i64, String, i64);
+pub(super) type RawReply = (i64, i64, i64, i64, i64, i64, String, i64);
 
 impl AdmitReply {
     pub(super) fn from_raw(raw: RawReply) -> Self {

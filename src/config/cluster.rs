@@ -6,25 +6,19 @@ use std::sync::Arc;
 use super::raw::RawCluster;
 use super::teams::{read_secret, Secret as Found, SecretFields};
 use super::validate::{positive_ms, Problems};
-use crate::settings::{ClusterSettings, OnUnavailable, Secret};
+use crate::settings::{ClusterSettings, OnUnavailable, RedisTarget, Secret, SentinelTarget};
 
+/// The product's short name: in a Redis shared with other software, every key is plainly ours.
 const DEFAULT_KEY_PREFIX: &str = "dnxgw";
+/// A healthy Redis in the same zone answers in well under a millisecond; 200 ms leaves it ample
+/// room yet keeps what a stalled one costs the request that finds out small.
 const DEFAULT_TIMEOUT_MS: u64 = 200;
+/// More Redis replicas than any deployment runs; a larger count is a typo that would refuse every
+/// agent write.
+const MAX_REPLICAS_ACKED: u32 = 100;
 
 pub(super) fn validate_cluster(raw: RawCluster, p: &mut Problems) -> Option<ClusterSettings> {
-    let redis_url = match raw.redis_url {
-        None => {
-            p.push("cluster.redis_url", "is required in [cluster]");
-            None
-        }
-        Some(url) => match check_url(&url) {
-            Ok(()) => Some(url),
-            Err(problem) => {
-                p.push("cluster.redis_url", problem);
-                None
-            }
-        },
-    };
+    let target = validate_target(&raw, p);
     let fields = SecretFields {
         env: "redis_password_env",
         file: "redis_password_file",
@@ -32,6 +26,21 @@ pub(super) fn validate_cluster(raw: RawCluster, p: &mut Problems) -> Option<Clus
     let password = match read_secret(
         raw.redis_password_env,
         raw.redis_password_file,
+        "cluster",
+        fields,
+        p,
+    ) {
+        Found::Read(secret) => Some(Some(Secret::new(secret))),
+        Found::Absent => Some(None),
+        Found::Unreadable => None,
+    };
+    let fields = SecretFields {
+        env: "sentinel_password_env",
+        file: "sentinel_password_file",
+    };
+    let sentinel_password = match read_secret(
+        raw.sentinel_password_env,
+        raw.sentinel_password_file,
         "cluster",
         fields,
         p,
@@ -63,13 +72,123 @@ pub(super) fn validate_cluster(raw: RawCluster, p: &mut Problems) -> Option<Clus
             None
         }
     };
+    let min_replicas_acked = raw.min_replicas_acked.unwrap_or(0);
+    if min_replicas_acked > MAX_REPLICAS_ACKED {
+        p.push(
+            "cluster.min_replicas_acked",
+            format!("must be at most {MAX_REPLICAS_ACKED}"),
+        );
+    }
+    let target = match (target?, sentinel_password?) {
+        (RedisTarget::Sentinel(mut s), password) => {
+            s.sentinel_password = password;
+            RedisTarget::Sentinel(s)
+        }
+        (url, None) => url,
+        (RedisTarget::Url(_), Some(_)) => {
+            p.push(
+                "cluster.sentinel_password_env",
+                "is only for sentinels (set cluster.sentinels and cluster.master_name)",
+            );
+            return None;
+        }
+    };
     Some(ClusterSettings {
-        redis_url: redis_url?,
+        target,
         password: password?,
         key_prefix: prefix_ok.then(|| Arc::from(key_prefix))?,
         timeout: timeout?,
         on_unavailable: on_unavailable?,
+        min_replicas_acked: (min_replicas_acked <= MAX_REPLICAS_ACKED)
+            .then_some(min_replicas_acked)?,
     })
+}
+
+/// `redis_url`, or `sentinels` with `master_name` (and what the URL would have said), not both.
+fn validate_target(raw: &RawCluster, p: &mut Problems) -> Option<RedisTarget> {
+    match (&raw.redis_url, &raw.sentinels) {
+        (Some(_), Some(_)) => {
+            p.push(
+                "cluster.redis_url",
+                "set cluster.redis_url or cluster.sentinels, not both",
+            );
+            None
+        }
+        (None, None) => {
+            p.push(
+                "cluster.redis_url",
+                "is required in [cluster] (or cluster.sentinels with cluster.master_name)",
+            );
+            None
+        }
+        (Some(url), None) => {
+            let sentinel_only = [
+                ("master_name", raw.master_name.is_some()),
+                ("database", raw.database.is_some()),
+                ("username", raw.username.is_some()),
+                ("tls", raw.tls.is_some()),
+            ];
+            let mut ok = true;
+            for (key, set) in sentinel_only {
+                if set {
+                    p.push(
+                        &format!("cluster.{key}"),
+                        "is only for cluster.sentinels (with redis_url, say it in the URL)",
+                    );
+                    ok = false;
+                }
+            }
+            match check_url(url) {
+                Ok(()) => ok.then(|| RedisTarget::Url(url.clone())),
+                Err(problem) => {
+                    p.push("cluster.redis_url", problem);
+                    None
+                }
+            }
+        }
+        (None, Some(list)) => {
+            let mut sentinels = Vec::new();
+            if list.is_empty() {
+                p.push("cluster.sentinels", "must name at least one Sentinel");
+            }
+            for entry in list {
+                match check_host_port(entry) {
+                    Some(addr) => sentinels.push(addr),
+                    None => p.push(
+                        "cluster.sentinels",
+                        format!("{entry:?} is not host:port (port 1-65535)"),
+                    ),
+                }
+            }
+            let master_name = match raw.master_name.as_deref().map(str::trim) {
+                Some(name) if !name.is_empty() => Some(name.to_owned()),
+                _ => {
+                    p.push(
+                        "cluster.master_name",
+                        "is required with cluster.sentinels (the name the Sentinels monitor)",
+                    );
+                    None
+                }
+            };
+            (sentinels.len() == list.len() && !list.is_empty()).then_some(())?;
+            Some(RedisTarget::Sentinel(SentinelTarget {
+                sentinels,
+                master_name: master_name?,
+                database: i64::from(raw.database.unwrap_or(0)),
+                username: raw.username.clone().filter(|u| !u.is_empty()),
+                tls: raw.tls.unwrap_or(false),
+                sentinel_password: None,
+            }))
+        }
+    }
+}
+
+/// `host:port` (a bracketed IPv6 literal too), with a port Redis can listen on.
+fn check_host_port(entry: &str) -> Option<(String, u16)> {
+    let (host, port) = entry.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    (!host.is_empty() && !host.contains(['/', '@', ' '])).then(|| (host.to_owned(), port))
 }
 
 /// A Redis URL the client can use, with no password in it. The problem text never repeats the
@@ -116,6 +235,19 @@ mod tests {
         assert!(e.contains("password"), "{e}");
         let e = check_url("redis://:hunter2@redis.internal").unwrap_err();
         assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn sentinels_are_host_and_port() {
+        assert_eq!(
+            check_host_port("10.0.0.1:26379"),
+            Some(("10.0.0.1".into(), 26379))
+        );
+        assert_eq!(check_host_port("[::1]:26379"), Some(("::1".into(), 26379)));
+        assert_eq!(check_host_port("sentinel:99999"), None);
+        assert_eq!(check_host_port("sentinel:0"), None);
+        assert_eq!(check_host_port("sentinel"), None);
+        assert_eq!(check_host_port(":26379"), None);
     }
 
     #[test]
