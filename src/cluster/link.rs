@@ -24,7 +24,6 @@
 //! commands flow, nor ask the Sentinels again on `READONLY`. The loop below is that part of it,
 //! with the probe in the middle.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,7 +34,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, RedisError};
 use tokio::sync::{watch, Notify};
 
-use super::source::Source;
+use super::source::{describe, warn_if_evicting, Source};
 use super::ClusterError;
 use crate::metrics::ClusterMetrics;
 
@@ -375,35 +374,6 @@ impl Link {
             Ok(Ok(())) => Ok((conn, writer)),
             Ok(Err(e)) => Err(describe(&e)),
             Err(_) => Err(format!("the probe got no answer within {:?}", self.timeout)),
-        }
-    }
-}
-
-/// An error as `/readyz` and the log name it: Redis's own code and words for a reply (they never
-/// hold a secret), redis-rs's description otherwise.
-fn describe(e: &RedisError) -> String {
-    match (e.code(), e.detail()) {
-        (Some(code), Some(detail)) => format!("Redis answered {code} {detail}"),
-        _ => e.to_string(),
-    }
-}
-
-/// Evicting keys other than expiring ones can drop a write's in-progress mark or a team's quota
-/// state early (versions are safe: a lost one is a fresh one). Said once per connection; a host
-/// that forbids `CONFIG` is not asked twice.
-async fn warn_if_evicting(conn: &mut MultiplexedConnection) {
-    // A map under RESP3, pairs under RESP2: redis-rs reads both as one.
-    let policy: Result<HashMap<String, String>, _> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("maxmemory-policy")
-        .query_async(conn)
-        .await;
-    if let Some(policy) = policy.ok().and_then(|p| p.get("maxmemory-policy").cloned()) {
-        if policy.starts_with("allkeys") {
-            tracing::warn!(
-                %policy,
-                "cluster: Redis may evict any key; use noeviction or a volatile-* policy so in-progress writes and quotas are kept"
-            );
         }
     }
 }

@@ -8,18 +8,19 @@
 //! read, in the same round trip as the quota. Tokens never repeat, so nothing Redis forgets (a
 //! restart, a flush, an eviction) can make an old entry current again.
 
+mod keys;
 mod link;
 mod scripts;
 mod source;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use rand::RngCore;
 use redis::aio::MultiplexedConnection;
 use redis::{Cmd, ServerErrorKind};
-use sha2::{Digest, Sha256};
+
+use keys::{canary_tag, key, micros, millis, token, AgentDigest, Key};
 
 use crate::metrics::ClusterMetrics;
 use crate::settings::{ClusterSettings, OnUnavailable};
@@ -310,11 +311,6 @@ async fn eval_loading<T: redis::FromRedisValue>(
     }
 }
 
-/// `<prefix>:{~canary}`: organisation names are `[a-z0-9_-]+`, so no organisation shares it.
-fn canary_tag(prefix: &str) -> String {
-    key(prefix, &[":{~canary}"])
-}
-
 /// The link's probe: the admission script as an agent read would run it, on the canary's keys,
 /// so it reads and writes (and expires what it writes) exactly as a request does. A quota far
 /// beyond any probe rate, so it is never refused (a refusal writes nothing, and would prove
@@ -341,73 +337,4 @@ async fn probe(mut conn: MultiplexedConnection, canary: String) -> redis::RedisR
     eval_loading::<scripts::RawReply>(&mut conn, &cmd, &scripts::ADMIT)
         .await
         .map(drop)
-}
-
-/// An agent as keys name it: the first 128 bits of the SHA-256 of its canonical id, in hex. A key
-/// is then 32 characters whatever the id's length, so a client choosing long ids cannot make Redis
-/// hold more. 128 bits make a collision out of reach even for someone searching for one, and one
-/// would only make two agents share a version: each write to either invalidates both (a miss, never
-/// a stale answer, since entries are still stored under their own id).
-struct AgentDigest([u8; 32]);
-
-impl AgentDigest {
-    fn of(agent: &str) -> Self {
-        let digest = Sha256::digest(agent.as_bytes());
-        let mut hex = [0u8; 32];
-        // 16 bytes always fit 32 hex digits.
-        let _ = hex::encode_to_slice(&digest[..16], &mut hex);
-        Self(hex)
-    }
-
-    fn as_str(&self) -> &str {
-        // Hex digits are ASCII.
-        std::str::from_utf8(&self.0).unwrap_or_default()
-    }
-}
-
-/// A Redis key written straight into a command from its parts.
-struct Key<'a>(&'a [&'a str]);
-
-impl redis::ToRedisArgs for Key<'_> {
-    fn write_redis_args<W>(&self, out: &mut W)
-    where
-        W: ?Sized + redis::RedisWrite,
-    {
-        let mut arg = out.writer_for_next_arg();
-        for part in self.0 {
-            // Writing into the command's own buffer cannot fail.
-            let _ = std::io::Write::write_all(&mut arg, part.as_bytes());
-        }
-    }
-}
-
-/// `head` followed by `parts`, in one allocation: a request builds up to six keys, and `format!`
-/// for each was a measurable part of a cluster-mode hit (callgrind).
-fn key(head: &str, parts: &[&str]) -> String {
-    let mut key = String::with_capacity(head.len() + parts.iter().map(|p| p.len()).sum::<usize>());
-    key.push_str(head);
-    parts.iter().for_each(|p| key.push_str(p));
-    key
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// A version no replica, restart or flush will produce twice: this process's 128 random bits
-/// (drawn once) and a counter. Cheap enough to draw for every read, which needs one only when Redis
-/// has no version for the agent yet.
-fn token() -> String {
-    static PROCESS: LazyLock<String> = LazyLock::new(|| {
-        let mut bytes = [0u8; 16];
-        rand::rng().fill_bytes(&mut bytes);
-        hex::encode(bytes)
-    });
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    key(&PROCESS, &["-", itoa::Buffer::new().format(n)])
 }

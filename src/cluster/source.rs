@@ -5,12 +5,14 @@
 //! masters and checks with `ROLE` that the address it got is a primary, which is what we would
 //! write by hand with `SENTINEL get-master-addr-by-name`.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use redis::aio::MultiplexedConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
-use redis::{Client, ConnectionAddr, IntoConnectionInfo, ProtocolVersion, TlsMode};
+use redis::{Client, ConnectionAddr, IntoConnectionInfo, ProtocolVersion, RedisError, TlsMode};
 
 use super::ClusterStartError;
 use crate::settings::{ClusterSettings, RedisTarget, SentinelTarget};
@@ -144,4 +146,33 @@ fn sentinel_client(
     builder
         .build()
         .map_err(|e| ClusterStartError(e.to_string()))
+}
+
+/// An error as `/readyz` and the log name it: Redis's own code and words for a reply (they never
+/// hold a secret), redis-rs's description otherwise.
+pub(super) fn describe(e: &RedisError) -> String {
+    match (e.code(), e.detail()) {
+        (Some(code), Some(detail)) => format!("Redis answered {code} {detail}"),
+        _ => e.to_string(),
+    }
+}
+
+/// Evicting keys other than expiring ones can drop a write's in-progress mark or a team's quota
+/// state early (versions are safe: a lost one is a fresh one). Said once per connection; a host
+/// that forbids `CONFIG` is not asked twice.
+pub(super) async fn warn_if_evicting(conn: &mut MultiplexedConnection) {
+    // A map under RESP3, pairs under RESP2: redis-rs reads both as one.
+    let policy: Result<HashMap<String, String>, _> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query_async(conn)
+        .await;
+    if let Some(policy) = policy.ok().and_then(|p| p.get("maxmemory-policy").cloned()) {
+        if policy.starts_with("allkeys") {
+            tracing::warn!(
+                %policy,
+                "cluster: Redis may evict any key; use noeviction or a volatile-* policy so in-progress writes and quotas are kept"
+            );
+        }
+    }
 }

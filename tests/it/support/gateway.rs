@@ -664,6 +664,11 @@ impl BinaryGateway {
         self.stderr.all()
     }
 
+    /// What the binary wrote to stderr so far, while it runs.
+    pub fn stderr_so_far(&self) -> String {
+        self.stderr.text()
+    }
+
     /// Rewrites the config file (in one rename) with `change` applied to the settings it was
     /// written from; SIGHUP applies it.
     pub fn rewrite_config(&mut self, change: impl FnOnce(GatewayBuilder) -> GatewayBuilder) {

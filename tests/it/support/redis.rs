@@ -125,6 +125,27 @@ impl TestRedis {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
+    /// A number from `INFO` (`used_memory`, `connected_slaves`, ...).
+    pub fn info(&self, field: &str) -> u64 {
+        let info = self.cli(&["INFO"]);
+        let prefix = format!("{field}:");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("INFO has no {field}"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Every key under `prefix`, with its remaining life in ms (`-1`: none).
+    pub fn keys_and_ttls(&self, prefix: &str) -> Vec<(String, i64)> {
+        let keys = self.cli(&["--scan", "--pattern", &format!("{prefix}*")]);
+        keys.lines()
+            .filter(|k| !k.is_empty())
+            .map(|k| (k.to_owned(), self.cli(&["PTTL", k]).parse().unwrap()))
+            .collect()
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }

@@ -67,29 +67,31 @@ impl Cluster {
 
     async fn wait_connected(&self) {
         for r in &self.replicas {
-            wait_for_readyz(r, "cluster: connected").await;
+            wait_for_readyz(&r.admin_client(), "cluster: connected").await;
         }
     }
 
     async fn wait_unavailable(&self) {
         for r in &self.replicas {
-            wait_for_readyz(r, "cluster: unavailable").await;
+            wait_for_readyz(&r.admin_client(), "cluster: unavailable").await;
         }
     }
 }
 
 async fn readyz(gw: &TestGateway) -> TestResponse {
-    gw.admin_client()
-        .send(Method::GET, "/readyz", &[], "")
-        .await
+    ask_readyz(&gw.admin_client()).await
+}
+
+async fn ask_readyz(admin: &Client) -> TestResponse {
+    admin.send(Method::GET, "/readyz", &[], "").await
 }
 
 /// Waits until `/readyz` says `what`: state changes happen in the replica's own time (a deadline
 /// running out, a reconnection), which the test observes rather than predicts.
-async fn wait_for_readyz(gw: &TestGateway, what: &str) {
+async fn wait_for_readyz(admin: &Client, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let r = readyz(gw).await;
+        let r = ask_readyz(admin).await;
         if String::from_utf8_lossy(&r.body).contains(what) {
             return;
         }
@@ -597,3 +599,6 @@ async fn requirepass_with_the_password_from_the_environment() {
         assert!(!String::from_utf8_lossy(&text.body).contains(password));
     }
 }
+
+mod failover;
+mod hostile;
