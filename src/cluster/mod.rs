@@ -200,15 +200,21 @@ impl Cluster {
             .arg(token())
             .arg(millis(ask.write_lifetime))
             .arg(self.version_lifetime_ms());
-        if ask.mode == Mode::AgentWrite && self.min_replicas_acked > 0 {
-            let acked = self.min_replicas_acked;
-            let reply = self
+        if let (Mode::AgentWrite, Some(agent), 1..) = (ask.mode, ask.agent, self.min_replicas_acked)
+        {
+            let acked = self
                 .link
-                .call_acked(acked, |mut conn| async move {
+                .call_acked(self.min_replicas_acked, |mut conn| async move {
                     eval_loading(&mut conn, &cmd, &scripts::ADMIT).await
                 })
-                .await?;
-            return Ok(AdmitReply::from_raw(reply));
+                .await;
+            if acked == Err(ClusterError::Unacknowledged) {
+                // Not forwarded: lift its in-progress mark now rather than at the end of its
+                // lifetime, so the agent is cached again at once (the fresh version this leaves
+                // costs one miss per replica).
+                let _ = self.end_write(&org, agent, false).await;
+            }
+            return acked.map(AdmitReply::from_raw);
         }
         self.link
             .call(|mut conn| async move { eval_loading(&mut conn, &cmd, &scripts::ADMIT).await })
@@ -228,30 +234,11 @@ impl Cluster {
     /// mark it came with keeps fills from being stored until the write is over.
     pub async fn write_end(&self, org: &str, agent: &str) -> Result<(), ClusterError> {
         let org = self.org_tag(org);
-        let digest = AgentDigest::of(agent);
         let give_up = tokio::time::Instant::now() + WRITE_END_PATIENCE;
         loop {
-            let mut cmd = Cmd::new();
-            cmd.arg("EVALSHA")
-                .arg(scripts::WRITE_END.get_hash())
-                .arg(2)
-                .arg(Key(&[&org, ":v:a:", digest.as_str()]))
-                .arg(Key(&[&org, ":w:a:", digest.as_str()]))
-                .arg(token())
-                .arg(self.version_lifetime_ms());
-            let ended = |mut conn: MultiplexedConnection| async move {
-                eval_loading::<i64>(&mut conn, &cmd, &scripts::WRITE_END).await
-            };
-            let result = if self.min_replicas_acked > 0 {
-                match self.link.call_acked(self.min_replicas_acked, ended).await {
-                    // Counted by the link; the first change covers it (see above).
-                    Err(ClusterError::Unacknowledged) => Ok(0),
-                    other => other,
-                }
-            } else {
-                self.link.call(ended).await
-            }
-            .map(drop);
+            let result = self
+                .end_write(&org, agent, self.min_replicas_acked > 0)
+                .await;
             if result.is_ok() || tokio::time::Instant::now() >= give_up {
                 return result;
             }
@@ -259,6 +246,30 @@ impl Cluster {
             while !self.link.is_up() && tokio::time::Instant::now() < give_up {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+        }
+    }
+
+    /// One `WRITE_END` for `agent` of the organisation tagged `org`, acknowledged by replicas or not.
+    async fn end_write(&self, org: &str, agent: &str, acked: bool) -> Result<(), ClusterError> {
+        let digest = AgentDigest::of(agent);
+        let mut cmd = Cmd::new();
+        cmd.arg("EVALSHA")
+            .arg(scripts::WRITE_END.get_hash())
+            .arg(2)
+            .arg(Key(&[org, ":v:a:", digest.as_str()]))
+            .arg(Key(&[org, ":w:a:", digest.as_str()]))
+            .arg(token())
+            .arg(self.version_lifetime_ms());
+        let ended = |mut conn: MultiplexedConnection| async move {
+            eval_loading::<i64>(&mut conn, &cmd, &scripts::WRITE_END).await
+        };
+        if !acked {
+            return self.link.call(ended).await.map(drop);
+        }
+        match self.link.call_acked(self.min_replicas_acked, ended).await {
+            // Counted by the link; the first change covers it (see `write_end`).
+            Err(ClusterError::Unacknowledged) => Ok(()),
+            other => other.map(drop),
         }
     }
 

@@ -135,6 +135,16 @@ impl GatewayBuilder {
         self.set("cluster", "redis_password_env", format!("{var:?}"))
     }
 
+    /// Cluster mode through Sentinels (`host:port` each) that monitor `master_name`.
+    pub fn cluster_sentinels(self, sentinels: &[String], master_name: &str) -> Self {
+        self.set("cluster", "sentinels", format!("{sentinels:?}"))
+            .set("cluster", "master_name", format!("{master_name:?}"))
+    }
+
+    pub fn cluster_min_replicas_acked(self, n: u32) -> Self {
+        self.set("cluster", "min_replicas_acked", n)
+    }
+
     // --- [server] ---
 
     pub fn max_body_bytes(self, bytes: u64) -> Self {

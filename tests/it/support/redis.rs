@@ -25,11 +25,14 @@ pub fn redis_available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// A `redis-server` child process on a Unix socket.
+/// A `redis-server` child process on a Unix socket (and, for replication and Sentinels, which
+/// speak only TCP, on a loopback port too).
 pub struct TestRedis {
     dir: tempfile::TempDir,
     child: Option<Child>,
     password: Option<String>,
+    port: u16,
+    args: Vec<String>,
 }
 
 impl TestRedis {
@@ -43,9 +46,29 @@ impl TestRedis {
             dir: tempfile::tempdir().unwrap(),
             child: None,
             password: password.map(str::to_owned),
+            port: 0,
+            args: Vec::new(),
         };
         redis.spawn();
         redis
+    }
+
+    /// On a loopback port as well, with `args` added (`--replicaof ...`).
+    pub fn start_tcp(args: &[&str]) -> Self {
+        let mut redis = Self {
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            password: None,
+            port: free_port(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+        };
+        redis.spawn();
+        redis
+    }
+
+    /// The loopback port (0: Unix socket only).
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -56,7 +79,8 @@ impl TestRedis {
         let socket = self.socket();
         let _ = std::fs::remove_file(&socket);
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", "0", "--save", "", "--appendonly", "no"])
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
             .arg("--unixsocket")
             .arg(&socket)
             .arg("--dir")
@@ -66,6 +90,7 @@ impl TestRedis {
         if let Some(pw) = &self.password {
             cmd.args(["--requirepass", pw]);
         }
+        cmd.args(&self.args);
         self.child = Some(cmd.spawn().expect("redis-server starts"));
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::os::unix::net::UnixStream::connect(&socket).is_err() {
@@ -77,7 +102,7 @@ impl TestRedis {
         }
     }
 
-    fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("redis-server running").id()
     }
 
@@ -103,6 +128,16 @@ impl TestRedis {
     pub fn restart_empty(&mut self) {
         self.kill();
         self.spawn();
+    }
+
+    /// Starts it again, empty, on the same port, as a replica of the server on `primary_port`.
+    pub fn restart_as_replica_of(&mut self, primary_port: u16) {
+        self.args = vec![
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            primary_port.to_string(),
+        ];
+        self.restart_empty();
     }
 
     /// SIGSTOP: connections stay open, nothing answers.
@@ -155,6 +190,91 @@ impl Drop for TestRedis {
     fn drop(&mut self) {
         // SIGKILL ends a paused server too.
         self.kill();
+    }
+}
+
+/// A loopback port free when asked: bound on port 0 and released for the server to take. Redis
+/// replication and Sentinel speak only TCP, and a Sentinel config names ports before its server
+/// runs, so the port is chosen here; another process taking it in between fails the start loudly.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A Redis Sentinel (`redis-server FILE --sentinel`) on a loopback port, monitoring `master_name`
+/// at `primary_port` with a quorum of 2 and short timeouts, so a failover takes seconds.
+pub struct TestSentinel {
+    _dir: tempfile::TempDir,
+    child: Child,
+    pub port: u16,
+}
+
+impl TestSentinel {
+    pub fn start(master_name: &str, primary_port: u16) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                 sentinel monitor {master_name} 127.0.0.1 {primary_port} 2\n\
+                 sentinel down-after-milliseconds {master_name} 1000\n\
+                 sentinel failover-timeout {master_name} 5000\n\
+                 sentinel parallel-syncs {master_name} 1\n",
+                dir = dir.path().display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server --sentinel starts");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sentinel did not start"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Self {
+            _dir: dir,
+            child,
+            port,
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The primary's port as this Sentinel sees it now.
+    pub fn primary_port(&self, master_name: &str) -> Option<u16> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(["SENTINEL", "get-master-addr-by-name", master_name])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for TestSentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
