@@ -228,6 +228,70 @@ fn check_url(url: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    /// `[cluster]` from TOML, validated: the settings, or every problem's line.
+    fn cluster(toml: &str) -> Result<ClusterSettings, Vec<String>> {
+        let raw: RawCluster = config::Config::builder()
+            .add_source(config::File::from_str(toml, config::FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .unwrap();
+        let mut p = Problems(Vec::new());
+        let settings = validate_cluster(raw, &mut p);
+        match (settings, p.0) {
+            (Some(s), lines) if lines.is_empty() => Ok(s),
+            (_, lines) => Err(lines),
+        }
+    }
+
+    #[test]
+    fn sentinels_take_the_place_of_the_url() {
+        let s = cluster(
+            r#"
+sentinels = ["10.0.0.1:26379", "10.0.0.2:26379", "[::1]:26380"]
+master_name = "dnxgw"
+database = 2
+username = "gateway"
+tls = true
+min_replicas_acked = 1
+"#,
+        )
+        .unwrap();
+        let RedisTarget::Sentinel(t) = s.target else {
+            panic!("{:?}", s.target)
+        };
+        assert_eq!(t.sentinels[2], ("::1".to_owned(), 26380));
+        assert_eq!(
+            (t.master_name.as_str(), t.database, t.username.as_deref(), t.tls),
+            ("dnxgw", 2, Some("gateway"), true)
+        );
+        assert_eq!(s.min_replicas_acked, 1);
+        let s = cluster("redis_url = \"redis://r:6379\"").unwrap();
+        assert_eq!(s.target, RedisTarget::Url("redis://r:6379".into()));
+        assert_eq!(s.min_replicas_acked, 0);
+    }
+
+    #[test]
+    fn a_url_and_sentinels_together_or_half_a_sentinel_setup_is_one_line_each() {
+        let both = cluster(
+            "redis_url = \"redis://r\"\nsentinels = [\"s:26379\"]\nmaster_name = \"m\"",
+        );
+        assert_eq!(
+            both.unwrap_err(),
+            ["cluster.redis_url: set cluster.redis_url or cluster.sentinels, not both"]
+        );
+        let e = cluster("sentinels = [\"s:26379\"]").unwrap_err();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("cluster.master_name: "), "{e:?}");
+        let e = cluster("sentinels = [\"s:99999\"]\nmaster_name = \"m\"").unwrap_err();
+        assert!(e[0].starts_with("cluster.sentinels: "), "{e:?}");
+        let e = cluster("redis_url = \"redis://r\"\nmaster_name = \"m\"").unwrap_err();
+        assert!(e[0].starts_with("cluster.master_name: "), "{e:?}");
+        let e = cluster("redis_url = \"redis://r\"\nmin_replicas_acked = 101").unwrap_err();
+        assert!(e[0].starts_with("cluster.min_replicas_acked: "), "{e:?}");
+        let e = cluster("").unwrap_err();
+        assert!(e[0].starts_with("cluster.redis_url: is required"), "{e:?}");
+    }
+
     #[test]
     fn a_password_in_the_url_is_refused_without_being_repeated() {
         let e = check_url("redis://user:hunter2@redis.internal:6379/0").unwrap_err();
