@@ -313,6 +313,9 @@ impl Link {
                     connected_once = true;
                 }
                 Err(why) => {
+                    // Probes are calls too: an outage keeps counting, so an alert on the count
+                    // stays up for as long as it lasts.
+                    self.metrics.errors.inc();
                     // A loss is logged where it is noticed (`mark_down`); only a replica that
                     // never reached Redis logs its first failed attempt here.
                     if !connected_once && !start_logged {

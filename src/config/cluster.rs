@@ -261,7 +261,12 @@ min_replicas_acked = 1
         };
         assert_eq!(t.sentinels[2], ("::1".to_owned(), 26380));
         assert_eq!(
-            (t.master_name.as_str(), t.database, t.username.as_deref(), t.tls),
+            (
+                t.master_name.as_str(),
+                t.database,
+                t.username.as_deref(),
+                t.tls
+            ),
             ("dnxgw", 2, Some("gateway"), true)
         );
         assert_eq!(s.min_replicas_acked, 1);
@@ -272,9 +277,8 @@ min_replicas_acked = 1
 
     #[test]
     fn a_url_and_sentinels_together_or_half_a_sentinel_setup_is_one_line_each() {
-        let both = cluster(
-            "redis_url = \"redis://r\"\nsentinels = [\"s:26379\"]\nmaster_name = \"m\"",
-        );
+        let both =
+            cluster("redis_url = \"redis://r\"\nsentinels = [\"s:26379\"]\nmaster_name = \"m\"");
         assert_eq!(
             both.unwrap_err(),
             ["cluster.redis_url: set cluster.redis_url or cluster.sentinels, not both"]

@@ -40,7 +40,7 @@ impl ClusterMetrics {
         );
         r.register(
             "cluster_errors",
-            "Redis calls that failed or outlasted cluster.timeout_ms",
+            "Redis calls (probes while down included) that failed or outlasted cluster.timeout_ms",
             self.errors.clone(),
         );
         r.register_with_unit(
