@@ -81,3 +81,33 @@ pub(super) fn token() -> String {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     key(&PROCESS, &["-", itoa::Buffer::new().format(n)])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agent_is_named_by_32_hex_digits_whatever_its_length() {
+        let long = "x".repeat(64_000);
+        for id in ["a", "agt_abc123", long.as_str()] {
+            let d = AgentDigest::of(id);
+            assert_eq!(d.as_str().len(), 32);
+            assert!(d.as_str().bytes().all(|b| b.is_ascii_hexdigit()));
+            assert_eq!(d.as_str(), AgentDigest::of(id).as_str());
+        }
+        assert_ne!(AgentDigest::of("a").as_str(), AgentDigest::of("b").as_str());
+        // SHA-256("abc") begins ba7816bf8f01cfea414140de5dae2223.
+        assert_eq!(
+            AgentDigest::of("abc").as_str(),
+            "ba7816bf8f01cfea414140de5dae2223"
+        );
+    }
+
+    #[test]
+    fn tokens_never_repeat() {
+        let a = token();
+        let b = token();
+        assert_ne!(a, b);
+        assert!(a.len() > 32, "{a}");
+    }
+}

@@ -171,3 +171,165 @@ impl AdmitReply {
         }
     }
 }
+
+/// The integration tests' `redis-server` fixture, so that there is one way to start one.
+#[cfg(test)]
+#[allow(dead_code)] // The integration tests use the rest of it (proxies, Sentinels).
+#[path = "../../tests/it/support/redis.rs"]
+mod redis_fixture;
+
+/// The scripts against a real `redis-server`: what they write, and that it all expires.
+#[cfg(test)]
+mod tests {
+    use redis::Commands;
+
+    use super::redis_fixture::{redis_available, TestRedis};
+    use super::*;
+
+    const KEYS: [&str; 5] = ["{t}:q:g", "{t}:q:w", "{t}:v", "{t}:v:a:x", "{t}:w:a:x"];
+    /// One request a minute, a burst of one: the second request is refused.
+    const MINUTE_US: u64 = 60_000_000;
+
+    /// A server, or `None` (loudly) where none is installed and none is required.
+    fn server() -> Option<(TestRedis, redis::Connection)> {
+        if !redis_available() {
+            assert!(
+                std::env::var_os("DNXGW_REQUIRE_REDIS").is_none(),
+                "redis-server is required (DNXGW_REQUIRE_REDIS) but not installed"
+            );
+            eprintln!("SKIPPED: redis-server is not installed");
+            return None;
+        }
+        let redis = TestRedis::start();
+        let url = format!("redis+unix://{}", redis.socket().display());
+        let conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+        Some((redis, conn))
+    }
+
+    fn admit(
+        conn: &mut redis::Connection,
+        mode: Mode,
+        write_burst: u32,
+        token: &str,
+    ) -> AdmitReply {
+        let mut call = ADMIT.prepare_invoke();
+        KEYS.iter().for_each(|k| {
+            call.key(*k);
+        });
+        call.arg(mode as u8)
+            .arg(MINUTE_US)
+            .arg(1)
+            .arg(MINUTE_US)
+            .arg(write_burst)
+            .arg(token)
+            .arg(5_000)
+            .arg(60_000);
+        AdmitReply::from_raw(call.invoke(conn).unwrap())
+    }
+
+    fn keys(conn: &mut redis::Connection) -> Vec<(String, i64)> {
+        let mut keys: Vec<String> = conn.keys("*").unwrap();
+        keys.sort();
+        keys.into_iter()
+            .map(|k| {
+                let ttl: i64 = conn.pttl(&k).unwrap();
+                (k, ttl)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_refusal_writes_nothing_and_everything_written_expires() {
+        let Some((_redis, mut conn)) = server() else {
+            return;
+        };
+        let read = admit(&mut conn, Mode::AgentRead, 1, "t1");
+        assert_eq!(
+            (read.refused_by, read.version.as_deref()),
+            (0, Some("t1/t1"))
+        );
+        let written = keys(&mut conn);
+        assert_eq!(
+            written.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            ["{t}:q:g", "{t}:v", "{t}:v:a:x"]
+        );
+        assert!(written.iter().all(|(_, ttl)| *ttl > 0), "{written:?}");
+
+        // Refused by the general quota: not a key more, none refreshed, no version made.
+        conn.del::<_, ()>("{t}:v:a:x").unwrap();
+        let before = keys(&mut conn);
+        let refused = admit(&mut conn, Mode::AgentRead, 1, "t2");
+        assert_eq!((refused.refused_by, refused.version), (1, None));
+        let refused_write = admit(&mut conn, Mode::AgentWrite, 1, "t3");
+        assert_eq!(refused_write.refused_by, 1);
+        assert_eq!(keys(&mut conn), before);
+    }
+
+    #[test]
+    fn a_write_refused_by_the_write_quota_changes_no_version() {
+        let Some((_redis, mut conn)) = server() else {
+            return;
+        };
+        // A burst of 1 for writes; the general quota is spent fresh each time.
+        let first = admit(&mut conn, Mode::AgentWrite, 1, "w1");
+        assert_eq!(
+            (first.refused_by, first.version.as_deref()),
+            (0, Some("w1/w1"))
+        );
+        assert!(first.writing);
+        conn.del::<_, ()>("{t}:q:g").unwrap();
+        let second = admit(&mut conn, Mode::AgentWrite, 1, "w2");
+        assert_eq!((second.refused_by, second.version), (2, None));
+        let version: String = conn.get("{t}:v:a:x").unwrap();
+        let in_progress: i64 = conn.get("{t}:w:a:x").unwrap();
+        assert_eq!((version.as_str(), in_progress), ("w1", 1));
+    }
+
+    #[test]
+    fn a_read_keeps_its_version_alive_and_a_lost_one_comes_back_fresh() {
+        let Some((_redis, mut conn)) = server() else {
+            return;
+        };
+        admit(&mut conn, Mode::AgentRead, 1, "r1");
+        conn.pexpire::<_, ()>("{t}:v:a:x", 50).unwrap();
+        conn.del::<_, ()>("{t}:q:g").unwrap();
+        let again = admit(&mut conn, Mode::AgentRead, 1, "r2");
+        assert_eq!(
+            again.version.as_deref(),
+            Some("r1/r1"),
+            "read, not replaced"
+        );
+        let ttl: i64 = conn.pttl("{t}:v:a:x").unwrap();
+        assert!(ttl > 50_000, "refreshed to the versions' lifetime: {ttl}");
+        // Lost (expired, evicted, flushed): made again from a token no entry was stored under.
+        conn.del::<_, ()>(&["{t}:v:a:x", "{t}:q:g"]).unwrap();
+        let fresh = admit(&mut conn, Mode::AgentRead, 1, "r3");
+        assert_eq!(fresh.version.as_deref(), Some("r1/r3"));
+    }
+
+    #[test]
+    fn a_write_end_replaces_the_version_and_leaves_no_mark_behind() {
+        let Some((_redis, mut conn)) = server() else {
+            return;
+        };
+        admit(&mut conn, Mode::AgentWrite, 5, "e1");
+        let end = |conn: &mut redis::Connection, token: &str| {
+            WRITE_END
+                .key("{t}:v:a:x")
+                .key("{t}:w:a:x")
+                .arg(token)
+                .arg(60_000)
+                .invoke::<i64>(conn)
+                .unwrap()
+        };
+        end(&mut conn, "e2");
+        let version: String = conn.get("{t}:v:a:x").unwrap();
+        assert_eq!(version, "e2");
+        assert!(!conn.exists::<_, bool>("{t}:w:a:x").unwrap());
+        // An end whose mark already lapsed leaves none (no -1 without expiry).
+        end(&mut conn, "e3");
+        assert!(!conn.exists::<_, bool>("{t}:w:a:x").unwrap());
+        let written = keys(&mut conn);
+        assert!(written.iter().all(|(_, ttl)| *ttl > 0), "{written:?}");
+    }
+}

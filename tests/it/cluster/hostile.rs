@@ -12,7 +12,8 @@ async fn binary_replica(
     c: &Cluster,
     configure: impl Fn(GatewayBuilder) -> GatewayBuilder,
 ) -> BinaryGateway {
-    let builder = in_cluster(GatewayBuilder::new(c.upstream.base_url()), &c.proxy.url())
+    let builder = GatewayBuilder::new(c.upstream.base_url())
+        .in_cluster(&c.proxy.url())
         .binary_env("RUST_LOG", CLUSTER_LINES);
     configure(builder).spawn_binary().await
 }

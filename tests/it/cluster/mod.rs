@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::Method;
 use tokio::sync::Mutex;
 
-use crate::support::redis::{in_cluster, redis_available, Fault, FaultyProxy, TestRedis};
+use crate::support::redis::{redis_available, Fault, FaultyProxy, TestRedis};
 use crate::support::*;
 
 /// Skips (loudly) where no `redis-server` is installed, unless `DNXGW_REQUIRE_REDIS` is set, as
@@ -47,7 +47,7 @@ async fn cluster_with(
     let upstream = FakeUpstream::start().await;
     let mut replicas = Vec::new();
     for _ in 0..n {
-        let builder = in_cluster(GatewayBuilder::new(upstream.base_url()), &proxy.url());
+        let builder = GatewayBuilder::new(upstream.base_url()).in_cluster(&proxy.url());
         replicas.push(configure(builder).start().await);
     }
     let c = Cluster {

@@ -121,6 +121,11 @@ impl GatewayBuilder {
         self.set("cluster", "redis_url", format!("{url:?}"))
     }
 
+    /// Cluster mode against the Redis at `url`, with a short call deadline.
+    pub fn in_cluster(self, url: &str) -> Self {
+        self.cluster_redis_url(url).cluster_timeout_ms(200)
+    }
+
     pub fn cluster_timeout_ms(self, ms: u64) -> Self {
         self.set("cluster", "timeout_ms", ms)
     }

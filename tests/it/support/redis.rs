@@ -2,6 +2,9 @@
 //! the test's own directory (so no port is ever guessed), stopped by its PID. Gateways reach it
 //! through a [`FaultyProxy`] on `127.0.0.1:0`, which can pass, black-hole or delay the traffic,
 //! standing in for a network that breaks in the ways networks do.
+//!
+//! It stands alone (no other fixture), so the library's unit tests of the Lua scripts start their
+//! `redis-server` with it too (`src/cluster/scripts.rs`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,8 +15,6 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, UnixStream};
-
-use super::GatewayBuilder;
 
 /// Whether this machine has a `redis-server` (CI installs Debian's; see `.ci/run`).
 pub fn redis_available() -> bool {
@@ -373,9 +374,4 @@ async fn pump(
             return;
         }
     }
-}
-
-/// A gateway configured in cluster mode against `url`, with a short call deadline.
-pub fn in_cluster(builder: GatewayBuilder, url: &str) -> GatewayBuilder {
-    builder.cluster_redis_url(url).cluster_timeout_ms(200)
 }
