@@ -164,8 +164,8 @@ impl Link {
     }
 
     /// Runs `call` on the writer connection, then `WAIT`s for `replicas` Redis replicas to hold
-    /// what it wrote, within one more deadline. Fewer is [`ClusterError::Unacknowledged`]: Redis
-    /// answered, so the link stays up.
+    /// what it wrote, within one more deadline. Fewer is [`ClusterError::Unacknowledged`] (the
+    /// call ran; Redis answered, so the link stays up); `Unavailable` means it may not have run.
     pub(super) async fn call_acked<T, F, Fut>(
         &self,
         replicas: u32,
@@ -175,9 +175,11 @@ impl Link {
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
+        // Too many writes queued behind others' `WAIT`s: this one has not run, and says so
+        // (`Unacknowledged` would tell the caller its change was made).
         let _turn = tokio::time::timeout(self.timeout * 2, self.writer_turn.lock())
             .await
-            .map_err(|_| ClusterError::Unacknowledged)?;
+            .map_err(|_| ClusterError::Unavailable)?;
         let (conn, epoch) = match self.current(Which::Writer) {
             Some(current) => current,
             None => self.after_reconnection(Which::Writer).await?,
