@@ -128,6 +128,11 @@ impl Link {
         self.up.load(Ordering::Acquire)
     }
 
+    /// Up, or replacing a connection that just closed: a call now waits for the new one.
+    pub(super) fn usable(&self) -> bool {
+        self.is_up() || *self.phase.borrow() == Phase::Reconnecting
+    }
+
     pub(super) fn phase(&self) -> Phase {
         self.phase.borrow().clone()
     }

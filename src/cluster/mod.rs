@@ -124,8 +124,11 @@ impl Cluster {
         }))
     }
 
+    /// Whether a call may be made: Redis is up, or the connection just closed and its
+    /// replacement is under way (a call then waits for it, within its deadline, and is sent on
+    /// the new connection; see the link's doc).
     pub fn is_up(&self) -> bool {
-        self.link.is_up()
+        self.link.usable()
     }
 
     /// Up, reconnecting, or down and why: for `/readyz`.

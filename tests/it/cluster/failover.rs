@@ -51,6 +51,38 @@ async fn a_closed_connection_is_noticed_at_once_and_replaced_straight_away() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_during_a_reconnection_is_sent_once_on_the_new_connection() {
+    require_redis!();
+    let c = cluster(1, |b| b).await;
+    let path = "/v1/agents2/resend-1";
+    assert_eq!(patch(&c.client(0), path).await.status, 200);
+    // Every round trip takes 30 ms: replacing a connection (handshake, probe) takes over 100 ms,
+    // so the write below arrives while the link is replacing the connection Redis just closed.
+    c.proxy.set_delay(Duration::from_millis(30));
+    for round in 1..=3 {
+        c.redis.cli(&["CLIENT", "KILL", "TYPE", "normal"]);
+        let w = patch(&c.client(0), path).await;
+        assert_eq!(
+            w.status,
+            200,
+            "round {round}: {}",
+            String::from_utf8_lossy(&w.body)
+        );
+        c.wait_connected().await;
+    }
+    let m = c.replicas[0].metrics().await;
+    assert_eq!(
+        m.value("dialnexa_gateway_cluster_reconnects_total", &[]),
+        3.0
+    );
+    assert_eq!(
+        c.upstream.count(&Method::PATCH, "/"),
+        4,
+        "each write forwarded once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_redis_serves_agent_writes_again_within_a_second() {
     require_redis!();
     let mut c = cluster(2, |b| b).await;
