@@ -53,7 +53,8 @@ async fn a_closed_connection_is_noticed_at_once_and_replaced_straight_away() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_during_a_reconnection_is_sent_once_on_the_new_connection() {
     require_redis!();
-    let c = cluster(1, |b| b).await;
+    // A deadline ample for a loaded machine: the write waits within it for the new connection.
+    let c = cluster(1, |b| b.cluster_timeout_ms(1_000)).await;
     let path = "/v1/agents2/resend-1";
     assert_eq!(patch(&c.client(0), path).await.status, 200);
     // Every round trip takes 30 ms: replacing a connection (handshake, probe) takes over 100 ms,
@@ -61,6 +62,9 @@ async fn a_request_during_a_reconnection_is_sent_once_on_the_new_connection() {
     c.proxy.set_delay(Duration::from_millis(30));
     for round in 1..=3 {
         c.redis.cli(&["CLIENT", "KILL", "TYPE", "normal"]);
+        // Once the replica knows (a request sent before it does meets the dead connection, and
+        // its fate is unknown: that one is answered 503, never sent twice).
+        wait_for_readyz(&c.replicas[0].admin_client(), "reconnecting").await;
         let w = patch(&c.client(0), path).await;
         assert_eq!(
             w.status,
@@ -123,7 +127,11 @@ async fn without_the_replicas_it_asks_for_agent_writes_are_refused_and_hits_go_o
     require_redis!();
     let primary = TestRedis::start_tcp(&[]);
     let primary_port = primary.port().to_string();
-    let c = cluster_with(primary, 1, |b| b.cluster_min_replicas_acked(1)).await;
+    // A deadline that a loaded machine's replica acknowledges within, once there is one.
+    let c = cluster_with(primary, 1, |b| {
+        b.cluster_min_replicas_acked(1).cluster_timeout_ms(1_000)
+    })
+    .await;
     let path = "/v1/agents2/acked-1";
     let hot = "/v1/agents2/acked-hot";
     c.client(0).get(hot, SUPPORT).await;
@@ -151,8 +159,9 @@ async fn without_the_replicas_it_asks_for_agent_writes_are_refused_and_hits_go_o
     assert_eq!(write.json()["code"], "cluster_unavailable");
     assert_eq!(c.upstream.count(&Method::PATCH, "/"), 0, "never forwarded");
     assert!(hits >= 5, "only {hits} hits while the write waited");
+    // Behind the WAIT (1 s), the first hit would have waited it out, and no other would fit.
     assert!(
-        slowest < Duration::from_millis(100),
+        slowest < Duration::from_millis(900),
         "a hit waited {slowest:?} behind the write's WAIT"
     );
     // Writes that touch no agent, and reads, go on; the agent written to is cached again at once
@@ -249,7 +258,7 @@ async fn a_sentinel_failover_keeps_read_after_write_and_service_resumes_by_itsel
     for _ in 0..2 {
         let gw = GatewayBuilder::new(upstream.base_url())
             .cluster_sentinels(&addrs, MASTER)
-            .cluster_timeout_ms(200)
+            .cluster_timeout_ms(500)
             .cluster_min_replicas_acked(1)
             .start()
             .await;
@@ -260,11 +269,16 @@ async fn a_sentinel_failover_keeps_read_after_write_and_service_resumes_by_itsel
 
     let history = Arc::new(Mutex::new(Vec::<Op>::new()));
     let refused = Arc::new(Mutex::new(Vec::<Instant>::new()));
-    let started = Instant::now();
-    let run_for = Duration::from_secs(14);
+    // Set once service has resumed for a while: the workers stop then.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut workers = Vec::new();
     for w in 0..6u64 {
-        let (clients, history, refused) = (clients.clone(), history.clone(), refused.clone());
+        let (clients, history, refused, stop) = (
+            clients.clone(),
+            history.clone(),
+            refused.clone(),
+            stop.clone(),
+        );
         workers.push(tokio::spawn(async move {
             let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ (w * 0x0100_0000_01b3);
             let mut next = move || {
@@ -273,7 +287,7 @@ async fn a_sentinel_failover_keeps_read_after_write_and_service_resumes_by_itsel
                 seed ^= seed << 17;
                 seed
             };
-            while started.elapsed() < run_for {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let agent = (next() % 2) as usize;
                 let replica = (next() % 2) as usize;
                 let write = next() % 4 == 0;
@@ -322,11 +336,23 @@ async fn a_sentinel_failover_keeps_read_after_write_and_service_resumes_by_itsel
     // The old primary comes back empty, as the new primary's replica (as an operator, or the
     // Sentinels within their 10 s INFO period, would make it).
     primary.restart_as_replica_of(replica.port());
-    wait_until("the old primary replicates the new one", || {
-        in_sync(&primary)
-    })
-    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !in_sync(&primary) {
+        assert!(
+            Instant::now() < deadline,
+            "the old primary never replicated the new one: {}\n---\n{}\n---\n{:?}",
+            primary.cli(&["INFO", "replication"]),
+            replica.cli(&["INFO", "replication"]),
+            sentinels
+                .iter()
+                .map(|s| s.primary_port(MASTER))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let resumed = killed.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for w in workers {
         w.await.unwrap();
     }
@@ -348,7 +374,7 @@ async fn a_sentinel_failover_keeps_read_after_write_and_service_resumes_by_itsel
     let late: Vec<_> = refused
         .iter()
         .map(|t| t.duration_since(killed))
-        .filter(|t| *t > resumed + Duration::from_millis(500))
+        .filter(|t| *t > resumed + Duration::from_secs(1))
         .collect();
     assert!(
         late.is_empty(),
