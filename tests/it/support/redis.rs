@@ -61,7 +61,12 @@ impl TestRedis {
             child: None,
             password: None,
             port: free_port(),
-            args: args.iter().map(|a| a.to_string()).collect(),
+            // A replica's full sync starts at once, not after the default 5 s wait for others.
+            args: ["--repl-diskless-sync-delay", "0"]
+                .iter()
+                .chain(args)
+                .map(|a| a.to_string())
+                .collect(),
         };
         redis.spawn();
         redis
@@ -133,11 +138,14 @@ impl TestRedis {
 
     /// Starts it again, empty, on the same port, as a replica of the server on `primary_port`.
     pub fn restart_as_replica_of(&mut self, primary_port: u16) {
-        self.args = vec![
+        if let Some(at) = self.args.iter().position(|a| a == "--replicaof") {
+            self.args.drain(at..at + 3);
+        }
+        self.args.extend([
             "--replicaof".into(),
             "127.0.0.1".into(),
             primary_port.to_string(),
-        ];
+        ]);
         self.restart_empty();
     }
 
@@ -254,6 +262,17 @@ impl TestSentinel {
 
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Asks this Sentinel for a failover of `master_name` (as an operator does for maintenance);
+    /// its answer (`OK`, or why not: no replica it deems good yet, one already under way).
+    pub fn failover(&self, master_name: &str) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(["SENTINEL", "FAILOVER", master_name])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
     /// The primary's port as this Sentinel sees it now.
