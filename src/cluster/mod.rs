@@ -6,7 +6,13 @@
 //! organisation's and an agent's token) that every invalidation replaces with a fresh random token.
 //! A replica serves a cached agent only if it was filled under the version its own request just
 //! read, in the same round trip as the quota. Tokens never repeat, so nothing Redis forgets (a
-//! restart, a flush, an eviction) can make an old entry current again.
+//! restart, a flush, an eviction, an expiry) can make an old entry current again.
+//!
+//! What a client can make Redis hold is bounded (DESIGN, "A hostile team and a sick Redis"): a
+//! refused request writes nothing, every key expires, and agents are named by a fixed-size digest
+//! ([`keys`]). The replica follows Redis through restarts and failovers on its own ([`link`],
+//! [`source`]), and with `min_replicas_acked` an agent write waits for Redis replicas to hold its
+//! version change before it goes on.
 
 mod keys;
 mod link;
