@@ -35,7 +35,7 @@ use redis::{AsyncConnectionConfig, PushInfo, PushKind, RedisError};
 use tokio::sync::{watch, Notify};
 
 use super::source::{describe, warn_if_evicting, Source};
-use super::ClusterError;
+use super::{ClusterError, Phase};
 use crate::metrics::ClusterMetrics;
 
 /// Backoff between probes while down: from the first, doubling, up to the last. The last is one
@@ -52,16 +52,6 @@ pub(super) type Probe = Box<
         + Send
         + Sync,
 >;
-
-/// What the link can do right now, for `/readyz`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Phase {
-    Up,
-    /// The connection closed; the first attempt to replace it is under way.
-    Reconnecting,
-    /// Down, and why (a Redis error reply, a deadline, a refused connection).
-    Down(Arc<str>),
-}
 
 /// The connection, changed together with its epoch under one lock: a failure that happened on an
 /// old connection must not take down the new one.
@@ -301,7 +291,24 @@ impl Link {
                 state.epoch += 1;
                 state.epoch
             };
-            match self.connect_and_probe(epoch).await {
+            let attempt = self.connect_and_probe(epoch);
+            tokio::pin!(attempt);
+            let outcome = tokio::select! {
+                outcome = &mut attempt => outcome,
+                // Calls wait for a reconnection for one deadline at most; one that takes longer
+                // (an unreachable host) is an outage, and calls fail at once from here on.
+                _ = tokio::time::sleep(self.timeout) => {
+                    self.phase.send_if_modified(|p| {
+                        let waited = *p == Phase::Reconnecting;
+                        if waited {
+                            *p = Phase::Down("the connection closed; reconnecting".into());
+                        }
+                        waited
+                    });
+                    attempt.await
+                }
+            };
+            match outcome {
                 Ok((conn, writer)) => {
                     on_connect();
                     {

@@ -31,7 +31,6 @@ use keys::{canary_tag, key, micros, millis, token, AgentDigest, Key};
 use crate::metrics::ClusterMetrics;
 use crate::settings::{ClusterSettings, OnUnavailable};
 
-pub use link::Phase;
 pub use scripts::{AdmitReply, Mode};
 
 /// Why a cluster call did not happen.
@@ -49,6 +48,16 @@ pub enum ClusterError {
 #[derive(Debug, thiserror::Error)]
 #[error("[cluster]: {0}")]
 pub struct ClusterStartError(String);
+
+/// What the link can do right now, for `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    Up,
+    /// The connection closed; the first attempt to replace it is under way.
+    Reconnecting,
+    /// Down, and why (a Redis error reply, a deadline, a refused connection).
+    Down(Arc<str>),
+}
 
 /// One quota (emission interval and burst) as the script takes it.
 #[derive(Debug, Clone, Copy)]
