@@ -225,3 +225,24 @@ async fn stalled_writes_cost_a_timeout_per_probe_not_per_request() {
     assert_eq!(lines_with(&gw, LOST), 1, "{log}");
     assert_eq!(lines_with(&gw, BACK), 2, "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_turned_read_only_is_unavailable_and_degrade_stays_in_rotation_saying_why() {
+    require_redis!();
+    let c = cluster(1, |b| b).await;
+    let path = "/v1/agents2/ro-1";
+    assert_eq!(patch(&c.client(0), path).await.status, 200);
+    // A primary demoted to a replica (of a server that is not there) answers writes READONLY.
+    assert_eq!(c.redis.cli(&["REPLICAOF", "127.0.0.1", "1"]), "OK");
+    c.wait_unavailable().await;
+    let ready = readyz(&c.replicas[0]).await;
+    let body = String::from_utf8_lossy(&ready.body).into_owned();
+    assert_eq!(ready.status, 200, "degrade stays in rotation: {body}");
+    assert!(body.contains("READONLY"), "{body}");
+    assert_eq!(patch(&c.client(0), path).await.status, 503);
+    let read = c.client(0).get(path, SUPPORT).await;
+    assert_eq!((read.status, x_cache(&read)), (200, "BYPASS"));
+    assert_eq!(c.redis.cli(&["REPLICAOF", "NO", "ONE"]), "OK");
+    c.wait_connected().await;
+    assert_eq!(patch(&c.client(0), path).await.status, 200);
+}
