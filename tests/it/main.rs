@@ -36,6 +36,8 @@
 //! | admin listener: probes, `/metrics` | `operations::admin_listener`, `cache::metrics`, `ratelimit` |
 //! | admin listener: `/admin/cache/purge` | `cache::purge`, `audit`, `edges` |
 //! | cluster mode (quotas, read-after-write, purges, Redis unavailable) | `cluster` (a real `redis-server`; `support::redis`) |
+//! | cluster mode: a hostile team and a sick Redis (bounded state, error replies, stalls) | `cluster::hostile` |
+//! | cluster mode: Redis restarts and failover (closed connections, Sentinel, `min_replicas_acked`) | `cluster::failover` |
 //!
 //! `support` holds the fixtures: the fake upstream, the gateway under test with its typed config,
 //! a client, and the one `/metrics` reader.
