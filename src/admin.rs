@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::audit::{AuditRecord, AuditedBody, PendingLine};
 use crate::auth::{self, KeyDigest};
 use crate::cache::Scope;
+use crate::cluster::Phase;
 use crate::error::GatewayError;
 use crate::http::{self as body, ProxyBody};
 use crate::proxy::request_body::{self, BodyLimits};
@@ -35,22 +36,7 @@ pub async fn handle(
             probe(StatusCode::SERVICE_UNAVAILABLE, "draining")
         }
         (&Method::GET | &Method::HEAD, "/readyz") => {
-            let (status, text) = match gw.cluster_state() {
-                None => (StatusCode::OK, "ready"),
-                Some((true, _)) => (StatusCode::OK, "ready; cluster: connected"),
-                // Under `degrade` a replica without Redis still serves, so it stays in rotation.
-                Some((false, OnUnavailable::Degrade)) => (
-                    StatusCode::OK,
-                    "ready; cluster: unavailable, degraded (local quotas, no cache, agent writes 503)",
-                ),
-                Some((false, OnUnavailable::Refuse)) => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "not ready; cluster: unavailable, refusing requests",
-                ),
-            };
-            // Which config this replica serves, as `config_info` shows it.
-            let fingerprint = &gw.snapshot().settings.fingerprint;
-            probe(status, format!("{text}; config: {fingerprint}"))
+            readyz(gw.cluster_state(), &gw.snapshot().settings.fingerprint)
         }
         (&Method::GET, "/metrics") => {
             gw.cache.refresh_gauges().await;
@@ -75,6 +61,37 @@ pub async fn handle(
     };
     body::drop_for_head(&method, &mut resp);
     resp.map(AuditedBody::unaudited)
+}
+
+/// Ready unless draining, or refusing for want of Redis; the body names the cluster's state and,
+/// while it is unavailable, why (a Redis error reply, a deadline, a refused connection), then
+/// which config this replica serves, as `config_info` shows it.
+fn readyz(cluster: Option<(Phase, OnUnavailable)>, fingerprint: &str) -> Response<ProxyBody> {
+    let (status, text) = cluster_readiness(cluster);
+    probe(status, format!("{text}; config: {fingerprint}"))
+}
+
+fn cluster_readiness(cluster: Option<(Phase, OnUnavailable)>) -> (StatusCode, String) {
+    let (phase, mode) = match cluster {
+        None => return (StatusCode::OK, "ready".to_owned()),
+        Some((Phase::Up, _)) => return (StatusCode::OK, "ready; cluster: connected".to_owned()),
+        Some(state) => state,
+    };
+    let why = match &phase {
+        Phase::Down(why) => why,
+        _ => "the connection closed; reconnecting",
+    };
+    match mode {
+        // Under `degrade` a replica without Redis still serves, so it stays in rotation.
+        OnUnavailable::Degrade => (
+            StatusCode::OK,
+            format!("ready; cluster: unavailable ({why}), degraded (local quotas, no cache, agent writes 503)"),
+        ),
+        OnUnavailable::Refuse => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready; cluster: unavailable ({why}), refusing requests"),
+        ),
+    }
 }
 
 fn probe(status: StatusCode, text: impl Into<Bytes>) -> Response<ProxyBody> {

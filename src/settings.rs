@@ -45,14 +45,40 @@ pub struct TracingSettings {
 /// `[cluster]`: the Redis every replica shares, and what a replica does without it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterSettings {
-    /// `redis://` or `rediss://`, never with a password in it (so it can be logged).
-    pub redis_url: String,
+    /// Where the primary is: one address, or the Sentinels that know it.
+    pub target: RedisTarget,
     pub password: Option<Secret>,
     /// Every key the gateway uses starts with it.
     pub key_prefix: Arc<str>,
     /// A Redis call slower than this counts as Redis unavailable.
     pub timeout: Duration,
     pub on_unavailable: OnUnavailable,
+    /// Redis replicas that must acknowledge an agent write's version changes (`WAIT`) before the
+    /// write goes on; 0: none are waited for.
+    pub min_replicas_acked: u32,
+}
+
+/// How a replica finds the Redis primary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// `redis://` or `rediss://`, never with a password in it (so it can be logged).
+    Url(String),
+    /// Asked of the Sentinels on every (re)connection.
+    Sentinel(SentinelTarget),
+}
+
+/// `sentinels`, `master_name` and what `redis_url` would otherwise say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentinelTarget {
+    /// `host:port` of each Sentinel.
+    pub sentinels: Vec<(String, u16)>,
+    pub master_name: String,
+    pub database: i64,
+    pub username: Option<String>,
+    /// TLS to the primary and to the Sentinels alike.
+    pub tls: bool,
+    /// For Sentinels that require one (`requirepass` in sentinel.conf).
+    pub sentinel_password: Option<Secret>,
 }
 
 /// What a replica does while it cannot reach Redis (DESIGN, "Cluster mode").

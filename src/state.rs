@@ -16,7 +16,7 @@ use crate::admission::{self, Admission, TeamLimiter, TeamPart};
 use crate::audit::AuditLog;
 use crate::auth::{KeyDigest, KeyLife};
 use crate::cache::{fold_case, AgentCache, Scope};
-use crate::cluster::{Cluster, ClusterStartError, Reach};
+use crate::cluster::{Cluster, ClusterStartError, Phase, Reach};
 use crate::config::ConfigError;
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, TeamCounters};
@@ -187,6 +187,7 @@ impl Gateway {
                     // invalidations, and is not served again.
                     move || forget.forget_everything(),
                 )?;
+                set_version_lifetime(&cluster, &settings);
                 Some((cluster, cs.clone()))
             }
         };
@@ -238,6 +239,9 @@ impl Gateway {
         if settings.cluster != running {
             tracing::warn!("[cluster] changed in the config file; it takes a restart, the running cluster settings stay");
             settings.cluster = running;
+        }
+        if let Some((cluster, _)) = &self.cluster {
+            set_version_lifetime(cluster, &settings);
         }
         let old = self.snapshot.load_full();
         let new = Snapshot::build(settings, Some(&old), &self.metrics);
@@ -314,11 +318,11 @@ impl Gateway {
     }
 
     /// The cluster's state for `/readyz`: `None` without `[cluster]`, else whether Redis is
-    /// reachable and whether this replica refuses requests meanwhile.
-    pub fn cluster_state(&self) -> Option<(bool, OnUnavailable)> {
+    /// usable (or why not) and whether this replica refuses requests meanwhile.
+    pub fn cluster_state(&self) -> Option<(Phase, OnUnavailable)> {
         self.cluster
             .as_ref()
-            .map(|(c, _)| (c.is_up(), c.on_unavailable()))
+            .map(|(c, _)| (c.phase(), c.on_unavailable()))
     }
 
     pub fn cache_enabled(&self, rt: &Snapshot) -> Option<&Arc<AgentCache>> {
@@ -349,4 +353,10 @@ impl Gateway {
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
     }
+}
+
+/// Versions must outlive every entry filled under them (see [`Cluster::set_version_lifetime`]).
+fn set_version_lifetime(cluster: &Cluster, settings: &Settings) {
+    let cache = &settings.cache;
+    cluster.set_version_lifetime(cache.ttl + cache.stale_if_error, settings.upstream.timeout);
 }

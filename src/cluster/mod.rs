@@ -6,18 +6,28 @@
 //! organisation's and an agent's token) that every invalidation replaces with a fresh random token.
 //! A replica serves a cached agent only if it was filled under the version its own request just
 //! read, in the same round trip as the quota. Tokens never repeat, so nothing Redis forgets (a
-//! restart, a flush, an eviction) can make an old entry current again.
+//! restart, a flush, an eviction, an expiry) can make an old entry current again.
+//!
+//! What a client can make Redis hold is bounded (DESIGN, "A hostile team and a sick Redis"): a
+//! refused request writes nothing, every key expires, and agents are named by a fixed-size digest
+//! ([`keys`]). The replica follows Redis through restarts and failovers on its own ([`link`],
+//! [`source`]), and with `min_replicas_acked` an agent write waits for Redis replicas to hold its
+//! version change before it goes on.
 
 mod budget;
+mod keys;
 mod link;
 mod scripts;
+mod source;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use rand::RngCore;
-use redis::ServerErrorKind;
+use redis::aio::MultiplexedConnection;
+use redis::{Cmd, ServerErrorKind};
+
+use keys::{canary_tag, key, micros, millis, token, AgentDigest, Key};
 
 use crate::metrics::ClusterMetrics;
 use crate::settings::{ClusterSettings, OnUnavailable};
@@ -31,12 +41,25 @@ pub enum ClusterError {
     /// Down, failed, or slower than `cluster.timeout_ms`.
     #[error("the cluster's Redis is unavailable")]
     Unavailable,
+    /// Redis answered, but fewer of its replicas than `min_replicas_acked` hold the change.
+    #[error("the cluster's Redis replicas did not acknowledge a write")]
+    Unacknowledged,
 }
 
 /// Why the cluster could not be set up at start.
 #[derive(Debug, thiserror::Error)]
-#[error("cluster.redis_url: {0}")]
+#[error("[cluster]: {0}")]
 pub struct ClusterStartError(String);
+
+/// What the link can do right now, for `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    Up,
+    /// The connection closed; the first attempt to replace it is under way.
+    Reconnecting,
+    /// Down, and why (a Redis error reply, a deadline, a refused connection).
+    Down(Arc<str>),
+}
 
 /// One quota (emission interval and burst) as the script takes it.
 #[derive(Debug, Clone, Copy)]
@@ -48,6 +71,10 @@ pub struct Bucket {
 /// How long a write's answer waits for its second invalidation while the link reconnects.
 pub const WRITE_END_PATIENCE: Duration = Duration::from_secs(1);
 
+/// How long versions live before the first reload or start sets it from `[cache]`: the defaults'
+/// `ttl_seconds + stale_if_error_seconds` and a default upstream timeout.
+const DEFAULT_VERSION_LIFETIME: Duration = Duration::from_secs(60 + 300 + 15);
+
 /// What one request asks of the cluster at admission.
 #[derive(Debug, Clone, Copy)]
 pub struct Ask<'a> {
@@ -56,7 +83,7 @@ pub struct Ask<'a> {
     pub general: Bucket,
     pub write: Option<Bucket>,
     pub mode: Mode,
-    /// The agent, case-folded, for the agent modes.
+    /// The agent, canonical (case-folded), for the agent modes.
     pub agent: Option<&'a str>,
     /// How long an agent write counts as in progress if its end never arrives: longer than the
     /// write can take upstream.
@@ -76,6 +103,11 @@ pub struct Cluster {
     prefix: Arc<str>,
     on_unavailable: OnUnavailable,
     timeout: Duration,
+    /// `WAIT` for this many Redis replicas after an agent write's version changes; 0: never.
+    min_replicas_acked: u32,
+    /// How long an agent's or org's version lives after it was last written or read, in ms: set
+    /// from the running `[cache]` and `[upstream]` (see [`Cluster::set_version_lifetime`]).
+    version_lifetime_ms: AtomicU64,
     metrics: ClusterMetrics,
 }
 
@@ -87,39 +119,63 @@ impl Cluster {
         metrics: ClusterMetrics,
         on_connect: impl Fn() + Send + 'static,
     ) -> Result<Arc<Self>, ClusterStartError> {
-        let mut info = redis::IntoConnectionInfo::into_connection_info(settings.redis_url.as_str())
-            .map_err(|e| ClusterStartError(e.to_string()))?;
-        if let Some(password) = &settings.password {
-            let redis = info
-                .redis_settings()
-                .clone()
-                .set_password(password.expose());
-            info = info.set_redis_settings(redis);
-        }
-        let client = redis::Client::open(info).map_err(|e| ClusterStartError(e.to_string()))?;
-        let link = link::Link::new(client, settings.timeout, metrics.clone());
+        let source = source::Source::new(settings)?;
+        let canary = canary_tag(&settings.key_prefix);
+        let probe: link::Probe = Box::new(move |conn| Box::pin(probe(conn, canary.clone())));
+        let link = link::Link::new(
+            source,
+            settings.timeout,
+            settings.min_replicas_acked > 0,
+            metrics.clone(),
+            probe,
+        );
         tokio::spawn(Arc::clone(&link).keep_connected(on_connect));
         Ok(Arc::new(Self {
             link,
             prefix: settings.key_prefix.clone(),
             on_unavailable: settings.on_unavailable,
             timeout: settings.timeout,
+            min_replicas_acked: settings.min_replicas_acked,
+            version_lifetime_ms: AtomicU64::new(millis(DEFAULT_VERSION_LIFETIME)),
             metrics,
         }))
     }
 
+    /// Whether a call may be made: Redis is up, or the connection just closed and its
+    /// replacement is under way (a call then waits for it, within its deadline, and is sent on
+    /// the new connection; see the link's doc).
     pub fn is_up(&self) -> bool {
-        self.link.is_up()
+        self.link.usable()
+    }
+
+    /// Up, reconnecting, or down and why: for `/readyz`.
+    pub fn phase(&self) -> Phase {
+        self.link.phase()
     }
 
     pub fn on_unavailable(&self) -> OnUnavailable {
         self.on_unavailable
     }
 
+    /// How long a version must outlive its last use: an entry filled under it is served for
+    /// `cache_life` (the TTL and the stale-if-error window) after its fill, which ends up to
+    /// `upstream_timeout` after the read that learnt the version. Set at start and on reload.
+    pub fn set_version_lifetime(&self, cache_life: Duration, upstream_timeout: Duration) {
+        // At least a second: a zero TTL would make `SET .. PX 0` an error.
+        let life = (cache_life + upstream_timeout).max(Duration::from_secs(1));
+        self.version_lifetime_ms
+            .store(millis(life), Ordering::Relaxed);
+    }
+
+    fn version_lifetime_ms(&self) -> u64 {
+        self.version_lifetime_ms.load(Ordering::Relaxed)
+    }
+
     /// How long a write to an agent counts as in progress unless its end arrives: an upstream
-    /// answer takes at most `upstream_timeout`, and the end one more Redis call, so twice both.
+    /// answer takes at most `upstream_timeout`; its end then waits up to [`WRITE_END_PATIENCE`]
+    /// for the link, plus a call deadline each for the admission and the end.
     pub fn write_lifetime(&self, upstream_timeout: Duration) -> Duration {
-        (upstream_timeout + self.timeout) * 2
+        upstream_timeout + WRITE_END_PATIENCE + self.timeout * 2
     }
 
     pub fn metrics(&self) -> &ClusterMetrics {
@@ -127,7 +183,9 @@ impl Cluster {
     }
 
     /// One round trip: the team's quotas and, for an agent, its version (replaced first when the
-    /// request is an agent write the quotas allow).
+    /// request is an agent write the quotas allow). With `min_replicas_acked`, an agent write
+    /// runs on the link's own write connection and waits for that many Redis replicas to hold
+    /// the new version; fewer is `Unavailable`, and the write is not forwarded.
     pub async fn admit(&self, ask: Ask<'_>) -> Result<AdmitReply, ClusterError> {
         let org = self.org_tag(ask.org);
         let write = ask.write.unwrap_or(Bucket {
@@ -136,7 +194,7 @@ impl Cluster {
         });
         // `EVALSHA` written straight from the key parts: the script helper copies every key and
         // argument twice more on the way, a measurable part of a cluster-mode hit (callgrind).
-        let mut cmd = redis::Cmd::with_capacity(15, 512);
+        let mut cmd = Cmd::with_capacity(16, 512);
         cmd.arg("EVALSHA").arg(scripts::ADMIT.get_hash());
         match ask.agent {
             None => {
@@ -145,12 +203,13 @@ impl Cluster {
                     .arg(Key(&[&org, ":q:", ask.team, ":w"]));
             }
             Some(agent) => {
+                let digest = AgentDigest::of(agent);
                 cmd.arg(5)
                     .arg(Key(&[&org, ":q:", ask.team, ":g"]))
                     .arg(Key(&[&org, ":q:", ask.team, ":w"]))
                     .arg(Key(&[&org, ":v"]))
-                    .arg(Key(&[&org, ":v:a:", agent]))
-                    .arg(Key(&[&org, ":w:a:", agent]));
+                    .arg(Key(&[&org, ":v:a:", digest.as_str()]))
+                    .arg(Key(&[&org, ":w:a:", digest.as_str()]));
             }
         }
         cmd.arg(ask.mode as u8)
@@ -159,18 +218,26 @@ impl Cluster {
             .arg(micros(write.interval))
             .arg(write.burst)
             .arg(token())
-            .arg(u64::try_from(ask.write_lifetime.as_millis()).unwrap_or(u64::MAX));
+            .arg(millis(ask.write_lifetime))
+            .arg(self.version_lifetime_ms());
+        if let (Mode::AgentWrite, Some(agent), 1..) = (ask.mode, ask.agent, self.min_replicas_acked)
+        {
+            let acked = self
+                .link
+                .call_acked(self.min_replicas_acked, |mut conn| async move {
+                    eval_loading(&mut conn, &cmd, &scripts::ADMIT).await
+                })
+                .await;
+            if acked == Err(ClusterError::Unacknowledged) {
+                // Not forwarded: lift its in-progress mark now rather than at the end of its
+                // lifetime, so the agent is cached again at once (the fresh version this leaves
+                // costs one miss per replica).
+                let _ = self.end_write(&org, agent, false).await;
+            }
+            return acked.map(AdmitReply::from_raw);
+        }
         self.link
-            .call(|mut conn| async move {
-                match cmd.query_async(&mut conn).await {
-                    // Scripts are gone after a restart or `SCRIPT FLUSH`: load it, then again.
-                    Err(e) if e.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript) => {
-                        scripts::ADMIT.load_async(&mut conn).await?;
-                        cmd.query_async(&mut conn).await
-                    }
-                    reply => reply,
-                }
-            })
+            .call(|mut conn| async move { eval_loading(&mut conn, &cmd, &scripts::ADMIT).await })
             .await
             .map(AdmitReply::from_raw)
     }
@@ -180,20 +247,18 @@ impl Cluster {
     /// is tried again as the link comes back, for up to [`WRITE_END_PATIENCE`]. Past that the
     /// in-progress mark still keeps the agent uncached for the write's lifetime, unless Redis lost
     /// the mark too (see docs/operations.md, "Scaling out").
+    ///
+    /// With `min_replicas_acked`, a change the replicas did not acknowledge is only counted: the
+    /// first change, acknowledged before the write was forwarded, already makes every entry
+    /// filled before the write dead on any primary a failover may promote, and the in-progress
+    /// mark it came with keeps fills from being stored until the write is over.
     pub async fn write_end(&self, org: &str, agent: &str) -> Result<(), ClusterError> {
         let org = self.org_tag(org);
         let give_up = tokio::time::Instant::now() + WRITE_END_PATIENCE;
         loop {
-            let mut invocation = scripts::WRITE_END.prepare_invoke();
-            invocation
-                .key(key(&org, &[":v:a:", agent]))
-                .key(key(&org, &[":w:a:", agent]))
-                .arg(token());
             let result = self
-                .link
-                .call(|mut conn| async move { invocation.invoke_async::<i64>(&mut conn).await })
-                .await
-                .map(drop);
+                .end_write(&org, agent, self.min_replicas_acked > 0)
+                .await;
             if result.is_ok() || tokio::time::Instant::now() >= give_up {
                 return result;
             }
@@ -204,18 +269,51 @@ impl Cluster {
         }
     }
 
+    /// One `WRITE_END` for `agent` of the organisation tagged `org`, acknowledged by replicas or not.
+    async fn end_write(&self, org: &str, agent: &str, acked: bool) -> Result<(), ClusterError> {
+        let digest = AgentDigest::of(agent);
+        let mut cmd = Cmd::new();
+        cmd.arg("EVALSHA")
+            .arg(scripts::WRITE_END.get_hash())
+            .arg(2)
+            .arg(Key(&[org, ":v:a:", digest.as_str()]))
+            .arg(Key(&[org, ":w:a:", digest.as_str()]))
+            .arg(token())
+            .arg(self.version_lifetime_ms());
+        let ended = |mut conn: MultiplexedConnection| async move {
+            eval_loading::<i64>(&mut conn, &cmd, &scripts::WRITE_END).await
+        };
+        if !acked {
+            return self.link.call(ended).await.map(drop);
+        }
+        match self.link.call_acked(self.min_replicas_acked, ended).await {
+            // Counted by the link; the first change covers it (see `write_end`).
+            Err(ClusterError::Unacknowledged) => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
     /// Replaces the versions `reaches` name (admin purges), in one pipelined round trip.
     pub async fn invalidate(&self, reaches: &[Reach<'_>]) -> Result<(), ClusterError> {
         if reaches.is_empty() {
             return Ok(());
         }
+        let life = self.version_lifetime_ms();
         let mut pipe = redis::pipe();
         for reach in reaches {
             let key = match reach {
-                Reach::Agent { org, agent } => key(&self.org_tag(org), &[":v:a:", agent]),
+                Reach::Agent { org, agent } => key(
+                    &self.org_tag(org),
+                    &[":v:a:", AgentDigest::of(agent).as_str()],
+                ),
                 Reach::Org(org) => key(&self.org_tag(org), &[":v"]),
             };
-            pipe.cmd("SET").arg(key).arg(token()).ignore();
+            pipe.cmd("SET")
+                .arg(key)
+                .arg(token())
+                .arg("PX")
+                .arg(life)
+                .ignore();
         }
         self.link
             .call(|mut conn| async move { pipe.query_async::<()>(&mut conn).await })
@@ -228,45 +326,46 @@ impl Cluster {
     }
 }
 
-/// A Redis key written straight into a command from its parts.
-struct Key<'a>(&'a [&'a str]);
-
-impl redis::ToRedisArgs for Key<'_> {
-    fn write_redis_args<W>(&self, out: &mut W)
-    where
-        W: ?Sized + redis::RedisWrite,
-    {
-        let mut arg = out.writer_for_next_arg();
-        for part in self.0 {
-            // Writing into the command's own buffer cannot fail.
-            let _ = std::io::Write::write_all(&mut arg, part.as_bytes());
+/// `EVALSHA` of `script`; scripts are gone after a restart, a failover or `SCRIPT FLUSH`: on
+/// `NOSCRIPT` it is loaded and the call sent again (it did not run, so this is no second run).
+async fn eval_loading<T: redis::FromRedisValue>(
+    conn: &mut MultiplexedConnection,
+    cmd: &Cmd,
+    script: &redis::Script,
+) -> redis::RedisResult<T> {
+    match cmd.query_async(conn).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript) => {
+            script.load_async(conn).await?;
+            cmd.query_async(conn).await
         }
+        reply => reply,
     }
 }
 
-/// `head` followed by `parts`, in one allocation: a request builds up to six keys, and `format!`
-/// for each was a measurable part of a cluster-mode hit (callgrind).
-fn key(head: &str, parts: &[&str]) -> String {
-    let mut key = String::with_capacity(head.len() + parts.iter().map(|p| p.len()).sum::<usize>());
-    key.push_str(head);
-    parts.iter().for_each(|p| key.push_str(p));
-    key
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
-/// A version no replica, restart or flush will produce twice: this process's 128 random bits
-/// (drawn once) and a counter. Cheap enough to draw for every read, which needs one only when Redis
-/// has no version for the agent yet.
-fn token() -> String {
-    static PROCESS: LazyLock<String> = LazyLock::new(|| {
-        let mut bytes = [0u8; 16];
-        rand::rng().fill_bytes(&mut bytes);
-        hex::encode(bytes)
-    });
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    key(&PROCESS, &["-", itoa::Buffer::new().format(n)])
+/// The link's probe: the admission script as an agent read would run it, on the canary's keys,
+/// so it reads and writes (and expires what it writes) exactly as a request does. A quota far
+/// beyond any probe rate, so it is never refused (a refusal writes nothing, and would prove
+/// less).
+async fn probe(mut conn: MultiplexedConnection, canary: String) -> redis::RedisResult<()> {
+    let digest = AgentDigest::of("probe");
+    let mut cmd = Cmd::new();
+    cmd.arg("EVALSHA")
+        .arg(scripts::ADMIT.get_hash())
+        .arg(5)
+        .arg(Key(&[&canary, ":q:probe:g"]))
+        .arg(Key(&[&canary, ":q:probe:w"]))
+        .arg(Key(&[&canary, ":v"]))
+        .arg(Key(&[&canary, ":v:a:", digest.as_str()]))
+        .arg(Key(&[&canary, ":w:a:", digest.as_str()]))
+        .arg(Mode::AgentRead as u8)
+        .arg(1)
+        .arg(1_000_000)
+        .arg(0)
+        .arg(1)
+        .arg(token())
+        .arg(1_000)
+        .arg(60_000);
+    eval_loading::<scripts::RawReply>(&mut conn, &cmd, &scripts::ADMIT)
+        .await
+        .map(drop)
 }

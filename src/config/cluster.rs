@@ -7,25 +7,19 @@ use super::number::timeout_ms;
 use super::raw::RawCluster;
 use super::teams::{read_secret, Secret as Found, SecretFields};
 use super::validate::Problems;
-use crate::settings::{ClusterSettings, OnUnavailable, Secret};
+use crate::settings::{ClusterSettings, OnUnavailable, RedisTarget, Secret, SentinelTarget};
 
+/// The product's short name: in a Redis shared with other software, every key is plainly ours.
 const DEFAULT_KEY_PREFIX: &str = "dnxgw";
+/// A healthy Redis in the same zone answers in well under a millisecond; 200 ms leaves it ample
+/// room yet keeps what a stalled one costs the request that finds out small.
 const DEFAULT_TIMEOUT_MS: u64 = 200;
+/// More Redis replicas than any deployment runs; a larger count is a typo that would refuse every
+/// agent write.
+const MAX_REPLICAS_ACKED: u32 = 100;
 
 pub(super) fn validate_cluster(raw: RawCluster, p: &mut Problems) -> Option<ClusterSettings> {
-    let redis_url = match raw.redis_url {
-        None => {
-            p.push("cluster.redis_url", "is required in [cluster]");
-            None
-        }
-        Some(url) => match check_url(&url) {
-            Ok(()) => Some(url),
-            Err(problem) => {
-                p.push("cluster.redis_url", problem);
-                None
-            }
-        },
-    };
+    let target = validate_target(&raw, p);
     let fields = SecretFields {
         env: "redis_password_env",
         file: "redis_password_file",
@@ -33,6 +27,21 @@ pub(super) fn validate_cluster(raw: RawCluster, p: &mut Problems) -> Option<Clus
     let password = match read_secret(
         raw.redis_password_env,
         raw.redis_password_file,
+        "cluster",
+        fields,
+        p,
+    ) {
+        Found::Read(secret) => Some(Some(Secret::new(secret))),
+        Found::Absent => Some(None),
+        Found::Unreadable => None,
+    };
+    let fields = SecretFields {
+        env: "sentinel_password_env",
+        file: "sentinel_password_file",
+    };
+    let sentinel_password = match read_secret(
+        raw.sentinel_password_env,
+        raw.sentinel_password_file,
         "cluster",
         fields,
         p,
@@ -64,13 +73,123 @@ pub(super) fn validate_cluster(raw: RawCluster, p: &mut Problems) -> Option<Clus
             None
         }
     };
+    let min_replicas_acked = raw.min_replicas_acked.unwrap_or(0);
+    if min_replicas_acked > MAX_REPLICAS_ACKED {
+        p.push(
+            "cluster.min_replicas_acked",
+            format!("must be at most {MAX_REPLICAS_ACKED}"),
+        );
+    }
+    let target = match (target?, sentinel_password?) {
+        (RedisTarget::Sentinel(mut s), password) => {
+            s.sentinel_password = password;
+            RedisTarget::Sentinel(s)
+        }
+        (url, None) => url,
+        (RedisTarget::Url(_), Some(_)) => {
+            p.push(
+                "cluster.sentinel_password_env",
+                "is only for sentinels (set cluster.sentinels and cluster.master_name)",
+            );
+            return None;
+        }
+    };
     Some(ClusterSettings {
-        redis_url: redis_url?,
+        target,
         password: password?,
         key_prefix: prefix_ok.then(|| Arc::from(key_prefix))?,
         timeout: timeout?,
         on_unavailable: on_unavailable?,
+        min_replicas_acked: (min_replicas_acked <= MAX_REPLICAS_ACKED)
+            .then_some(min_replicas_acked)?,
     })
+}
+
+/// `redis_url`, or `sentinels` with `master_name` (and what the URL would have said), not both.
+fn validate_target(raw: &RawCluster, p: &mut Problems) -> Option<RedisTarget> {
+    match (&raw.redis_url, &raw.sentinels) {
+        (Some(_), Some(_)) => {
+            p.push(
+                "cluster.redis_url",
+                "set cluster.redis_url or cluster.sentinels, not both",
+            );
+            None
+        }
+        (None, None) => {
+            p.push(
+                "cluster.redis_url",
+                "is required in [cluster] (or cluster.sentinels with cluster.master_name)",
+            );
+            None
+        }
+        (Some(url), None) => {
+            let sentinel_only = [
+                ("master_name", raw.master_name.is_some()),
+                ("database", raw.database.is_some()),
+                ("username", raw.username.is_some()),
+                ("tls", raw.tls.is_some()),
+            ];
+            let mut ok = true;
+            for (key, set) in sentinel_only {
+                if set {
+                    p.push(
+                        &format!("cluster.{key}"),
+                        "is only for cluster.sentinels (with redis_url, say it in the URL)",
+                    );
+                    ok = false;
+                }
+            }
+            match check_url(url) {
+                Ok(()) => ok.then(|| RedisTarget::Url(url.clone())),
+                Err(problem) => {
+                    p.push("cluster.redis_url", problem);
+                    None
+                }
+            }
+        }
+        (None, Some(list)) => {
+            let mut sentinels = Vec::new();
+            if list.is_empty() {
+                p.push("cluster.sentinels", "must name at least one Sentinel");
+            }
+            for entry in list {
+                match check_host_port(entry) {
+                    Some(addr) => sentinels.push(addr),
+                    None => p.push(
+                        "cluster.sentinels",
+                        format!("{entry:?} is not host:port (port 1-65535)"),
+                    ),
+                }
+            }
+            let master_name = match raw.master_name.as_deref().map(str::trim) {
+                Some(name) if !name.is_empty() => Some(name.to_owned()),
+                _ => {
+                    p.push(
+                        "cluster.master_name",
+                        "is required with cluster.sentinels (the name the Sentinels monitor)",
+                    );
+                    None
+                }
+            };
+            (sentinels.len() == list.len() && !list.is_empty()).then_some(())?;
+            Some(RedisTarget::Sentinel(SentinelTarget {
+                sentinels,
+                master_name: master_name?,
+                database: i64::from(raw.database.unwrap_or(0)),
+                username: raw.username.clone().filter(|u| !u.is_empty()),
+                tls: raw.tls.unwrap_or(false),
+                sentinel_password: None,
+            }))
+        }
+    }
+}
+
+/// `host:port` (a bracketed IPv6 literal too), with a port Redis can listen on.
+fn check_host_port(entry: &str) -> Option<(String, u16)> {
+    let (host, port) = entry.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    (!host.is_empty() && !host.contains(['/', '@', ' '])).then(|| (host.to_owned(), port))
 }
 
 /// A Redis URL the client can use, with no password in it. The problem text never repeats the
@@ -121,6 +240,74 @@ fn check_url(url: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    /// `[cluster]` from TOML, validated: the settings, or every problem's line.
+    fn cluster(toml: &str) -> Result<ClusterSettings, Vec<String>> {
+        let raw: RawCluster = config::Config::builder()
+            .add_source(config::File::from_str(toml, config::FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .unwrap();
+        let mut p = Problems(Vec::new());
+        let settings = validate_cluster(raw, &mut p);
+        match (settings, p.0) {
+            (Some(s), lines) if lines.is_empty() => Ok(s),
+            (_, lines) => Err(lines),
+        }
+    }
+
+    #[test]
+    fn sentinels_take_the_place_of_the_url() {
+        let s = cluster(
+            r#"
+sentinels = ["10.0.0.1:26379", "10.0.0.2:26379", "[::1]:26380"]
+master_name = "dnxgw"
+database = 2
+username = "gateway"
+tls = true
+min_replicas_acked = 1
+"#,
+        )
+        .unwrap();
+        let RedisTarget::Sentinel(t) = s.target else {
+            panic!("{:?}", s.target)
+        };
+        assert_eq!(t.sentinels[2], ("::1".to_owned(), 26380));
+        assert_eq!(
+            (
+                t.master_name.as_str(),
+                t.database,
+                t.username.as_deref(),
+                t.tls
+            ),
+            ("dnxgw", 2, Some("gateway"), true)
+        );
+        assert_eq!(s.min_replicas_acked, 1);
+        let s = cluster("redis_url = \"redis://r:6379\"").unwrap();
+        assert_eq!(s.target, RedisTarget::Url("redis://r:6379".into()));
+        assert_eq!(s.min_replicas_acked, 0);
+    }
+
+    #[test]
+    fn a_url_and_sentinels_together_or_half_a_sentinel_setup_is_one_line_each() {
+        let both =
+            cluster("redis_url = \"redis://r\"\nsentinels = [\"s:26379\"]\nmaster_name = \"m\"");
+        assert_eq!(
+            both.unwrap_err(),
+            ["cluster.redis_url: set cluster.redis_url or cluster.sentinels, not both"]
+        );
+        let e = cluster("sentinels = [\"s:26379\"]").unwrap_err();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("cluster.master_name: "), "{e:?}");
+        let e = cluster("sentinels = [\"s:99999\"]\nmaster_name = \"m\"").unwrap_err();
+        assert!(e[0].starts_with("cluster.sentinels: "), "{e:?}");
+        let e = cluster("redis_url = \"redis://r\"\nmaster_name = \"m\"").unwrap_err();
+        assert!(e[0].starts_with("cluster.master_name: "), "{e:?}");
+        let e = cluster("redis_url = \"redis://r\"\nmin_replicas_acked = 101").unwrap_err();
+        assert!(e[0].starts_with("cluster.min_replicas_acked: "), "{e:?}");
+        let e = cluster("").unwrap_err();
+        assert!(e[0].starts_with("cluster.redis_url: is required"), "{e:?}");
+    }
+
     #[test]
     fn a_password_in_the_url_is_refused_without_being_repeated() {
         let e = check_url("redis://user:hunter2@redis.internal:6379/0").unwrap_err();
@@ -128,6 +315,19 @@ mod tests {
         assert!(e.contains("password"), "{e}");
         let e = check_url("redis://:hunter2@redis.internal").unwrap_err();
         assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn sentinels_are_host_and_port() {
+        assert_eq!(
+            check_host_port("10.0.0.1:26379"),
+            Some(("10.0.0.1".into(), 26379))
+        );
+        assert_eq!(check_host_port("[::1]:26379"), Some(("::1".into(), 26379)));
+        assert_eq!(check_host_port("sentinel:99999"), None);
+        assert_eq!(check_host_port("sentinel:0"), None);
+        assert_eq!(check_host_port("sentinel"), None);
+        assert_eq!(check_host_port(":26379"), None);
     }
 
     #[test]

@@ -36,6 +36,14 @@ pub(super) struct RawCluster {
     pub(super) key_prefix: Option<String>,
     pub(super) timeout_ms: Option<Whole>,
     pub(super) on_unavailable: Option<String>,
+    pub(super) sentinels: Option<Vec<String>>,
+    pub(super) master_name: Option<String>,
+    pub(super) database: Option<u32>,
+    pub(super) username: Option<String>,
+    pub(super) tls: Option<bool>,
+    pub(super) sentinel_password_env: Option<String>,
+    pub(super) sentinel_password_file: Option<PathBuf>,
+    pub(super) min_replicas_acked: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -13,6 +13,10 @@ pub struct ClusterMetrics {
     pub errors: Counter,
     pub redis_duration: Histogram,
     pub degraded: Counter,
+    /// Connections made after the first: each a loss the link recovered from.
+    pub reconnects: Counter,
+    /// Agent writes' version changes fewer Redis replicas acknowledged than `min_replicas_acked`.
+    pub unacknowledged: Counter,
 }
 
 impl ClusterMetrics {
@@ -23,6 +27,8 @@ impl ClusterMetrics {
             // 50 µs .. ~0.8 s: loopback Redis to a call at the edge of its deadline.
             redis_duration: Histogram::new(exponential_buckets(0.00005, 2.0, 15)),
             degraded: Counter::default(),
+            reconnects: Counter::default(),
+            unacknowledged: Counter::default(),
         }
     }
 
@@ -34,7 +40,7 @@ impl ClusterMetrics {
         );
         r.register(
             "cluster_errors",
-            "Redis calls that failed or outlasted cluster.timeout_ms",
+            "Redis calls (probes while down included) that failed or outlasted cluster.timeout_ms",
             self.errors.clone(),
         );
         r.register_with_unit(
@@ -47,6 +53,16 @@ impl ClusterMetrics {
             "cluster_degraded_requests",
             "Requests served without Redis (on_unavailable = degrade): local quotas, no cache",
             self.degraded.clone(),
+        );
+        r.register(
+            "cluster_reconnects",
+            "Connections to Redis made after the first (each one a loss recovered from)",
+            self.reconnects.clone(),
+        );
+        r.register(
+            "cluster_unacknowledged_writes",
+            "Agent writes' version changes fewer Redis replicas acknowledged than cluster.min_replicas_acked",
+            self.unacknowledged.clone(),
         );
     }
 }

@@ -12,7 +12,8 @@ use http::Method;
 
 use dialnexa_gateway::demo::sim::{SimHandle, SimOptions, Simulator};
 
-use crate::support::redis::{in_cluster, require_redis, wait_for_readyz, FaultyProxy, TestRedis};
+use crate::support::cluster::{require_redis, wait_for_readyz};
+use crate::support::redis::{FaultyProxy, TestRedis};
 use crate::support::*;
 
 const CALLS: &str = "dialnexa_gateway_upstream_calls_total";
@@ -421,9 +422,9 @@ async fn replicas(
     let proxy = FaultyProxy::start(redis.socket()).await;
     let mut gws = Vec::new();
     for _ in 0..n {
-        let builder = in_cluster(GatewayBuilder::new(upstream), &proxy.url());
+        let builder = GatewayBuilder::new(upstream).in_cluster(&proxy.url());
         let gw = configure(builder).start().await;
-        wait_for_readyz(&gw, "cluster: connected").await;
+        wait_for_readyz(&gw.admin_client(), "cluster: connected").await;
         gws.push(gw);
     }
     (proxy, gws)
@@ -519,18 +520,19 @@ async fn the_shared_budget_decides_every_call_as_the_local_one_does() {
     use dialnexa_gateway::cluster::Cluster;
     use dialnexa_gateway::error::GatewayError;
     use dialnexa_gateway::metrics::{BudgetMetrics, Metrics};
-    use dialnexa_gateway::settings::{ClusterSettings, OnUnavailable, Settings};
+    use dialnexa_gateway::settings::{ClusterSettings, OnUnavailable, RedisTarget, Settings};
     use rand::{Rng, SeedableRng};
 
     require_redis!();
     let redis = TestRedis::start();
     let proxy = FaultyProxy::start(redis.socket()).await;
     let settings = ClusterSettings {
-        redis_url: proxy.url(),
+        target: RedisTarget::Url(proxy.url()),
         password: None,
         key_prefix: "equivalence".into(),
         timeout: Duration::from_secs(2),
         on_unavailable: OnUnavailable::Refuse,
+        min_replicas_acked: 0,
     };
     let cluster_metrics = Metrics::new().cluster.clone();
     let cluster = Cluster::start(&settings, cluster_metrics.clone(), || {}).unwrap();
@@ -625,7 +627,7 @@ async fn without_redis_a_replica_keeps_its_own_budget() {
     for _ in 0..2 {
         assert_eq!(c.get("/v1/calls", BILLING).await.status, 200);
     }
-    wait_for_readyz(&gws[0], "cluster: unavailable").await;
+    wait_for_readyz(&gws[0].admin_client(), "cluster: unavailable").await;
     let refused = c.get("/v1/calls", BILLING).await;
     assert_eq!(refused.status, 429);
     assert_eq!(refused.json()["code"], "org_quota_exhausted");

@@ -40,6 +40,8 @@
 //! | the organisation's DialNexa quota: only upstream calls spend it, parts, lending, refusals, STALE, holds (also across replicas), reloads | `budget` |
 //! | cluster mode (quotas, read-after-write, purges, Redis unavailable) | `cluster` (a real `redis-server`; `support::redis`) |
 //! | tracing: spans, context, sampling, a dead collector; audit `trace_id` | `traces` (an OTLP collector; `support::otlp`), `audit` |
+//! | cluster mode: a hostile team and a sick Redis (bounded state, error replies, stalls) | `cluster::hostile` |
+//! | cluster mode: Redis restarts and failover (closed connections, Sentinel, `min_replicas_acked`) | `cluster::failover` |
 //!
 //! `support` holds the fixtures: the fake upstream, the gateway under test with its typed config,
 //! a client, a raw HTTP/1.1 connection, the one `/metrics` reader, and an OTLP collector.

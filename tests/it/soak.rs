@@ -175,7 +175,7 @@ async fn soak_mix_with_invalidations_has_no_errors_no_stale_reads_and_flat_memor
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long-running soak; see the module doc"]
 async fn soak_two_replicas_in_cluster_mode_have_no_errors_no_stale_reads_and_flat_memory() {
-    use crate::support::redis::{in_cluster, FaultyProxy, TestRedis};
+    use crate::support::redis::{FaultyProxy, TestRedis};
     let seconds = soak_seconds();
     let redis = TestRedis::start();
     let proxy = FaultyProxy::start(redis.socket()).await;
@@ -184,7 +184,8 @@ async fn soak_two_replicas_in_cluster_mode_have_no_errors_no_stale_reads_and_fla
     let (per_minute, burst) = (4_000_000_000, 1_000_000);
     let mut replicas = Vec::new();
     for _ in 0..2 {
-        let builder = in_cluster(GatewayBuilder::new(upstream.base_url()), &proxy.url())
+        let builder = GatewayBuilder::new(upstream.base_url())
+            .in_cluster(&proxy.url())
             .team_quota("billing", per_minute, burst)
             .team_quota("support", per_minute, burst);
         replicas.push(builder.spawn_binary().await);

@@ -157,6 +157,11 @@ impl GatewayBuilder {
         self.set("cluster", "redis_url", format!("{url:?}"))
     }
 
+    /// Cluster mode against the Redis at `url`, with a short call deadline.
+    pub fn in_cluster(self, url: &str) -> Self {
+        self.cluster_redis_url(url).cluster_timeout_ms(200)
+    }
+
     pub fn cluster_timeout_ms(self, ms: u64) -> Self {
         self.set("cluster", "timeout_ms", ms)
     }
@@ -169,6 +174,16 @@ impl GatewayBuilder {
     /// The environment variable the Redis password is read from.
     pub fn cluster_password_env(self, var: &str) -> Self {
         self.set("cluster", "redis_password_env", format!("{var:?}"))
+    }
+
+    /// Cluster mode through Sentinels (`host:port` each) that monitor `master_name`.
+    pub fn cluster_sentinels(self, sentinels: &[String], master_name: &str) -> Self {
+        self.set("cluster", "sentinels", format!("{sentinels:?}"))
+            .set("cluster", "master_name", format!("{master_name:?}"))
+    }
+
+    pub fn cluster_min_replicas_acked(self, n: u32) -> Self {
+        self.set("cluster", "min_replicas_acked", n)
     }
 
     // --- [server] ---
@@ -815,7 +830,7 @@ impl BinaryGateway {
         self.stderr.all()
     }
 
-    /// What the binary has written to stderr so far, while it runs.
+    /// What the binary wrote to stderr so far, while it runs.
     pub fn stderr_so_far(&self) -> String {
         self.stderr.text()
     }

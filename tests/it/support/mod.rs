@@ -2,6 +2,7 @@
 //! in front of it with a typed config, a small HTTP client, and the one `/metrics` reader.
 
 pub mod client;
+pub mod cluster;
 pub mod gateway;
 pub mod metrics;
 pub mod otlp;

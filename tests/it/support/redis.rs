@@ -2,20 +2,19 @@
 //! the test's own directory (so no port is ever guessed), stopped by its PID. Gateways reach it
 //! through a [`FaultyProxy`] on `127.0.0.1:0`, which can pass, black-hole or delay the traffic,
 //! standing in for a network that breaks in the ways networks do.
+//!
+//! It stands alone (no other fixture), so the library's unit tests of the Lua scripts start their
+//! `redis-server` with it too (`src/cluster/scripts.rs`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, UnixStream};
-
-use http::Method;
-
-use super::{GatewayBuilder, TestGateway, TestResponse};
 
 /// Whether this machine has a `redis-server` (CI installs Debian's; see `.ci/run`).
 pub fn redis_available() -> bool {
@@ -27,11 +26,14 @@ pub fn redis_available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// A `redis-server` child process on a Unix socket.
+/// A `redis-server` child process on a Unix socket (and, for replication and Sentinels, which
+/// speak only TCP, on a loopback port too).
 pub struct TestRedis {
     dir: tempfile::TempDir,
     child: Option<Child>,
     password: Option<String>,
+    port: u16,
+    args: Vec<String>,
 }
 
 impl TestRedis {
@@ -45,9 +47,34 @@ impl TestRedis {
             dir: tempfile::tempdir().unwrap(),
             child: None,
             password: password.map(str::to_owned),
+            port: 0,
+            args: Vec::new(),
         };
         redis.spawn();
         redis
+    }
+
+    /// On a loopback port as well, with `args` added (`--replicaof ...`).
+    pub fn start_tcp(args: &[&str]) -> Self {
+        let mut redis = Self {
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            password: None,
+            port: free_port(),
+            // A replica's full sync starts at once, not after the default 5 s wait for others.
+            args: ["--repl-diskless-sync-delay", "0"]
+                .iter()
+                .chain(args)
+                .map(|a| a.to_string())
+                .collect(),
+        };
+        redis.spawn();
+        redis
+    }
+
+    /// The loopback port (0: Unix socket only).
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -58,7 +85,8 @@ impl TestRedis {
         let socket = self.socket();
         let _ = std::fs::remove_file(&socket);
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", "0", "--save", "", "--appendonly", "no"])
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
             .arg("--unixsocket")
             .arg(&socket)
             .arg("--dir")
@@ -68,6 +96,7 @@ impl TestRedis {
         if let Some(pw) = &self.password {
             cmd.args(["--requirepass", pw]);
         }
+        cmd.args(&self.args);
         self.child = Some(cmd.spawn().expect("redis-server starts"));
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::os::unix::net::UnixStream::connect(&socket).is_err() {
@@ -79,7 +108,7 @@ impl TestRedis {
         }
     }
 
-    fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("redis-server running").id()
     }
 
@@ -107,6 +136,19 @@ impl TestRedis {
         self.spawn();
     }
 
+    /// Starts it again, empty, on the same port, as a replica of the server on `primary_port`.
+    pub fn restart_as_replica_of(&mut self, primary_port: u16) {
+        if let Some(at) = self.args.iter().position(|a| a == "--replicaof") {
+            self.args.drain(at..at + 3);
+        }
+        self.args.extend([
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            primary_port.to_string(),
+        ]);
+        self.restart_empty();
+    }
+
     /// SIGSTOP: connections stay open, nothing answers.
     pub fn pause(&self) {
         self.signal("STOP");
@@ -127,6 +169,27 @@ impl TestRedis {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
+    /// A number from `INFO` (`used_memory`, `connected_slaves`, ...).
+    pub fn info(&self, field: &str) -> u64 {
+        let info = self.cli(&["INFO"]);
+        let prefix = format!("{field}:");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("INFO has no {field}"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Every key under `prefix`, with its remaining life in ms (`-1`: none).
+    pub fn keys_and_ttls(&self, prefix: &str) -> Vec<(String, i64)> {
+        let keys = self.cli(&["--scan", "--pattern", &format!("{prefix}*")]);
+        keys.lines()
+            .filter(|k| !k.is_empty())
+            .map(|k| (k.to_owned(), self.cli(&["PTTL", k]).parse().unwrap()))
+            .collect()
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
@@ -136,6 +199,102 @@ impl Drop for TestRedis {
     fn drop(&mut self) {
         // SIGKILL ends a paused server too.
         self.kill();
+    }
+}
+
+/// A loopback port free when asked: bound on port 0 and released for the server to take. Redis
+/// replication and Sentinel speak only TCP, and a Sentinel config names ports before its server
+/// runs, so the port is chosen here; another process taking it in between fails the start loudly.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A Redis Sentinel (`redis-server FILE --sentinel`) on a loopback port, monitoring `master_name`
+/// at `primary_port` with a quorum of 2 and short timeouts, so a failover takes seconds.
+pub struct TestSentinel {
+    _dir: tempfile::TempDir,
+    child: Child,
+    pub port: u16,
+}
+
+impl TestSentinel {
+    pub fn start(master_name: &str, primary_port: u16) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                 sentinel monitor {master_name} 127.0.0.1 {primary_port} 2\n\
+                 sentinel down-after-milliseconds {master_name} 1000\n\
+                 sentinel failover-timeout {master_name} 5000\n\
+                 sentinel parallel-syncs {master_name} 1\n",
+                dir = dir.path().display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server --sentinel starts");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sentinel did not start"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Self {
+            _dir: dir,
+            child,
+            port,
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Asks this Sentinel for a failover of `master_name` (as an operator does for maintenance);
+    /// its answer (`OK`, or why not: no replica it deems good yet, one already under way).
+    pub fn failover(&self, master_name: &str) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(["SENTINEL", "FAILOVER", master_name])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// The primary's port as this Sentinel sees it now.
+    pub fn primary_port(&self, master_name: &str) -> Option<u16> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(["SENTINEL", "get-master-addr-by-name", master_name])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for TestSentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -233,51 +392,5 @@ async fn pump(
         if to.write_all(&buf[..n]).await.is_err() {
             return;
         }
-    }
-}
-
-/// A gateway configured in cluster mode against `url`, with a short call deadline.
-pub fn in_cluster(builder: GatewayBuilder, url: &str) -> GatewayBuilder {
-    builder.cluster_redis_url(url).cluster_timeout_ms(200)
-}
-
-/// Skips (loudly) where no `redis-server` is installed, unless `DNXGW_REQUIRE_REDIS` is set, as
-/// `.ci/run` sets it after installing one: there a missing server fails the test.
-macro_rules! require_redis {
-    () => {
-        if !$crate::support::redis::redis_available() {
-            assert!(
-                std::env::var_os("DNXGW_REQUIRE_REDIS").is_none(),
-                "redis-server is required (DNXGW_REQUIRE_REDIS) but not installed"
-            );
-            eprintln!("SKIPPED: redis-server is not installed");
-            return;
-        }
-    };
-}
-pub(crate) use require_redis;
-
-pub async fn readyz(gw: &TestGateway) -> TestResponse {
-    gw.admin_client()
-        .send(Method::GET, "/readyz", &[], "")
-        .await
-}
-
-/// Waits until `/readyz` says `what`: state changes happen in the replica's own time (a deadline
-/// running out, a reconnection), which the test observes rather than predicts.
-pub async fn wait_for_readyz(gw: &TestGateway, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let r = readyz(gw).await;
-        if String::from_utf8_lossy(&r.body).contains(what) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/readyz never said {what:?}: {} {}",
-            r.status,
-            String::from_utf8_lossy(&r.body)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

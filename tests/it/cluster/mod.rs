@@ -9,9 +9,8 @@ use bytes::Bytes;
 use http::Method;
 use tokio::sync::Mutex;
 
-use crate::support::redis::{
-    in_cluster, readyz, require_redis, wait_for_readyz, Fault, FaultyProxy, TestRedis,
-};
+use crate::support::cluster::{ask_readyz, readyz, require_redis, wait_for_readyz};
+use crate::support::redis::{Fault, FaultyProxy, TestRedis};
 use crate::support::*;
 
 struct Cluster {
@@ -34,7 +33,7 @@ async fn cluster_with(
     let upstream = FakeUpstream::start().await;
     let mut replicas = Vec::new();
     for _ in 0..n {
-        let builder = in_cluster(GatewayBuilder::new(upstream.base_url()), &proxy.url());
+        let builder = GatewayBuilder::new(upstream.base_url()).in_cluster(&proxy.url());
         replicas.push(configure(builder).start().await);
     }
     let c = Cluster {
@@ -54,13 +53,13 @@ impl Cluster {
 
     async fn wait_connected(&self) {
         for r in &self.replicas {
-            wait_for_readyz(r, "cluster: connected").await;
+            wait_for_readyz(&r.admin_client(), "cluster: connected").await;
         }
     }
 
     async fn wait_unavailable(&self) {
         for r in &self.replicas {
-            wait_for_readyz(r, "cluster: unavailable").await;
+            wait_for_readyz(&r.admin_client(), "cluster: unavailable").await;
         }
     }
 }
@@ -595,7 +594,8 @@ async fn the_redis_round_trip_is_a_span_of_the_requests_trace() {
     let proxy = FaultyProxy::start(redis.socket()).await;
     let upstream = FakeUpstream::start().await;
     let collector = OtlpCollector::start().await;
-    let gw = in_cluster(GatewayBuilder::new(upstream.base_url()), &proxy.url())
+    let gw = GatewayBuilder::new(upstream.base_url())
+        .in_cluster(&proxy.url())
         .cluster_password_env("DNXGW_TEST_REDIS_PASSWORD_TRACE")
         .binary_env("DNXGW_TEST_REDIS_PASSWORD_TRACE", password)
         .tracing_endpoint(&collector.endpoint())
@@ -643,3 +643,6 @@ async fn the_redis_round_trip_is_a_span_of_the_requests_trace() {
         .windows(password.len())
         .any(|w| w == password.as_bytes()));
 }
+
+mod failover;
+mod hostile;
