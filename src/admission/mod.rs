@@ -4,8 +4,9 @@
 //! state (`team`, each team's GCRA limiter; `org`, each org's budget and hold), and in cluster
 //! mode the shared one (`shared`, with the scripts in `cluster`), which answers for every replica
 //! at once and, in the same round trip as the team's quota, tells the cache which version of an
-//! agent is current and whether DialNexa holds the org. It answers in one value, [`Answer`]: admitted, with the quota headers and the
-//! version an agent read must match, or refused, with why ([`LimitedBy`]).
+//! agent is current and whether DialNexa holds the org. It answers in one value, [`Answer`]:
+//! admitted, with the quota headers and the version an agent read must match, or refused, with
+//! why ([`LimitedBy`]).
 //!
 //! `budget` is the org budget's algorithm, with its invariant; `hold` reads DialNexa's refusals;
 //! `verdict` makes the quota headers.
@@ -43,8 +44,9 @@ pub struct Admission {
     /// `None`: in this process only. `Some`: in the cluster's Redis, shared by every replica; the
     /// local state stands in while it is unavailable (`on_unavailable = "degrade"`).
     shared: Option<Arc<Cluster>>,
-    /// The org budgets and holds of this process: all of them without a cluster, and the stand-in
-    /// for Redis's while it is unavailable. Kept across reloads.
+    /// The org budgets and holds of this process: all of them without a cluster; in cluster mode
+    /// the holds Redis told of with each admission, and the stand-in for Redis's budgets while it
+    /// is unavailable. Kept across reloads.
     local: Arc<LocalBudgets>,
 }
 

@@ -1,8 +1,9 @@
 //! The shared room: the team's GCRA state and the org's budget and hold in the cluster's Redis,
 //! each checked and spent by one script on Redis's clock, so N replicas admit exactly what one
 //! gateway would. The hold is read by both scripts: the team's, so that a request for an org
-//! without a budget learns it with its quota, and the budget's. Their answers are turned into the same values the local room gives ([`Verdict`],
-//! [`Spent`] or [`Refusal`]), so the pipeline does not know which one answered.
+//! without a budget learns it with its quota, and the budget's. Their answers are turned into the
+//! same values the local room gives ([`Verdict`], [`Spent`] or [`Refusal`]), so the pipeline does
+//! not know which one answered.
 
 use std::time::Duration;
 

@@ -183,9 +183,10 @@ impl Cluster {
     }
 
     /// One round trip: the team's quotas, whether the org is held and, for an agent, its version
-    /// (replaced first when the request is an agent write the quotas allow). With `min_replicas_acked`, an agent write
-    /// runs on the link's own write connection and waits for that many Redis replicas to hold
-    /// the new version; fewer is `Unavailable`, and the write is not forwarded.
+    /// (replaced first when the request is an agent write the quotas allow). With
+    /// `min_replicas_acked`, an agent write runs on the link's own write connection and waits for
+    /// that many Redis replicas to hold the new version (its `WAIT` is one round trip more);
+    /// fewer is `Unavailable`, and the write is not forwarded.
     pub async fn admit(&self, ask: Ask<'_>) -> Result<AdmitReply, ClusterError> {
         let org = self.org_tag(ask.org);
         let write = ask.write.unwrap_or(Bucket {
