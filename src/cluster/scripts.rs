@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use redis::Script;
 
-/// Quotas (and, for an agent, its shared version) for one request.
+/// Quotas (and, for an agent, its shared version) for one request, and whether its org is held.
 ///
 /// KEYS: general TAT, write TAT, the org's hold, then for an agent: org version, agent version,
 /// writes in progress.
