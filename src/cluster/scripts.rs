@@ -279,14 +279,23 @@ mod tests {
         );
         assert!(written.iter().all(|(_, ttl)| *ttl > 0), "{written:?}");
 
-        // Refused by the general quota: not a key more, none refreshed, no version made.
+        // Refused by the general quota: not a key more, none refreshed, no version made. Every
+        // key is left shorter-lived than anything the script writes, so a refresh would show.
         conn.del::<_, ()>("{t}:v:a:x").unwrap();
-        let before = keys(&mut conn);
+        for (key, _) in keys(&mut conn) {
+            conn.pexpire::<_, ()>(&key, 50_000).unwrap();
+        }
+        let before: Vec<String> = keys(&mut conn).into_iter().map(|(k, _)| k).collect();
         let refused = admit(&mut conn, Mode::AgentRead, 1, "t2");
         assert_eq!((refused.refused_by, refused.version), (1, None));
         let refused_write = admit(&mut conn, Mode::AgentWrite, 1, "t3");
         assert_eq!(refused_write.refused_by, 1);
-        assert_eq!(keys(&mut conn), before);
+        let after = keys(&mut conn);
+        assert_eq!(
+            after.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+            before
+        );
+        assert!(after.iter().all(|(_, ttl)| *ttl <= 50_000), "{after:?}");
     }
 
     #[test]
