@@ -4,8 +4,9 @@
 //! state (`team`, each team's GCRA limiter; `org`, each org's budget and hold), and in cluster
 //! mode the shared one (`shared`, with the scripts in `cluster`), which answers for every replica
 //! at once and, in the same round trip as the team's quota, tells the cache which version of an
-//! agent is current. It answers in one value, [`Answer`]: admitted, with the quota headers and the
-//! version an agent read must match, or refused, with why ([`LimitedBy`]).
+//! agent is current and whether DialNexa holds the org. It answers in one value, [`Answer`]:
+//! admitted, with the quota headers and the version an agent read must match, or refused, with
+//! why ([`LimitedBy`]).
 //!
 //! `budget` is the org budget's algorithm, with its invariant; `hold` reads DialNexa's refusals;
 //! `verdict` makes the quota headers.
@@ -43,8 +44,9 @@ pub struct Admission {
     /// `None`: in this process only. `Some`: in the cluster's Redis, shared by every replica; the
     /// local state stands in while it is unavailable (`on_unavailable = "degrade"`).
     shared: Option<Arc<Cluster>>,
-    /// The org budgets and holds of this process: all of them without a cluster, and the stand-in
-    /// for Redis's while it is unavailable. Kept across reloads.
+    /// The org budgets and holds of this process: all of them without a cluster; in cluster mode
+    /// the holds Redis told of with each admission, and the stand-in for Redis's budgets while it
+    /// is unavailable. Kept across reloads.
     local: Arc<LocalBudgets>,
 }
 
@@ -123,6 +125,11 @@ impl Admission {
                 telemetry::span::failed(&round_trip, "redis_unavailable");
             }
             if let Ok(reply) = reply {
+                if let Some(left) = reply.held {
+                    // Kept for the step before upstream, which then needs no round trip of its
+                    // own for an org without a budget.
+                    self.local.learn_hold(ask.org, left);
+                }
                 let verdict = shared::verdict(&reply, ask.limiter);
                 let version = match reply.version {
                     Some(version) if reply.writing && !ask.is_write => {
@@ -152,18 +159,26 @@ impl Admission {
     /// The step right before a request goes upstream, once per upstream call: a fill's leader
     /// (however many requests wait on it), a forward, a write. Hits never come here. Spends one
     /// call of the org's budget, or refuses (nothing spent) for the budget or a DialNexa hold.
-    /// In cluster mode one round trip; without Redis, the replica's own budget stands in.
+    /// In cluster mode one round trip for an org with a budget, none for one without: a hold on
+    /// it came with the request's admission (see [`Admission::admit`]), and the hold is all there
+    /// is to ask. Without Redis, the replica's own budget and holds stand in.
     pub async fn before_upstream(&self, part: &TeamPart) -> Result<(), GatewayError> {
         let step = telemetry::span::step("org budget");
-        let decided = match &self.shared {
-            Some(cluster) if cluster.is_up() => {
-                let round_trip = step.in_scope(|| telemetry::span::redis("EVALSHA budget"));
-                let spent = telemetry::in_span!(round_trip.clone(), shared::spend(cluster, part));
-                match spent {
-                    Ok(decided) => decided,
-                    Err(_) => {
-                        telemetry::span::failed(&round_trip, "redis_unavailable");
-                        self.local.spend(part)
+        let decided = match (&self.shared, &part.budget) {
+            (Some(cluster), Some((plan, i))) if cluster.is_up() => {
+                match self.local.held(&part.org) {
+                    // Held already: the script would refuse it too, so it is not asked.
+                    Some(left) => Err(Refusal::Held { left }),
+                    None => {
+                        let round_trip = step.in_scope(|| telemetry::span::redis("EVALSHA budget"));
+                        let spent = telemetry::in_span!(
+                            round_trip.clone(),
+                            shared::spend(cluster, &part.org, plan, *i)
+                        );
+                        spent.unwrap_or_else(|_| {
+                            telemetry::span::failed(&round_trip, "redis_unavailable");
+                            self.local.spend(part)
+                        })
                     }
                 }
             }

@@ -100,6 +100,14 @@ struct OrgState {
 }
 
 impl OrgState {
+    /// Held until `until` (on [`clock`]), unless already for longer.
+    fn hold_until(&mut self, until: u64) {
+        self.held_until = self.held_until.max(until);
+        if let Some(gauge) = &self.gauge {
+            set_gauge(gauge, self.held_until);
+        }
+    }
+
     /// Carries the buckets over to units of `shares` (a reload reweighed the org's teams): the
     /// same calls spent, rounded up.
     fn rescale(&mut self, shares: u64) {
@@ -166,12 +174,37 @@ impl LocalBudgets {
 
     /// Holds `org` for `hold` from now, unless it is held for longer already.
     pub(super) fn hold(&self, org: &Arc<str>, hold: Duration, gauge: &Gauge) {
-        let until = clock().saturating_add(u64::try_from(hold.as_micros()).unwrap_or(u64::MAX));
+        let until = after(hold);
         let mut orgs = self.orgs.lock().unwrap_or_else(PoisonError::into_inner);
         let state = orgs.entry(org.clone()).or_default();
-        state.held_until = state.held_until.max(until);
         state.gauge = Some(gauge.clone());
-        set_gauge(gauge, state.held_until);
+        state.hold_until(until);
+    }
+
+    /// A hold that Redis told of with a request's admission: kept as [`LocalBudgets::hold`] keeps
+    /// one, for the step before that request's upstream call. The org's gauge shows it once a
+    /// refusal has named the gauge (this path has none at hand, and is on every admission).
+    pub(super) fn learn_hold(&self, org: &str, left: Duration) {
+        let until = after(left);
+        let mut orgs = self.orgs.lock().unwrap_or_else(PoisonError::into_inner);
+        match orgs.get_mut(org) {
+            Some(state) => state.hold_until(until),
+            None => {
+                let state = OrgState {
+                    held_until: until,
+                    ..OrgState::default()
+                };
+                orgs.insert(Arc::from(org), state);
+            }
+        }
+    }
+
+    /// How long `org` is held still, as this process knows; `None` when it is not.
+    pub(super) fn held(&self, org: &str) -> Option<Duration> {
+        let orgs = self.orgs.lock().unwrap_or_else(PoisonError::into_inner);
+        let until = orgs.get(org)?.held_until;
+        let now = clock();
+        (until > now).then(|| Duration::from_micros(until - now))
     }
 
     /// Sets every org's hold gauge to the seconds its hold has left (for a scrape).
@@ -183,6 +216,11 @@ impl LocalBudgets {
             }
         }
     }
+}
+
+/// [`clock`]'s reading `d` from now.
+fn after(d: Duration) -> u64 {
+    clock().saturating_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// Whole seconds left until `until` (rounded up), 0 once past.
@@ -254,5 +292,31 @@ rate_limit = { per_minute = 6000, burst = 100 }
             budgets.spend_at(&parts["quiet"], now + 5_000_001),
             Ok(Spent::Within)
         );
+    }
+
+    #[test]
+    fn a_hold_learnt_with_an_admission_refuses_an_org_without_a_budget() {
+        let parts =
+            parts(&TWO_TEAMS.replace("upstream_rate_limit = { per_minute = 60, burst = 4 }\n", ""));
+        let quiet = &parts["quiet"];
+        assert!(quiet.budget.is_none());
+        let budgets = LocalBudgets::default();
+        assert_eq!(budgets.held("acme"), None);
+        assert_eq!(budgets.spend(quiet), Ok(Spent::Free));
+        budgets.learn_hold("acme", Duration::from_secs(5));
+        let left = budgets.held("acme").expect("held");
+        assert!(left <= Duration::from_secs(5), "{left:?}");
+        let now = clock();
+        assert!(matches!(
+            budgets.spend_at(quiet, now),
+            Err(Refusal::Held { .. })
+        ));
+        assert_eq!(budgets.spend_at(quiet, now + 5_000_001), Ok(Spent::Free));
+        // A shorter hold learnt later does not shorten it; the gauge, once named, follows a longer.
+        let gauge = Gauge::default();
+        budgets.hold(&quiet.org, Duration::from_secs(1), &gauge);
+        assert_eq!(gauge.get(), 5);
+        budgets.learn_hold("acme", Duration::from_secs(9));
+        assert_eq!(gauge.get(), 9);
     }
 }

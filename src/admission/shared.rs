@@ -1,11 +1,14 @@
 //! The shared room: the team's GCRA state and the org's budget and hold in the cluster's Redis,
 //! each checked and spent by one script on Redis's clock, so N replicas admit exactly what one
-//! gateway would. Their answers are turned into the same values the local room gives ([`Verdict`],
-//! [`Spent`] or [`Refusal`]), so the pipeline does not know which one answered.
+//! gateway would. The hold is read by both scripts: the team's, so that a request for an org
+//! without a budget learns it with its quota, and the budget's. Their answers are turned into the
+//! same values the local room gives ([`Verdict`], [`Spent`] or [`Refusal`]), so the pipeline does
+//! not know which one answered.
 
 use std::time::Duration;
 
-use super::org::{Refusal, Spent, TeamPart};
+use super::budget::Plan;
+use super::org::{Refusal, Spent};
 use super::team::TeamLimiter;
 use super::verdict::{QuotaKind, QuotaStatus, Verdict};
 use crate::cluster::{AdmitReply, Bucket, BudgetAsk, BudgetReply, Cluster, ClusterError};
@@ -46,34 +49,29 @@ pub(super) fn verdict(reply: &AdmitReply, limiter: &TeamLimiter) -> Verdict {
     limiter.verdict(general, write, refusal)
 }
 
-/// One upstream call against the org's budget and hold in Redis, answered as the local budget
-/// answers.
+/// One upstream call of team `i` against `plan`, its org's budget in Redis (and the org's hold),
+/// answered as the local budget answers.
 pub(super) async fn spend(
     cluster: &Cluster,
-    part: &TeamPart,
+    org: &str,
+    plan: &Plan,
+    i: usize,
 ) -> Result<Result<Spent, Refusal>, ClusterError> {
-    let parts: Vec<(&str, u64, u64)>;
-    let ask = match &part.budget {
-        None => None,
-        Some((plan, i)) => {
-            parts = plan
-                .parts
-                .iter()
-                .map(|p| (&*p.team, p.share, p.guaranteed))
-                .collect();
-            Some(BudgetAsk {
-                per_minute: plan.per_minute,
-                burst: plan.burst,
-                total_shares: plan.total_shares,
-                parts: &parts,
-                team: *i,
-            })
-        }
+    let parts: Vec<(&str, u64, u64)> = plan
+        .parts
+        .iter()
+        .map(|p| (&*p.team, p.share, p.guaranteed))
+        .collect();
+    let ask = BudgetAsk {
+        per_minute: plan.per_minute,
+        burst: plan.burst,
+        total_shares: plan.total_shares,
+        parts: &parts,
+        team: i,
     };
-    Ok(match cluster.spend_budget(&part.org, ask).await? {
+    Ok(match cluster.spend_budget(org, ask).await? {
         BudgetReply::Within => Ok(Spent::Within),
         BudgetReply::Borrowed => Ok(Spent::Borrowed),
-        BudgetReply::Free => Ok(Spent::Free),
         BudgetReply::Refused { wait, full } => Err(Refusal::Org { wait, full }),
         BudgetReply::Held { left } => Err(Refusal::Held { left }),
     })

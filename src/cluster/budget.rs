@@ -1,22 +1,24 @@
 //! The organisation's budget and DialNexa's holds, shared by every replica: one script on Redis's
 //! clock decides each upstream call exactly as the replica's own budget would (see
 //! `admission::budget` for the algorithm; this is the same integer arithmetic in Lua), and a hold
-//! is one key with an expiry. Both keys carry the org's hash tag.
+//! is one key with an expiry. Both keys carry the org's hash tag. Only an org with a budget asks
+//! [`SPEND`]; every request learns of a hold from the admission script's answer already.
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::Script;
 
-use super::{key, micros, Cluster, ClusterError};
+use super::{key, micros, Cluster, ClusterError, HOLD_KEY};
 
-/// One upstream call asks the org's budget, or only whether the org is held.
+/// One upstream call asks the org's budget, and whether the org is held (a hold set since the
+/// request's admission refuses it too).
 ///
-/// KEYS: the budget hash, the hold key. ARGV: the team's index among the parts (1-based; 0 when
-/// the org has no budget), per_minute, burst, S (sum of shares, at least 1), then for each team
-/// (by name) its name, share and guaranteed burst.
+/// KEYS: the budget hash, the hold key. ARGV: the team's index among the parts (1-based),
+/// per_minute, burst, S (sum of shares, at least 1), then for each team (by name) its name, share
+/// and guaranteed burst.
 /// Returns `{outcome, wait_us, full_us}`: outcome 0 within its part, 1 borrowed, 2 refused by the
-/// budget, 3 held (wait = the hold's time left), 4 admitted without a budget.
+/// budget, 3 held (wait = the hold's time left).
 ///
 /// The hash keeps each bucket as its deficit (units below full) and the instant of its last spend:
 /// fields `o`/`o@` for the org, `g:<team>`/`g@<team>` for a team's guaranteed part, and `s`, the
@@ -29,7 +31,6 @@ static SPEND: LazyLock<Script> = LazyLock::new(|| {
 local held = redis.call('PTTL', KEYS[2])
 if held > 0 then return {3, held * 1000, 0} end
 local i = tonumber(ARGV[1])
-if i == 0 then return {4, 0, 0} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local pm, B, S = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -189,43 +190,28 @@ pub struct BudgetAsk<'a> {
 pub enum BudgetReply {
     Within,
     Borrowed,
-    Refused {
-        wait: Duration,
-        full: Duration,
-    },
-    Held {
-        left: Duration,
-    },
-    /// The org has no budget, and is not held.
-    Free,
+    Refused { wait: Duration, full: Duration },
+    Held { left: Duration },
 }
 
 impl Cluster {
-    /// One round trip: whether `org` is held and, if it has a budget (`ask`), one call spent.
+    /// One round trip: one call of `org`'s budget spent, unless the budget or a hold refuses it.
     pub async fn spend_budget(
         &self,
         org: &str,
-        ask: Option<BudgetAsk<'_>>,
+        ask: BudgetAsk<'_>,
     ) -> Result<BudgetReply, ClusterError> {
         let tag = self.org_tag(org);
         let mut invocation = SPEND.prepare_invoke();
         invocation
             .key(key(&tag, &[":b"]))
-            .key(key(&tag, &[":hold"]));
-        match ask {
-            None => {
-                invocation.arg(0);
-            }
-            Some(ask) => {
-                invocation
-                    .arg(ask.team + 1)
-                    .arg(ask.per_minute)
-                    .arg(ask.burst)
-                    .arg(ask.total_shares.max(1));
-                for (name, share, guaranteed) in ask.parts {
-                    invocation.arg(*name).arg(*share).arg(*guaranteed);
-                }
-            }
+            .key(key(&tag, &[HOLD_KEY]))
+            .arg(ask.team + 1)
+            .arg(ask.per_minute)
+            .arg(ask.burst)
+            .arg(ask.total_shares.max(1));
+        for (name, share, guaranteed) in ask.parts {
+            invocation.arg(*name).arg(*share).arg(*guaranteed);
         }
         let (outcome, wait, full): (i64, i64, i64) = self
             .link
@@ -235,12 +221,13 @@ impl Cluster {
         Ok(match outcome {
             0 => BudgetReply::Within,
             1 => BudgetReply::Borrowed,
-            2 => BudgetReply::Refused {
+            3 => BudgetReply::Held { left: us(wait) },
+            // 2. The script answers nothing else, and an unknown outcome must not send a call
+            // upstream.
+            _ => BudgetReply::Refused {
                 wait: us(wait),
                 full: us(full),
             },
-            3 => BudgetReply::Held { left: us(wait) },
-            _ => BudgetReply::Free,
         })
     }
 
@@ -249,7 +236,7 @@ impl Cluster {
         let tag = self.org_tag(org);
         let ms = micros(hold).div_ceil(1000).max(1);
         let mut invocation = HOLD.prepare_invoke();
-        invocation.key(key(&tag, &[":hold"])).arg(ms);
+        invocation.key(key(&tag, &[HOLD_KEY])).arg(ms);
         self.link
             .call(|mut conn| async move { invocation.invoke_async::<i64>(&mut conn).await })
             .await

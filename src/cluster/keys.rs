@@ -8,6 +8,10 @@ use std::time::Duration;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
+/// After an org's tag, the key of its DialNexa hold: set by the budget's `HOLD`, read by `ADMIT`
+/// and `SPEND`.
+pub(super) const HOLD_KEY: &str = ":hold";
+
 /// `<prefix>:{~canary}`: organisation names are `[a-z0-9_-]+`, so no organisation shares it.
 pub(super) fn canary_tag(prefix: &str) -> String {
     key(prefix, &[":{~canary}"])

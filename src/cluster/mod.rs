@@ -27,7 +27,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::{Cmd, ServerErrorKind};
 
-use keys::{canary_tag, key, micros, millis, token, AgentDigest, Key};
+use keys::{canary_tag, key, micros, millis, token, AgentDigest, Key, HOLD_KEY};
 
 use crate::metrics::ClusterMetrics;
 use crate::settings::{ClusterSettings, OnUnavailable};
@@ -182,10 +182,11 @@ impl Cluster {
         &self.metrics
     }
 
-    /// One round trip: the team's quotas and, for an agent, its version (replaced first when the
-    /// request is an agent write the quotas allow). With `min_replicas_acked`, an agent write
-    /// runs on the link's own write connection and waits for that many Redis replicas to hold
-    /// the new version; fewer is `Unavailable`, and the write is not forwarded.
+    /// One round trip: the team's quotas, whether the org is held and, for an agent, its version
+    /// (replaced first when the request is an agent write the quotas allow). With
+    /// `min_replicas_acked`, an agent write runs on the link's own write connection and waits for
+    /// that many Redis replicas to hold the new version (its `WAIT` is one round trip more);
+    /// fewer is `Unavailable`, and the write is not forwarded.
     pub async fn admit(&self, ask: Ask<'_>) -> Result<AdmitReply, ClusterError> {
         let org = self.org_tag(ask.org);
         let write = ask.write.unwrap_or(Bucket {
@@ -194,19 +195,21 @@ impl Cluster {
         });
         // `EVALSHA` written straight from the key parts: the script helper copies every key and
         // argument twice more on the way, a measurable part of a cluster-mode hit (callgrind).
-        let mut cmd = Cmd::with_capacity(16, 512);
+        let mut cmd = Cmd::with_capacity(17, 512);
         cmd.arg("EVALSHA").arg(scripts::ADMIT.get_hash());
         match ask.agent {
             None => {
-                cmd.arg(2)
+                cmd.arg(3)
                     .arg(Key(&[&org, ":q:", ask.team, ":g"]))
-                    .arg(Key(&[&org, ":q:", ask.team, ":w"]));
+                    .arg(Key(&[&org, ":q:", ask.team, ":w"]))
+                    .arg(Key(&[&org, HOLD_KEY]));
             }
             Some(agent) => {
                 let digest = AgentDigest::of(agent);
-                cmd.arg(5)
+                cmd.arg(6)
                     .arg(Key(&[&org, ":q:", ask.team, ":g"]))
                     .arg(Key(&[&org, ":q:", ask.team, ":w"]))
+                    .arg(Key(&[&org, HOLD_KEY]))
                     .arg(Key(&[&org, ":v"]))
                     .arg(Key(&[&org, ":v:a:", digest.as_str()]))
                     .arg(Key(&[&org, ":w:a:", digest.as_str()]));
@@ -351,9 +354,10 @@ async fn probe(mut conn: MultiplexedConnection, canary: String) -> redis::RedisR
     let mut cmd = Cmd::new();
     cmd.arg("EVALSHA")
         .arg(scripts::ADMIT.get_hash())
-        .arg(5)
+        .arg(6)
         .arg(Key(&[&canary, ":q:probe:g"]))
         .arg(Key(&[&canary, ":q:probe:w"]))
+        .arg(Key(&[&canary, HOLD_KEY]))
         .arg(Key(&[&canary, ":v"]))
         .arg(Key(&[&canary, ":v:a:", digest.as_str()]))
         .arg(Key(&[&canary, ":w:a:", digest.as_str()]))

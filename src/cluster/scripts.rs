@@ -6,17 +6,20 @@
 //! request and Redis Cluster can hold them.
 
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use redis::Script;
 
-/// Quotas (and, for an agent, its shared version) for one request.
+/// Quotas (and, for an agent, its shared version) for one request, and whether its org is held.
 ///
-/// KEYS: general TAT, write TAT, then for an agent: org version, agent version, writes in progress.
+/// KEYS: general TAT, write TAT, the org's hold, then for an agent: org version, agent version,
+/// writes in progress.
 /// ARGV: mode (0 read, 1 agent read, 2 write, 3 agent write), general T and burst, write T and
 /// burst (T = 0: no write quota), a fresh token, writes-in-progress lifetime in ms, versions'
 /// lifetime in ms.
-/// Returns `{refused_by, g_remaining, g_reset, w_remaining, w_reset, retry_after, version, writing}`:
-/// `refused_by` 0 allowed, 1 general, 2 write; `w_remaining` -1 when no write quota applied.
+/// Returns `{refused_by, g_remaining, g_reset, w_remaining, w_reset, retry_after, version, writing,
+/// held}`: `refused_by` 0 allowed, 1 general, 2 write; `w_remaining` -1 when no write quota
+/// applied; `held` the ms left of a DialNexa hold on the org (0: none, and always 0 on refusal).
 ///
 /// Both quotas are looked at before either is spent, and a refusal writes nothing at all: no TAT,
 /// no version, nothing that names the agent (a refused request must not grow Redis, DESIGN "A
@@ -32,6 +35,10 @@ use redis::Script;
 /// An agent write that is allowed replaces the agent's version and counts itself in progress
 /// (until `WRITE_END`, or its lifetime ends), so no fill is stored while upstream may still answer
 /// the old body.
+///
+/// The hold (set by `cluster::budget`'s `HOLD`) is only read, one `PTTL` in the same round trip:
+/// a request that then goes upstream for an org without a budget needs no second round trip to
+/// learn whether it may (DESIGN "The organisation's DialNexa quota", "Cost").
 pub(super) static ADMIT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -79,7 +86,7 @@ if refused_by ~= 0 then
   local g_rem, g_reset = status(gtat, gT, gB)
   local w_rem, w_reset = -1, 0
   if has_write then w_rem, w_reset = status(wtat, wT, wB) end
-  return {refused_by, g_rem, g_reset, w_rem, w_reset, retry, '', 0}
+  return {refused_by, g_rem, g_reset, w_rem, w_reset, retry, '', 0, 0}
 end
 
 local g_rem, g_reset = status(spend(KEYS[1], gtat, gT), gT, gB)
@@ -89,28 +96,31 @@ if has_write then w_rem, w_reset = status(spend(KEYS[2], wtat, wT), wT, wB) end
 local version, writing = '', 0
 if mode == 1 or mode == 3 then
   local life = ARGV[8]
-  local ov = redis.call('GETEX', KEYS[3], 'PX', life)
+  local ov = redis.call('GETEX', KEYS[4], 'PX', life)
   if not ov then
     ov = ARGV[6]
-    redis.call('SET', KEYS[3], ov, 'PX', life)
+    redis.call('SET', KEYS[4], ov, 'PX', life)
   end
   local av
   if mode == 3 then
     av = ARGV[6]
-    redis.call('SET', KEYS[4], av, 'PX', life)
-    redis.call('INCR', KEYS[5])
-    redis.call('PEXPIRE', KEYS[5], ARGV[7])
+    redis.call('SET', KEYS[5], av, 'PX', life)
+    redis.call('INCR', KEYS[6])
+    redis.call('PEXPIRE', KEYS[6], ARGV[7])
   else
-    av = redis.call('GETEX', KEYS[4], 'PX', life)
+    av = redis.call('GETEX', KEYS[5], 'PX', life)
     if not av then
       av = ARGV[6]
-      redis.call('SET', KEYS[4], av, 'PX', life)
+      redis.call('SET', KEYS[5], av, 'PX', life)
     end
   end
   version = ov .. '/' .. av
-  if tonumber(redis.call('GET', KEYS[5]) or '0') > 0 then writing = 1 end
+  if tonumber(redis.call('GET', KEYS[6]) or '0') > 0 then writing = 1 end
 end
-return {0, g_rem, g_reset, w_rem, w_reset, 0, version, writing}
+-- -2: no hold (the key expired or was never set).
+local held = redis.call('PTTL', KEYS[3])
+if held < 0 then held = 0 end
+return {0, g_rem, g_reset, w_rem, w_reset, 0, version, writing, held}
 "#,
     )
 });
@@ -151,13 +161,16 @@ pub struct AdmitReply {
     pub version: Option<String>,
     /// A write to the agent is in progress somewhere: nothing may be served or stored.
     pub writing: bool,
+    /// DialNexa holds the org for this much longer (`None`: it does not, or the request was
+    /// refused).
+    pub held: Option<Duration>,
 }
 
-pub(super) type RawReply = (i64, i64, i64, i64, i64, i64, String, i64);
+pub(super) type RawReply = (i64, i64, i64, i64, i64, i64, String, i64, i64);
 
 impl AdmitReply {
     pub(super) fn from_raw(raw: RawReply) -> Self {
-        let (refused_by, g_rem, g_reset, w_rem, w_reset, retry, version, writing) = raw;
+        let (refused_by, g_rem, g_reset, w_rem, w_reset, retry, version, writing, held) = raw;
         let count = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
         let micros = |n: i64| u64::try_from(n.max(0)).unwrap_or(0);
         Self {
@@ -168,6 +181,10 @@ impl AdmitReply {
             retry_after_us: micros(retry),
             version: (!version.is_empty()).then_some(version),
             writing: writing != 0,
+            held: u64::try_from(held)
+                .ok()
+                .filter(|ms| *ms > 0)
+                .map(Duration::from_millis),
         }
     }
 }
@@ -186,7 +203,14 @@ mod tests {
     use super::redis_fixture::{redis_available, TestRedis};
     use super::*;
 
-    const KEYS: [&str; 5] = ["{t}:q:g", "{t}:q:w", "{t}:v", "{t}:v:a:x", "{t}:w:a:x"];
+    const KEYS: [&str; 6] = [
+        "{t}:q:g",
+        "{t}:q:w",
+        "{t}:hold",
+        "{t}:v",
+        "{t}:v:a:x",
+        "{t}:w:a:x",
+    ];
     /// One request a minute, a burst of one: the second request is refused.
     const MINUTE_US: u64 = 60_000_000;
 
@@ -255,14 +279,23 @@ mod tests {
         );
         assert!(written.iter().all(|(_, ttl)| *ttl > 0), "{written:?}");
 
-        // Refused by the general quota: not a key more, none refreshed, no version made.
+        // Refused by the general quota: not a key more, none refreshed, no version made. Every
+        // key is left shorter-lived than anything the script writes, so a refresh would show.
         conn.del::<_, ()>("{t}:v:a:x").unwrap();
-        let before = keys(&mut conn);
+        for (key, _) in keys(&mut conn) {
+            conn.pexpire::<_, ()>(&key, 50_000).unwrap();
+        }
+        let before: Vec<String> = keys(&mut conn).into_iter().map(|(k, _)| k).collect();
         let refused = admit(&mut conn, Mode::AgentRead, 1, "t2");
         assert_eq!((refused.refused_by, refused.version), (1, None));
         let refused_write = admit(&mut conn, Mode::AgentWrite, 1, "t3");
         assert_eq!(refused_write.refused_by, 1);
-        assert_eq!(keys(&mut conn), before);
+        let after = keys(&mut conn);
+        assert_eq!(
+            after.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+            before
+        );
+        assert!(after.iter().all(|(_, ttl)| *ttl <= 50_000), "{after:?}");
     }
 
     #[test]
@@ -305,6 +338,42 @@ mod tests {
         conn.del::<_, ()>(&["{t}:v:a:x", "{t}:q:g"]).unwrap();
         let fresh = admit(&mut conn, Mode::AgentRead, 1, "r3");
         assert_eq!(fresh.version.as_deref(), Some("r1/r3"));
+    }
+
+    #[test]
+    fn the_org_s_hold_comes_with_the_quota_and_is_only_read() {
+        let Some((_redis, mut conn)) = server() else {
+            return;
+        };
+        let free = admit(&mut conn, Mode::Read, 1, "h1");
+        assert_eq!((free.refused_by, free.held), (0, None));
+
+        conn.pset_ex::<_, _, ()>("{t}:hold", "1", 30_000).unwrap();
+        conn.del::<_, ()>("{t}:q:g").unwrap();
+        for mode in [Mode::Read, Mode::AgentRead, Mode::Write, Mode::AgentWrite] {
+            let held = admit(&mut conn, mode, 5, "h2");
+            assert_eq!(held.refused_by, 0);
+            let left = held.held.expect("held");
+            assert!(
+                left > Duration::from_secs(29) && left <= Duration::from_secs(30),
+                "{left:?}"
+            );
+            conn.del::<_, ()>("{t}:q:g").unwrap();
+        }
+        // Read, not written: its expiry is the one its setter gave it.
+        let ttl: i64 = conn.pttl("{t}:hold").unwrap();
+        assert!(ttl > 29_000 && ttl <= 30_000, "{ttl}");
+
+        // A refused request learns nothing more than that it is refused.
+        admit(&mut conn, Mode::Read, 1, "h3");
+        let refused = admit(&mut conn, Mode::Read, 1, "h4");
+        assert_eq!((refused.refused_by, refused.held), (1, None));
+
+        // Over: not held, and no hold key made.
+        conn.del::<_, ()>(&["{t}:hold", "{t}:q:g"]).unwrap();
+        let over = admit(&mut conn, Mode::AgentRead, 1, "h5");
+        assert_eq!((over.refused_by, over.held), (0, None));
+        assert!(!conn.exists::<_, bool>("{t}:hold").unwrap());
     }
 
     #[test]

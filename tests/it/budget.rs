@@ -430,6 +430,105 @@ async fn replicas(
     (proxy, gws)
 }
 
+/// The gateway's own count of its Redis round trips (those that answered).
+const ROUND_TRIPS: &str = "dialnexa_gateway_cluster_redis_duration_seconds_count";
+
+/// The Redis round trips `gw` makes for one request, `send(n)` being the `n`-th try of it: the
+/// fewest of three, as the link's probe (once a second) counts in the same histogram and can only
+/// add to a try.
+async fn round_trips<F, Fut>(gw: &TestGateway, send: F) -> f64
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut fewest = f64::MAX;
+    for n in 0..3 {
+        let before = gw.metrics().await.value(ROUND_TRIPS, &[]);
+        send(n).await;
+        fewest = fewest.min(gw.metrics().await.value(ROUND_TRIPS, &[]) - before);
+    }
+    fewest
+}
+
+/// DESIGN "Cost", in cluster mode: a hit is one round trip; so is any other request of an org
+/// without a budget (the hold comes with its quota), and an org with one makes exactly one more
+/// for each upstream call. An agent write adds its second invalidation; a held org's requests
+/// make no more than their admission.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_cluster_mode_only_a_budget_adds_a_round_trip_and_only_to_an_upstream_call() {
+    require_redis!();
+    let redis = TestRedis::start();
+    let upstream = FakeUpstream::start().await;
+    // acme's budget refuses nothing here; globex (rival's org) has none.
+    let (_proxy, gws) = replicas(&redis, &upstream.base_url(), 1, |c| {
+        c.org_budget("acme", 60_000, 600)
+    })
+    .await;
+    let gw = &gws[0];
+    let c = gw.client();
+    let patch_body = r#"{"llm":{"settings":{"temperature":0.2}}}"#;
+    for (team, key, budget) in [("rival", RIVAL, 0.0), ("billing", BILLING, 1.0)] {
+        let agent = |n: usize| format!("/v1/agents2/rt-{team}-{n}");
+        let miss = round_trips(gw, |n| {
+            let (c, path) = (&c, agent(n));
+            async move {
+                let r = c.get(&path, key).await;
+                assert_eq!((r.status, r.x_cache()), (200, "MISS"), "{team}");
+            }
+        })
+        .await;
+        let hit = round_trips(gw, |n| {
+            let (c, path) = (&c, agent(n));
+            async move { assert_eq!(c.get(&path, key).await.x_cache(), "HIT", "{team}") }
+        })
+        .await;
+        let forward = round_trips(gw, |_| async {
+            assert_eq!(c.get("/v1/calls", key).await.status, 200, "{team}");
+        })
+        .await;
+        let write = round_trips(gw, |_| async {
+            let auth = format!("Bearer {key}");
+            let r = c
+                .send(Method::POST, "/v1/calls", &[("authorization", &auth)], "{}")
+                .await;
+            assert_eq!(r.status, 200, "{team}");
+        })
+        .await;
+        let agent_write = round_trips(gw, |n| {
+            let (c, path) = (&c, agent(n));
+            async move { assert_eq!(c.patch(&path, key, patch_body).await.status, 200) }
+        })
+        .await;
+        assert_eq!(
+            (miss, hit, forward, write, agent_write),
+            (1.0 + budget, 1.0, 1.0 + budget, 1.0 + budget, 2.0 + budget),
+            "{team}: miss, hit, forward, write, agent write"
+        );
+    }
+    assert_eq!(upstream.count(&Method::GET, "/v1/calls"), 6, "none refused");
+
+    // Held by DialNexa: a refused upstream call is its admission's round trip alone, budget or not.
+    upstream.set_override(|rec| {
+        (rec.path() == "/v1/calls").then(|| {
+            Reply::json(429, serde_json::json!({"statusCode": 429}))
+                .with_header("retry-after", "30")
+        })
+    });
+    for (team, key) in [("rival", RIVAL), ("billing", BILLING)] {
+        assert_eq!(c.get("/v1/calls", key).await.status, 429);
+        let held = round_trips(gw, |_| async {
+            let r = c.get("/v1/calls", key).await;
+            assert_eq!(r.json()["code"], "upstream_quota_exhausted");
+        })
+        .await;
+        assert_eq!(held, 1.0, "{team}");
+    }
+    assert_eq!(upstream.count(&Method::GET, "/v1/calls"), 8);
+    for gw in gws {
+        gw.shutdown().await;
+    }
+}
+
 /// The first test again through two replicas on one Redis: billing floods through one, support
 /// keeps within its part through the other; the budget holds across both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -441,16 +540,17 @@ async fn two_replicas_share_one_budget_and_a_team_within_its_part_is_never_refus
     let started = Instant::now();
     // A hit is one Redis round trip, as without a budget: the budget is not asked. (The fill
     // before it is the viewer's, from its own part.)
-    let rtt = "dialnexa_gateway_cluster_redis_duration_seconds_count";
     let viewer = gws[1].client();
     assert_eq!(
         viewer.get("/v1/agents2/agt_abc123", VIEWER).await.status,
         200
     );
-    let before = gws[1].metrics().await.value(rtt, &[]);
-    let hit = viewer.get("/v1/agents2/agt_abc123", VIEWER).await;
-    assert_eq!(hit.x_cache(), "HIT");
-    assert_eq!(gws[1].metrics().await.value(rtt, &[]) - before, 1.0);
+    let hit = round_trips(&gws[1], |_| async {
+        let hit = viewer.get("/v1/agents2/agt_abc123", VIEWER).await;
+        assert_eq!(hit.x_cache(), "HIT");
+    })
+    .await;
+    assert_eq!(hit, 1.0);
 
     let until = started + Duration::from_millis(4500);
     let flooding = tokio::spawn(flood(gws[0].client(), BILLING, "/v1/agents2", until));
@@ -500,6 +600,13 @@ async fn a_dialnexa_429_seen_by_one_replica_holds_the_other() {
     assert_eq!(held.json()["code"], "upstream_quota_exhausted");
     let retry: u64 = held.header("retry-after").unwrap().parse().unwrap();
     assert!((29..=30).contains(&retry), "Retry-After {retry}");
+    // B learnt of the hold with the request's quota: no round trip of its own to refuse it.
+    let refusal = round_trips(&gws[1], |_| async {
+        let r = gws[1].client().get("/v1/agents2", BILLING).await;
+        assert_eq!(r.json()["code"], "upstream_quota_exhausted");
+    })
+    .await;
+    assert_eq!(refusal, 1.0);
     assert_eq!(upstream.total(), calls, "replica B sent nothing of acme's");
     // Another org's calls still go.
     assert_eq!(gws[1].client().get("/v1/agents2", RIVAL).await.status, 200);

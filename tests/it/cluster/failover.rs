@@ -189,6 +189,23 @@ async fn without_the_replicas_it_asks_for_agent_writes_are_refused_and_hits_go_o
     assert_eq!(c.upstream.count(&Method::PATCH, "/"), 1);
     let read = c.client(0).get(path, SUPPORT).await;
     assert_eq!((x_cache(&read), version(&read)), ("MISS", version(&write)));
+    // Each of an agent write's two version changes is followed by its own `WAIT` (a round trip
+    // more each, on the writer connection); nothing else waits.
+    let before = wait_calls(&c.redis);
+    assert_eq!(patch(&c.client(0), path).await.status, 200);
+    assert_eq!(c.client(0).get(path, SUPPORT).await.status, 200);
+    assert_eq!(post_call(&c.client(0)).await.status, 200);
+    assert_eq!(wait_calls(&c.redis) - before, 2);
+}
+
+/// How many `WAIT`s Redis has run (`INFO commandstats`).
+fn wait_calls(redis: &TestRedis) -> u64 {
+    let stats = redis.cli(&["INFO", "commandstats"]);
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_wait:calls="))
+        .and_then(|l| l.split(',').next())
+        .map_or(0, |n| n.parse().expect("a count"))
 }
 
 /// Whether a replica has finished its first sync and follows its primary.
