@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::number::{self, Unit, Whole};
+use super::problems::Problems;
+use super::rate::validate_rate;
 use super::raw::RawRate;
-use super::teams::validate_rate;
-use super::validate::Problems;
 use crate::settings::{RateQuota, Team};
 
 /// Every team gets an equal part of its org's budget unless the operator weighs it otherwise.

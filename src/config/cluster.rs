@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use super::number::timeout_ms;
+use super::problems::Problems;
 use super::raw::RawCluster;
-use super::teams::{read_secret, Secret as Found, SecretFields};
-use super::validate::Problems;
+use super::secret::{read_secret, SecretFields, SecretLookup};
 use crate::settings::{ClusterSettings, OnUnavailable, RedisTarget, Secret, SentinelTarget};
 
 /// The product's short name: in a Redis shared with other software, every key is plainly ours.
@@ -31,9 +31,9 @@ pub(super) fn validate_cluster(raw: RawCluster, p: &mut Problems) -> Option<Clus
         fields,
         p,
     ) {
-        Found::Read(secret) => Some(Some(Secret::new(secret))),
-        Found::Absent => Some(None),
-        Found::Unreadable => None,
+        SecretLookup::Read(secret) => Some(Some(Secret::new(secret))),
+        SecretLookup::Absent => Some(None),
+        SecretLookup::Unreadable => None,
     };
     let fields = SecretFields {
         env: "sentinel_password_env",
@@ -46,9 +46,9 @@ pub(super) fn validate_cluster(raw: RawCluster, p: &mut Problems) -> Option<Clus
         fields,
         p,
     ) {
-        Found::Read(secret) => Some(Some(Secret::new(secret))),
-        Found::Absent => Some(None),
-        Found::Unreadable => None,
+        SecretLookup::Read(secret) => Some(Some(Secret::new(secret))),
+        SecretLookup::Absent => Some(None),
+        SecretLookup::Unreadable => None,
     };
     let key_prefix = raw.key_prefix.unwrap_or_else(|| DEFAULT_KEY_PREFIX.into());
     let prefix_ok = !key_prefix.is_empty()

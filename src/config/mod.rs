@@ -9,11 +9,13 @@ use crate::settings::Settings;
 
 mod budget;
 mod cluster;
+mod endpoint;
 mod fingerprint;
 mod number;
 mod problems;
+mod rate;
 mod raw;
-mod secret_file;
+mod secret;
 mod teams;
 mod toml_errors;
 mod tracing;

@@ -1,5 +1,5 @@
 //! The config file's shape as operators write it: every field optional, unknown fields refused, so
-//! that validation (in [`super::validate`]) can name each missing or wrong key. Numbers are
+//! that validation (`validate.rs` and the files beside it) can name each missing or wrong key. Numbers are
 //! [`Whole`]: kept as written, so a fraction or a negative is refused rather than rounded.
 
 use std::collections::BTreeMap;

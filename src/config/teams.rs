@@ -2,86 +2,17 @@
 //! across them (a team's org exists, no key belongs to two teams).
 
 use std::collections::{HashMap, HashSet};
-use std::num::NonZeroU32;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::HeaderValue;
 
-use super::number::{whole, Unit, Whole};
+use super::problems::Problems;
+use super::rate::validate_rate;
 use super::raw::*;
-use super::secret_file::read_secret_file;
-use super::validate::Problems;
+use super::secret::{read_secret, SecretFields, SecretLookup};
 use crate::auth::{Access, KeyDigest};
 use crate::settings::*;
-
-/// A quota's `per_minute` and `burst`: the limiter counts in u32.
-const RATE: Unit = Unit::new(1..=u32::MAX as u64);
-
-/// What [`read_secret`] found.
-pub(super) enum Secret {
-    Read(String),
-    /// Neither source was named.
-    Absent,
-    /// A source was named but could not be used; the problem is already reported.
-    Unreadable,
-}
-
-/// The names of a secret's two sources in its table, for problems.
-#[derive(Clone, Copy)]
-pub(super) struct SecretFields {
-    pub(super) env: &'static str,
-    pub(super) file: &'static str,
-}
-
-/// A secret from an environment variable or a file (never from the config itself), trimmed of
-/// surrounding whitespace: org keys and the Redis password alike.
-pub(super) fn read_secret(
-    env: Option<String>,
-    file: Option<PathBuf>,
-    key: &str,
-    fields: SecretFields,
-    p: &mut Problems,
-) -> Secret {
-    let (from, found) = match (env, file) {
-        (Some(var), None) => {
-            let found = std::env::var(&var)
-                .map_err(|_| format!("environment variable {var} is not set"))
-                .and_then(|v| {
-                    (!v.trim().is_empty())
-                        .then(|| v.trim().to_owned())
-                        .ok_or_else(|| format!("environment variable {var} is empty"))
-                });
-            (fields.env, found)
-        }
-        (None, Some(path)) => {
-            let found = read_secret_file(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|v| {
-                    (!v.trim().is_empty())
-                        .then(|| v.trim().to_owned())
-                        .ok_or_else(|| format!("{} is empty", path.display()))
-                });
-            (fields.file, found)
-        }
-        (Some(_), Some(_)) => {
-            p.push(
-                key,
-                format!("set {} or {}, not both", fields.env, fields.file),
-            );
-            return Secret::Unreadable;
-        }
-        (None, None) => return Secret::Absent,
-    };
-    match found {
-        Ok(secret) => Secret::Read(secret),
-        Err(problem) => {
-            p.push(&format!("{key}.{from}"), problem);
-            Secret::Unreadable
-        }
-    }
-}
 
 pub(super) fn validate_org(name: &str, raw: RawOrg, key: &str, p: &mut Problems) -> Option<Org> {
     let (upstream_rate_limit, max_upstream_hold) = super::budget::validate_org_budget(
@@ -95,9 +26,9 @@ pub(super) fn validate_org(name: &str, raw: RawOrg, key: &str, p: &mut Problems)
         file: "api_key_file",
     };
     let secret = match read_secret(raw.api_key_env, raw.api_key_file, key, fields, p) {
-        Secret::Read(secret) => secret,
-        Secret::Unreadable => return None,
-        Secret::Absent => {
+        SecretLookup::Read(secret) => secret,
+        SecretLookup::Unreadable => return None,
+        SecretLookup::Absent => {
             p.push(key, "needs api_key_env or api_key_file");
             return None;
         }
@@ -182,32 +113,6 @@ pub(super) fn parse_rfc3339(text: &str) -> Option<SystemTime> {
         time::OffsetDateTime::parse(text.trim(), &time::format_description::well_known::Rfc3339)
             .ok()?;
     Some(SystemTime::from(t))
-}
-
-pub(super) fn validate_rate(
-    raw: Option<RawRate>,
-    key: &str,
-    p: &mut Problems,
-) -> Option<RateQuota> {
-    let raw = raw?;
-    let mut part = |value: Option<Whole>, name: &str| {
-        let key = format!("{key}.{name}");
-        match value {
-            None => {
-                p.push(&key, "is required and must be at least 1");
-                None
-            }
-            value => whole(value, 0, &key, RATE, p)
-                .and_then(|n| u32::try_from(n).ok())
-                .and_then(NonZeroU32::new),
-        }
-    };
-    let per_minute = part(raw.per_minute, "per_minute");
-    let burst = part(raw.burst, "burst");
-    Some(RateQuota {
-        per_minute: per_minute?,
-        burst: burst?,
-    })
 }
 
 /// The organisations a team may name: the valid ones, and every one the file declares.

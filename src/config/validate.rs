@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::endpoint::validate_base_url;
 use super::number::{timeout_ms, whole, Unit, MAX_TTL_SECONDS};
+use super::problems::Problems;
 use super::raw::*;
 use super::teams::{parse_digest, validate_org, validate_team, KnownOrgs};
 use super::ConfigError;
@@ -52,8 +54,6 @@ const STALE_SECONDS: Unit = Unit::new(0..=MAX_TTL_SECONDS).max_in_words("3153600
 const TTL_SECONDS: Unit = Unit::new(1..=MAX_TTL_SECONDS)
     .max_in_words("31536000 s, one year")
     .zero_hint(" (set cache.enabled = false to turn caching off)");
-
-pub(super) use super::problems::Problems;
 
 /// The `[server]` connection limits an operator gets by leaving them out.
 pub fn default_connection_limits() -> ConnectionLimits {
@@ -279,26 +279,6 @@ fn validate_upstream(raw: RawUpstream, p: &mut Problems) -> Option<UpstreamSetti
     })
 }
 
-pub(super) fn validate_base_url(url: &str) -> Result<String, &'static str> {
-    let uri: http::Uri = url.parse().map_err(|_| "is not a valid URL")?;
-    match uri.scheme_str() {
-        Some("http") | Some("https") => {}
-        _ => return Err("must start with http:// or https://"),
-    }
-    if uri.authority().is_none_or(|a| a.host().is_empty()) {
-        return Err("has no host");
-    }
-    // `http::Uri` takes any digits as a port; the connector would fail every request on them.
-    let port = url::Url::parse(url).map(|u| u.port());
-    if !matches!(port, Ok(None) | Ok(Some(1..))) {
-        return Err("has a port outside 1 to 65535");
-    }
-    if uri.query().is_some() {
-        return Err("must not carry a query string");
-    }
-    Ok(url.trim_end_matches('/').to_owned())
-}
-
 fn validate_cache(raw: RawCache, p: &mut Problems) -> Option<CacheSettings> {
     let enabled = raw.enabled.unwrap_or(true);
     let before = p.0.len();
@@ -389,21 +369,4 @@ fn validate_audit(raw: RawAudit, p: &mut Problems) -> Option<AuditSettings> {
         }
     };
     Some(AuditSettings { sink, buffer_lines })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_base_url_port_must_be_one_a_socket_can_have() {
-        assert!(validate_base_url("http://127.0.0.1:65535/v1").is_ok());
-        for url in [
-            "http://127.0.0.1:99999/v1",
-            "https://h:0/v1",
-            "http://h:65536",
-        ] {
-            assert!(validate_base_url(url).is_err(), "{url}");
-        }
-    }
 }
