@@ -9,11 +9,11 @@ use super::raw::RawCluster;
 use super::secret::{read_secret, SecretFields, SecretLookup};
 use crate::settings::{ClusterSettings, OnUnavailable, RedisTarget, Secret, SentinelTarget};
 
-/// The product's short name: in a Redis shared with other software, every key is plainly ours.
+/// The product's short name: in a Redis that other software also uses, every key is plainly ours.
 const DEFAULT_KEY_PREFIX: &str = "dnxgw";
 /// A healthy Redis in the same zone answers in well under a millisecond; 200 ms leaves it ample
 /// room yet keeps what a stalled one costs the request that finds out small.
-const DEFAULT_TIMEOUT_MS: u64 = 200;
+const DEFAULT_REDIS_TIMEOUT_MS: u64 = 200;
 /// More Redis replicas than any deployment runs; a larger count is a typo that would refuse every
 /// agent write.
 const MAX_REPLICAS_ACKED: u32 = 100;
@@ -61,7 +61,12 @@ pub(super) fn validate_cluster(raw: RawCluster, p: &mut Problems) -> Option<Clus
             "must be non-empty [A-Za-z0-9_.:-]+ (no braces: the organisation is the hash tag)",
         );
     }
-    let timeout = timeout_ms(raw.timeout_ms, DEFAULT_TIMEOUT_MS, "cluster.timeout_ms", p);
+    let timeout = timeout_ms(
+        raw.timeout_ms,
+        DEFAULT_REDIS_TIMEOUT_MS,
+        "cluster.timeout_ms",
+        p,
+    );
     let on_unavailable = match raw.on_unavailable.as_deref() {
         None | Some("degrade") => Some(OnUnavailable::Degrade),
         Some("refuse") => Some(OnUnavailable::Refuse),

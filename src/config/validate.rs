@@ -17,20 +17,44 @@ use super::ConfigError;
 use crate::auth::KeyDigest;
 use crate::settings::*;
 
+/// Loopback: probes, metrics and purges are for the operator's own agents on the host (or a
+/// sidecar), never for the clients on the API listener; exposing them is a deliberate choice.
+/// 9090 is the port Prometheus exporters conventionally take.
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+/// 1 MiB: an agent's largest definition (prompts included) is tens of KiB; bodies are held whole
+/// in memory before they are forwarded, so the bound is what one request may cost.
 const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
+/// 10 s: under Kubernetes' default 30 s termination grace, with room for the audit flush after it;
+/// long enough for any answer the upstream timeout allows to start streaming.
 const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
+/// 30 s: a client on a poor link gets its head across; a connection that sends nothing is closed
+/// long before it could pin a slot for good (DESIGN, "Limits on slow, idle and too many clients").
 const DEFAULT_REQUEST_HEADER_TIMEOUT_MS: u64 = 30_000;
+/// 60 s between two reads: a 1 MiB body crawls through at ~17 KiB/s and still arrives.
 const DEFAULT_REQUEST_BODY_TIMEOUT_MS: u64 = 60_000;
+/// 75 s: longer than the 60 s idle time of the usual load balancers in front (AWS ALB, nginx's
+/// 60 s keep-alive), so the gateway never closes a connection one of them is about to reuse.
 const DEFAULT_IDLE_TIMEOUT_MS: u64 = 75_000;
 /// Far more clients than one replica serves at once, and well under the usual 65536 descriptors.
 const DEFAULT_MAX_CONNECTIONS: u64 = 16_384;
+/// 2 s: a TCP (and TLS) connect to DialNexa takes milliseconds; one that takes seconds will not
+/// succeed, and the request's time is better spent on the `502`.
 const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 2_000;
-const DEFAULT_TIMEOUT_MS: u64 = 15_000;
+/// 15 s for upstream's response head: DialNexa's slowest writes (agent creation) take a few
+/// seconds; past this a client is better served by a `504` than by waiting on.
+const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 15_000;
+/// A minute: an agent changed outside the gateway (DialNexa's console) is seen within it, while a
+/// busy agent is fetched once a minute instead of on every call.
 const DEFAULT_TTL_SECONDS: u64 = 60;
+/// 256 MiB: thousands of agents of tens of KiB, a small part of a typical container's memory.
 const DEFAULT_CACHE_MAX_BYTES: u64 = 256 * 1024 * 1024;
+/// 1 MiB, like the request body bound: an answer larger than any agent definition is not one to
+/// keep, and it would crowd out many that are.
 const DEFAULT_MAX_ENTRY_BYTES: u64 = 1024 * 1024;
+/// Five minutes of DialNexa being down answered from what the gateway last saw, while an agent
+/// read during a longer outage still fails plainly rather than serving very old data.
 const DEFAULT_STALE_IF_ERROR_SECONDS: u64 = 300;
+/// Next to where the gateway runs, as JSON lines: found without configuring anything.
 const DEFAULT_AUDIT_PATH: &str = "audit.jsonl";
 /// On: what an operator expects of a proxy (Envoy, Traefik and Caddy watch their files), and the
 /// one way a container image without a shell gets a new config without a restart.
@@ -271,7 +295,12 @@ fn validate_upstream(raw: RawUpstream, p: &mut Problems) -> Option<UpstreamSetti
         "upstream.connect_timeout_ms",
         p,
     );
-    let timeout = timeout_ms(raw.timeout_ms, DEFAULT_TIMEOUT_MS, "upstream.timeout_ms", p);
+    let timeout = timeout_ms(
+        raw.timeout_ms,
+        DEFAULT_UPSTREAM_TIMEOUT_MS,
+        "upstream.timeout_ms",
+        p,
+    );
     Some(UpstreamSettings {
         base_url: base_url?,
         connect_timeout: connect_timeout?,

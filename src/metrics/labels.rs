@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 
-/// A team name as a label value, shared with the config: labelling a request allocates nothing
+/// A team name as a label value, a clone of the config's own `Arc<str>`: labelling a request allocates nothing
 /// (a `String` label was two allocations per request on the cache-hit path).
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct TeamName(pub Arc<str>);
@@ -17,7 +17,7 @@ impl EncodeLabelValue for TeamName {
     }
 }
 
-/// An organisation's name as a label value (the same shared string as a team's).
+/// An organisation's name as a label value (the same type as a team's).
 pub type OrgName = TeamName;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
