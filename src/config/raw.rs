@@ -147,3 +147,16 @@ pub(super) struct RawRate {
     pub(super) per_minute: Option<Whole>,
     pub(super) burst: Option<Whole>,
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::testing::{base, key_file, problems};
+
+    #[test]
+    fn unknown_field_is_rejected_with_its_name() {
+        let key = key_file("k");
+        let toml = base(key.path(), "").replace("[upstream]", "[upstream]\nretries = 3");
+        let p = problems(&toml);
+        assert!(p[0].contains("retries"), "{p:?}");
+    }
+}

@@ -198,4 +198,31 @@ mod tests {
         // Nothing waited for a writer or read an endless device.
         assert!(started.elapsed() < Duration::from_secs(5));
     }
+
+    #[test]
+    fn unset_env_and_unreadable_file_are_named() {
+        let toml = r#"
+[server]
+listen = "127.0.0.1:0"
+[upstream]
+base_url = "https://api.dialnexa.com/v1"
+[orgs.one]
+api_key_env = "DNXGW_TEST_SURELY_UNSET_VAR"
+[orgs.two]
+api_key_file = "/nonexistent/dialnexa/key"
+"#;
+        let p = crate::config::testing::problems(toml);
+        assert!(
+            p.iter().any(|l| l.starts_with(
+                "orgs.one.api_key_env: environment variable DNXGW_TEST_SURELY_UNSET_VAR is not set"
+            )),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|l| l
+                    .starts_with("orgs.two.api_key_file: cannot read /nonexistent/dialnexa/key")),
+            "{p:?}"
+        );
+    }
 }

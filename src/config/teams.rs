@@ -203,3 +203,105 @@ pub(super) fn validate_team(
         upstream_share: upstream_share?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use crate::config::testing::{base, key_file, problems, DIGEST_A, DIGEST_B};
+    use crate::settings::*;
+
+    #[test]
+    fn unknown_org_is_named() {
+        let key = key_file("k");
+        let p = problems(&base(
+            key.path(),
+            &format!("[teams.billing]\norg = \"nope\"\nkey_sha256 = [\"{DIGEST_A}\"]\nrate_limit = {{ per_minute = 1, burst = 1 }}"),
+        ));
+        assert_eq!(p.len(), 1);
+        assert!(
+            p[0].starts_with("teams.billing.org: unknown organisation \"nope\""),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn an_invalid_org_is_one_problem_not_one_per_team() {
+        let missing = Path::new("/nonexistent/acme.key");
+        let p = problems(&base(
+            missing,
+            &format!("[teams.billing]\norg = \"acme\"\nkey_sha256 = [\"{DIGEST_A}\"]\nrate_limit = {{ per_minute = 1, burst = 1 }}"),
+        ));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("orgs.acme.api_key_file"), "{p:?}");
+    }
+
+    #[test]
+    fn duplicate_and_malformed_digests_are_named() {
+        let key = key_file("k");
+        let p = problems(&base(
+            key.path(),
+            &format!(
+                "[teams.a]\norg = \"acme\"\nkey_sha256 = [\"{DIGEST_A}\"]\nrate_limit = {{ per_minute = 1, burst = 1 }}\n\
+                 [teams.b]\norg = \"acme\"\nkey_sha256 = [\"{DIGEST_A}\", \"xyz\", \"{DIGEST_B}\"]\nrate_limit = {{ per_minute = 1, burst = 1 }}"
+            ),
+        ));
+        assert!(
+            p.iter()
+                .any(|l| l
+                    .starts_with("teams.b.key_sha256[0]: digest already belongs to team \"a\"")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("teams.b.key_sha256[1]: must be a SHA-256 digest")),
+            "{p:?}"
+        );
+        assert_eq!(p.len(), 2);
+    }
+
+    #[test]
+    fn a_key_may_have_an_end_beside_plain_digests() {
+        let key = key_file("k");
+        let s = Settings::from_toml_str(&base(
+            key.path(),
+            &format!(
+                "[teams.billing]\norg = \"acme\"\nrate_limit = {{ per_minute = 1, burst = 1 }}\n\
+                 key_sha256 = [\"{DIGEST_A}\", {{ sha256 = \"{DIGEST_B}\", not_after = \"2027-03-01T01:00:00+01:00\" }}]"
+            ),
+        ))
+        .unwrap();
+        let keys = &s.teams[0].keys;
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[0].not_after, None);
+        assert_eq!(keys[1].digest.to_hex(), DIGEST_B);
+        // 2027-03-01T00:00:00Z, whatever offset it was written with.
+        let end = std::time::UNIX_EPOCH + Duration::from_secs(1_803_859_200);
+        assert_eq!(keys[1].not_after, Some(end));
+    }
+
+    #[test]
+    fn a_dated_key_names_its_wrong_parts() {
+        let key = key_file("k");
+        let p = problems(&base(
+            key.path(),
+            &format!(
+                "[teams.billing]\norg = \"acme\"\nrate_limit = {{ per_minute = 1, burst = 1 }}\n\
+                 key_sha256 = [{{ sha256 = \"{DIGEST_A}\", not_after = \"next tuesday\" }}, \
+                 {{ not_after = \"2027-03-01T00:00:00Z\" }}, {{ sha256 = \"{DIGEST_B}\", not_afer = \"x\" }}]"
+            ),
+        ));
+        for starts in [
+            "teams.billing.key_sha256[0].not_after: must be an RFC 3339 time",
+            "teams.billing.key_sha256[1].sha256: is required",
+            "teams.billing.key_sha256[2].not_afer: unknown field",
+        ] {
+            assert!(
+                p.iter().any(|l| l.starts_with(starts)),
+                "{starts} missing from {p:?}"
+            );
+        }
+        assert_eq!(p.len(), 3, "{p:?}");
+    }
+}

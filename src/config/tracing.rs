@@ -1,9 +1,9 @@
 //! `[tracing]`: the OTLP collector spans are exported to, and the sampling of requests that bring
 //! no sampled parent of their own.
 
-use super::endpoint::validate_base_url;
 use super::problems::Problems;
 use super::raw::RawTracing;
+use super::upstream::validate_base_url;
 use crate::settings::TracingSettings;
 
 /// DESIGN's example ratio: one request in ten traced keeps a busy gateway's exports small, while

@@ -8,11 +8,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::endpoint::validate_base_url;
 use super::number::{timeout_ms, whole, Unit, MAX_TTL_SECONDS};
 use super::problems::Problems;
 use super::raw::*;
 use super::teams::{parse_digest, validate_org, validate_team, KnownOrgs};
+use super::upstream::validate_upstream;
 use super::ConfigError;
 use crate::auth::KeyDigest;
 use crate::settings::*;
@@ -37,12 +37,6 @@ const DEFAULT_REQUEST_BODY_TIMEOUT_MS: u64 = 60_000;
 const DEFAULT_IDLE_TIMEOUT_MS: u64 = 75_000;
 /// Far more clients than one replica serves at once, and well under the usual 65536 descriptors.
 const DEFAULT_MAX_CONNECTIONS: u64 = 16_384;
-/// 2 s: a TCP (and TLS) connect to DialNexa takes milliseconds; one that takes seconds will not
-/// succeed, and the request's time is better spent on the `502`.
-const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 2_000;
-/// 15 s for upstream's response head: DialNexa's slowest writes (agent creation) take a few
-/// seconds; past this a client is better served by a `504` than by waiting on.
-const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 15_000;
 /// A minute: an agent changed outside the gateway (DialNexa's console) is seen within it, while a
 /// busy agent is fetched once a minute instead of on every call.
 const DEFAULT_TTL_SECONDS: u64 = 60;
@@ -272,42 +266,6 @@ fn nonzero(n: u64) -> Option<NonZeroUsize> {
     usize::try_from(n).ok().and_then(NonZeroUsize::new)
 }
 
-fn validate_upstream(raw: RawUpstream, p: &mut Problems) -> Option<UpstreamSettings> {
-    let base_url = match raw.base_url {
-        None => {
-            p.push(
-                "upstream.base_url",
-                "is required (e.g. \"https://api.dialnexa.com/v1\")",
-            );
-            None
-        }
-        Some(url) => match validate_base_url(&url) {
-            Ok(url) => Some(url),
-            Err(why) => {
-                p.push("upstream.base_url", format!("{url:?} {why}"));
-                None
-            }
-        },
-    };
-    let connect_timeout = timeout_ms(
-        raw.connect_timeout_ms,
-        DEFAULT_CONNECT_TIMEOUT_MS,
-        "upstream.connect_timeout_ms",
-        p,
-    );
-    let timeout = timeout_ms(
-        raw.timeout_ms,
-        DEFAULT_UPSTREAM_TIMEOUT_MS,
-        "upstream.timeout_ms",
-        p,
-    );
-    Some(UpstreamSettings {
-        base_url: base_url?,
-        connect_timeout: connect_timeout?,
-        timeout: timeout?,
-    })
-}
-
 fn validate_cache(raw: RawCache, p: &mut Problems) -> Option<CacheSettings> {
     let enabled = raw.enabled.unwrap_or(true);
     let before = p.0.len();
@@ -398,4 +356,99 @@ fn validate_audit(raw: RawAudit, p: &mut Problems) -> Option<AuditSettings> {
         }
     };
     Some(AuditSettings { sink, buffer_lines })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use crate::auth::Access;
+    use crate::config::testing::{base, key_file, problems, DIGEST_A};
+    use crate::settings::*;
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let key = key_file("  org-secret-123\n");
+        let s = Settings::from_toml_str(&base(
+            key.path(),
+            &format!("[teams.billing]\norg = \"acme\"\nkey_sha256 = [\"{DIGEST_A}\"]\nrate_limit = {{ per_minute = 600, burst = 60 }}"),
+        ))
+        .unwrap();
+        assert_eq!(s.server.max_body_bytes, 1024 * 1024);
+        assert_eq!(s.server.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(s.server.limits, super::default_connection_limits());
+        assert_eq!(s.server.limits.header_timeout, Duration::from_secs(30));
+        assert_eq!(s.server.limits.max_connections.get(), 16_384);
+        assert_eq!(s.upstream.base_url, "http://127.0.0.1:1/v1");
+        assert_eq!(s.upstream.timeout, Duration::from_secs(15));
+        assert!(s.cache.enabled);
+        assert_eq!(s.cache.ttl, Duration::from_secs(60));
+        assert_eq!(s.audit.sink, AuditSink::File(PathBuf::from("audit.jsonl")));
+        assert_eq!(s.audit.buffer_lines.get(), 16 * 1024);
+        assert!(s.admin_token.is_none());
+        let team = &s.teams[0];
+        assert_eq!(team.access, Access::ReadWrite);
+        // The key file's surrounding whitespace is trimmed.
+        assert_eq!(
+            team.org.authorization.to_str().unwrap(),
+            "Bearer org-secret-123"
+        );
+        assert!(!format!("{team:?}").contains("org-secret-123"));
+    }
+
+    #[test]
+    fn a_config_without_teams_is_refused() {
+        let key = key_file("k");
+        assert_eq!(
+            problems(&base(key.path(), "")),
+            vec![
+                "teams: at least one [teams.<name>] is required (without one every request is refused)"
+            ]
+        );
+    }
+
+    #[test]
+    fn zero_timeouts_bad_url_and_missing_rate_limit_are_all_reported_at_once() {
+        let key = key_file("k");
+        let toml = format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+[upstream]
+base_url = "ftp://example"
+timeout_ms = 0
+connect_timeout_ms = 0
+[orgs.acme]
+api_key_file = "{}"
+[teams.t]
+org = "acme"
+key_sha256 = ["{DIGEST_A}"]
+"#,
+            key.path().display()
+        );
+        let p = problems(&toml);
+        for k in [
+            "upstream.base_url",
+            "upstream.timeout_ms",
+            "upstream.connect_timeout_ms",
+            "teams.t.rate_limit",
+        ] {
+            assert!(
+                p.iter().any(|l| l.starts_with(&format!("{k}: "))),
+                "{k} missing from {p:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn uppercase_team_names_are_refused() {
+        let key = key_file("k");
+        let p = problems(&base(
+            key.path(),
+            &format!("[teams.Billing]\norg = \"acme\"\nkey_sha256 = [\"{DIGEST_A}\"]\nrate_limit = {{ per_minute = 1, burst = 1 }}"),
+        ));
+        assert!(p.iter().any(|l| l.contains("lowercase")), "{p:?}");
+    }
 }
