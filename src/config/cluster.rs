@@ -198,37 +198,41 @@ fn check_host_port(entry: &str) -> Option<(String, u16)> {
 }
 
 /// A Redis URL the client can use, with no password in it. The problem text never repeats the
-/// URL, which may hold one.
+/// URL, which may hold one (nor does `url`'s parse error). Parsed by `url`, the parser the redis
+/// client reads it with, so what passes here is what the client accepts.
 fn check_url(url: &str) -> Result<(), String> {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return Err("must be redis://host[:port][/db] or rediss://…".into());
-    };
+    let parsed = url::Url::parse(url).map_err(|e| match e {
+        // No `scheme:` at all, as in `redis.internal:6379/0` read as a relative reference.
+        url::ParseError::RelativeUrlWithoutBase => {
+            "must be redis://host[:port][/db] or rediss://…".to_owned()
+        }
+        e => format!("is not a valid URL: {e}"),
+    })?;
+    let scheme = parsed.scheme();
     if scheme != "redis" && scheme != "rediss" {
         return Err(format!(
             "scheme must be redis:// or rediss://, not {scheme}://"
         ));
     }
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    if let Some((userinfo, _)) = authority.rsplit_once('@') {
-        if userinfo.contains(':') {
-            return Err(
-                "must not contain a password (set cluster.redis_password_env or \
-                 cluster.redis_password_file; the URL may name an ACL user)"
-                    .into(),
-            );
-        }
+    // `url` drops an empty password (`user:@host`); the `:` still says one was meant.
+    let userinfo = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split(['/', '?', '#']).next()?.rsplit_once('@'));
+    if parsed.password().is_some() || userinfo.is_some_and(|(u, _)| u.contains(':')) {
+        return Err(
+            "must not contain a password (set cluster.redis_password_env or \
+             cluster.redis_password_file; the URL may name an ACL user)"
+                .into(),
+        );
     }
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    if host.is_empty() {
+    if parsed.host_str().is_none_or(str::is_empty) {
         return Err("names no host".into());
     }
-    if rest.contains('?') {
+    if parsed.query().is_some() {
         return Err(
             "takes no query parameters (set the password and timeouts in [cluster])".into(),
         );
     }
-    // What the redis client itself would refuse only on the first connection attempt.
-    let parsed = url::Url::parse(url).map_err(|e| format!("is not a valid URL: {e}"))?;
     if parsed.port() == Some(0) {
         return Err("port must be between 1 and 65535".into());
     }
@@ -320,6 +324,8 @@ min_replicas_acked = 1
         assert!(e.contains("password"), "{e}");
         let e = check_url("redis://:hunter2@redis.internal").unwrap_err();
         assert!(!e.contains("hunter2"), "{e}");
+        // An empty one too, which `url` would drop without a trace.
+        assert!(check_url("redis://user:@redis.internal").is_err());
     }
 
     #[test]
@@ -343,6 +349,7 @@ min_replicas_acked = 1
         assert!(check_url("http://redis.internal").is_err());
         assert!(check_url("redis.internal:6379").is_err());
         assert!(check_url("redis://").is_err());
+        assert!(check_url("redis:///0").is_err());
         assert!(check_url("redis://h?password=x").is_err());
     }
 
