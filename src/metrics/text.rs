@@ -22,10 +22,9 @@ impl Metrics {
 /// declares `# TYPE x counter` for samples named `x_total`, the classic format declares the sample
 /// name itself. `# UNIT` and `# EOF` do not exist there and are dropped.
 ///
-/// Written here because prometheus-client (0.23, and its releases since) encodes only OpenMetrics,
-/// as text or protobuf; the `prometheus` crate writes the classic format but keeps its own registry
-/// and metric types, and moving every family to it to spare these twenty lines would be a second
-/// metrics library in the binary.
+/// Written here because prometheus-client (0.23) encodes only OpenMetrics, as text or protobuf;
+/// the `prometheus` crate writes the classic format but with its own registry and metric types,
+/// so using it for these twenty lines would put a second metrics library in the binary.
 fn openmetrics_to_prometheus_text(openmetrics: &str) -> String {
     let counters: std::collections::HashSet<&str> = openmetrics
         .lines()
