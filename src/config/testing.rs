@@ -35,6 +35,11 @@ api_key_file = "{}"
     )
 }
 
+/// One team of `acme`, `billing`, with the key [`DIGEST_A`], for tests about something else.
+pub(super) const ONE_TEAM: &str = "[teams.billing]\norg = \"acme\"\n\
+     key_sha256 = [\"1111111111111111111111111111111111111111111111111111111111111111\"]\n\
+     rate_limit = { per_minute = 60, burst = 10 }\n";
+
 /// The problems of a config that must be refused.
 pub(super) fn problems(toml: &str) -> Vec<String> {
     Settings::from_toml_str(toml).unwrap_err().problems
