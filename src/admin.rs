@@ -56,7 +56,7 @@ pub async fn handle(
         }
         _ => {
             let id = request_id::generate();
-            GatewayError::NotFound.to_response(id.to_str().unwrap_or_default())
+            GatewayError::NotFound.to_response(request_id::as_text(&id))
         }
     };
     body::drop_for_head(&method, &mut resp);
@@ -114,7 +114,7 @@ async fn admin_api(
 ) -> Response<AuditedBody> {
     let request_id = request_id::from_headers(req.headers());
     let mut record = AuditRecord::new(
-        String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
+        request_id::as_text(&request_id).to_owned(),
         client_ip,
         req.method(),
         req.uri().path(),
@@ -149,9 +149,9 @@ async fn admin_action(
     digest: Option<KeyDigest>,
     record: &mut AuditRecord,
 ) -> Result<Response<ProxyBody>, GatewayError> {
-    let rt = gw.snapshot();
+    let snapshot = gw.snapshot();
     let (parts, incoming) = req.into_parts();
-    let refusal = match rt.settings.admin_token {
+    let refusal = match snapshot.settings.admin_token {
         None => Some(GatewayError::AdminDisabled),
         Some(expected) if digest != Some(expected) => Some(GatewayError::AdminUnauthenticated),
         Some(_) if parts.method != Method::POST || parts.uri.path() != "/admin/cache/purge" => {
@@ -166,7 +166,7 @@ async fn admin_action(
     }
     let limits = BodyLimits {
         max_bytes: ADMIN_BODY_LIMIT,
-        idle: rt.settings.server.limits.body_timeout,
+        idle: snapshot.settings.server.limits.body_timeout,
     };
     // The same reader as the API listener's: an oversized body is `413` after it was drained.
     let bytes = request_body::read(incoming, &parts, limits, &mut record.bytes_in).await?;

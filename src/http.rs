@@ -41,6 +41,15 @@ pub fn drop_for_head(method: &http::Method, resp: &mut http::Response<ProxyBody>
     *resp.body_mut() = empty();
 }
 
+/// The first error of type `E` in `err`'s chain of causes, `err` itself included: hyper's
+/// errors arrive wrapped (in the client's, in the connection's), and what they say is asked of
+/// hyper's own. The walk is anyhow's `Chain`, usable on any error without making an `anyhow::Error`.
+pub fn find_cause<'a, E: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a E> {
+    anyhow::Chain::new(err).find_map(|e| e.downcast_ref::<E>())
+}
+
 /// The method's name for metrics labels and audit lines: the standard ones without an allocation.
 pub fn method_name(method: &Method) -> Cow<'static, str> {
     Cow::Borrowed(match *method {
@@ -98,6 +107,24 @@ impl HeaderText {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cause_is_found_at_any_depth_and_only_of_its_type() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] Inner);
+        #[derive(Debug, thiserror::Error)]
+        #[error("inner")]
+        struct Inner(#[source] std::num::ParseIntError);
+        let parse = "x".parse::<u8>().unwrap_err();
+        let wrapped = Outer(Inner(parse.clone()));
+        assert_eq!(
+            find_cause::<std::num::ParseIntError>(&wrapped),
+            Some(&parse)
+        );
+        assert_eq!(find_cause::<std::num::ParseIntError>(&parse), Some(&parse));
+        assert!(find_cause::<std::fmt::Error>(&wrapped).is_none());
+    }
 
     #[test]
     fn numbers_and_text_make_the_same_value_as_format() {

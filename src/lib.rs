@@ -16,7 +16,7 @@
 //! reloads (on `SIGHUP` or a change to the files [`config`] watches) and drain; [`state`] is the process ([`state::Gateway`], with the one [`state::Gateway::invalidate`])
 //! and the reloadable [`state::Snapshot`]; [`admin`] serves probes, metrics and purges; [`config`]
 //! turns operators' TOML into [`settings`], the validated types every stage reads. [`error`] maps
-//! every refusal to a status, an audit decision and DialNexa's error shape; [`http`] is the shared
+//! every refusal to a status, an audit decision and DialNexa's error shape; [`http`] is the one
 //! body type and header-value helpers; [`metrics`], [`request_id`]; [`telemetry`] is the log and
 //! the OTLP spans each step opens (`[tracing]`). [`demo`] holds `demo` and the simulated DialNexa;
 //! [`cli`] is the command line the thin binary runs.

@@ -15,6 +15,13 @@ pub fn from_headers(headers: &HeaderMap) -> HeaderValue {
     }
 }
 
+/// The id as text, for the audit line and error bodies. Every id [`from_headers`] and [`generate`]
+/// return is visible ASCII (a client's kept only if it is, a minted one hex), so the text is whole:
+/// the empty fallback is for a value from elsewhere, which the gateway never hands here.
+pub fn as_text(id: &HeaderValue) -> &str {
+    id.to_str().unwrap_or_default()
+}
+
 fn is_sane(id: &[u8]) -> bool {
     !id.is_empty() && id.len() <= MAX_LEN && id.iter().all(|b| b.is_ascii_graphic())
 }
@@ -43,6 +50,7 @@ mod tests {
     #[test]
     fn sane_client_ids_are_kept() {
         assert_eq!(from_headers(&with(b"abc-123_X.y")), "abc-123_X.y");
+        assert_eq!(as_text(&from_headers(&with(b"abc-123_X.y"))), "abc-123_X.y");
         assert_eq!(from_headers(&with(&[b'a'; 128])).len(), 128);
     }
 
@@ -51,6 +59,7 @@ mod tests {
         for bad in [&[b'a'; 129][..], b"has space", b"\xff\xfe"] {
             let id = from_headers(&with(bad));
             assert_eq!(id.len(), 32, "{bad:?}");
+            assert_eq!(as_text(&id).len(), 32, "{bad:?}");
         }
         assert_ne!(
             from_headers(&HeaderMap::new()),

@@ -167,7 +167,7 @@ pub enum AuditSink {
 }
 
 /// An organisation: its name, the ready-made `Authorization` value carrying its DialNexa key, and
-/// how its DialNexa quota is shared out between its teams.
+/// how its DialNexa quota is divided between its teams.
 #[derive(Clone)]
 pub struct Org {
     pub name: Arc<str>,

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::number::{self, Unit, Whole};
+use super::problems::Problems;
+use super::rate::validate_rate;
 use super::raw::RawRate;
-use super::teams::validate_rate;
-use super::validate::Problems;
 use crate::settings::{RateQuota, Team};
 
 /// Every team gets an equal part of its org's budget unless the operator weighs it otherwise.
@@ -121,14 +121,14 @@ pub(super) fn check_budgets(teams: &[Team], p: &mut Problems) {
 
 #[cfg(test)]
 mod tests {
+    use crate::config::testing::{base, key_file, ONE_TEAM};
     use crate::settings::Settings;
 
-    /// The problems of a config with org `acme` (its key from `PATH`, set in any environment).
+    /// The problems of a config with org `acme` (its budget said in `org`) and `teams`, none if
+    /// it is taken.
     fn problems(org: &str, teams: &[(&str, Option<u32>)]) -> Vec<String> {
-        let mut toml = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nbase_url = \"http://127.0.0.1:1/v1\"\n\
-             [orgs.acme]\napi_key_env = \"PATH\"\n{org}\n"
-        );
+        let key = key_file("made-up-org-key");
+        let mut toml = format!("{org}\n");
         for (i, (name, share)) in teams.iter().enumerate() {
             toml.push_str(&format!(
                 "[teams.{name}]\norg = \"acme\"\nkey_sha256 = [\"{}\"]\n\
@@ -139,7 +139,7 @@ mod tests {
                 toml.push_str(&format!("upstream_share = {share}\n"));
             }
         }
-        match Settings::from_toml_str(&toml) {
+        match Settings::from_toml_str(&base(key.path(), &toml)) {
             Ok(_) => Vec::new(),
             Err(e) => e.problems,
         }
@@ -147,11 +147,10 @@ mod tests {
 
     #[test]
     fn an_org_budget_and_shares_are_read_with_their_defaults() {
-        let toml = "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nbase_url = \"http://127.0.0.1:1/v1\"\n\
-             [orgs.acme]\napi_key_env = \"PATH\"\nupstream_rate_limit = { per_minute = 120, burst = 20 }\n\
-             [teams.a]\norg = \"acme\"\nkey_sha256 = [\"1111111111111111111111111111111111111111111111111111111111111111\"]\n\
-             rate_limit = { per_minute = 60, burst = 10 }\nupstream_share = 3\n";
-        let s = Settings::from_toml_str(toml).unwrap();
+        let key = key_file("made-up-org-key");
+        let org = "upstream_rate_limit = { per_minute = 120, burst = 20 }\n";
+        let team = format!("{ONE_TEAM}upstream_share = 3\n");
+        let s = Settings::from_toml_str(&base(key.path(), &format!("{org}{team}"))).unwrap();
         let team = &s.teams[0];
         assert_eq!(team.upstream_share, 3);
         let quota = team.org.upstream_rate_limit.unwrap();

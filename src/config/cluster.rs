@@ -4,16 +4,16 @@
 use std::sync::Arc;
 
 use super::number::timeout_ms;
+use super::problems::Problems;
 use super::raw::RawCluster;
-use super::teams::{read_secret, Secret as Found, SecretFields};
-use super::validate::Problems;
+use super::secret::{read_secret, SecretFields, SecretLookup};
 use crate::settings::{ClusterSettings, OnUnavailable, RedisTarget, Secret, SentinelTarget};
 
-/// The product's short name: in a Redis shared with other software, every key is plainly ours.
+/// The product's short name: in a Redis that other software also uses, every key is plainly ours.
 const DEFAULT_KEY_PREFIX: &str = "dnxgw";
 /// A healthy Redis in the same zone answers in well under a millisecond; 200 ms leaves it ample
 /// room yet keeps what a stalled one costs the request that finds out small.
-const DEFAULT_TIMEOUT_MS: u64 = 200;
+const DEFAULT_REDIS_TIMEOUT_MS: u64 = 200;
 /// More Redis replicas than any deployment runs; a larger count is a typo that would refuse every
 /// agent write.
 const MAX_REPLICAS_ACKED: u32 = 100;
@@ -31,9 +31,9 @@ pub(super) fn validate_cluster(raw: RawCluster, p: &mut Problems) -> Option<Clus
         fields,
         p,
     ) {
-        Found::Read(secret) => Some(Some(Secret::new(secret))),
-        Found::Absent => Some(None),
-        Found::Unreadable => None,
+        SecretLookup::Read(secret) => Some(Some(Secret::new(secret))),
+        SecretLookup::Absent => Some(None),
+        SecretLookup::Unreadable => None,
     };
     let fields = SecretFields {
         env: "sentinel_password_env",
@@ -46,9 +46,9 @@ pub(super) fn validate_cluster(raw: RawCluster, p: &mut Problems) -> Option<Clus
         fields,
         p,
     ) {
-        Found::Read(secret) => Some(Some(Secret::new(secret))),
-        Found::Absent => Some(None),
-        Found::Unreadable => None,
+        SecretLookup::Read(secret) => Some(Some(Secret::new(secret))),
+        SecretLookup::Absent => Some(None),
+        SecretLookup::Unreadable => None,
     };
     let key_prefix = raw.key_prefix.unwrap_or_else(|| DEFAULT_KEY_PREFIX.into());
     let prefix_ok = !key_prefix.is_empty()
@@ -61,7 +61,12 @@ pub(super) fn validate_cluster(raw: RawCluster, p: &mut Problems) -> Option<Clus
             "must be non-empty [A-Za-z0-9_.:-]+ (no braces: the organisation is the hash tag)",
         );
     }
-    let timeout = timeout_ms(raw.timeout_ms, DEFAULT_TIMEOUT_MS, "cluster.timeout_ms", p);
+    let timeout = timeout_ms(
+        raw.timeout_ms,
+        DEFAULT_REDIS_TIMEOUT_MS,
+        "cluster.timeout_ms",
+        p,
+    );
     let on_unavailable = match raw.on_unavailable.as_deref() {
         None | Some("degrade") => Some(OnUnavailable::Degrade),
         Some("refuse") => Some(OnUnavailable::Refuse),
@@ -193,37 +198,41 @@ fn check_host_port(entry: &str) -> Option<(String, u16)> {
 }
 
 /// A Redis URL the client can use, with no password in it. The problem text never repeats the
-/// URL, which may hold one.
+/// URL, which may hold one (nor does `url`'s parse error). Parsed by `url`, the parser the redis
+/// client reads it with, so what passes here is what the client accepts.
 fn check_url(url: &str) -> Result<(), String> {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return Err("must be redis://host[:port][/db] or rediss://…".into());
-    };
+    let parsed = url::Url::parse(url).map_err(|e| match e {
+        // No `scheme:` at all, as in `redis.internal:6379/0` read as a relative reference.
+        url::ParseError::RelativeUrlWithoutBase => {
+            "must be redis://host[:port][/db] or rediss://…".to_owned()
+        }
+        e => format!("is not a valid URL: {e}"),
+    })?;
+    let scheme = parsed.scheme();
     if scheme != "redis" && scheme != "rediss" {
         return Err(format!(
             "scheme must be redis:// or rediss://, not {scheme}://"
         ));
     }
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    if let Some((userinfo, _)) = authority.rsplit_once('@') {
-        if userinfo.contains(':') {
-            return Err(
-                "must not contain a password (set cluster.redis_password_env or \
-                 cluster.redis_password_file; the URL may name an ACL user)"
-                    .into(),
-            );
-        }
+    // `url` drops an empty password (`user:@host`); the `:` still says one was meant.
+    let userinfo = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split(['/', '?', '#']).next()?.rsplit_once('@'));
+    if parsed.password().is_some() || userinfo.is_some_and(|(u, _)| u.contains(':')) {
+        return Err(
+            "must not contain a password (set cluster.redis_password_env or \
+             cluster.redis_password_file; the URL may name an ACL user)"
+                .into(),
+        );
     }
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    if host.is_empty() {
+    if parsed.host_str().is_none_or(str::is_empty) {
         return Err("names no host".into());
     }
-    if rest.contains('?') {
+    if parsed.query().is_some() {
         return Err(
             "takes no query parameters (set the password and timeouts in [cluster])".into(),
         );
     }
-    // What the redis client itself would refuse only on the first connection attempt.
-    let parsed = url::Url::parse(url).map_err(|e| format!("is not a valid URL: {e}"))?;
     if parsed.port() == Some(0) {
         return Err("port must be between 1 and 65535".into());
     }
@@ -315,6 +324,8 @@ min_replicas_acked = 1
         assert!(e.contains("password"), "{e}");
         let e = check_url("redis://:hunter2@redis.internal").unwrap_err();
         assert!(!e.contains("hunter2"), "{e}");
+        // An empty one too, which `url` would drop without a trace.
+        assert!(check_url("redis://user:@redis.internal").is_err());
     }
 
     #[test]
@@ -338,6 +349,7 @@ min_replicas_acked = 1
         assert!(check_url("http://redis.internal").is_err());
         assert!(check_url("redis.internal:6379").is_err());
         assert!(check_url("redis://").is_err());
+        assert!(check_url("redis:///0").is_err());
         assert!(check_url("redis://h?password=x").is_err());
     }
 

@@ -39,20 +39,12 @@ pub(super) fn of(text: &str, settings: &Settings) -> Arc<str> {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-
+    use crate::config::testing::{base, key_file, ONE_TEAM};
     use crate::settings::Settings;
 
     fn config(org_key: &str, comment: &str) -> (String, tempfile::NamedTempFile) {
-        let mut key = tempfile::NamedTempFile::new().unwrap();
-        key.write_all(org_key.as_bytes()).unwrap();
-        let text = format!(
-            "{comment}\n[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-             [upstream]\nbase_url = \"http://127.0.0.1:1/v1\"\n[orgs.acme]\napi_key_file = \"{}\"\n\
-             [teams.t]\norg = \"acme\"\nkey_sha256 = [\"{}\"]\nrate_limit = {{ per_minute = 1, burst = 1 }}\n",
-            key.path().display(),
-            "a".repeat(64)
-        );
+        let key = key_file(org_key);
+        let text = format!("{comment}\n{}", base(key.path(), ONE_TEAM));
         (text, key)
     }
 

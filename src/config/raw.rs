@@ -1,5 +1,5 @@
 //! The config file's shape as operators write it: every field optional, unknown fields refused, so
-//! that validation (in [`super::validate`]) can name each missing or wrong key. Numbers are
+//! that validation (`validate.rs` and the files beside it) can name each missing or wrong key. Numbers are
 //! [`Whole`]: kept as written, so a fraction or a negative is refused rather than rounded.
 
 use std::collections::BTreeMap;
@@ -146,4 +146,17 @@ pub(super) struct RawDatedKey {
 pub(super) struct RawRate {
     pub(super) per_minute: Option<Whole>,
     pub(super) burst: Option<Whole>,
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::testing::{base, key_file, problems};
+
+    #[test]
+    fn unknown_field_is_rejected_with_its_name() {
+        let key = key_file("k");
+        let toml = base(key.path(), "").replace("[upstream]", "[upstream]\nretries = 3");
+        let p = problems(&toml);
+        assert!(p[0].contains("retries"), "{p:?}");
+    }
 }

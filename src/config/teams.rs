@@ -2,86 +2,17 @@
 //! across them (a team's org exists, no key belongs to two teams).
 
 use std::collections::{HashMap, HashSet};
-use std::num::NonZeroU32;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::HeaderValue;
 
-use super::number::{whole, Unit, Whole};
+use super::problems::Problems;
+use super::rate::validate_rate;
 use super::raw::*;
-use super::secret_file::read_secret_file;
-use super::validate::Problems;
+use super::secret::{read_secret, SecretFields, SecretLookup};
 use crate::auth::{Access, KeyDigest};
 use crate::settings::*;
-
-/// A quota's `per_minute` and `burst`: the limiter counts in u32.
-const RATE: Unit = Unit::new(1..=u32::MAX as u64);
-
-/// What [`read_secret`] found.
-pub(super) enum Secret {
-    Read(String),
-    /// Neither source was named.
-    Absent,
-    /// A source was named but could not be used; the problem is already reported.
-    Unreadable,
-}
-
-/// The names of a secret's two sources in its table, for problems.
-#[derive(Clone, Copy)]
-pub(super) struct SecretFields {
-    pub(super) env: &'static str,
-    pub(super) file: &'static str,
-}
-
-/// A secret from an environment variable or a file (never from the config itself), trimmed of
-/// surrounding whitespace: org keys and the Redis password alike.
-pub(super) fn read_secret(
-    env: Option<String>,
-    file: Option<PathBuf>,
-    key: &str,
-    fields: SecretFields,
-    p: &mut Problems,
-) -> Secret {
-    let (from, found) = match (env, file) {
-        (Some(var), None) => {
-            let found = std::env::var(&var)
-                .map_err(|_| format!("environment variable {var} is not set"))
-                .and_then(|v| {
-                    (!v.trim().is_empty())
-                        .then(|| v.trim().to_owned())
-                        .ok_or_else(|| format!("environment variable {var} is empty"))
-                });
-            (fields.env, found)
-        }
-        (None, Some(path)) => {
-            let found = read_secret_file(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|v| {
-                    (!v.trim().is_empty())
-                        .then(|| v.trim().to_owned())
-                        .ok_or_else(|| format!("{} is empty", path.display()))
-                });
-            (fields.file, found)
-        }
-        (Some(_), Some(_)) => {
-            p.push(
-                key,
-                format!("set {} or {}, not both", fields.env, fields.file),
-            );
-            return Secret::Unreadable;
-        }
-        (None, None) => return Secret::Absent,
-    };
-    match found {
-        Ok(secret) => Secret::Read(secret),
-        Err(problem) => {
-            p.push(&format!("{key}.{from}"), problem);
-            Secret::Unreadable
-        }
-    }
-}
 
 pub(super) fn validate_org(name: &str, raw: RawOrg, key: &str, p: &mut Problems) -> Option<Org> {
     let (upstream_rate_limit, max_upstream_hold) = super::budget::validate_org_budget(
@@ -95,9 +26,9 @@ pub(super) fn validate_org(name: &str, raw: RawOrg, key: &str, p: &mut Problems)
         file: "api_key_file",
     };
     let secret = match read_secret(raw.api_key_env, raw.api_key_file, key, fields, p) {
-        Secret::Read(secret) => secret,
-        Secret::Unreadable => return None,
-        Secret::Absent => {
+        SecretLookup::Read(secret) => secret,
+        SecretLookup::Unreadable => return None,
+        SecretLookup::Absent => {
             p.push(key, "needs api_key_env or api_key_file");
             return None;
         }
@@ -182,32 +113,6 @@ pub(super) fn parse_rfc3339(text: &str) -> Option<SystemTime> {
         time::OffsetDateTime::parse(text.trim(), &time::format_description::well_known::Rfc3339)
             .ok()?;
     Some(SystemTime::from(t))
-}
-
-pub(super) fn validate_rate(
-    raw: Option<RawRate>,
-    key: &str,
-    p: &mut Problems,
-) -> Option<RateQuota> {
-    let raw = raw?;
-    let mut part = |value: Option<Whole>, name: &str| {
-        let key = format!("{key}.{name}");
-        match value {
-            None => {
-                p.push(&key, "is required and must be at least 1");
-                None
-            }
-            value => whole(value, 0, &key, RATE, p)
-                .and_then(|n| u32::try_from(n).ok())
-                .and_then(NonZeroU32::new),
-        }
-    };
-    let per_minute = part(raw.per_minute, "per_minute");
-    let burst = part(raw.burst, "burst");
-    Some(RateQuota {
-        per_minute: per_minute?,
-        burst: burst?,
-    })
 }
 
 /// The organisations a team may name: the valid ones, and every one the file declares.
@@ -297,4 +202,106 @@ pub(super) fn validate_team(
         write_rate_limit,
         upstream_share: upstream_share?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use crate::config::testing::{base, key_file, problems, DIGEST_A, DIGEST_B};
+    use crate::settings::*;
+
+    #[test]
+    fn unknown_org_is_named() {
+        let key = key_file("k");
+        let p = problems(&base(
+            key.path(),
+            &format!("[teams.billing]\norg = \"nope\"\nkey_sha256 = [\"{DIGEST_A}\"]\nrate_limit = {{ per_minute = 1, burst = 1 }}"),
+        ));
+        assert_eq!(p.len(), 1);
+        assert!(
+            p[0].starts_with("teams.billing.org: unknown organisation \"nope\""),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn an_invalid_org_is_one_problem_not_one_per_team() {
+        let missing = Path::new("/nonexistent/acme.key");
+        let p = problems(&base(
+            missing,
+            &format!("[teams.billing]\norg = \"acme\"\nkey_sha256 = [\"{DIGEST_A}\"]\nrate_limit = {{ per_minute = 1, burst = 1 }}"),
+        ));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("orgs.acme.api_key_file"), "{p:?}");
+    }
+
+    #[test]
+    fn duplicate_and_malformed_digests_are_named() {
+        let key = key_file("k");
+        let p = problems(&base(
+            key.path(),
+            &format!(
+                "[teams.a]\norg = \"acme\"\nkey_sha256 = [\"{DIGEST_A}\"]\nrate_limit = {{ per_minute = 1, burst = 1 }}\n\
+                 [teams.b]\norg = \"acme\"\nkey_sha256 = [\"{DIGEST_A}\", \"xyz\", \"{DIGEST_B}\"]\nrate_limit = {{ per_minute = 1, burst = 1 }}"
+            ),
+        ));
+        assert!(
+            p.iter()
+                .any(|l| l
+                    .starts_with("teams.b.key_sha256[0]: digest already belongs to team \"a\"")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("teams.b.key_sha256[1]: must be a SHA-256 digest")),
+            "{p:?}"
+        );
+        assert_eq!(p.len(), 2);
+    }
+
+    #[test]
+    fn a_key_may_have_an_end_beside_plain_digests() {
+        let key = key_file("k");
+        let s = Settings::from_toml_str(&base(
+            key.path(),
+            &format!(
+                "[teams.billing]\norg = \"acme\"\nrate_limit = {{ per_minute = 1, burst = 1 }}\n\
+                 key_sha256 = [\"{DIGEST_A}\", {{ sha256 = \"{DIGEST_B}\", not_after = \"2027-03-01T01:00:00+01:00\" }}]"
+            ),
+        ))
+        .unwrap();
+        let keys = &s.teams[0].keys;
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[0].not_after, None);
+        assert_eq!(keys[1].digest.to_hex(), DIGEST_B);
+        // 2027-03-01T00:00:00Z, whatever offset it was written with.
+        let end = std::time::UNIX_EPOCH + Duration::from_secs(1_803_859_200);
+        assert_eq!(keys[1].not_after, Some(end));
+    }
+
+    #[test]
+    fn a_dated_key_names_its_wrong_parts() {
+        let key = key_file("k");
+        let p = problems(&base(
+            key.path(),
+            &format!(
+                "[teams.billing]\norg = \"acme\"\nrate_limit = {{ per_minute = 1, burst = 1 }}\n\
+                 key_sha256 = [{{ sha256 = \"{DIGEST_A}\", not_after = \"next tuesday\" }}, \
+                 {{ not_after = \"2027-03-01T00:00:00Z\" }}, {{ sha256 = \"{DIGEST_B}\", not_afer = \"x\" }}]"
+            ),
+        ));
+        for starts in [
+            "teams.billing.key_sha256[0].not_after: must be an RFC 3339 time",
+            "teams.billing.key_sha256[1].sha256: is required",
+            "teams.billing.key_sha256[2].not_afer: unknown field",
+        ] {
+            assert!(
+                p.iter().any(|l| l.starts_with(starts)),
+                "{starts} missing from {p:?}"
+            );
+        }
+        assert_eq!(p.len(), 3, "{p:?}");
+    }
 }

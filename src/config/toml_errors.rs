@@ -78,3 +78,53 @@ pub(super) fn one_line(text: &str) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::key_on_line;
+    use crate::config::testing::{base, key_file, problems};
+
+    #[test]
+    fn toml_syntax_errors_are_one_line_naming_line_and_key() {
+        let key = key_file("org-secret");
+        let twice = base(key.path(), "").replace(
+            "[upstream]\n",
+            "[upstream]\ntimeout_ms = 1\ntimeout_ms = 2\n",
+        );
+        assert_eq!(
+            problems(&twice),
+            ["config: line 7: `upstream.timeout_ms`: duplicate key (at `timeout_ms`)"]
+        );
+        // A bad value names its key and table; an unclosed header names the table.
+        for (edit, starts) in [
+            (
+                "[upstream]\nbase = x\n",
+                "config: line 6: `upstream.base`: ",
+            ),
+            (
+                "[upstream]\ntimeout_ms = = 5\n",
+                "config: line 6: `upstream.timeout_ms`: ",
+            ),
+            ("[upstream\n", "config: line 5: `upstream`: "),
+        ] {
+            let p = problems(&base(key.path(), "").replace("[upstream]\n", edit));
+            assert_eq!(p.len(), 1, "{p:?}");
+            assert!(p[0].starts_with(starts), "{p:?}");
+            assert!(!p[0].contains('\n'), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn the_key_of_a_line_is_dotted_with_its_table() {
+        let text = "top = 1\n[teams.billing]\nrate_limit = { per_minute = 6 }\nkey_sha256 = [\n  \"ab\",\n]\norg acme\n";
+        assert_eq!(key_on_line(text, 1).as_deref(), Some("top"));
+        assert_eq!(key_on_line(text, 2).as_deref(), Some("teams.billing"));
+        assert_eq!(
+            key_on_line(text, 3).as_deref(),
+            Some("teams.billing.rate_limit")
+        );
+        assert_eq!(key_on_line(text, 5), None);
+        assert_eq!(key_on_line(text, 7).as_deref(), Some("teams.billing.org"));
+        assert_eq!(key_on_line(text, 99), None);
+    }
+}

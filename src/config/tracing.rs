@@ -1,8 +1,9 @@
 //! `[tracing]`: the OTLP collector spans are exported to, and the sampling of requests that bring
 //! no sampled parent of their own.
 
+use super::problems::Problems;
 use super::raw::RawTracing;
-use super::validate::{validate_base_url, Problems};
+use super::upstream::validate_base_url;
 use crate::settings::TracingSettings;
 
 /// DESIGN's example ratio: one request in ten traced keeps a busy gateway's exports small, while
@@ -83,30 +84,12 @@ pub(super) fn validate_tracing(raw: RawTracing, p: &mut Problems) -> Option<Trac
 
 #[cfg(test)]
 mod tests {
+    use crate::config::testing::{base, key_file, ONE_TEAM};
     use crate::settings::Settings;
 
     fn with_tracing(section: &str) -> Result<Settings, Vec<String>> {
-        let mut key = tempfile::NamedTempFile::new().unwrap();
-        std::io::Write::write_all(&mut key, b"org-key-made-up").unwrap();
-        let toml = format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-[upstream]
-base_url = "http://127.0.0.1:1/v1"
-[audit]
-sink = "stdout"
-[orgs.acme]
-api_key_file = "{path}"
-[teams.billing]
-org = "acme"
-key_sha256 = ["{digest}"]
-rate_limit = {{ per_minute = 60, burst = 10 }}
-{section}
-"#,
-            path = key.path().display(),
-            digest = "ab".repeat(32)
-        );
+        let key = key_file("org-key-made-up");
+        let toml = base(key.path(), &format!("{ONE_TEAM}{section}\n"));
         Settings::from_toml_str(&toml).map_err(|e| e.problems)
     }
 

@@ -9,26 +9,46 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::number::{timeout_ms, whole, Unit, MAX_TTL_SECONDS};
+use super::problems::Problems;
 use super::raw::*;
 use super::teams::{parse_digest, validate_org, validate_team, KnownOrgs};
+use super::upstream::validate_upstream;
 use super::ConfigError;
 use crate::auth::KeyDigest;
 use crate::settings::*;
 
+/// Loopback: probes, metrics and purges are for the operator's own agents on the host (or a
+/// sidecar), never for the clients on the API listener; exposing them is a deliberate choice.
+/// 9090 is the port Prometheus exporters conventionally take.
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+/// 1 MiB: an agent's largest definition (prompts included) is tens of KiB; bodies are held whole
+/// in memory before they are forwarded, so the bound is what one request may cost.
 const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
+/// 10 s: under Kubernetes' default 30 s termination grace, with room for the audit flush after it;
+/// long enough for any answer the upstream timeout allows to start streaming.
 const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
+/// 30 s: a client on a poor link gets its head across; a connection that sends nothing is closed
+/// long before it could pin a slot for good (DESIGN, "Limits on slow, idle and too many clients").
 const DEFAULT_REQUEST_HEADER_TIMEOUT_MS: u64 = 30_000;
+/// 60 s between two reads: a 1 MiB body crawls through at ~17 KiB/s and still arrives.
 const DEFAULT_REQUEST_BODY_TIMEOUT_MS: u64 = 60_000;
+/// 75 s: longer than the 60 s idle time of the usual load balancers in front (AWS ALB, nginx's
+/// 60 s keep-alive), so the gateway never closes a connection one of them is about to reuse.
 const DEFAULT_IDLE_TIMEOUT_MS: u64 = 75_000;
 /// Far more clients than one replica serves at once, and well under the usual 65536 descriptors.
 const DEFAULT_MAX_CONNECTIONS: u64 = 16_384;
-const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 2_000;
-const DEFAULT_TIMEOUT_MS: u64 = 15_000;
+/// A minute: an agent changed outside the gateway (DialNexa's console) is seen within it, while a
+/// busy agent is fetched once a minute instead of on every call.
 const DEFAULT_TTL_SECONDS: u64 = 60;
+/// 256 MiB: thousands of agents of tens of KiB, a small part of a typical container's memory.
 const DEFAULT_CACHE_MAX_BYTES: u64 = 256 * 1024 * 1024;
+/// 1 MiB, like the request body bound: an answer larger than any agent definition is not one to
+/// keep, and it would crowd out many that are.
 const DEFAULT_MAX_ENTRY_BYTES: u64 = 1024 * 1024;
+/// Five minutes of DialNexa being down answered from what the gateway last saw, while an agent
+/// read during a longer outage still fails plainly rather than serving very old data.
 const DEFAULT_STALE_IF_ERROR_SECONDS: u64 = 300;
+/// Next to where the gateway runs, as JSON lines: found without configuring anything.
 const DEFAULT_AUDIT_PATH: &str = "audit.jsonl";
 /// On: what an operator expects of a proxy (Envoy, Traefik and Caddy watch their files), and the
 /// one way a container image without a shell gets a new config without a restart.
@@ -52,8 +72,6 @@ const STALE_SECONDS: Unit = Unit::new(0..=MAX_TTL_SECONDS).max_in_words("3153600
 const TTL_SECONDS: Unit = Unit::new(1..=MAX_TTL_SECONDS)
     .max_in_words("31536000 s, one year")
     .zero_hint(" (set cache.enabled = false to turn caching off)");
-
-pub(super) use super::problems::Problems;
 
 /// The `[server]` connection limits an operator gets by leaving them out.
 pub fn default_connection_limits() -> ConnectionLimits {
@@ -248,57 +266,6 @@ fn nonzero(n: u64) -> Option<NonZeroUsize> {
     usize::try_from(n).ok().and_then(NonZeroUsize::new)
 }
 
-fn validate_upstream(raw: RawUpstream, p: &mut Problems) -> Option<UpstreamSettings> {
-    let base_url = match raw.base_url {
-        None => {
-            p.push(
-                "upstream.base_url",
-                "is required (e.g. \"https://api.dialnexa.com/v1\")",
-            );
-            None
-        }
-        Some(url) => match validate_base_url(&url) {
-            Ok(url) => Some(url),
-            Err(why) => {
-                p.push("upstream.base_url", format!("{url:?} {why}"));
-                None
-            }
-        },
-    };
-    let connect_timeout = timeout_ms(
-        raw.connect_timeout_ms,
-        DEFAULT_CONNECT_TIMEOUT_MS,
-        "upstream.connect_timeout_ms",
-        p,
-    );
-    let timeout = timeout_ms(raw.timeout_ms, DEFAULT_TIMEOUT_MS, "upstream.timeout_ms", p);
-    Some(UpstreamSettings {
-        base_url: base_url?,
-        connect_timeout: connect_timeout?,
-        timeout: timeout?,
-    })
-}
-
-pub(super) fn validate_base_url(url: &str) -> Result<String, &'static str> {
-    let uri: http::Uri = url.parse().map_err(|_| "is not a valid URL")?;
-    match uri.scheme_str() {
-        Some("http") | Some("https") => {}
-        _ => return Err("must start with http:// or https://"),
-    }
-    if uri.authority().is_none_or(|a| a.host().is_empty()) {
-        return Err("has no host");
-    }
-    // `http::Uri` takes any digits as a port; the connector would fail every request on them.
-    let port = url::Url::parse(url).map(|u| u.port());
-    if !matches!(port, Ok(None) | Ok(Some(1..))) {
-        return Err("has a port outside 1 to 65535");
-    }
-    if uri.query().is_some() {
-        return Err("must not carry a query string");
-    }
-    Ok(url.trim_end_matches('/').to_owned())
-}
-
 fn validate_cache(raw: RawCache, p: &mut Problems) -> Option<CacheSettings> {
     let enabled = raw.enabled.unwrap_or(true);
     let before = p.0.len();
@@ -393,17 +360,95 @@ fn validate_audit(raw: RawAudit, p: &mut Problems) -> Option<AuditSettings> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use crate::auth::Access;
+    use crate::config::testing::{base, key_file, problems, DIGEST_A};
+    use crate::settings::*;
 
     #[test]
-    fn a_base_url_port_must_be_one_a_socket_can_have() {
-        assert!(validate_base_url("http://127.0.0.1:65535/v1").is_ok());
-        for url in [
-            "http://127.0.0.1:99999/v1",
-            "https://h:0/v1",
-            "http://h:65536",
+    fn minimal_config_gets_documented_defaults() {
+        let key = key_file("  org-secret-123\n");
+        let s = Settings::from_toml_str(&base(
+            key.path(),
+            &format!("[teams.billing]\norg = \"acme\"\nkey_sha256 = [\"{DIGEST_A}\"]\nrate_limit = {{ per_minute = 600, burst = 60 }}"),
+        ))
+        .unwrap();
+        assert_eq!(s.server.max_body_bytes, 1024 * 1024);
+        assert_eq!(s.server.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(s.server.limits, super::default_connection_limits());
+        assert_eq!(s.server.limits.header_timeout, Duration::from_secs(30));
+        assert_eq!(s.server.limits.max_connections.get(), 16_384);
+        assert_eq!(s.upstream.base_url, "http://127.0.0.1:1/v1");
+        assert_eq!(s.upstream.timeout, Duration::from_secs(15));
+        assert!(s.cache.enabled);
+        assert_eq!(s.cache.ttl, Duration::from_secs(60));
+        assert_eq!(s.audit.sink, AuditSink::File(PathBuf::from("audit.jsonl")));
+        assert_eq!(s.audit.buffer_lines.get(), 16 * 1024);
+        assert!(s.admin_token.is_none());
+        let team = &s.teams[0];
+        assert_eq!(team.access, Access::ReadWrite);
+        // The key file's surrounding whitespace is trimmed.
+        assert_eq!(
+            team.org.authorization.to_str().unwrap(),
+            "Bearer org-secret-123"
+        );
+        assert!(!format!("{team:?}").contains("org-secret-123"));
+    }
+
+    #[test]
+    fn a_config_without_teams_is_refused() {
+        let key = key_file("k");
+        assert_eq!(
+            problems(&base(key.path(), "")),
+            vec![
+                "teams: at least one [teams.<name>] is required (without one every request is refused)"
+            ]
+        );
+    }
+
+    #[test]
+    fn zero_timeouts_bad_url_and_missing_rate_limit_are_all_reported_at_once() {
+        let key = key_file("k");
+        let toml = format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+[upstream]
+base_url = "ftp://example"
+timeout_ms = 0
+connect_timeout_ms = 0
+[orgs.acme]
+api_key_file = "{}"
+[teams.t]
+org = "acme"
+key_sha256 = ["{DIGEST_A}"]
+"#,
+            key.path().display()
+        );
+        let p = problems(&toml);
+        for k in [
+            "upstream.base_url",
+            "upstream.timeout_ms",
+            "upstream.connect_timeout_ms",
+            "teams.t.rate_limit",
         ] {
-            assert!(validate_base_url(url).is_err(), "{url}");
+            assert!(
+                p.iter().any(|l| l.starts_with(&format!("{k}: "))),
+                "{k} missing from {p:?}"
+            );
         }
+    }
+
+    #[test]
+    fn uppercase_team_names_are_refused() {
+        let key = key_file("k");
+        let p = problems(&base(
+            key.path(),
+            &format!("[teams.Billing]\norg = \"acme\"\nkey_sha256 = [\"{DIGEST_A}\"]\nrate_limit = {{ per_minute = 1, burst = 1 }}"),
+        ));
+        assert!(p.iter().any(|l| l.contains("lowercase")), "{p:?}");
     }
 }

@@ -30,8 +30,8 @@ const MAX_COMPARED_BYTES: u64 = 4 * 1024 * 1024;
 #[error("cannot watch the config file: {0}")]
 pub struct WatchError(#[from] notify::Error);
 
-/// What the watcher thread and the server share.
-struct Shared {
+/// The watcher thread's line to the server: which paths count, and the wake-up it sends.
+struct Signal {
     /// The paths an event must name to count (see [`ConfigWatcher::rewatch`]).
     interesting: Mutex<HashSet<PathBuf>>,
     /// Set by the watcher thread; one stored wake-up however many events came meanwhile.
@@ -41,7 +41,7 @@ struct Shared {
 /// The files a config reads, watched. Dropping it stops the watching.
 pub struct ConfigWatcher {
     debouncer: Debouncer<RecommendedWatcher>,
-    shared: Arc<Shared>,
+    signal: Arc<Signal>,
     config_path: PathBuf,
     /// The directories watched now (each non-recursively).
     dirs: HashSet<PathBuf>,
@@ -52,11 +52,11 @@ pub struct ConfigWatcher {
 impl ConfigWatcher {
     /// Starts watching `config_path` and the secret files it names, as they are now.
     pub fn start(config_path: &Path) -> Result<Self, WatchError> {
-        let shared = Arc::new(Shared {
+        let signal = Arc::new(Signal {
             interesting: Mutex::new(HashSet::new()),
             changed: Notify::new(),
         });
-        let seen = Arc::clone(&shared);
+        let seen = Arc::clone(&signal);
         let debouncer = new_debouncer(DEFAULT_DEBOUNCE, move |events: DebounceEventResult| {
             match events {
                 Ok(events) => {
@@ -75,7 +75,7 @@ impl ConfigWatcher {
         let config_path = absolute(config_path);
         let mut watcher = Self {
             debouncer,
-            shared,
+            signal,
             contents: Vec::new(),
             config_path,
             dirs: HashSet::new(),
@@ -91,7 +91,7 @@ impl ConfigWatcher {
     /// removed, the second half of a change already reloaded) are passed over. Cancel-safe.
     pub async fn changed(&mut self) -> Contents {
         loop {
-            self.shared.changed.notified().await;
+            self.signal.changed.notified().await;
             let now = self.read_contents();
             if now.0 != self.contents {
                 return now;
@@ -153,7 +153,7 @@ impl ConfigWatcher {
         }
         self.dirs = watched;
         *self
-            .shared
+            .signal
             .interesting
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = interesting;

@@ -5,11 +5,8 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
-use prometheus_client::metrics::counter::Counter;
 
-use super::upstream::OrgUpstream;
-
-/// A team name as a label value, shared with the config: labelling a request allocates nothing
+/// A team name as a label value, a clone of the config's own `Arc<str>`: labelling a request allocates nothing
 /// (a `String` label was two allocations per request on the cache-hit path).
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct TeamName(pub Arc<str>);
@@ -20,7 +17,7 @@ impl EncodeLabelValue for TeamName {
     }
 }
 
-/// An organisation's name as a label value (the same shared string as a team's).
+/// An organisation's name as a label value (the same type as a team's).
 pub type OrgName = TeamName;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -29,17 +26,6 @@ pub struct RequestLabels {
     pub team: TeamName,
     pub method: Cow<'static, str>,
     pub status: u16,
-}
-
-/// Handles on one team's most used series (they share the family's value): its quota counters,
-/// its `GET`s answered `200`, by far the most frequent `requests` label set, and its org's upstream
-/// figures.
-#[derive(Clone, Debug)]
-pub struct TeamCounters {
-    pub allowed: Counter,
-    pub limited: Counter,
-    pub get_ok: Counter,
-    pub upstream: Arc<OrgUpstream>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -3,14 +3,14 @@
 //! (team, org) or from a fixed set, never from a path, an id or a header, so the series stay bounded.
 
 use std::borrow::Cow;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Registry;
 
 mod answers;
 mod budget;
@@ -18,6 +18,9 @@ mod cluster;
 mod config;
 mod labels;
 mod process;
+mod register;
+mod team;
+mod text;
 mod upstream;
 
 pub use answers::RouteClass;
@@ -25,16 +28,24 @@ pub use budget::{BudgetCounters, BudgetMetrics};
 pub use cluster::ClusterMetrics;
 pub use config::{ConfigMetrics, KeyLastUsed};
 pub use labels::*;
+pub use team::TeamCounters;
 pub use upstream::OrgUpstream;
 
 use answers::{
     duration_labels, duration_slot, DurationLabels, DURATION_SLOTS, REQUEST_DURATION_BUCKETS,
 };
-use process::ProcessCollector;
-use upstream::STATUS_CLASSES;
 
 /// The prefix of every family but the standard `process_*` ones.
 const PREFIX: &str = "dialnexa_gateway";
+
+/// Spans lost on the way to the collector. A process-wide counter rather than a field of
+/// [`Metrics`]: the OTLP exporter counts from the SDK's own thread, which holds no [`Metrics`].
+static TRACE_SPANS_DROPPED: LazyLock<Counter> = LazyLock::new(Counter::default);
+
+/// The handle on `trace_spans_dropped_total` (the same counter every time).
+pub fn trace_spans_dropped() -> Counter {
+    TRACE_SPANS_DROPPED.clone()
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -131,139 +142,6 @@ impl Metrics {
         m.register()
     }
 
-    fn register(mut self) -> Self {
-        let mut root = Registry::default();
-        // The process figures keep their standard names, without the gateway's prefix, so that
-        // dashboards made for any Prometheus client work unchanged.
-        root.register_collector(Box::new(ProcessCollector));
-        let r = root.sub_registry_with_prefix(PREFIX);
-        r.register(
-            "requests",
-            "Requests answered on the API listener",
-            self.requests.clone(),
-        );
-        r.register_with_unit(
-            "request_duration",
-            "Time from a request's arrival until its answer's last byte was handed over, by route \
-             class (agent_read, other_read, write) and cache outcome (hit, miss, bypass, stale, none)",
-            Unit::Seconds,
-            self.request_duration.clone(),
-        );
-        r.register_with_unit(
-            "upstream_request_duration",
-            "Time until upstream's response head arrived",
-            Unit::Seconds,
-            self.upstream_duration.clone(),
-        );
-        r.register(
-            "upstream_responses",
-            "Upstream answers by org and status class (2xx, 3xx, 4xx without 429, 429, 5xx)",
-            self.upstream_responses.clone(),
-        );
-        r.register(
-            "upstream_ratelimit_remaining",
-            "Requests left in the org's upstream quota, from the last X-RateLimit-Remaining",
-            self.ratelimit_remaining.clone(),
-        );
-        r.register(
-            "upstream_ratelimit_limit",
-            "The org's upstream quota, from the last X-RateLimit-Limit",
-            self.ratelimit_limit.clone(),
-        );
-        r.register(
-            "build_info",
-            "Always 1; the gateway's version in its label",
-            self.build_info.clone(),
-        );
-        r.register(
-            "trace_spans_dropped",
-            "Spans not exported: the export queue was full or the collector refused or timed out \
-             ([tracing] only)",
-            crate::telemetry::spans_dropped(),
-        );
-        self.cluster.register(r);
-        self.budget.register(r);
-        self.config.register(r);
-        r.register(
-            "cache_hits",
-            "Agent reads answered from the cache",
-            self.cache_hits.clone(),
-        );
-        r.register(
-            "cache_misses",
-            "Agent reads fetched from upstream",
-            self.cache_misses.clone(),
-        );
-        r.register(
-            "cache_stale",
-            "Expired entries served because upstream failed (stale-if-error)",
-            self.cache_stale.clone(),
-        );
-        r.register(
-            "cache_bypass",
-            "Agent reads that skipped the cache (client no-store)",
-            self.cache_bypass.clone(),
-        );
-        r.register(
-            "cache_coalesced",
-            "Agent reads that waited for another request's upstream fetch",
-            self.cache_coalesced.clone(),
-        );
-        r.register(
-            "cache_invalidations",
-            "Agent invalidations caused by writes or purges",
-            self.cache_invalidations.clone(),
-        );
-        r.register(
-            "cache_evictions",
-            "Entries evicted for size or expiry",
-            self.cache_evictions.clone(),
-        );
-        r.register_with_unit(
-            "cache",
-            "Bytes held by the agent cache",
-            Unit::Bytes,
-            self.cache_bytes.clone(),
-        );
-        r.register(
-            "cache_entries",
-            "Agents held by the cache",
-            self.cache_entries.clone(),
-        );
-        r.register(
-            "ratelimit_allowed",
-            "Requests the team's quota allowed",
-            self.rate_allowed.clone(),
-        );
-        r.register(
-            "ratelimit_limited",
-            "Requests refused with 429 by the team's quota",
-            self.rate_limited.clone(),
-        );
-        r.register(
-            "audit_lines_written",
-            "Audit lines written to the sink",
-            self.audit_written.clone(),
-        );
-        r.register(
-            "audit_lines_failed",
-            "Audit lines the sink failed to take",
-            self.audit_failed.clone(),
-        );
-        r.register(
-            "audit_backpressure_waits",
-            "Requests that waited for room in the audit buffer",
-            self.audit_backpressure_waits.clone(),
-        );
-        r.register(
-            "config_reloads",
-            "Config reloads by result (ok, failed)",
-            self.config_reloads.clone(),
-        );
-        self.registry = root;
-        self
-    }
-
     /// Observes a request's whole answer time; called once per answered request, when its audit
     /// line is sealed.
     pub fn answered(&self, class: RouteClass, cache: Option<&'static str>, took: Duration) {
@@ -300,61 +178,6 @@ impl Metrics {
             .inc();
     }
 
-    /// A team's most used counters, resolved once per config snapshot: looking a label set up in
-    /// its family hashes it with SipHash under a lock, ~500 instructions every request paid twice.
-    pub fn team_counters(&self, team: &Arc<str>, org: &Arc<str>) -> TeamCounters {
-        let label = TeamLabel {
-            team: TeamName(team.clone()),
-        };
-        let get_ok = RequestLabels {
-            team: label.team.clone(),
-            method: Cow::Borrowed("GET"),
-            status: 200,
-        };
-        TeamCounters {
-            allowed: self.rate_allowed.get_or_create(&label).clone(),
-            limited: self.rate_limited.get_or_create(&label).clone(),
-            get_ok: self.requests.get_or_create(&get_ok).clone(),
-            upstream: Arc::new(self.org_upstream(org)),
-        }
-    }
-
-    /// An org's upstream handles. Its answer counters exist at 0 from the start, for the same
-    /// reason as `config_reloads`: an alert on `increase()` must see the first 5xx or 429.
-    fn org_upstream(&self, org: &Arc<str>) -> OrgUpstream {
-        let org = TeamName(org.clone());
-        OrgUpstream {
-            responses: STATUS_CLASSES.map(|status_class| {
-                self.upstream_responses
-                    .get_or_create(&UpstreamResponseLabels {
-                        org: org.clone(),
-                        status_class,
-                    })
-                    .clone()
-            }),
-            label: OrgLabel { org },
-            remaining_family: self.ratelimit_remaining.clone(),
-            limit_family: self.ratelimit_limit.clone(),
-            remaining: OnceLock::new(),
-            limit: OnceLock::new(),
-        }
-    }
-
-    /// Drops the upstream series of an org a reload removed (no team of the new config uses it).
-    pub fn forget_org(&self, org: &str) {
-        let org = TeamName(Arc::from(org));
-        for status_class in STATUS_CLASSES {
-            self.upstream_responses.remove(&UpstreamResponseLabels {
-                org: org.clone(),
-                status_class,
-            });
-        }
-        let label = OrgLabel { org };
-        self.ratelimit_remaining.remove(&label);
-        self.ratelimit_limit.remove(&label);
-        self.budget.forget_org(&label.org.0);
-    }
-
     /// Drops per-team series of teams a reload removed, so label sets stay bounded.
     pub fn forget_team(&self, team: &str) {
         let label = TeamLabel {
@@ -363,53 +186,10 @@ impl Metrics {
         self.rate_allowed.remove(&label);
         self.rate_limited.remove(&label);
     }
-
-    /// OpenMetrics text, as prometheus-client renders it.
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
-    }
-
-    /// The classic Prometheus text format (0.0.4), for scrapers that do not ask for OpenMetrics.
-    pub fn encode_prometheus_text(&self) -> String {
-        openmetrics_to_prometheus_text(&self.encode())
-    }
-}
-
-/// The two formats differ, for what is rendered here, only in how a counter is named: OpenMetrics
-/// declares `# TYPE x counter` for samples named `x_total`, the classic format declares the sample
-/// name itself. `# UNIT` and `# EOF` do not exist there and are dropped.
-fn openmetrics_to_prometheus_text(openmetrics: &str) -> String {
-    let counters: std::collections::HashSet<&str> = openmetrics
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
-        .collect();
-    let mut out = String::with_capacity(openmetrics.len() + 16 * counters.len());
-    for line in openmetrics.lines() {
-        if line.starts_with("# UNIT ") || line == "# EOF" {
-            continue;
-        }
-        let declared = ["# HELP ", "# TYPE "].into_iter().find_map(|prefix| {
-            let rest = line.strip_prefix(prefix)?;
-            let (name, tail) = rest.split_once(' ')?;
-            counters
-                .contains(name)
-                .then(|| format!("{prefix}{name}_total {tail}"))
-        });
-        match declared {
-            Some(renamed) => out.push_str(&renamed),
-            None => out.push_str(line),
-        }
-        out.push('\n');
-    }
-    out
 }
 
 #[cfg(test)]
 mod tests {
-    use super::upstream::header_count;
     use super::*;
     use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
@@ -583,27 +363,6 @@ mod tests {
     }
 
     #[test]
-    fn quota_headers_are_plain_decimal_counts_or_nothing() {
-        let count = |v: &'static str| header_count(&HeaderValue::from_static(v));
-        assert_eq!(count("42"), Some(42));
-        assert_eq!(count(" 7\t"), Some(7));
-        assert_eq!(count("0"), Some(0));
-        assert_eq!(count("999999999999999999"), Some(999_999_999_999_999_999));
-        for bad in [
-            "",
-            " ",
-            "-1",
-            "+1",
-            "1.5",
-            "10, 10;w=60",
-            "1e3",
-            "9999999999999999999",
-        ] {
-            assert_eq!(count(bad), None, "{bad:?}");
-        }
-    }
-
-    #[test]
     fn build_info_and_process_figures_are_served_under_their_standard_names() {
         let m = Metrics::new();
         let text = m.encode();
@@ -637,20 +396,5 @@ mod tests {
         assert!(classic.contains("# TYPE process_cpu_seconds_total counter\n"));
         assert!(classic.contains("# TYPE process_resident_memory_bytes gauge\n"));
         assert!(classic.contains("# TYPE dialnexa_gateway_build_info gauge\n"));
-    }
-
-    #[test]
-    fn classic_text_names_counters_by_their_samples() {
-        let m = Metrics::new();
-        m.cache_hits.inc();
-        let text = m.encode_prometheus_text();
-        assert!(text.contains("# TYPE dialnexa_gateway_cache_hits_total counter\n"));
-        assert!(text.contains("# HELP dialnexa_gateway_cache_hits_total "));
-        assert!(text.contains("dialnexa_gateway_cache_hits_total 1\n"));
-        assert!(text.contains("# TYPE dialnexa_gateway_cache_bytes gauge\n"));
-        assert!(
-            text.contains("# TYPE dialnexa_gateway_upstream_request_duration_seconds histogram\n")
-        );
-        assert!(!text.contains("# EOF") && !text.contains("# UNIT"));
     }
 }

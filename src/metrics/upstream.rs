@@ -80,3 +80,29 @@ pub(super) fn header_count(value: &HeaderValue) -> Option<i64> {
             .fold(0i64, |n, d| n * 10 + i64::from(d - b'0')),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quota_headers_are_plain_decimal_counts_or_nothing() {
+        let count = |v: &'static str| header_count(&HeaderValue::from_static(v));
+        assert_eq!(count("42"), Some(42));
+        assert_eq!(count(" 7\t"), Some(7));
+        assert_eq!(count("0"), Some(0));
+        assert_eq!(count("999999999999999999"), Some(999_999_999_999_999_999));
+        for bad in [
+            "",
+            " ",
+            "-1",
+            "+1",
+            "1.5",
+            "10, 10;w=60",
+            "1e3",
+            "9999999999999999999",
+        ] {
+            assert_eq!(count(bad), None, "{bad:?}");
+        }
+    }
+}

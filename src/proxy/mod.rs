@@ -76,8 +76,7 @@ async fn exchange(
     let request_id = request_id::from_headers(req.headers());
     let method = req.method().clone();
     let mut record = AuditRecord::new(
-        // Always visible ASCII (kept only if sane, else minted as hex), so `to_str` never fails.
-        request_id.to_str().unwrap_or_default().to_owned(),
+        request_id::as_text(&request_id).to_owned(),
         client_ip,
         &method,
         req.uri().path(),

@@ -241,7 +241,7 @@ impl Watched {
             && !a.write_pending.load(Ordering::Acquire);
         if mid_http1_head {
             let id = crate::request_id::generate();
-            let id = id.to_str().unwrap_or_default().to_owned();
+            let id = crate::request_id::as_text(&id).to_owned();
             let answer = (self.answer_408)(&id);
             // Small enough for any socket buffer; written whole or (and audited) not at all.
             if matches!(self.stream.try_write(&answer), Ok(n) if n == answer.len()) {

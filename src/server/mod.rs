@@ -169,23 +169,16 @@ enum Listener {
 /// `Server::on_error`): `400`, `414` or `431`, then the connection is closed. The request never
 /// reached the pipeline, but it gets its audit line all the same.
 fn automatic_answer(err: &(dyn std::error::Error + 'static)) -> Option<u16> {
-    let mut source = Some(err);
-    while let Some(e) = source {
-        if let Some(h) = e.downcast_ref::<hyper::Error>() {
-            return match h {
-                // hyper names no predicate for its two "too large" kinds apart but this text.
-                h if h.is_parse_too_large() && h.to_string() == "URI too long" => Some(414),
-                h if h.is_parse_too_large() => Some(431),
-                h if h.is_parse() && !h.is_parse_version_h2() && !h.is_parse_status() => {
-                    // hyper's internal parse failure gets no answer.
-                    (!h.to_string().starts_with("internal error")).then_some(400)
-                }
-                _ => None,
-            };
+    match crate::http::find_cause::<hyper::Error>(err)? {
+        // hyper names no predicate for its two "too large" kinds apart but this text.
+        h if h.is_parse_too_large() && h.to_string() == "URI too long" => Some(414),
+        h if h.is_parse_too_large() => Some(431),
+        h if h.is_parse() && !h.is_parse_version_h2() && !h.is_parse_status() => {
+            // hyper's internal parse failure gets no answer.
+            (!h.to_string().starts_with("internal error")).then_some(400)
         }
-        source = e.source();
+        _ => None,
     }
-    None
 }
 
 /// Accepts connections until told to stop, then waits for open ones up to `grace`.
@@ -269,7 +262,7 @@ impl Connection {
             tracing::debug!(error = %e, "connection ended with an error");
             if let Some(status) = automatic_answer(&*e) {
                 let id = crate::request_id::generate();
-                self.audit_unparsed(id.to_str().unwrap_or_default().to_owned(), status);
+                self.audit_unparsed(crate::request_id::as_text(&id).to_owned(), status);
             }
         }
     }

@@ -33,7 +33,9 @@ const DEFAULT_EXPORT_DELAY: Duration = Duration::from_secs(1);
 /// thread this long per batch (the queue drops meanwhile), not forever.
 const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
-static DROPPED: LazyLock<Counter> = LazyLock::new(Counter::default);
+/// Spans lost on the way to the collector: the queue was full, or the export of their batch failed.
+/// Registered by [`crate::metrics`] as `dialnexa_gateway_trace_spans_dropped_total`.
+static DROPPED: LazyLock<Counter> = LazyLock::new(crate::metrics::trace_spans_dropped);
 
 /// The provider's sampler, asked before any span is made (see [`samples`]).
 static SAMPLER: OnceLock<Sampler> = OnceLock::new();
@@ -41,12 +43,6 @@ static SAMPLER: OnceLock<Sampler> = OnceLock::new();
 thread_local! {
     /// The trace id the next root span on this thread takes (see [`Handed`]).
     static HANDED: Cell<Option<TraceId>> = const { Cell::new(None) };
-}
-
-/// Spans lost on the way to the collector: the queue was full, or the export of their batch failed.
-/// Registered as `dialnexa_gateway_trace_spans_dropped_total`.
-pub fn spans_dropped() -> Counter {
-    DROPPED.clone()
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -18,7 +18,7 @@ use crate::settings::TracingSettings;
 pub mod export;
 pub mod span;
 
-pub use export::{spans_dropped, ExporterError};
+pub use export::ExporterError;
 pub use span::{Answered, RequestTrace, TraceId};
 
 /// `in_span!(span, future)`: awaits the future inside `span`, or, without one (tracing off, or a

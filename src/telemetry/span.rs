@@ -251,7 +251,7 @@ pub fn propagate(span: &Span, trace_id: TraceId, headers: &mut HeaderMap) {
     }
 }
 
-/// Links two spans both ways: a shared cache fill and a request that waited on it.
+/// Links two spans both ways: a cache fill and a request that joined it and waited.
 pub fn link(fill: &Span, waiter: &Span) {
     if fill.is_none() || waiter.is_none() {
         return;

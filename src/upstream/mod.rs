@@ -181,14 +181,7 @@ fn exact_body(chunks: &[Bytes], total: usize) -> Bytes {
 
 /// hyper's "connection closed before message completed": the pooled connection died under us.
 fn closed_before_answer(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut source = e.source();
-    while let Some(s) = source {
-        if let Some(h) = s.downcast_ref::<hyper::Error>() {
-            return h.is_incomplete_message();
-        }
-        source = s.source();
-    }
-    false
+    crate::http::find_cause::<hyper::Error>(e).is_some_and(hyper::Error::is_incomplete_message)
 }
 
 /// An upstream answer streamed to the client as is, minus hop-by-hop headers.

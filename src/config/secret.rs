@@ -1,5 +1,6 @@
-//! Secret files (`api_key_file`, `redis_password_file`, and any other `*_file` naming a secret):
-//! regular files of at most [`MAX_SECRET_FILE_BYTES`], read with that bound.
+//! Secrets (org keys, Redis passwords): read from an environment variable or a file, never from
+//! the config itself. Secret files (`api_key_file`, `redis_password_file`, and any other `*_file`
+//! naming a secret) are regular files of at most [`MAX_SECRET_FILE_BYTES`], read with that bound.
 //!
 //! Read at start, by `check` and on every reload, so a path that names a device (`/dev/zero`
 //! never ends), a FIFO (opening one for reading waits for a writer) or a directory must be an
@@ -9,6 +10,72 @@ use std::fs::OpenOptions;
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+use super::problems::Problems;
+
+/// What [`read_secret`] found.
+pub(super) enum SecretLookup {
+    Read(String),
+    /// Neither source was named.
+    Absent,
+    /// A source was named but could not be used; the problem is already reported.
+    Unreadable,
+}
+
+/// The names of a secret's two sources in its table, for problems.
+#[derive(Clone, Copy)]
+pub(super) struct SecretFields {
+    pub(super) env: &'static str,
+    pub(super) file: &'static str,
+}
+
+/// A secret from an environment variable or a file (never from the config itself), trimmed of
+/// surrounding whitespace: org keys and the Redis password alike.
+pub(super) fn read_secret(
+    env: Option<String>,
+    file: Option<PathBuf>,
+    key: &str,
+    fields: SecretFields,
+    p: &mut Problems,
+) -> SecretLookup {
+    let (from, found) = match (env, file) {
+        (Some(var), None) => {
+            let found = std::env::var(&var)
+                .map_err(|_| format!("environment variable {var} is not set"))
+                .and_then(|v| {
+                    (!v.trim().is_empty())
+                        .then(|| v.trim().to_owned())
+                        .ok_or_else(|| format!("environment variable {var} is empty"))
+                });
+            (fields.env, found)
+        }
+        (None, Some(path)) => {
+            let found = read_secret_file(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|v| {
+                    (!v.trim().is_empty())
+                        .then(|| v.trim().to_owned())
+                        .ok_or_else(|| format!("{} is empty", path.display()))
+                });
+            (fields.file, found)
+        }
+        (Some(_), Some(_)) => {
+            p.push(
+                key,
+                format!("set {} or {}, not both", fields.env, fields.file),
+            );
+            return SecretLookup::Unreadable;
+        }
+        (None, None) => return SecretLookup::Absent,
+    };
+    match found {
+        Ok(secret) => SecretLookup::Read(secret),
+        Err(problem) => {
+            p.push(&format!("{key}.{from}"), problem);
+            SecretLookup::Unreadable
+        }
+    }
+}
 
 /// A key or password is a few hundred bytes at most; 64 KiB leaves room for a PEM-wrapped one.
 pub(super) const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
@@ -130,5 +197,32 @@ mod tests {
         }
         // Nothing waited for a writer or read an endless device.
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn unset_env_and_unreadable_file_are_named() {
+        let toml = r#"
+[server]
+listen = "127.0.0.1:0"
+[upstream]
+base_url = "https://api.dialnexa.com/v1"
+[orgs.one]
+api_key_env = "DNXGW_TEST_SURELY_UNSET_VAR"
+[orgs.two]
+api_key_file = "/nonexistent/dialnexa/key"
+"#;
+        let p = crate::config::testing::problems(toml);
+        assert!(
+            p.iter().any(|l| l.starts_with(
+                "orgs.one.api_key_env: environment variable DNXGW_TEST_SURELY_UNSET_VAR is not set"
+            )),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|l| l
+                    .starts_with("orgs.two.api_key_file: cannot read /nonexistent/dialnexa/key")),
+            "{p:?}"
+        );
     }
 }
