@@ -28,10 +28,6 @@ fn key_id(key: &str) -> String {
     hex::encode(&Sha256::digest(key.as_bytes())[..4])
 }
 
-fn bearer(key: &str) -> String {
-    format!("Bearer {key}")
-}
-
 /// The one line with this request id (panics if there is not exactly one).
 fn line_for<'a>(lines: &'a [Value], request_id: &str) -> &'a Value {
     let found: Vec<_> = lines
@@ -306,8 +302,8 @@ async fn every_contract_field_is_present_with_its_type_and_value() {
     let anonymous = c.send(Method::GET, "/v1/calls", &[], Bytes::new()).await;
     let unknown_key = c.get("/v1/calls", "made-up-unknown-key").await;
     let forbidden = c.patch("/v1/agents2/a9", VIEWER, "{}").await;
-    assert_eq!(hit.header("x-cache"), Some("HIT"));
-    assert_eq!(bypass.header("x-cache"), Some("BYPASS"));
+    assert_eq!(hit.x_cache(), "HIT");
+    assert_eq!(bypass.x_cache(), "BYPASS");
     assert_eq!(
         [anonymous.status, unknown_key.status, forbidden.status],
         [401, 401, 403]
@@ -492,10 +488,7 @@ async fn oversized_body_is_audited_as_bad_request_and_invalidates_nothing() {
     let r = c.patch("/v1/agents2/a1", BILLING, &big).await;
     assert_eq!(r.status, 413);
     assert_eq!(upstream.count(&Method::PATCH, "/"), 0);
-    assert_eq!(
-        c.get("/v1/agents2/a1", BILLING).await.header("x-cache"),
-        Some("HIT")
-    );
+    assert_eq!(c.get("/v1/agents2/a1", BILLING).await.x_cache(), "HIT");
 
     let lines = gw.audit_lines(3).await;
     let l = assert_line_matches(&lines, &r, "PATCH", "/v1/agents2/a1");

@@ -65,19 +65,10 @@ async fn answer_times_are_counted_by_route_class_and_cache_outcome() {
         assert_eq!(answers(&before, class, cache), 0.0, "{class} {cache}");
     }
 
-    assert_eq!(
-        c.get("/v1/agents2/d1", BILLING).await.header("x-cache"),
-        Some("MISS")
-    );
-    assert_eq!(
-        c.get("/v1/agents2/d1", BILLING).await.header("x-cache"),
-        Some("HIT")
-    );
-    assert_eq!(
-        c.get("/v1/agents2/d1", SUPPORT).await.header("x-cache"),
-        Some("HIT")
-    );
-    let auth = format!("Bearer {BILLING}");
+    assert_eq!(c.get("/v1/agents2/d1", BILLING).await.x_cache(), "MISS");
+    assert_eq!(c.get("/v1/agents2/d1", BILLING).await.x_cache(), "HIT");
+    assert_eq!(c.get("/v1/agents2/d1", SUPPORT).await.x_cache(), "HIT");
+    let auth = bearer(BILLING);
     let bypass = c
         .send(
             Method::GET,
@@ -86,7 +77,7 @@ async fn answer_times_are_counted_by_route_class_and_cache_outcome() {
             "",
         )
         .await;
-    assert_eq!(bypass.header("x-cache"), Some("BYPASS"));
+    assert_eq!(bypass.x_cache(), "BYPASS");
     // Refused before the cache step: an agent read with no cache outcome.
     assert_eq!(c.get("/v1/agents2/d1", "not-a-team-key").await.status, 401);
     assert_eq!(c.get("/v1/calls", BILLING).await.status, 200);
@@ -125,7 +116,7 @@ async fn answer_times_are_counted_by_route_class_and_cache_outcome() {
         .send(
             Method::POST,
             "/admin/cache/purge",
-            &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+            &[("authorization", &bearer(ADMIN_TOKEN))],
             "{}",
         )
         .await;
@@ -187,10 +178,7 @@ async fn upstream_answers_and_stated_quota_are_counted_per_org() {
 
     assert_eq!(c.get("/v1/calls", BILLING).await.status, 200);
     // A cache fill is an upstream answer too.
-    assert_eq!(
-        c.get("/v1/agents2/q1", SUPPORT).await.header("x-cache"),
-        Some("MISS")
-    );
+    assert_eq!(c.get("/v1/agents2/q1", SUPPORT).await.x_cache(), "MISS");
     assert_eq!(c.get("/v1/calls/missing", BILLING).await.status, 404);
     assert_eq!(c.get("/v1/calls/broken", BILLING).await.status, 503);
     assert_eq!(c.get("/v1/calls", RIVAL).await.status, 200);
@@ -217,10 +205,7 @@ async fn upstream_answers_and_stated_quota_are_counted_per_org() {
     assert_eq!(delta("globex", "2xx"), 1.0);
     assert_eq!(delta("globex", "429"), 0.0);
     // Cache hits do not reach upstream and are not upstream answers.
-    assert_eq!(
-        c.get("/v1/agents2/q1", SUPPORT).await.header("x-cache"),
-        Some("HIT")
-    );
+    assert_eq!(c.get("/v1/agents2/q1", SUPPORT).await.x_cache(), "HIT");
     let hit = scrape(&admin).await;
     assert_eq!(
         upstream_answers(&hit, "acme", "2xx"),

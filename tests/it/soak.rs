@@ -30,10 +30,6 @@ fn rss_kib(pid: &str) -> u64 {
         .unwrap()
 }
 
-fn version(r: &TestResponse) -> u64 {
-    r.json()["version"].as_u64().expect("version in body")
-}
-
 /// What a soak counted.
 struct Tally {
     requests: u64,
@@ -85,14 +81,14 @@ async fn run_mix(clients: Vec<Client>, seconds: u64, rss: impl Fn() -> Vec<u64>)
                         errors.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    acked[agent].fetch_max(version(&r), Ordering::SeqCst);
+                    acked[agent].fetch_max(r.version(), Ordering::SeqCst);
                 } else {
                     // Anything acknowledged before this GET was sent must be visible in its answer.
                     let floor = acked[agent].load(Ordering::SeqCst);
                     let r = c.get(&path, SUPPORT).await;
                     if r.status != 200 {
                         errors.fetch_add(1, Ordering::Relaxed);
-                    } else if version(&r) < floor {
+                    } else if r.version() < floor {
                         stale.fetch_add(1, Ordering::Relaxed);
                     }
                 }

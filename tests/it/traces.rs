@@ -26,7 +26,7 @@ fn trace_n(n: u8) -> String {
 }
 
 async fn get_traced(c: &Client, path: &str, tp: &str) -> TestResponse {
-    let auth = format!("Bearer {BILLING}");
+    let auth = bearer(BILLING);
     c.send(
         Method::GET,
         path,
@@ -98,7 +98,7 @@ async fn a_miss_and_a_hit_are_server_spans_in_the_clients_trace_and_upstream_get
     let miss_trace = trace_n(1);
     let hit_trace = trace_n(2);
 
-    let auth = format!("Bearer {BILLING}");
+    let auth = bearer(BILLING);
     let miss = c
         .send(
             Method::GET,
@@ -260,7 +260,7 @@ async fn a_429_a_patch_and_an_upstream_5xx_carry_their_decision_and_status() {
     })
     .await;
     let c = gw.client();
-    let auth = format!("Bearer {BILLING}");
+    let auth = bearer(BILLING);
     let patch = |trace: String| {
         let (c, auth) = (c.clone(), auth.clone());
         async move {
@@ -335,7 +335,7 @@ async fn a_429_a_patch_and_an_upstream_5xx_carry_their_decision_and_status() {
             "/v1/calls",
             &[
                 // Not billing, whose one write is spent.
-                ("authorization", &format!("Bearer {SUPPORT}")),
+                ("authorization", &bearer(SUPPORT)),
                 ("traceparent", &traceparent(&trace_n(13), "01")),
             ],
             "{}",
@@ -467,7 +467,7 @@ async fn without_tracing_the_clients_traceparent_passes_unchanged_and_every_line
             Method::POST,
             "/admin/cache/purge",
             &[
-                ("authorization", &format!("Bearer {ADMIN_TOKEN}")),
+                ("authorization", &bearer(ADMIN_TOKEN)),
                 ("traceparent", &traceparent(&trace_n(11), "00")),
             ],
             r#"{"org":"acme"}"#,
@@ -486,7 +486,7 @@ async fn no_key_token_or_body_value_reaches_the_collector() {
     let collector = OtlpCollector::start().await;
     let gw = traced_gateway(&upstream, &collector, 1.0, |b| b).await;
     let c = gw.client();
-    let auth = format!("Bearer {BILLING}");
+    let auth = bearer(BILLING);
     let body = format!(r#"{{"llm":{{"api_key":"{BODY_SECRET}"}},"name":"n"}}"#);
     let patched = c
         .send(
@@ -516,7 +516,7 @@ async fn no_key_token_or_body_value_reaches_the_collector() {
         .send(
             Method::POST,
             "/admin/cache/purge",
-            &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+            &[("authorization", &bearer(ADMIN_TOKEN))],
             r#"{"org":"acme"}"#,
         )
         .await;

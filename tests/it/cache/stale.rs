@@ -25,7 +25,7 @@ async fn expired_entry_is_served_stale_when_upstream_fails() {
     let mut filled = Vec::new();
     for a in agents {
         let r = c.get(&format!("/v1/agents2/{a}"), BILLING).await;
-        assert_eq!((r.status, x_cache(&r)), (200, "MISS"));
+        assert_eq!((r.status, r.x_cache()), (200, "MISS"));
         filled.push(r.body);
     }
     outlive_the_one_second_ttl().await;
@@ -40,7 +40,7 @@ async fn expired_entry_is_served_stale_when_upstream_fails() {
     for ((agent, old), failure) in agents.iter().zip(&filled).zip(failures) {
         upstream.fail(Method::GET, failure);
         let r = c.get(&format!("/v1/agents2/{agent}"), BILLING).await;
-        assert_eq!((r.status, x_cache(&r)), (200, "STALE"), "{agent}");
+        assert_eq!((r.status, r.x_cache()), (200, "STALE"), "{agent}");
         assert!(r.body == *old, "{agent}");
         let age: u64 = r.header("age").unwrap().parse().unwrap();
         assert!(age >= 1, "{agent}: Age {age}");
@@ -54,17 +54,17 @@ async fn expired_entry_is_served_stale_when_upstream_fails() {
         Reply::json(404, json!({"statusCode": 404, "message": "gone"})),
     );
     let r = c.get("/v1/agents2/s404", BILLING).await;
-    assert_eq!((r.status, x_cache(&r)), (404, "MISS"));
+    assert_eq!((r.status, r.x_cache()), (404, "MISS"));
 
     // No copy at all: the failure passes through.
     upstream.fail(Method::GET, Reply::json(500, error.clone()));
     let r = c.get("/v1/agents2/never-cached", BILLING).await;
-    assert_eq!((r.status, x_cache(&r)), (500, "MISS"));
+    assert_eq!((r.status, r.x_cache()), (500, "MISS"));
     assert_eq!(r.json(), error);
     upstream.fail(Method::GET, Reply::reset());
     let r = c.get("/v1/agents2/never-cached", BILLING).await;
     // The gateway's own error still says how the cache took part.
-    assert_eq!((r.status, x_cache(&r)), (502, "MISS"));
+    assert_eq!((r.status, r.x_cache()), (502, "MISS"));
     assert_eq!(r.json()["code"], "upstream_unreachable");
     let status = r.header("cache-status").unwrap();
     assert!(status.contains("detail=upstream_unreachable"), "{status}");
@@ -72,8 +72,8 @@ async fn expired_entry_is_served_stale_when_upstream_fails() {
     // Upstream back: the expired entry is refetched and fresh again.
     upstream.heal();
     let r = c.get("/v1/agents2/s500", BILLING).await;
-    assert_eq!((r.status, x_cache(&r)), (200, "MISS"));
-    assert_eq!(x_cache(&c.get("/v1/agents2/s500", BILLING).await), "HIT");
+    assert_eq!((r.status, r.x_cache()), (200, "MISS"));
+    assert_eq!(c.get("/v1/agents2/s500", BILLING).await.x_cache(), "HIT");
 }
 
 #[tokio::test]
@@ -110,15 +110,15 @@ async fn invalidated_entry_is_never_served_stale() {
     );
     // The control: an agent nobody wrote is served stale under the same failure.
     let r = c.get("/v1/agents2/kept", BILLING).await;
-    assert_eq!((r.status, x_cache(&r)), (200, "STALE"));
+    assert_eq!((r.status, r.x_cache()), (200, "STALE"));
     for a in ["patched", "deleted", "purged"] {
         let r = c.get(&format!("/v1/agents2/{a}"), BILLING).await;
-        assert_eq!((r.status, x_cache(&r)), (500, "MISS"), "{a}");
+        assert_eq!((r.status, r.x_cache()), (500, "MISS"), "{a}");
     }
     upstream.fail(Method::GET, Reply::reset());
     for a in ["patched", "deleted", "purged"] {
         let r = c.get(&format!("/v1/agents2/{a}"), BILLING).await;
-        assert_eq!((r.status, x_cache(&r)), (502, "MISS"), "{a}");
+        assert_eq!((r.status, r.x_cache()), (502, "MISS"), "{a}");
     }
 }
 
@@ -142,5 +142,5 @@ async fn entry_invalidated_while_its_refetch_is_failing_is_not_served_stale() {
     .await;
     assert_eq!(c.patch("/v1/agents/a1", BILLING, "{}").await.status, 200);
     let r = read.await.unwrap();
-    assert_eq!((r.status, x_cache(&r)), (500, "MISS"));
+    assert_eq!((r.status, r.x_cache()), (500, "MISS"));
 }

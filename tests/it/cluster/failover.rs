@@ -135,7 +135,7 @@ async fn without_the_replicas_it_asks_for_agent_writes_are_refused_and_hits_go_o
     let path = "/v1/agents2/acked-1";
     let hot = "/v1/agents2/acked-hot";
     c.client(0).get(hot, SUPPORT).await;
-    assert_eq!(x_cache(&c.client(0).get(hot, SUPPORT).await), "HIT");
+    assert_eq!(c.client(0).get(hot, SUPPORT).await.x_cache(), "HIT");
 
     // The write waits its deadline for a replica that is not there, on its own connection.
     let writer = c.client(0);
@@ -146,7 +146,7 @@ async fn without_the_replicas_it_asks_for_agent_writes_are_refused_and_hits_go_o
         let started = Instant::now();
         let hit = c.client(0).get(hot, SUPPORT).await;
         slowest = slowest.max(started.elapsed());
-        assert_eq!((hit.status, x_cache(&hit)), (200, "HIT"));
+        assert_eq!((hit.status, hit.x_cache()), (200, "HIT"));
         hits += 1;
     }
     let write = write.await.unwrap();
@@ -168,7 +168,7 @@ async fn without_the_replicas_it_asks_for_agent_writes_are_refused_and_hits_go_o
     // (the refused write's in-progress mark was lifted).
     assert_eq!(post_call(&c.client(0)).await.status, 200);
     c.client(0).get(path, SUPPORT).await;
-    assert_eq!(x_cache(&c.client(0).get(path, SUPPORT).await), "HIT");
+    assert_eq!(c.client(0).get(path, SUPPORT).await.x_cache(), "HIT");
     let m = c.replicas[0].metrics().await;
     assert_eq!(m.value("dialnexa_gateway_cluster_up", &[]), 1.0);
     assert_eq!(
@@ -188,7 +188,7 @@ async fn without_the_replicas_it_asks_for_agent_writes_are_refused_and_hits_go_o
     );
     assert_eq!(c.upstream.count(&Method::PATCH, "/"), 1);
     let read = c.client(0).get(path, SUPPORT).await;
-    assert_eq!((x_cache(&read), version(&read)), ("MISS", version(&write)));
+    assert_eq!((read.x_cache(), read.version()), ("MISS", write.version()));
 }
 
 /// Whether a replica has finished its first sync and follows its primary.
@@ -312,7 +312,7 @@ async fn a_sentinel_failover_keeps_read_after_write_and_service_resumes_by_itsel
                         write,
                         invoked,
                         completed,
-                        version: version(&r),
+                        version: r.version(),
                         replica,
                     }),
                     // While no primary acknowledges, agent writes are refused, never forwarded.

@@ -41,7 +41,7 @@ where
 /// The `Authorization` upstream saw for a `billing` request sent with `request_id` (unique per
 /// call): the organisation key the gateway injected.
 async fn org_key_seen_upstream(c: &Client, upstream: &FakeUpstream, request_id: &str) -> String {
-    let auth = format!("Bearer {BILLING}");
+    let auth = bearer(BILLING);
     let headers = [
         ("authorization", auth.as_str()),
         ("x-request-id", request_id),

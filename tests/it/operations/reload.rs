@@ -83,7 +83,7 @@ async fn sighup_adds_and_removes_teams_while_requests_keep_being_answered() {
             Method::GET,
             "/v1/calls",
             &[
-                ("authorization", &format!("Bearer {NEWCOMER}")),
+                ("authorization", &bearer(NEWCOMER)),
                 ("x-request-id", "newcomer-after-reload"),
             ],
             Bytes::new(),
@@ -95,7 +95,7 @@ async fn sighup_adds_and_removes_teams_while_requests_keep_being_answered() {
         .expect("newcomer's request reached upstream");
     assert_eq!(
         seen.headers["authorization"],
-        format!("Bearer {ORG_KEY_GLOBEX}").as_str()
+        bearer(ORG_KEY_GLOBEX).as_str()
     );
 
     let m = scrape(&admin).await;
@@ -220,7 +220,7 @@ async fn sighup_rereads_the_organisation_key_files() {
     let (c, admin) = (gw.client(), gw.admin_client());
     assert_eq!(
         org_key_seen_upstream(&c, &upstream, "before").await,
-        format!("Bearer {ORG_KEY_ACME}")
+        bearer(ORG_KEY_ACME)
     );
 
     // Only the key file changes: the config file is the same.
@@ -234,6 +234,6 @@ async fn sighup_rereads_the_organisation_key_files() {
     .await;
     assert_eq!(
         org_key_seen_upstream(&c, &upstream, "after").await,
-        format!("Bearer {ROTATED}")
+        bearer(ROTATED)
     );
 }

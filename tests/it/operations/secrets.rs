@@ -55,7 +55,7 @@ async fn the_binary_never_prints_team_keys_org_keys_or_the_admin_token() {
             .send(
                 Method::POST,
                 "/admin/cache/purge",
-                &[("authorization", &format!("Bearer {token}"))],
+                &[("authorization", &bearer(token))],
                 "{}",
             )
             .await;

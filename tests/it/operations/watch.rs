@@ -154,7 +154,7 @@ async fn a_replaced_org_key_file_reaches_upstream_within_3_s() {
     let c = gw.client();
     assert_eq!(
         org_key_seen_upstream(&c, &upstream, "before").await,
-        format!("Bearer {ORG_KEY_ACME}")
+        bearer(ORG_KEY_ACME)
     );
 
     // Only the key file changes, replaced as a secret manager does: a new file renamed over it.
@@ -168,7 +168,7 @@ async fn a_replaced_org_key_file_reaches_upstream_within_3_s() {
         let (c, upstream) = (&c, &upstream);
         async move {
             let id = format!("after-{attempt}");
-            org_key_seen_upstream(c, upstream, &id).await == format!("Bearer {ROTATED}")
+            org_key_seen_upstream(c, upstream, &id).await == bearer(ROTATED)
         }
     })
     .await;

@@ -10,7 +10,7 @@ pub mod raw;
 pub mod redis;
 pub mod upstream;
 
-pub use client::{Client, TestResponse};
+pub use client::{bearer, Client, TestResponse};
 pub use gateway::{
     BinaryGateway, GatewayBuilder, TestGateway, ADMIN_TOKEN, BILLING, ORG_KEY_ACME, ORG_KEY_GLOBEX,
     RIVAL, SUPPORT, VIEWER,
