@@ -575,7 +575,10 @@ async fn reopen_after_rotation_writes_a_new_private_file_and_leaves_old_lines_be
     std::fs::rename(&gw.audit_path, &rotated).unwrap();
     gw.running().reopen_audit().await;
     let path = gw.audit_path.clone();
-    wait_until("a new audit file at the original path", || path.exists()).await;
+    wait_until("a new audit file at the original path", async || {
+        path.exists()
+    })
+    .await;
     assert_eq!(mode(&gw.audit_path), 0o600, "the new file is private");
 
     let mut after = Vec::new();
@@ -616,7 +619,7 @@ async fn graceful_shutdown_writes_a_line_for_every_answered_request() {
             })
         })
         .collect();
-    wait_until("150 requests in flight upstream", || {
+    wait_until("150 requests in flight upstream", async || {
         upstream.total() == 150
     })
     .await;
@@ -673,9 +676,10 @@ async fn a_stalled_sink_holds_requests_back_and_loses_no_line() {
     let all = tokio::spawn(join_all(requests));
 
     let metrics = gw.running().gateway().metrics.clone();
-    wait_until("requests waiting for room in the audit buffer", || {
-        metrics.audit_backpressure_waits.get() >= (REQUESTS - HELD_AT_MOST) as u64
-    })
+    wait_until(
+        "requests waiting for room in the audit buffer",
+        async || metrics.audit_backpressure_waits.get() >= (REQUESTS - HELD_AT_MOST) as u64,
+    )
     .await;
     // Waiting requests cannot finish while the sink is stalled, however long it stays stalled; the
     // pause only gives a gateway that let them go (lines held elsewhere) the time to show it.
@@ -801,7 +805,10 @@ async fn requests_cut_off_when_the_grace_period_ends_are_still_audited() {
             })
         })
         .collect();
-    wait_until("every request reached upstream", || upstream.total() == 15).await;
+    wait_until("every request reached upstream", async || {
+        upstream.total() == 15
+    })
+    .await;
 
     let running = gw.running.take().expect("gateway running");
     let gateway = running.gateway().clone();

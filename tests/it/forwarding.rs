@@ -416,7 +416,7 @@ async fn audit_line_of_an_abandoned_get(path: &'static str) -> serde_json::Value
     let client = gw.client();
     let pending = tokio::spawn(async move { client.get(path, BILLING).await });
     let up = upstream.clone();
-    wait_until("upstream received the request", || up.total() == 1).await;
+    wait_until("upstream received the request", async || up.total() == 1).await;
     // Dropping the in-flight request closes its connection.
     pending.abort();
     let mut lines = gw.audit_lines(1).await;

@@ -549,15 +549,13 @@ async fn sim_subcommand_prints_its_url_and_key_and_stops_on_sigterm() {
         .status()
         .unwrap();
     assert!(killed.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "sim did not stop on SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(status.code(), Some(0));
+    let mut status = None;
+    wait_until("sim stops on SIGTERM", async || {
+        status = child.0.try_wait().unwrap();
+        status.is_some()
+    })
+    .await;
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
 }
 
 /// A child process killed when the test ends, whatever happened to it.
@@ -699,7 +697,7 @@ async fn sim_refuses_an_oversized_body_with_413_and_stops_when_its_handle_drops(
 
     let addr = sim.addr;
     drop(sim);
-    wait_until("the simulator stops accepting", || {
+    wait_until("the simulator stops accepting", async || {
         std::net::TcpStream::connect(addr).is_err()
     })
     .await;

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::cluster::wait_for_readyz;
 use crate::support::*;
 
 const AGENTS: usize = 200;
@@ -188,19 +189,7 @@ async fn soak_two_replicas_in_cluster_mode_have_no_errors_no_stale_reads_and_fla
     }
     // Both connected before the mix starts (a replica without Redis refuses agent writes).
     for r in &replicas {
-        let admin = r.admin_client();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let ready = admin.send(http::Method::GET, "/readyz", &[], "").await;
-            if String::from_utf8_lossy(&ready.body).contains("cluster: connected") {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "replica never connected to Redis"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for_readyz(&r.admin_client(), "cluster: connected").await;
     }
     let clients = replicas.iter().map(|r| r.client()).collect();
     let pids: Vec<String> = replicas.iter().map(|r| r.child.id().to_string()).collect();

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use http::Method;
 use serde_json::Value;
 
-use crate::operations::eventually;
 use crate::support::otlp::{CLIENT, ERROR, INTERNAL, SERVER};
 use crate::support::*;
 
@@ -58,7 +57,7 @@ fn audit_for<'a>(lines: &'a [Value], r: &TestResponse) -> &'a Value {
 }
 
 async fn audit_lines(gw: &BinaryGateway, n: usize) -> Vec<Value> {
-    wait_until(&format!("{n} audit lines"), || gw.audit().len() >= n).await;
+    wait_until(&format!("{n} audit lines"), async || gw.audit().len() >= n).await;
     gw.audit()
 }
 
@@ -207,7 +206,7 @@ async fn a_coalesced_fill_is_linked_to_the_request_that_waited_on_it() {
     let c = gw.client();
     let tp = traceparent(&leader_trace, "01");
     let leader = tokio::spawn(async move { get_traced(&c, "/v1/agents2/ag-2", &tp).await });
-    wait_until("the fill reached upstream", || {
+    wait_until("the fill reached upstream", async || {
         upstream.count(&Method::GET, "/v1/agents2/ag-2") == 1
     })
     .await;
@@ -215,7 +214,7 @@ async fn a_coalesced_fill_is_linked_to_the_request_that_waited_on_it() {
     let tp = traceparent(&joiner_trace, "01");
     let joiner = tokio::spawn(async move { get_traced(&c, "/v1/agents2/ag-2", &tp).await });
     let admin = gw.admin_client();
-    eventually("the second request joined the fill", || async {
+    wait_until("the second request joined the fill", async || {
         scrape(&admin)
             .await
             .value("dialnexa_gateway_cache_coalesced_total", &[])
@@ -574,7 +573,7 @@ async fn requests_are_not_held_back(endpoint: &str, counted: impl Fn() -> bool) 
         started.elapsed()
     );
     let admin = gw.admin_client();
-    eventually("dropped spans counted", || async {
+    wait_until("dropped spans counted", async || {
         scrape(&admin).await.value(DROPPED, &[]) > 0.0 && counted()
     })
     .await;
@@ -608,7 +607,7 @@ async fn demo_with_an_otlp_endpoint_traces_every_request() {
         .await;
     assert_eq!(r.status, 200);
     // `demo` samples every request that brings no parent.
-    wait_until("the demo request's server span", || {
+    wait_until("the demo request's server span", async || {
         collector
             .spans()
             .iter()

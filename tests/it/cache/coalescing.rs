@@ -50,12 +50,12 @@ async fn leader_and_waiters(
 ) -> Vec<JoinHandle<TestResponse>> {
     let before = coalesced(gw);
     let mut tasks = vec![spawn_get(&gw.client(), path, BILLING)];
-    wait_until("upstream received the first GET", || {
+    wait_until("upstream received the first GET", async || {
         upstream.count(&Method::GET, path) == 1
     })
     .await;
     tasks.extend((0..waiters).map(|_| spawn_get(&gw.client(), path, BILLING)));
-    wait_until("the others wait for the first one's fetch", || {
+    wait_until("the others wait for the first one's fetch", async || {
         coalesced(gw) - before == waiters as u64
     })
     .await;
@@ -117,12 +117,12 @@ async fn a_shared_fill_survives_the_client_that_started_it_going_away() {
         )
         .await
         .unwrap();
-    wait_until("upstream received the first GET", || {
+    wait_until("upstream received the first GET", async || {
         upstream.count(&Method::GET, "/") == 1
     })
     .await;
     let waiter = spawn_get(&gw.client(), "/v1/agents2/a1", SUPPORT);
-    wait_until("the second GET waits for the first", || {
+    wait_until("the second GET waits for the first", async || {
         coalesced(&gw) - before == 1
     })
     .await;

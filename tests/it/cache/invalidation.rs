@@ -60,7 +60,7 @@ async fn patch_invalidates_every_variant() {
     assert_eq!(c.get("/v1/agents2/a2", BILLING).await.x_cache(), "HIT");
 
     // The write's audit line counts the variants it dropped.
-    wait_until("the PATCH is audited", || {
+    wait_until("the PATCH is audited", async || {
         gw.audit().iter().any(|l| l["method"] == "PATCH")
     })
     .await;
@@ -126,7 +126,7 @@ async fn write_that_upstream_fails_or_times_out_still_invalidates_both_times() {
             let c = c.clone();
             tokio::spawn(async move { c.patch("/v1/agents2/a1", BILLING, "{}").await })
         };
-        wait_until("upstream received the PATCH", || {
+        wait_until("upstream received the PATCH", async || {
             upstream.count(&Method::PATCH, "/") == n + 1
         })
         .await;
@@ -224,7 +224,7 @@ async fn a_read_that_fills_while_a_write_is_in_flight_is_dropped_when_the_write_
         let c = c.clone();
         tokio::spawn(async move { c.patch("/v1/agents2/a1", BILLING, "{}").await })
     };
-    wait_until("upstream received the PATCH", || {
+    wait_until("upstream received the PATCH", async || {
         upstream.count(&Method::PATCH, "/v1/agents2/a1") == 1
     })
     .await;
@@ -263,7 +263,7 @@ async fn a_write_whose_client_went_away_still_invalidates_when_upstream_answers(
         )
         .await
         .unwrap();
-    wait_until("upstream received the PATCH", || {
+    wait_until("upstream received the PATCH", async || {
         upstream.count(&Method::PATCH, "/v1/agents2/a1") == 1
     })
     .await;
@@ -279,7 +279,7 @@ async fn a_write_whose_client_went_away_still_invalidates_when_upstream_answers(
 
     // When upstream answers the write, that read is dropped although nobody waits for the answer,
     // and the audit line says what upstream did with the write its client never saw answered.
-    wait_until("the abandoned PATCH is audited", || {
+    wait_until("the abandoned PATCH is audited", async || {
         gw.audit().iter().any(|l| l["method"] == "PATCH")
     })
     .await;

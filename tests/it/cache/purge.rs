@@ -119,7 +119,7 @@ async fn purge_drops_a_fill_that_was_in_flight_when_it_ran() {
     ] {
         let path = format!("/v1/agents2/{agent}");
         let read = spawn_get(&c, &path, BILLING);
-        wait_until("upstream received the fill", || {
+        wait_until("upstream received the fill", async || {
             upstream.count(&Method::GET, &path) == 1
         })
         .await;

@@ -136,7 +136,7 @@ async fn entry_invalidated_while_its_refetch_is_failing_is_not_served_stale() {
             .with_delay(Duration::from_millis(300)),
     );
     let read = spawn_get(&c, "/v1/agents2/a1", SUPPORT);
-    wait_until("upstream received the refetch", || {
+    wait_until("upstream received the refetch", async || {
         upstream.count(&Method::GET, "/") == 2
     })
     .await;

@@ -120,7 +120,7 @@ async fn cache_fills_ask_upstream_for_identity_and_a_plain_get_never_gets_304() 
             .await
         })
     };
-    wait_until("upstream received the fill", || upstream.total() == 1).await;
+    wait_until("upstream received the fill", async || upstream.total() == 1).await;
     let plain = get_with(
         &c,
         "/v1/agents2/a1",

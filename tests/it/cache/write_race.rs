@@ -20,7 +20,7 @@ async fn get_racing_a_patch_never_returns_the_old_version_once_the_patch_is_answ
         let family = if i % 2 == 0 { "agents2" } else { "agents" };
         let held = upstream.hold_next(Method::GET);
         let slow = spawn_get(&c, &path, BILLING);
-        wait_until("upstream received the cold GET", || {
+        wait_until("upstream received the cold GET", async || {
             upstream.count(&Method::GET, &path) == 1
         })
         .await;
@@ -65,7 +65,7 @@ async fn get_after_a_patch_never_joins_a_fill_that_started_before_it() {
         // Only the first GET is held: it is still in flight through the PATCH and the next GET.
         let held = upstream.hold_next(Method::GET);
         let slow = spawn_get(&c, &path, BILLING);
-        wait_until("upstream received the cold GET", || {
+        wait_until("upstream received the cold GET", async || {
             upstream.count(&Method::GET, &path) == 1
         })
         .await;

@@ -155,7 +155,7 @@ async fn a_slow_fill_that_raced_a_patch_on_another_replica_is_never_served_after
         let p = path.clone();
         let slow = tokio::spawn(async move { b.get(&p, SUPPORT).await });
         // The fill is at upstream, holding the old version, before the write starts.
-        wait_until("the slow GET reached upstream", || {
+        wait_until("the slow GET reached upstream", async || {
             c.upstream.count(&Method::GET, &path) == 1
         })
         .await;
@@ -190,8 +190,7 @@ struct Op {
     invoked: Instant,
     completed: Instant,
     version: u64,
-    /// Which replica answered, for the report of a stale read.
-    #[allow(dead_code)]
+    /// Which replica answered: the report of a stale read names it.
     replica: usize,
 }
 

@@ -116,9 +116,8 @@ async fn metrics_follow_requests_cache_hits_upstream_calls_and_audit_lines() {
     assert_eq!(delta(UPSTREAM_COUNT, &[]), 2.0, "{after}");
 
     // Audit lines are written off the request path: the counter catches up, and matches the file.
-    eventually("4 audit lines counted", || {
-        let admin = &admin;
-        async move { scrape(admin).await.count(AUDIT_WRITTEN, &[]) >= 4.0 }
+    wait_until("4 audit lines counted", async || {
+        scrape(&admin).await.count(AUDIT_WRITTEN, &[]) >= 4.0
     })
     .await;
     let lines = gw.audit_lines(4).await;

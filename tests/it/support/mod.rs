@@ -52,13 +52,23 @@ where
     out
 }
 
+/// How long [`wait_until`] waits: far beyond anything a passing test needs on a loaded machine,
+/// so only a condition that will never hold runs it out.
+const PATIENCE_FOR_EVENTS: Duration = Duration::from_secs(10);
+
 /// Waits for `cond` to hold, polling; panics with `what` after 10 s. For conditions that become
-/// true through another task (a request reaching upstream, an audit line being written), never
-/// for timing assumptions.
-pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+/// true through another task or process (a request reaching upstream, an audit line being
+/// written, `/readyz` changing), never for timing assumptions. `cond` may await, so it can ask
+/// over HTTP.
+pub async fn wait_until(what: &str, cond: impl AsyncFnMut() -> bool) {
+    wait_until_within(PATIENCE_FOR_EVENTS, what, cond).await;
+}
+
+/// [`wait_until`], for a condition the product promises within `limit`.
+pub async fn wait_until_within(limit: Duration, what: &str, mut cond: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
