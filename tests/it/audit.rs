@@ -681,9 +681,14 @@ async fn a_stalled_sink_holds_requests_back_and_loses_no_line() {
         async || metrics.audit_backpressure_waits.get() >= (REQUESTS - HELD_AT_MOST) as u64,
     )
     .await;
-    // Waiting requests cannot finish while the sink is stalled, however long it stays stalled; the
-    // pause only gives a gateway that let them go (lines held elsewhere) the time to show it.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Waiting requests cannot finish while the sink is stalled, however long it stays stalled.
+    // Once every request has either finished or started waiting for room, a gateway that let
+    // waiting ones go (lines held elsewhere) has had them finish.
+    wait_until("every request finished or waiting for room", async || {
+        let waiting = metrics.audit_backpressure_waits.get();
+        finished.load(Ordering::SeqCst) as u64 + waiting >= REQUESTS as u64
+    })
+    .await;
     let done = finished.load(Ordering::SeqCst);
     assert!(
         done <= HELD_AT_MOST,

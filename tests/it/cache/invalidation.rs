@@ -246,7 +246,8 @@ async fn a_read_that_fills_while_a_write_is_in_flight_is_dropped_when_the_write_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_whose_client_went_away_still_invalidates_when_upstream_answers() {
-    let (upstream, gw) = setup().await;
+    // Two connections: the reads' and the write's, until the write's client leaves.
+    let (upstream, gw) = setup_with(|config| config.max_connections(2)).await;
     number_fetches(&upstream);
     upstream.set_delay(Method::PATCH, Duration::from_millis(1500));
     let c = gw.client();
@@ -268,12 +269,13 @@ async fn a_write_whose_client_went_away_still_invalidates_when_upstream_answers(
     })
     .await;
     drop(writer);
-    // The write does not depend on its client any more; the pause only gives a gateway that tied
-    // them together (and invalidated a second time on the disconnect) the time to do so.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The write does not depend on its client any more. The next read comes on a connection of
+    // its own, which `max_connections = 2` lets in only once the gateway has closed the writer's:
+    // a gateway that tied the write to its client (and invalidated a second time on the
+    // disconnect) has done so by then.
+    let during = gw.client().get("/v1/agents2/a1", SUPPORT).await;
 
-    // Upstream is still working on the write; a read now fills the cache with what it had before.
-    let during = c.get("/v1/agents2/a1", SUPPORT).await;
+    // Upstream is still working on the write; that read filled the cache with what it had before.
     assert_eq!((during.x_cache(), fetch_no(&during)), ("MISS", 2));
     assert_eq!(c.get("/v1/agents2/a1", SUPPORT).await.x_cache(), "HIT");
 
