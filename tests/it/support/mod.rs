@@ -15,7 +15,7 @@ pub use gateway::{
     BinaryGateway, GatewayBuilder, TestGateway, ADMIN_TOKEN, BILLING, ORG_KEY_ACME, ORG_KEY_GLOBEX,
     RIVAL, SUPPORT, VIEWER,
 };
-pub use metrics::{scrape, Metrics};
+pub use metrics::{scrape, scrape_accepting, Metrics};
 pub use otlp::{absent_endpoint, ExportedSpan, OtlpCollector};
 pub use raw::{RawAnswer, RawConn, PATIENCE};
 pub use upstream::{FakeUpstream, Reply};
