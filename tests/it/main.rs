@@ -46,7 +46,6 @@
 //! `support` holds the fixtures: the fake upstream, the gateway under test with its typed config,
 //! a client, a raw HTTP/1.1 connection, the one `/metrics` reader, and an OTLP collector.
 
-#[allow(dead_code, unused_imports)]
 mod support;
 
 mod audit;

@@ -54,8 +54,6 @@ struct Team {
     access: &'static str,
     rate: Quota,
     write: Option<Quota>,
-    /// `upstream_share`, when set.
-    share: Option<u32>,
     /// More keys after `key`, each with its `not_after` (RFC 3339), if it has one.
     more_keys: Vec<(String, Option<String>)>,
 }
@@ -107,7 +105,6 @@ impl GatewayBuilder {
             access,
             rate: GENEROUS,
             write: None,
-            share: None,
             more_keys: Vec::new(),
         });
         Self {
@@ -287,7 +284,6 @@ impl GatewayBuilder {
             access: "read_write",
             rate: GENEROUS,
             write: None,
-            share: None,
             more_keys: Vec::new(),
         });
         self
@@ -304,12 +300,6 @@ impl GatewayBuilder {
     /// Moves a team to another organisation (which need not exist: an unknown org is invalid).
     pub fn team_org(mut self, team: &str, org: &str) -> Self {
         self.team_mut(team).org = org.into();
-        self
-    }
-
-    /// Sets a team's weight in its org's budget (`upstream_share`).
-    pub fn upstream_share(mut self, team: &str, share: u32) -> Self {
-        self.team_mut(team).share = Some(share);
         self
     }
 
@@ -438,9 +428,6 @@ impl GatewayBuilder {
             if let Some(write) = team.write {
                 t.push_str(&format!("write_rate_limit = {write}\n"));
             }
-            if let Some(share) = team.share {
-                t.push_str(&format!("upstream_share = {share}\n"));
-            }
         }
         t
     }
@@ -483,7 +470,6 @@ impl GatewayBuilder {
             api: running.api_addr,
             admin: running.admin_addr,
             audit_path: dir.path().join("audit.jsonl"),
-            config_path: config.path.clone(),
             config,
             running: Some(running),
             audit_fifo,
@@ -723,7 +709,6 @@ pub struct TestGateway {
     pub api: SocketAddr,
     pub admin: SocketAddr,
     pub audit_path: PathBuf,
-    pub config_path: PathBuf,
     config: ConfigFile,
     pub running: Option<RunningGateway>,
     /// The reading end of the audit FIFO, with [`GatewayBuilder::audit_fifo`].

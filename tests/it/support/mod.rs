@@ -17,7 +17,7 @@ pub use gateway::{
 };
 pub use metrics::{scrape, scrape_accepting, Metrics};
 pub use otlp::{absent_endpoint, ExportedSpan, OtlpCollector};
-pub use raw::{RawAnswer, RawConn, PATIENCE};
+pub use raw::{RawConn, PATIENCE};
 pub use upstream::{FakeUpstream, Reply};
 
 use std::time::{Duration, Instant};
