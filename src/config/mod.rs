@@ -811,7 +811,6 @@ mod props {
         Settings::load(file.path())
     }
 
-    const LF: &[char] = &['\n'];
     const CR_OR_LF: &[char] = &['\n', '\r'];
 
     proptest! {
@@ -821,22 +820,18 @@ mod props {
         fn any_text_is_loaded_or_refused_in_lines(text in "\\PC{0,200}") {
             let result = load(&text);
             assert_one_line_each(&text, &result, CR_OR_LF)?;
+            assert_runnable(&text, &result)?;
         }
 
+        /// Loaded (and then runnable), or refused in lines that neither a line feed nor a
+        /// carriage return breaks.
         #[test]
         fn toml_like_text_is_loaded_or_refused_in_lines(
             text in "[\\[\\]a-z_.=\"' \n\r\t0-9{},#\\\\-]{0,120}"
         ) {
             let result = load(&text);
-            assert_one_line_each(&text, &result, LF)?;
-        }
-
-        #[test]
-        fn toml_like_text_is_refused_without_carriage_returns(
-            text in "[\\[\\]a-z_.=\"' \n\r\t0-9{},#\\\\-]{0,120}"
-        ) {
-            let result = load(&text);
             assert_one_line_each(&text, &result, CR_OR_LF)?;
+            assert_runnable(&text, &result)?;
         }
 
         #[test]
@@ -968,7 +963,7 @@ mod props {
         assert!(e.problems.iter().all(|p| !p.contains('\n')), "{e:?}");
     }
 
-    /// The minimal input toml_like_text_is_refused_without_carriage_returns found.
+    /// The minimal input toml_like_text_is_loaded_or_refused_in_lines found.
     #[test]
     fn a_carriage_return_in_a_table_header_stays_out_of_its_problem_line() {
         let e = Settings::from_toml_str("[0\r0").unwrap_err();
