@@ -224,8 +224,7 @@ async fn an_org_refusal_names_the_org_policy_and_an_agent_read_is_served_stale_i
     );
     assert_eq!(refused.header("ratelimit-limit"), Some("1"));
 
-    // Expiry is the behaviour under test and the TTL is whole seconds: wait it out.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    outlive_a_one_second_ttl().await;
     let stale = c.get("/v1/agents2/a1", BILLING).await;
     assert_eq!((stale.status, stale.x_cache()), (200, "STALE"));
     assert_eq!(stale.body, first.body);
@@ -308,7 +307,7 @@ async fn dialnexas_429_holds_the_org_until_its_retry_after_and_no_longer() {
     // Another org is not held.
     assert_eq!(c.get("/v1/agents2", RIVAL).await.status, 200);
     let calls = calls + 1;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    outlive_a_one_second_ttl().await;
     let stale = c.get("/v1/agents2/a1", SUPPORT).await;
     assert_eq!((stale.status, stale.x_cache()), (200, "STALE"));
     assert_eq!(upstream.total(), calls, "nothing of acme's went upstream");

@@ -12,11 +12,6 @@ async fn short_ttl_setup() -> (FakeUpstream, TestGateway) {
     .await
 }
 
-/// Expiry is the behaviour under test and the TTL is whole seconds: wait it out.
-async fn outlive_the_one_second_ttl() {
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-}
-
 #[tokio::test]
 async fn expired_entry_is_served_stale_when_upstream_fails() {
     let (upstream, gw) = short_ttl_setup().await;
@@ -28,7 +23,7 @@ async fn expired_entry_is_served_stale_when_upstream_fails() {
         assert_eq!((r.status, r.x_cache()), (200, "MISS"));
         filled.push(r.body);
     }
-    outlive_the_one_second_ttl().await;
+    outlive_a_one_second_ttl().await;
 
     let error = json!({"statusCode": 500, "message": "down"});
     let failures = [
@@ -83,7 +78,7 @@ async fn invalidated_entry_is_never_served_stale() {
     for a in ["kept", "patched", "deleted", "purged"] {
         c.get(&format!("/v1/agents2/{a}"), BILLING).await;
     }
-    outlive_the_one_second_ttl().await;
+    outlive_a_one_second_ttl().await;
 
     upstream.fail(
         Method::PATCH,
@@ -127,7 +122,7 @@ async fn entry_invalidated_while_its_refetch_is_failing_is_not_served_stale() {
     let (upstream, gw) = short_ttl_setup().await;
     let c = gw.client();
     c.get("/v1/agents2/a1", BILLING).await;
-    outlive_the_one_second_ttl().await;
+    outlive_a_one_second_ttl().await;
 
     // The refetch of the expired entry is slow to fail; a write lands meanwhile.
     upstream.fail(

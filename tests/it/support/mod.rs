@@ -1,5 +1,6 @@
 //! Test fixtures: a recording fake upstream, a gateway started in-process (or as the real binary)
-//! in front of it with a typed config, a small HTTP client, and the one `/metrics` reader.
+//! in front of it with a typed config, a small HTTP client (and `bearer()`), the one `/metrics`
+//! reader, and the one [`wait_until`] for what happens in another task or process.
 
 pub mod client;
 pub mod cluster;
@@ -50,6 +51,12 @@ where
         out.push(h.await.expect("request task"));
     }
     out
+}
+
+/// Lets a cache entry with `ttl_seconds = 1` expire. Expiry is then the behaviour under test and
+/// the TTL is whole seconds: the clock is the input, there is no event to wait for.
+pub async fn outlive_a_one_second_ttl() {
+    tokio::time::sleep(Duration::from_millis(1100)).await;
 }
 
 /// How long [`wait_until`] waits: far beyond anything a passing test needs on a loaded machine,
