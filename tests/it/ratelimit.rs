@@ -50,21 +50,6 @@ fn assert_quota_headers(r: &TestResponse, limit: u32, per_minute: u32, remaining
     reset
 }
 
-/// POST of `{}` with `Authorization: Bearer <key>`.
-async fn post_json(c: &Client, path: &str, key: &str) -> TestResponse {
-    let auth = bearer(key);
-    c.send(
-        Method::POST,
-        path,
-        &[
-            ("authorization", auth.as_str()),
-            ("content-type", "application/json"),
-        ],
-        Bytes::from_static(b"{}"),
-    )
-    .await
-}
-
 fn assert_rate_limited(r: &TestResponse) -> u64 {
     assert_eq!(r.status, 429);
     let body = r.json();
@@ -209,7 +194,7 @@ async fn a_write_the_general_quota_refuses_keeps_its_write_cell() {
     .await;
     let c = gw.client();
     assert_eq!(c.get("/v1/calls", BILLING).await.status, 200);
-    let refused = post_json(&c, "/v1/calls", BILLING).await;
+    let refused = c.write(Method::POST, "/v1/calls", BILLING, "{}").await;
     assert_eq!(assert_rate_limited(&refused), 1);
     // The answer describes the quota that refused it, the general one.
     let reset = seconds(&refused, "ratelimit-reset");
@@ -221,7 +206,7 @@ async fn a_write_the_general_quota_refuses_keeps_its_write_cell() {
     assert_eq!(upstream.count(&Method::POST, "/v1/calls"), 0);
 
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let allowed = post_json(&c, "/v1/calls", BILLING).await;
+    let allowed = c.write(Method::POST, "/v1/calls", BILLING, "{}").await;
     assert_eq!(
         allowed.status, 200,
         "the refused write spent the write cell"

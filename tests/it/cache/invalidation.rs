@@ -78,14 +78,18 @@ async fn writes_to_sub_resources_deletes_and_legacy_paths_invalidate() {
         assert_eq!(c.get(path, BILLING).await.x_cache(), "HIT", "{path}");
     }
 
-    let r = send_write(&c, Method::POST, "/v1/agents2/a1/publish", BILLING).await;
+    let r = c
+        .write(Method::POST, "/v1/agents2/a1/publish", BILLING, "{}")
+        .await;
     assert_eq!(r.status, 200);
     for path in ["/v1/agents2/a1", "/v1/agents/a1"] {
         let r = c.get(path, BILLING).await;
         assert_eq!((r.x_cache(), r.version()), ("MISS", 2), "{path}");
     }
 
-    let r = send_write(&c, Method::DELETE, "/v1/agents/a1", BILLING).await;
+    let r = c
+        .write(Method::DELETE, "/v1/agents/a1", BILLING, "{}")
+        .await;
     assert_eq!(r.status, 200);
     let r = c.get("/v1/agents2/a1", BILLING).await;
     assert_eq!((r.x_cache(), r.version()), ("MISS", 3));
@@ -171,7 +175,7 @@ async fn refused_writes_invalidate_nothing() {
     let refusals = [
         (c.patch("/v1/agents2/a1", VIEWER, "{}").await.status, 403),
         (
-            send_write(&c, Method::DELETE, "/v1/agents/a1", VIEWER)
+            c.write(Method::DELETE, "/v1/agents/a1", VIEWER, "{}")
                 .await
                 .status,
             403,
@@ -306,7 +310,9 @@ async fn spellings_of_one_agent_path_are_one_agent() {
         assert_eq!((r.x_cache(), r.version()), ("HIT", 1), "{path}");
     }
     // ...so writes through them invalidate it, and upstream sees the one canonical path.
-    let r = send_write(&c, Method::PATCH, "/v1/agents/ab%63", BILLING).await;
+    let r = c
+        .write(Method::PATCH, "/v1/agents/ab%63", BILLING, "{}")
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(upstream.requests().last().unwrap().uri, "/v1/agents/abc");
     let r = c.get("/v1/agents//abc", SUPPORT).await;
@@ -314,7 +320,9 @@ async fn spellings_of_one_agent_path_are_one_agent() {
 
     // Family and id are matched without regard to case for invalidation, as upstream routes them.
     assert_eq!(c.get("/v1/agents/abc", BILLING).await.x_cache(), "HIT");
-    let r = send_write(&c, Method::PATCH, "/v1/Agents/ABC", BILLING).await;
+    let r = c
+        .write(Method::PATCH, "/v1/Agents/ABC", BILLING, "{}")
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(c.get("/v1/agents/abc", BILLING).await.x_cache(), "MISS");
     assert_eq!(upstream.count(&Method::GET, "/v1/agents/abc"), 3);
@@ -351,13 +359,14 @@ async fn reserved_characters_escaped_or_not_are_one_cache_entry_and_one_invalida
         );
 
         // A write under the other spelling drops it, and is forwarded as it was spelt.
-        let r = send_write(
-            &c,
-            Method::PATCH,
-            &format!("/v1/agents2/{escaped}"),
-            BILLING,
-        )
-        .await;
+        let r = c
+            .write(
+                Method::PATCH,
+                &format!("/v1/agents2/{escaped}"),
+                BILLING,
+                "{}",
+            )
+            .await;
         assert_eq!(r.status, 200);
         let sent = upstream.requests().last().unwrap().uri.clone();
         assert_eq!(sent, format!("/v1/agents2/{escaped}").replace("%3b", "%3B"));
@@ -367,13 +376,14 @@ async fn reserved_characters_escaped_or_not_are_one_cache_entry_and_one_invalida
         // And the other way round: a read cached under the escaped spelling, a write under the plain one.
         let r = c.get(&format!("/v1/agents/{escaped}"), BILLING).await;
         assert_eq!((r.x_cache(), r.version()), ("MISS", 2), "{escaped}");
-        let r = send_write(
-            &c,
-            Method::PATCH,
-            &format!("/agents/{plain}/versions"),
-            BILLING,
-        )
-        .await;
+        let r = c
+            .write(
+                Method::PATCH,
+                &format!("/agents/{plain}/versions"),
+                BILLING,
+                "{}",
+            )
+            .await;
         assert_eq!(r.status, 200);
         let r = c.get(&format!("/v1/agents/{escaped}"), BILLING).await;
         assert_eq!((r.x_cache(), r.version()), ("MISS", 3), "{escaped}");

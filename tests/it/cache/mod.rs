@@ -40,19 +40,6 @@ fn spawn_get(c: &Client, path: &str, key: &'static str) -> JoinHandle<TestRespon
     tokio::spawn(async move { c.get(&path, key).await })
 }
 
-async fn send_write(c: &Client, method: Method, path: &str, key: &str) -> TestResponse {
-    c.send(
-        method,
-        path,
-        &[
-            ("authorization", &bearer(key)),
-            ("content-type", "application/json"),
-        ],
-        Bytes::from_static(b"{}"),
-    )
-    .await
-}
-
 /// Makes upstream answer agent GETs `{"fetch": n}`, n counting upstream GETs: which fetch a
 /// client got tells a cached body from a refreshed one.
 fn number_fetches(upstream: &FakeUpstream) {

@@ -89,7 +89,9 @@ async fn invalidated_entry_is_never_served_stale() {
         500
     );
     upstream.fail(Method::DELETE, Reply::reset());
-    let r = send_write(&c, Method::DELETE, "/v1/agents/deleted", BILLING).await;
+    let r = c
+        .write(Method::DELETE, "/v1/agents/deleted", BILLING, "{}")
+        .await;
     assert_eq!(r.status, 502);
     let r = purge(
         &gw,

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::Method;
 use tokio::sync::Mutex;
 
@@ -66,13 +65,7 @@ impl Cluster {
 
 /// A write that touches no agent.
 async fn post_call(c: &Client) -> TestResponse {
-    c.send(
-        Method::POST,
-        "/v1/calls",
-        &[("authorization", &bearer(BILLING))],
-        Bytes::from_static(b"{}"),
-    )
-    .await
+    c.write(Method::POST, "/v1/calls", BILLING, "{}").await
 }
 
 async fn patch(c: &Client, path: &str) -> TestResponse {

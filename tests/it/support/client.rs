@@ -107,9 +107,14 @@ impl Client {
 
     /// PATCH of a JSON body with `Authorization: Bearer <key>`.
     pub async fn patch(&self, path: &str, key: &str, json: &str) -> TestResponse {
+        self.write(Method::PATCH, path, key, json).await
+    }
+
+    /// A write (`method`) of a JSON body with `Authorization: Bearer <key>`.
+    pub async fn write(&self, method: Method, path: &str, key: &str, json: &str) -> TestResponse {
         let auth = bearer(key);
         self.send(
-            Method::PATCH,
+            method,
             path,
             &[
                 ("authorization", &auth),
