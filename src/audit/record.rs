@@ -266,16 +266,30 @@ mod props {
         #[test]
         fn changed_fields_take_any_bytes(body in prop::collection::vec(any::<u8>(), 0..256)) {
             let fields = changed_fields(&body);
-            if serde_json::from_slice::<Value>(&body).is_err()
-                && !body.iter().all(u8::is_ascii_whitespace)
-            {
+            let blank = body.iter().all(u8::is_ascii_whitespace);
+            if serde_json::from_slice::<Value>(&body).is_err() && !blank {
                 prop_assert_eq!(fields, None);
+            } else {
+                prop_assert!(fields.is_some(), "JSON or blank read as not JSON: {:?}", body);
             }
         }
 
+        /// Text near JSON (most of it not quite): the fields of what parses, `None` for the rest.
         #[test]
         fn changed_fields_take_any_text(body in "[{}\\[\\]\":,a-z0-9 .\\\\-]{0,64}") {
-            let _ = changed_fields(body.as_bytes());
+            let fields = changed_fields(body.as_bytes());
+            match serde_json::from_str::<Value>(&body) {
+                Ok(Value::Object(map)) => {
+                    prop_assert!(fields.is_some(), "{:?} read as not JSON", body);
+                    let fields = fields.unwrap();
+                    prop_assert_eq!(fields.len(), leaf_count(&map), "{:?}: {:?}", body, fields);
+                }
+                Ok(_) => prop_assert_eq!(fields, Some(Vec::new()), "{:?} is no object", body),
+                Err(_) if body.bytes().all(|b| b.is_ascii_whitespace()) => {
+                    prop_assert_eq!(fields, Some(Vec::new()), "{:?} is blank", body)
+                }
+                Err(_) => prop_assert_eq!(fields, None, "{:?} is not JSON", body),
+            }
         }
     }
 }

@@ -534,16 +534,18 @@ mod props {
         fn any_text_is_loaded_or_refused_in_lines(text in "\\PC{0,200}") {
             let result = load(&text);
             assert_one_line_each(&text, &result, CR_OR_LF)?;
+            assert_runnable(&text, &result)?;
         }
 
-        /// A carriage return counts as a line break: a terminal shows what follows it over the
-        /// start of the line.
+        /// Loaded (and then runnable), or refused in lines that neither a line feed nor a
+        /// carriage return breaks.
         #[test]
         fn toml_like_text_is_loaded_or_refused_in_lines(
             text in "[\\[\\]a-z_.=\"' \n\r\t0-9{},#\\\\-]{0,120}"
         ) {
             let result = load(&text);
             assert_one_line_each(&text, &result, CR_OR_LF)?;
+            assert_runnable(&text, &result)?;
         }
 
         #[test]

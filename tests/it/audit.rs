@@ -28,10 +28,6 @@ fn key_id(key: &str) -> String {
     hex::encode(&Sha256::digest(key.as_bytes())[..4])
 }
 
-fn bearer(key: &str) -> String {
-    format!("Bearer {key}")
-}
-
 /// The one line with this request id (panics if there is not exactly one).
 fn line_for<'a>(lines: &'a [Value], request_id: &str) -> &'a Value {
     let found: Vec<_> = lines
@@ -306,8 +302,8 @@ async fn every_contract_field_is_present_with_its_type_and_value() {
     let anonymous = c.send(Method::GET, "/v1/calls", &[], Bytes::new()).await;
     let unknown_key = c.get("/v1/calls", "made-up-unknown-key").await;
     let forbidden = c.patch("/v1/agents2/a9", VIEWER, "{}").await;
-    assert_eq!(hit.header("x-cache"), Some("HIT"));
-    assert_eq!(bypass.header("x-cache"), Some("BYPASS"));
+    assert_eq!(hit.x_cache(), "HIT");
+    assert_eq!(bypass.x_cache(), "BYPASS");
     assert_eq!(
         [anonymous.status, unknown_key.status, forbidden.status],
         [401, 401, 403]
@@ -492,10 +488,7 @@ async fn oversized_body_is_audited_as_bad_request_and_invalidates_nothing() {
     let r = c.patch("/v1/agents2/a1", BILLING, &big).await;
     assert_eq!(r.status, 413);
     assert_eq!(upstream.count(&Method::PATCH, "/"), 0);
-    assert_eq!(
-        c.get("/v1/agents2/a1", BILLING).await.header("x-cache"),
-        Some("HIT")
-    );
+    assert_eq!(c.get("/v1/agents2/a1", BILLING).await.x_cache(), "HIT");
 
     let lines = gw.audit_lines(3).await;
     let l = assert_line_matches(&lines, &r, "PATCH", "/v1/agents2/a1");
@@ -582,7 +575,10 @@ async fn reopen_after_rotation_writes_a_new_private_file_and_leaves_old_lines_be
     std::fs::rename(&gw.audit_path, &rotated).unwrap();
     gw.running().reopen_audit().await;
     let path = gw.audit_path.clone();
-    wait_until("a new audit file at the original path", || path.exists()).await;
+    wait_until("a new audit file at the original path", async || {
+        path.exists()
+    })
+    .await;
     assert_eq!(mode(&gw.audit_path), 0o600, "the new file is private");
 
     let mut after = Vec::new();
@@ -623,7 +619,7 @@ async fn graceful_shutdown_writes_a_line_for_every_answered_request() {
             })
         })
         .collect();
-    wait_until("150 requests in flight upstream", || {
+    wait_until("150 requests in flight upstream", async || {
         upstream.total() == 150
     })
     .await;
@@ -680,13 +676,19 @@ async fn a_stalled_sink_holds_requests_back_and_loses_no_line() {
     let all = tokio::spawn(join_all(requests));
 
     let metrics = gw.running().gateway().metrics.clone();
-    wait_until("requests waiting for room in the audit buffer", || {
-        metrics.audit_backpressure_waits.get() >= (REQUESTS - HELD_AT_MOST) as u64
+    wait_until(
+        "requests waiting for room in the audit buffer",
+        async || metrics.audit_backpressure_waits.get() >= (REQUESTS - HELD_AT_MOST) as u64,
+    )
+    .await;
+    // Waiting requests cannot finish while the sink is stalled, however long it stays stalled.
+    // Once every request has either finished or started waiting for room, a gateway that let
+    // waiting ones go (lines held elsewhere) has had them finish.
+    wait_until("every request finished or waiting for room", async || {
+        let waiting = metrics.audit_backpressure_waits.get();
+        finished.load(Ordering::SeqCst) as u64 + waiting >= REQUESTS as u64
     })
     .await;
-    // Waiting requests cannot finish while the sink is stalled, however long it stays stalled; the
-    // pause only gives a gateway that let them go (lines held elsewhere) the time to show it.
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let done = finished.load(Ordering::SeqCst);
     assert!(
         done <= HELD_AT_MOST,
@@ -808,7 +810,10 @@ async fn requests_cut_off_when_the_grace_period_ends_are_still_audited() {
             })
         })
         .collect();
-    wait_until("every request reached upstream", || upstream.total() == 15).await;
+    wait_until("every request reached upstream", async || {
+        upstream.total() == 15
+    })
+    .await;
 
     let running = gw.running.take().expect("gateway running");
     let gateway = running.gateway().clone();

@@ -44,9 +44,10 @@
 //! | cluster mode: Redis restarts and failover (closed connections, Sentinel, `min_replicas_acked`) | `cluster::failover` |
 //!
 //! `support` holds the fixtures: the fake upstream, the gateway under test with its typed config,
-//! a client, a raw HTTP/1.1 connection, the one `/metrics` reader, and an OTLP collector.
+//! a client (with the one `bearer()`, `x_cache()` and `version()`), a raw HTTP/1.1 connection, the
+//! one `/metrics` reader, the one `wait_until` (no test sleeps in place of an event it can wait
+//! for), Redis servers and Sentinels for cluster mode, and an OTLP collector.
 
-#[allow(dead_code, unused_imports)]
 mod support;
 
 mod audit;

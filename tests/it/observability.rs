@@ -8,41 +8,22 @@ use serde_json::json;
 
 use crate::support::*;
 
-async fn scrape(admin: &Client) -> String {
-    let r = admin.send(Method::GET, "/metrics", &[], "").await;
-    assert_eq!(r.status, 200);
-    String::from_utf8(r.body.to_vec()).unwrap()
-}
-
-/// The value of one series (`name{labels}`, exactly as exposed), if it is exposed.
-fn series(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name} has a non-numeric value {v:?}"))
-        })
-}
-
 const DURATION: &str = "dialnexa_gateway_request_duration_seconds";
+const DURATION_COUNT: &str = "dialnexa_gateway_request_duration_seconds_count";
 
-fn answers(text: &str, class: &str, cache: &str) -> f64 {
-    let name = format!(r#"{DURATION}_count{{route_class="{class}",cache="{cache}"}}"#);
-    series(text, &name).unwrap_or_else(|| panic!("no {name} in\n{text}"))
+fn answers(m: &Metrics, class: &str, cache: &str) -> f64 {
+    m.value(DURATION_COUNT, &[("route_class", class), ("cache", cache)])
 }
 
-fn upstream_answers(text: &str, org: &str, class: &str) -> f64 {
-    let name = format!(
-        r#"dialnexa_gateway_upstream_responses_total{{org="{org}",status_class="{class}"}}"#
-    );
-    series(text, &name).unwrap_or_else(|| panic!("no {name} in\n{text}"))
+fn upstream_answers(m: &Metrics, org: &str, class: &str) -> f64 {
+    let labels = [("org", org), ("status_class", class)];
+    m.value("dialnexa_gateway_upstream_responses_total", &labels)
 }
 
-fn quota(text: &str, which: &str, org: &str) -> Option<f64> {
-    series(
-        text,
-        &format!(r#"dialnexa_gateway_upstream_ratelimit_{which}{{org="{org}"}}"#),
+fn quota(m: &Metrics, which: &str, org: &str) -> Option<f64> {
+    m.sample(
+        &format!("dialnexa_gateway_upstream_ratelimit_{which}"),
+        &[("org", org)],
     )
 }
 
@@ -65,19 +46,10 @@ async fn answer_times_are_counted_by_route_class_and_cache_outcome() {
         assert_eq!(answers(&before, class, cache), 0.0, "{class} {cache}");
     }
 
-    assert_eq!(
-        c.get("/v1/agents2/d1", BILLING).await.header("x-cache"),
-        Some("MISS")
-    );
-    assert_eq!(
-        c.get("/v1/agents2/d1", BILLING).await.header("x-cache"),
-        Some("HIT")
-    );
-    assert_eq!(
-        c.get("/v1/agents2/d1", SUPPORT).await.header("x-cache"),
-        Some("HIT")
-    );
-    let auth = format!("Bearer {BILLING}");
+    assert_eq!(c.get("/v1/agents2/d1", BILLING).await.x_cache(), "MISS");
+    assert_eq!(c.get("/v1/agents2/d1", BILLING).await.x_cache(), "HIT");
+    assert_eq!(c.get("/v1/agents2/d1", SUPPORT).await.x_cache(), "HIT");
+    let auth = bearer(BILLING);
     let bypass = c
         .send(
             Method::GET,
@@ -86,7 +58,7 @@ async fn answer_times_are_counted_by_route_class_and_cache_outcome() {
             "",
         )
         .await;
-    assert_eq!(bypass.header("x-cache"), Some("BYPASS"));
+    assert_eq!(bypass.x_cache(), "BYPASS");
     // Refused before the cache step: an agent read with no cache outcome.
     assert_eq!(c.get("/v1/agents2/d1", "not-a-team-key").await.status, 401);
     assert_eq!(c.get("/v1/calls", BILLING).await.status, 200);
@@ -109,35 +81,30 @@ async fn answer_times_are_counted_by_route_class_and_cache_outcome() {
 
     // The write's time is upstream's delay and more: above the 0.1 s bound, within +Inf.
     let bucket = |le: &str| {
-        let name = format!(r#"{DURATION}_bucket{{le="{le}",route_class="write",cache="none"}}"#);
-        series(&after, &name).unwrap_or_else(|| panic!("no {name}"))
+        let labels = [("le", le), ("route_class", "write"), ("cache", "none")];
+        after.value(&format!("{DURATION}_bucket"), &labels)
     };
     assert_eq!(bucket("0.1"), 0.0, "{after}");
     assert_eq!(bucket("+Inf"), 1.0);
-    let write_sum = series(
-        &after,
-        &format!(r#"{DURATION}_sum{{route_class="write",cache="none"}}"#),
-    )
-    .unwrap_or(0.0);
+    let write_sum = after
+        .sample(
+            &format!("{DURATION}_sum"),
+            &[("route_class", "write"), ("cache", "none")],
+        )
+        .unwrap_or(0.0);
     assert!((0.12..30.0).contains(&write_sum), "{write_sum}");
     // Admin actions and probes are not API answers.
     let purge = admin
         .send(
             Method::POST,
             "/admin/cache/purge",
-            &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+            &[("authorization", &bearer(ADMIN_TOKEN))],
             "{}",
         )
         .await;
     assert_eq!(purge.status, 200);
     let later = scrape(&admin).await;
-    let total = |text: &str| -> f64 {
-        text.lines()
-            .filter(|l| l.starts_with(&format!("{DURATION}_count{{")))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
-    assert_eq!(total(&later), total(&after));
+    assert_eq!(later.total(DURATION_COUNT), after.total(DURATION_COUNT));
 }
 
 #[tokio::test]
@@ -187,10 +154,7 @@ async fn upstream_answers_and_stated_quota_are_counted_per_org() {
 
     assert_eq!(c.get("/v1/calls", BILLING).await.status, 200);
     // A cache fill is an upstream answer too.
-    assert_eq!(
-        c.get("/v1/agents2/q1", SUPPORT).await.header("x-cache"),
-        Some("MISS")
-    );
+    assert_eq!(c.get("/v1/agents2/q1", SUPPORT).await.x_cache(), "MISS");
     assert_eq!(c.get("/v1/calls/missing", BILLING).await.status, 404);
     assert_eq!(c.get("/v1/calls/broken", BILLING).await.status, 503);
     assert_eq!(c.get("/v1/calls", RIVAL).await.status, 200);
@@ -217,10 +181,7 @@ async fn upstream_answers_and_stated_quota_are_counted_per_org() {
     assert_eq!(delta("globex", "2xx"), 1.0);
     assert_eq!(delta("globex", "429"), 0.0);
     // Cache hits do not reach upstream and are not upstream answers.
-    assert_eq!(
-        c.get("/v1/agents2/q1", SUPPORT).await.header("x-cache"),
-        Some("HIT")
-    );
+    assert_eq!(c.get("/v1/agents2/q1", SUPPORT).await.x_cache(), "HIT");
     let hit = scrape(&admin).await;
     assert_eq!(
         upstream_answers(&hit, "acme", "2xx"),
@@ -231,7 +192,10 @@ async fn upstream_answers_and_stated_quota_are_counted_per_org() {
     gw.rewrite_config(|config| config.team_org("rival", "acme"));
     gw.running().reload().expect("valid config reloads");
     let reloaded = scrape(&admin).await;
-    assert!(!reloaded.contains(r#"org="globex""#), "{reloaded}");
+    assert!(
+        !reloaded.to_string().contains(r#"org="globex""#),
+        "{reloaded}"
+    );
     assert_eq!(quota(&reloaded, "limit", "acme"), Some(1000.0));
 }
 
@@ -242,20 +206,15 @@ async fn build_and_process_figures_are_exposed_under_their_standard_names() {
     let admin = gw.admin_client();
     // Classic text, then OpenMetrics: both name and type them the same way.
     for accept in ["text/plain", "application/openmetrics-text;version=1.0.0"] {
-        let r = admin
-            .send(Method::GET, "/metrics", &[("accept", accept)], "")
-            .await;
-        let text = String::from_utf8(r.body.to_vec()).unwrap();
+        let m = scrape_accepting(&admin, accept).await;
         let version = env!("CARGO_PKG_VERSION");
+        let build = [("version", version)];
         assert_eq!(
-            series(
-                &text,
-                &format!(r#"dialnexa_gateway_build_info{{version="{version}"}}"#)
-            ),
+            m.sample("dialnexa_gateway_build_info", &build),
             Some(1.0),
-            "{text}"
+            "{m}"
         );
-        let value = |name: &str| series(&text, name).unwrap_or_else(|| panic!("no {name}\n{text}"));
+        let value = |name: &str| m.value(name, &[]);
         assert!(value("process_resident_memory_bytes") > 1_000_000.0);
         assert!(value("process_cpu_seconds_total") >= 0.0);
         let (open, max) = (value("process_open_fds"), value("process_max_fds"));
@@ -272,7 +231,7 @@ async fn build_and_process_figures_are_exposed_under_their_standard_names() {
             started <= now + 1.0 && started > now - 7.0 * 86_400.0,
             "{started}"
         );
-        assert!(text.contains("# TYPE process_cpu_seconds"), "{text}");
+        assert!(m.to_string().contains("# TYPE process_cpu_seconds"), "{m}");
     }
 }
 
@@ -318,12 +277,8 @@ async fn dashboard_and_alerts_use_only_series_the_gateway_exposes() {
         .await;
     // One upstream answer, so the series that only exist once upstream has stated a quota do too.
     assert_eq!(gw.client().get("/v1/calls", BILLING).await.status, 200);
-    let text = scrape(&gw.admin_client()).await;
-    let exposed: std::collections::HashSet<&str> = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split(['{', ' ']).next())
-        .collect();
+    let metrics = scrape(&gw.admin_client()).await;
+    let exposed = metrics.names();
 
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/observability");
     let mut used = Vec::new();
@@ -340,12 +295,9 @@ async fn dashboard_and_alerts_use_only_series_the_gateway_exposes() {
     ] {
         assert!(used.iter().any(|(_, n)| n == must), "{must} is not used");
     }
-    let unknown: Vec<_> = used
-        .iter()
-        .filter(|(_, n)| !exposed.contains(n.as_str()))
-        .collect();
+    let unknown: Vec<_> = used.iter().filter(|(_, n)| !exposed.contains(n)).collect();
     assert!(
         unknown.is_empty(),
-        "names the gateway does not expose: {unknown:?}\n{text}"
+        "names the gateway does not expose: {unknown:?}\n{metrics}"
     );
 }

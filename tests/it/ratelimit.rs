@@ -50,21 +50,6 @@ fn assert_quota_headers(r: &TestResponse, limit: u32, per_minute: u32, remaining
     reset
 }
 
-/// POST of `{}` with `Authorization: Bearer <key>`.
-async fn post_json(c: &Client, path: &str, key: &str) -> TestResponse {
-    let auth = format!("Bearer {key}");
-    c.send(
-        Method::POST,
-        path,
-        &[
-            ("authorization", auth.as_str()),
-            ("content-type", "application/json"),
-        ],
-        Bytes::from_static(b"{}"),
-    )
-    .await
-}
-
 fn assert_rate_limited(r: &TestResponse) -> u64 {
     assert_eq!(r.status, 429);
     let body = r.json();
@@ -84,10 +69,7 @@ async fn burst_of_three_allows_exactly_three_then_429_and_forwards_nothing_more(
     let (upstream, gw) = setup_with(|config| config.team_quota("billing", SLOW, 3)).await;
     let c = gw.client();
     // Warm the agent through another team of the same org, so the quota under test is untouched.
-    assert_eq!(
-        c.get("/v1/agents2/a1", SUPPORT).await.header("x-cache"),
-        Some("MISS")
-    );
+    assert_eq!(c.get("/v1/agents2/a1", SUPPORT).await.x_cache(), "MISS");
     assert_eq!(upstream.total(), 1);
 
     let answers = join_all(
@@ -114,7 +96,7 @@ async fn burst_of_three_allows_exactly_three_then_429_and_forwards_nothing_more(
     assert_eq!(upstream.count(&Method::PATCH, "/"), 0);
     assert_eq!(upstream.total(), 4);
     let again = c.get("/v1/agents2/a1", SUPPORT).await;
-    assert_eq!(again.header("x-cache"), Some("HIT"));
+    assert_eq!(again.x_cache(), "HIT");
     assert_eq!(again.json()["version"], 1);
     assert_eq!(upstream.total(), 4);
 }
@@ -212,7 +194,7 @@ async fn a_write_the_general_quota_refuses_keeps_its_write_cell() {
     .await;
     let c = gw.client();
     assert_eq!(c.get("/v1/calls", BILLING).await.status, 200);
-    let refused = post_json(&c, "/v1/calls", BILLING).await;
+    let refused = c.write(Method::POST, "/v1/calls", BILLING, "{}").await;
     assert_eq!(assert_rate_limited(&refused), 1);
     // The answer describes the quota that refused it, the general one.
     let reset = seconds(&refused, "ratelimit-reset");
@@ -224,7 +206,7 @@ async fn a_write_the_general_quota_refuses_keeps_its_write_cell() {
     assert_eq!(upstream.count(&Method::POST, "/v1/calls"), 0);
 
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let allowed = post_json(&c, "/v1/calls", BILLING).await;
+    let allowed = c.write(Method::POST, "/v1/calls", BILLING, "{}").await;
     assert_eq!(
         allowed.status, 200,
         "the refused write spent the write cell"
@@ -270,12 +252,12 @@ async fn every_answer_to_an_identified_team_carries_its_quota_and_401_does_not()
     // Forwarded miss, then a cache hit, then upstream's own 404: the count goes down 2, 1, 0 and
     // the bucket is full again one 10 s interval per spent request later.
     let miss = c.get("/v1/agents2/a1", BILLING).await;
-    assert_eq!(miss.header("x-cache"), Some("MISS"));
+    assert_eq!(miss.x_cache(), "MISS");
     assert_eq!(assert_quota_headers(&miss, 3, 6, 2), 10);
     assert_eq!(miss.header("x-ratelimit-remaining"), Some("998"));
 
     let hit = c.get("/v1/agents2/a1", BILLING).await;
-    assert_eq!(hit.header("x-cache"), Some("HIT"));
+    assert_eq!(hit.x_cache(), "HIT");
     assert_eq!(assert_quota_headers(&hit, 3, 6, 1), 20);
     // Upstream's quota headers belong to the answer they came with, not to the cached entry.
     assert_eq!(hit.header("x-ratelimit-remaining"), None);

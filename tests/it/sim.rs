@@ -34,7 +34,7 @@ async fn sim() -> (SimHandle, Client) {
 }
 
 async fn call(c: &Client, method: Method, path: &str, body: Option<Value>) -> TestResponse {
-    let auth = format!("Bearer {KEY}");
+    let auth = bearer(KEY);
     let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
     let headers = [
         ("authorization", auth.as_str()),
@@ -211,7 +211,7 @@ async fn sim_patch_with_a_bad_value_is_400_naming_the_field_and_changes_nothing(
         .send(
             Method::PATCH,
             &path,
-            &[("authorization", &format!("Bearer {KEY}"))],
+            &[("authorization", &bearer(KEY))],
             "{not json",
         )
         .await;
@@ -442,13 +442,13 @@ async fn gateway_in_front_of_the_sim_shows_a_patch_on_the_next_get() {
     let path = format!("/v1/agents2/{AGENT}");
     let first = c.get(&path, BILLING).await;
     assert_eq!(first.status, 200);
-    assert_eq!(first.header("x-cache"), Some("MISS"));
+    assert_eq!(first.x_cache(), "MISS");
     assert!(
         first.header("x-ratelimit-limit").is_some(),
         "the sim's quota passes through"
     );
     let hit = c.get(&path, BILLING).await;
-    assert_eq!(hit.header("x-cache"), Some("HIT"));
+    assert_eq!(hit.x_cache(), "HIT");
     assert_eq!(hit.json(), first.json());
 
     let changed = c
@@ -460,7 +460,7 @@ async fn gateway_in_front_of_the_sim_shows_a_patch_on_the_next_get() {
         .await;
     assert_eq!(changed.status, 200);
     let after = c.get(&path, SUPPORT).await;
-    assert_eq!(after.header("x-cache"), Some("MISS"));
+    assert_eq!(after.x_cache(), "MISS");
     assert_eq!(after.json(), changed.json());
     assert_eq!(after.json()["pipeline_type"], "Speech_To_Speech");
     assert_eq!(
@@ -531,7 +531,7 @@ async fn sim_subcommand_prints_its_url_and_key_and_stops_on_sigterm() {
         .parse()
         .unwrap();
     let c = Client::new(addr);
-    let auth = format!("Bearer {key}");
+    let auth = bearer(&key);
     let r = c
         .send(
             Method::GET,
@@ -549,15 +549,13 @@ async fn sim_subcommand_prints_its_url_and_key_and_stops_on_sigterm() {
         .status()
         .unwrap();
     assert!(killed.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "sim did not stop on SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(status.code(), Some(0));
+    let mut status = None;
+    wait_until("sim stops on SIGTERM", async || {
+        status = child.0.try_wait().unwrap();
+        status.is_some()
+    })
+    .await;
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
 }
 
 /// A child process killed when the test ends, whatever happened to it.
@@ -641,8 +639,8 @@ async fn demo_prints_commands_for_the_seeds_fields_and_they_answer_as_described(
     }
     let c = Client::new(api);
     let path = format!("/v1/agents2/{AGENT}");
-    assert_eq!(c.get(&path, team_key).await.header("x-cache"), Some("MISS"));
-    assert_eq!(c.get(&path, team_key).await.header("x-cache"), Some("HIT"));
+    assert_eq!(c.get(&path, team_key).await.x_cache(), "MISS");
+    assert_eq!(c.get(&path, team_key).await.x_cache(), "HIT");
     let switched = c.patch(&path, team_key, pipeline).await;
     assert_eq!(switched.status, 200);
     assert_eq!(switched.json()["pipeline_type"], "Speech_To_Speech");
@@ -657,7 +655,7 @@ async fn demo_prints_commands_for_the_seeds_fields_and_they_answer_as_described(
         .unwrap()
         .starts_with("pipeline_type must be one of"));
     let after = c.get(&path, team_key).await;
-    assert_eq!(after.header("x-cache"), Some("MISS"));
+    assert_eq!(after.x_cache(), "MISS");
     assert_eq!(after.json(), merged);
 
     // The org budget's commands: batch floods and is refused past its part, demo is served.
@@ -683,7 +681,7 @@ async fn demo_prints_commands_for_the_seeds_fields_and_they_answer_as_described(
 #[tokio::test]
 async fn sim_refuses_an_oversized_body_with_413_and_stops_when_its_handle_drops() {
     let (sim, c) = sim().await;
-    let auth = format!("Bearer {KEY}");
+    let auth = bearer(KEY);
     let huge = Bytes::from(vec![b' '; 2 * 1024 * 1024 + 1]);
     let r = c
         .send(
@@ -699,7 +697,7 @@ async fn sim_refuses_an_oversized_body_with_413_and_stops_when_its_handle_drops(
 
     let addr = sim.addr;
     drop(sim);
-    wait_until("the simulator stops accepting", || {
+    wait_until("the simulator stops accepting", async || {
         std::net::TcpStream::connect(addr).is_err()
     })
     .await;

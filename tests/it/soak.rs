@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::cluster::wait_for_readyz;
 use crate::support::*;
 
 const AGENTS: usize = 200;
@@ -28,10 +29,6 @@ fn rss_kib(pid: &str) -> u64 {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap()
-}
-
-fn version(r: &TestResponse) -> u64 {
-    r.json()["version"].as_u64().expect("version in body")
 }
 
 /// What a soak counted.
@@ -85,14 +82,14 @@ async fn run_mix(clients: Vec<Client>, seconds: u64, rss: impl Fn() -> Vec<u64>)
                         errors.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    acked[agent].fetch_max(version(&r), Ordering::SeqCst);
+                    acked[agent].fetch_max(r.version(), Ordering::SeqCst);
                 } else {
                     // Anything acknowledged before this GET was sent must be visible in its answer.
                     let floor = acked[agent].load(Ordering::SeqCst);
                     let r = c.get(&path, SUPPORT).await;
                     if r.status != 200 {
                         errors.fetch_add(1, Ordering::Relaxed);
-                    } else if version(&r) < floor {
+                    } else if r.version() < floor {
                         stale.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -192,19 +189,7 @@ async fn soak_two_replicas_in_cluster_mode_have_no_errors_no_stale_reads_and_fla
     }
     // Both connected before the mix starts (a replica without Redis refuses agent writes).
     for r in &replicas {
-        let admin = r.admin_client();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let ready = admin.send(http::Method::GET, "/readyz", &[], "").await;
-            if String::from_utf8_lossy(&ready.body).contains("cluster: connected") {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "replica never connected to Redis"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for_readyz(&r.admin_client(), "cluster: connected").await;
     }
     let clients = replicas.iter().map(|r| r.client()).collect();
     let pids: Vec<String> = replicas.iter().map(|r| r.child.id().to_string()).collect();

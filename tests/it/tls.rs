@@ -70,9 +70,9 @@ async fn a_tls_upstream_signed_by_a_system_ca_is_reached_over_http2() {
     let miss = c.get("/v1/agents2/t1", BILLING).await;
     assert_eq!(miss.status, 200);
     assert_eq!(miss.json()["id"], "t1");
-    assert_eq!(miss.header("x-cache"), Some("MISS"));
+    assert_eq!(miss.x_cache(), "MISS");
     let hit = c.get("/v1/agents2/t1", BILLING).await;
-    assert_eq!((hit.status, hit.header("x-cache")), (200, Some("HIT")));
+    assert_eq!((hit.status, hit.x_cache()), (200, "HIT"));
     let forwarded = c.get("/v1/calls", BILLING).await;
     assert_eq!(forwarded.status, 200);
 
@@ -80,7 +80,7 @@ async fn a_tls_upstream_signed_by_a_system_ca_is_reached_over_http2() {
     assert_eq!(seen.len(), 2, "{seen:?}");
     for r in &seen {
         assert_eq!(r.version, Version::HTTP_2, "ALPN offered h2");
-        assert_eq!(r.headers["authorization"], format!("Bearer {ORG_KEY_ACME}"));
+        assert_eq!(r.headers["authorization"], bearer(ORG_KEY_ACME));
     }
 }
 

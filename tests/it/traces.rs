@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use http::Method;
 use serde_json::Value;
 
-use crate::operations::eventually;
 use crate::support::otlp::{CLIENT, ERROR, INTERNAL, SERVER};
 use crate::support::*;
 
@@ -26,7 +25,7 @@ fn trace_n(n: u8) -> String {
 }
 
 async fn get_traced(c: &Client, path: &str, tp: &str) -> TestResponse {
-    let auth = format!("Bearer {BILLING}");
+    let auth = bearer(BILLING);
     c.send(
         Method::GET,
         path,
@@ -58,7 +57,7 @@ fn audit_for<'a>(lines: &'a [Value], r: &TestResponse) -> &'a Value {
 }
 
 async fn audit_lines(gw: &BinaryGateway, n: usize) -> Vec<Value> {
-    wait_until(&format!("{n} audit lines"), || gw.audit().len() >= n).await;
+    wait_until(&format!("{n} audit lines"), async || gw.audit().len() >= n).await;
     gw.audit()
 }
 
@@ -98,7 +97,7 @@ async fn a_miss_and_a_hit_are_server_spans_in_the_clients_trace_and_upstream_get
     let miss_trace = trace_n(1);
     let hit_trace = trace_n(2);
 
-    let auth = format!("Bearer {BILLING}");
+    let auth = bearer(BILLING);
     let miss = c
         .send(
             Method::GET,
@@ -207,7 +206,7 @@ async fn a_coalesced_fill_is_linked_to_the_request_that_waited_on_it() {
     let c = gw.client();
     let tp = traceparent(&leader_trace, "01");
     let leader = tokio::spawn(async move { get_traced(&c, "/v1/agents2/ag-2", &tp).await });
-    wait_until("the fill reached upstream", || {
+    wait_until("the fill reached upstream", async || {
         upstream.count(&Method::GET, "/v1/agents2/ag-2") == 1
     })
     .await;
@@ -215,7 +214,7 @@ async fn a_coalesced_fill_is_linked_to_the_request_that_waited_on_it() {
     let tp = traceparent(&joiner_trace, "01");
     let joiner = tokio::spawn(async move { get_traced(&c, "/v1/agents2/ag-2", &tp).await });
     let admin = gw.admin_client();
-    eventually("the second request joined the fill", || async {
+    wait_until("the second request joined the fill", async || {
         scrape(&admin)
             .await
             .value("dialnexa_gateway_cache_coalesced_total", &[])
@@ -260,7 +259,7 @@ async fn a_429_a_patch_and_an_upstream_5xx_carry_their_decision_and_status() {
     })
     .await;
     let c = gw.client();
-    let auth = format!("Bearer {BILLING}");
+    let auth = bearer(BILLING);
     let patch = |trace: String| {
         let (c, auth) = (c.clone(), auth.clone());
         async move {
@@ -335,7 +334,7 @@ async fn a_429_a_patch_and_an_upstream_5xx_carry_their_decision_and_status() {
             "/v1/calls",
             &[
                 // Not billing, whose one write is spent.
-                ("authorization", &format!("Bearer {SUPPORT}")),
+                ("authorization", &bearer(SUPPORT)),
                 ("traceparent", &traceparent(&trace_n(13), "01")),
             ],
             "{}",
@@ -467,7 +466,7 @@ async fn without_tracing_the_clients_traceparent_passes_unchanged_and_every_line
             Method::POST,
             "/admin/cache/purge",
             &[
-                ("authorization", &format!("Bearer {ADMIN_TOKEN}")),
+                ("authorization", &bearer(ADMIN_TOKEN)),
                 ("traceparent", &traceparent(&trace_n(11), "00")),
             ],
             r#"{"org":"acme"}"#,
@@ -486,7 +485,7 @@ async fn no_key_token_or_body_value_reaches_the_collector() {
     let collector = OtlpCollector::start().await;
     let gw = traced_gateway(&upstream, &collector, 1.0, |b| b).await;
     let c = gw.client();
-    let auth = format!("Bearer {BILLING}");
+    let auth = bearer(BILLING);
     let body = format!(r#"{{"llm":{{"api_key":"{BODY_SECRET}"}},"name":"n"}}"#);
     let patched = c
         .send(
@@ -516,7 +515,7 @@ async fn no_key_token_or_body_value_reaches_the_collector() {
         .send(
             Method::POST,
             "/admin/cache/purge",
-            &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+            &[("authorization", &bearer(ADMIN_TOKEN))],
             r#"{"org":"acme"}"#,
         )
         .await;
@@ -574,7 +573,7 @@ async fn requests_are_not_held_back(endpoint: &str, counted: impl Fn() -> bool) 
         started.elapsed()
     );
     let admin = gw.admin_client();
-    eventually("dropped spans counted", || async {
+    wait_until("dropped spans counted", async || {
         scrape(&admin).await.value(DROPPED, &[]) > 0.0 && counted()
     })
     .await;
@@ -608,7 +607,7 @@ async fn demo_with_an_otlp_endpoint_traces_every_request() {
         .await;
     assert_eq!(r.status, 200);
     // `demo` samples every request that brings no parent.
-    wait_until("the demo request's server span", || {
+    wait_until("the demo request's server span", async || {
         collector
             .spans()
             .iter()

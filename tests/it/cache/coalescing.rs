@@ -26,9 +26,9 @@ async fn hundred_concurrent_cold_gets_make_one_upstream_request() {
         assert_eq!(a.status, 200);
         assert_eq!(a.body, answers[0].body);
     }
-    assert_eq!(version(&answers[0]), 1);
-    let misses = answers.iter().filter(|a| x_cache(a) == "MISS").count();
-    let hits = answers.iter().filter(|a| x_cache(a) == "HIT").count();
+    assert_eq!(answers[0].version(), 1);
+    let misses = answers.iter().filter(|a| a.x_cache() == "MISS").count();
+    let hits = answers.iter().filter(|a| a.x_cache() == "HIT").count();
     assert_eq!(misses + hits, 100);
     assert!(misses > 1, "the requests did not overlap the fetch");
     // Every miss but the one that fetched waited for that fetch.
@@ -50,12 +50,12 @@ async fn leader_and_waiters(
 ) -> Vec<JoinHandle<TestResponse>> {
     let before = coalesced(gw);
     let mut tasks = vec![spawn_get(&gw.client(), path, BILLING)];
-    wait_until("upstream received the first GET", || {
+    wait_until("upstream received the first GET", async || {
         upstream.count(&Method::GET, path) == 1
     })
     .await;
     tasks.extend((0..waiters).map(|_| spawn_get(&gw.client(), path, BILLING)));
-    wait_until("the others wait for the first one's fetch", || {
+    wait_until("the others wait for the first one's fetch", async || {
         coalesced(gw) - before == waiters as u64
     })
     .await;
@@ -75,14 +75,14 @@ async fn coalesced_waiters_all_get_upstreams_error_from_its_one_request() {
     for a in all_answers(tasks).await {
         assert_eq!(a.status, 500);
         assert_eq!(a.json(), error);
-        assert_eq!(x_cache(&a), "MISS");
+        assert_eq!(a.x_cache(), "MISS");
     }
     assert_eq!(upstream.count(&Method::GET, "/"), 1);
 
     // The error was not stored.
     upstream.heal();
     let r = gw.client().get("/v1/agents2/a1", BILLING).await;
-    assert_eq!((r.status, x_cache(&r)), (200, "MISS"));
+    assert_eq!((r.status, r.x_cache()), (200, "MISS"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,7 +94,7 @@ async fn coalesced_waiters_all_get_502_when_upstream_resets_the_one_request() {
     );
     let tasks = leader_and_waiters(&upstream, &gw, "/v1/agents2/a1", 19).await;
     for a in all_answers(tasks).await {
-        assert_eq!((a.status, x_cache(&a)), (502, "MISS"));
+        assert_eq!((a.status, a.x_cache()), (502, "MISS"));
         assert_eq!(a.json()["code"], "upstream_unreachable");
     }
     // The one fetch, retried once because the connection closed before an answer.
@@ -117,12 +117,12 @@ async fn a_shared_fill_survives_the_client_that_started_it_going_away() {
         )
         .await
         .unwrap();
-    wait_until("upstream received the first GET", || {
+    wait_until("upstream received the first GET", async || {
         upstream.count(&Method::GET, "/") == 1
     })
     .await;
     let waiter = spawn_get(&gw.client(), "/v1/agents2/a1", SUPPORT);
-    wait_until("the second GET waits for the first", || {
+    wait_until("the second GET waits for the first", async || {
         coalesced(&gw) - before == 1
     })
     .await;
@@ -131,14 +131,14 @@ async fn a_shared_fill_survives_the_client_that_started_it_going_away() {
     let late = spawn_get(&gw.client(), "/v1/agents2/a1", BILLING);
 
     for r in all_answers(vec![waiter, late]).await {
-        assert_eq!((r.status, x_cache(&r)), (200, "MISS"));
-        assert_eq!(version(&r), 1);
+        assert_eq!((r.status, r.x_cache()), (200, "MISS"));
+        assert_eq!(r.version(), 1);
     }
     // The fetch belongs to everyone waiting on it, so it ran on without its first client: one
     // upstream request, and its answer was cached.
     assert_eq!(upstream.count(&Method::GET, "/"), 1);
     let r = gw.client().get("/v1/agents2/a1", BILLING).await;
-    assert_eq!(x_cache(&r), "HIT");
+    assert_eq!(r.x_cache(), "HIT");
     let lines = gw.audit_lines(4).await;
     let gone = lines
         .iter()

@@ -9,7 +9,7 @@ async fn repeat_get_is_a_hit_served_without_calling_upstream() {
     let c = gw.client();
     let first = c.get("/v1/agents2/a1", BILLING).await;
     assert_eq!(first.status, 200);
-    assert_eq!(x_cache(&first), "MISS");
+    assert_eq!(first.x_cache(), "MISS");
     let status = first.header("cache-status").unwrap();
     assert!(
         status.starts_with("dialnexa-gateway;") && status.contains("fwd=miss"),
@@ -19,7 +19,7 @@ async fn repeat_get_is_a_hit_served_without_calling_upstream() {
 
     let second = c.get("/v1/agents2/a1", BILLING).await;
     assert_eq!(second.status, 200);
-    assert_eq!(x_cache(&second), "HIT");
+    assert_eq!(second.x_cache(), "HIT");
     assert_eq!(second.body, first.body);
     assert_eq!(second.header("content-type"), Some("application/json"));
     let age: u64 = second
@@ -47,7 +47,7 @@ async fn a_hit_carries_this_requests_id_and_quota_but_not_upstreams_rate_limit_h
         &[("x-request-id", "req-first")],
     )
     .await;
-    assert_eq!(x_cache(&miss), "MISS");
+    assert_eq!(miss.x_cache(), "MISS");
     assert_eq!(miss.header("x-request-id"), Some("req-first"));
     assert_eq!(miss.header("ratelimit-remaining"), Some("9"));
     // Upstream's own quota passes through on the answer that came from upstream...
@@ -60,7 +60,7 @@ async fn a_hit_carries_this_requests_id_and_quota_but_not_upstreams_rate_limit_h
         &[("x-request-id", "req-second")],
     )
     .await;
-    assert_eq!(x_cache(&hit), "HIT");
+    assert_eq!(hit.x_cache(), "HIT");
     assert_eq!(hit.header("x-request-id"), Some("req-second"));
     assert_eq!(hit.header("ratelimit-limit"), Some("10"));
     assert_eq!(hit.header("ratelimit-remaining"), Some("8"));
@@ -74,7 +74,7 @@ async fn a_hit_carries_this_requests_id_and_quota_but_not_upstreams_rate_limit_h
     // Generated ids are per request too.
     let a = c.get("/v1/agents2/a1", BILLING).await;
     let b = c.get("/v1/agents2/a1", BILLING).await;
-    assert_eq!((x_cache(&a), x_cache(&b)), ("HIT", "HIT"));
+    assert_eq!((a.x_cache(), b.x_cache()), ("HIT", "HIT"));
     let (ida, idb) = (a.header("x-request-id"), b.header("x-request-id"));
     assert!(ida.is_some() && ida != idb && ida != Some("req-second"));
     assert_eq!(upstream.count(&Method::GET, "/v1/agents2/a1"), 1);
@@ -87,15 +87,15 @@ async fn teams_of_one_org_share_entries_and_other_orgs_never_do() {
     let (upstream, gw) = setup().await;
     let c = gw.client();
     let filled = c.get("/v1/agents2/a1", BILLING).await;
-    assert_eq!(x_cache(&filled), "MISS");
+    assert_eq!(filled.x_cache(), "MISS");
     let shared = c.get("/v1/agents2/a1", SUPPORT).await;
-    assert_eq!(x_cache(&shared), "HIT");
+    assert_eq!(shared.x_cache(), "HIT");
     assert_eq!(shared.body, filled.body);
     assert_eq!(upstream.total(), 1);
 
     let rival = c.get("/v1/agents2/a1", RIVAL).await;
     assert_eq!(rival.status, 200);
-    assert_eq!(x_cache(&rival), "MISS");
+    assert_eq!(rival.x_cache(), "MISS");
     let seen = upstream.requests();
     assert_eq!(seen.len(), 2);
     assert_eq!(
@@ -106,12 +106,12 @@ async fn teams_of_one_org_share_entries_and_other_orgs_never_do() {
         seen[1].headers["authorization"],
         bearer(ORG_KEY_GLOBEX).as_str()
     );
-    assert_eq!(x_cache(&c.get("/v1/agents2/a1", RIVAL).await), "HIT");
+    assert_eq!(c.get("/v1/agents2/a1", RIVAL).await.x_cache(), "HIT");
     assert_eq!(upstream.total(), 2);
 
     // A write by one org drops only that org's entry.
     let r = c.patch("/v1/agents2/a1", RIVAL, r#"{"name":"x"}"#).await;
     assert_eq!(r.status, 200);
-    assert_eq!(x_cache(&c.get("/v1/agents2/a1", SUPPORT).await), "HIT");
-    assert_eq!(x_cache(&c.get("/v1/agents2/a1", RIVAL).await), "MISS");
+    assert_eq!(c.get("/v1/agents2/a1", SUPPORT).await.x_cache(), "HIT");
+    assert_eq!(c.get("/v1/agents2/a1", RIVAL).await.x_cache(), "MISS");
 }

@@ -8,10 +8,10 @@ async fn query_order_and_the_unversioned_path_share_one_entry() {
     let (upstream, gw) = setup().await;
     let c = gw.client();
     let filled = c.get("/v1/agents2/a1?a=1&b=2", BILLING).await;
-    assert_eq!(x_cache(&filled), "MISS");
+    assert_eq!(filled.x_cache(), "MISS");
     for path in ["/v1/agents2/a1?b=2&a=1", "/agents2/a1?a=1&b=2"] {
         let r = c.get(path, BILLING).await;
-        assert_eq!(x_cache(&r), "HIT", "{path}");
+        assert_eq!(r.x_cache(), "HIT", "{path}");
         assert_eq!(r.body, filled.body, "{path}");
     }
     // Other queries are other variants.
@@ -20,7 +20,7 @@ async fn query_order_and_the_unversioned_path_share_one_entry() {
         "/v1/agents2/a1?a=1",
         "/v1/agents2/a1?a=2&b=1",
     ] {
-        assert_eq!(x_cache(&c.get(path, BILLING).await), "MISS", "{path}");
+        assert_eq!(c.get(path, BILLING).await.x_cache(), "MISS", "{path}");
     }
     assert_eq!(upstream.count(&Method::GET, "/v1/agents2/a1"), 4);
 }
@@ -37,30 +37,30 @@ async fn patch_invalidates_every_variant() {
     ];
     for path in variants {
         let r = c.get(path, BILLING).await;
-        assert_eq!((x_cache(&r), version(&r)), ("MISS", 1), "{path}");
+        assert_eq!((r.x_cache(), r.version()), ("MISS", 1), "{path}");
         let r = c.get(path, SUPPORT).await;
-        assert_eq!((x_cache(&r), version(&r)), ("HIT", 1), "{path}");
+        assert_eq!((r.x_cache(), r.version()), ("HIT", 1), "{path}");
     }
     let other = c.get("/v1/agents2/a2", BILLING).await;
-    assert_eq!(x_cache(&other), "MISS");
+    assert_eq!(other.x_cache(), "MISS");
     assert_eq!(upstream.count(&Method::GET, "/v1/agents"), 5);
 
     let r = c.patch("/v1/agents/a1", SUPPORT, r#"{"name":"new"}"#).await;
     assert_eq!(r.status, 200);
-    assert_eq!(version(&r), 2);
+    assert_eq!(r.version(), 2);
 
     for path in variants {
         let r = c.get(path, BILLING).await;
-        assert_eq!((x_cache(&r), version(&r)), ("MISS", 2), "{path}");
+        assert_eq!((r.x_cache(), r.version()), ("MISS", 2), "{path}");
         let r = c.get(path, BILLING).await;
-        assert_eq!((x_cache(&r), version(&r)), ("HIT", 2), "{path}");
+        assert_eq!((r.x_cache(), r.version()), ("HIT", 2), "{path}");
     }
     assert_eq!(upstream.count(&Method::GET, "/v1/agents"), 9);
     // Another agent is untouched.
-    assert_eq!(x_cache(&c.get("/v1/agents2/a2", BILLING).await), "HIT");
+    assert_eq!(c.get("/v1/agents2/a2", BILLING).await.x_cache(), "HIT");
 
     // The write's audit line counts the variants it dropped.
-    wait_until("the PATCH is audited", || {
+    wait_until("the PATCH is audited", async || {
         gw.audit().iter().any(|l| l["method"] == "PATCH")
     })
     .await;
@@ -75,26 +75,30 @@ async fn writes_to_sub_resources_deletes_and_legacy_paths_invalidate() {
     let c = gw.client();
     for path in ["/v1/agents2/a1", "/v1/agents/a1"] {
         c.get(path, BILLING).await;
-        assert_eq!(x_cache(&c.get(path, BILLING).await), "HIT", "{path}");
+        assert_eq!(c.get(path, BILLING).await.x_cache(), "HIT", "{path}");
     }
 
-    let r = send_write(&c, Method::POST, "/v1/agents2/a1/publish", BILLING).await;
+    let r = c
+        .write(Method::POST, "/v1/agents2/a1/publish", BILLING, "{}")
+        .await;
     assert_eq!(r.status, 200);
     for path in ["/v1/agents2/a1", "/v1/agents/a1"] {
         let r = c.get(path, BILLING).await;
-        assert_eq!((x_cache(&r), version(&r)), ("MISS", 2), "{path}");
+        assert_eq!((r.x_cache(), r.version()), ("MISS", 2), "{path}");
     }
 
-    let r = send_write(&c, Method::DELETE, "/v1/agents/a1", BILLING).await;
+    let r = c
+        .write(Method::DELETE, "/v1/agents/a1", BILLING, "{}")
+        .await;
     assert_eq!(r.status, 200);
     let r = c.get("/v1/agents2/a1", BILLING).await;
-    assert_eq!((x_cache(&r), version(&r)), ("MISS", 3));
+    assert_eq!((r.x_cache(), r.version()), ("MISS", 3));
 
     // The SDK's unversioned write drops what the versioned reads cached.
     let r = c.patch("/agents2/a1", BILLING, r#"{"name":"n"}"#).await;
     assert_eq!(r.status, 200);
     let r = c.get("/v1/agents2/a1", BILLING).await;
-    assert_eq!((x_cache(&r), version(&r)), ("MISS", 4));
+    assert_eq!((r.x_cache(), r.version()), ("MISS", 4));
     assert_eq!(upstream.count(&Method::GET, "/v1/agents2/a1"), 4);
 }
 
@@ -120,20 +124,20 @@ async fn write_that_upstream_fails_or_times_out_still_invalidates_both_times() {
     ];
     for (n, (reply, status)) in failures.into_iter().enumerate() {
         c.get("/v1/agents2/a1", BILLING).await;
-        assert_eq!(x_cache(&c.get("/v1/agents2/a1", BILLING).await), "HIT");
+        assert_eq!(c.get("/v1/agents2/a1", BILLING).await.x_cache(), "HIT");
         upstream.fail(Method::PATCH, reply);
         let patch = {
             let c = c.clone();
             tokio::spawn(async move { c.patch("/v1/agents2/a1", BILLING, "{}").await })
         };
-        wait_until("upstream received the PATCH", || {
+        wait_until("upstream received the PATCH", async || {
             upstream.count(&Method::PATCH, "/") == n + 1
         })
         .await;
         // Dropped when the write was sent, then filled again while it is in flight...
         let during = c.get("/v1/agents2/a1", SUPPORT).await;
-        assert_eq!(x_cache(&during), "MISS", "PATCH answered {status}");
-        assert_eq!(x_cache(&c.get("/v1/agents2/a1", SUPPORT).await), "HIT");
+        assert_eq!(during.x_cache(), "MISS", "PATCH answered {status}");
+        assert_eq!(c.get("/v1/agents2/a1", SUPPORT).await.x_cache(), "HIT");
         assert!(
             !patch.is_finished(),
             "precondition: the PATCH is still in flight"
@@ -143,7 +147,7 @@ async fn write_that_upstream_fails_or_times_out_still_invalidates_both_times() {
         // ...and dropped again when the write failed.
         let before = gets();
         let r = c.get("/v1/agents2/a1", BILLING).await;
-        assert_eq!(x_cache(&r), "MISS", "after a PATCH answered {status}");
+        assert_eq!(r.x_cache(), "MISS", "after a PATCH answered {status}");
         assert_eq!(gets(), before + 1);
         // A write is never retried, even on a reset connection.
         assert_eq!(upstream.count(&Method::PATCH, "/"), n + 1);
@@ -166,12 +170,12 @@ async fn refused_writes_invalidate_nothing() {
         200
     );
     let filled = c.get("/v1/agents2/a1", BILLING).await;
-    assert_eq!(x_cache(&filled), "MISS");
+    assert_eq!(filled.x_cache(), "MISS");
 
     let refusals = [
         (c.patch("/v1/agents2/a1", VIEWER, "{}").await.status, 403),
         (
-            send_write(&c, Method::DELETE, "/v1/agents/a1", VIEWER)
+            c.write(Method::DELETE, "/v1/agents/a1", VIEWER, "{}")
                 .await
                 .status,
             403,
@@ -204,7 +208,7 @@ async fn refused_writes_invalidate_nothing() {
     assert_eq!(raw_status(gw.api, raw.as_bytes()).await, 400);
 
     let r = c.get("/v1/agents2/a1", BILLING).await;
-    assert_eq!(x_cache(&r), "HIT");
+    assert_eq!(r.x_cache(), "HIT");
     assert_eq!(r.body, filled.body);
     assert_eq!(upstream.count(&Method::GET, "/v1/agents2/a1"), 1);
     assert_eq!(upstream.count(&Method::PATCH, "/v1/agents2/a1"), 0);
@@ -218,22 +222,22 @@ async fn a_read_that_fills_while_a_write_is_in_flight_is_dropped_when_the_write_
     upstream.set_delay(Method::PATCH, Duration::from_secs(1));
     let c = gw.client();
     assert_eq!(fetch_no(&c.get("/v1/agents2/a1", BILLING).await), 1);
-    assert_eq!(x_cache(&c.get("/v1/agents2/a1", BILLING).await), "HIT");
+    assert_eq!(c.get("/v1/agents2/a1", BILLING).await.x_cache(), "HIT");
 
     let patch = {
         let c = c.clone();
         tokio::spawn(async move { c.patch("/v1/agents2/a1", BILLING, "{}").await })
     };
-    wait_until("upstream received the PATCH", || {
+    wait_until("upstream received the PATCH", async || {
         upstream.count(&Method::PATCH, "/v1/agents2/a1") == 1
     })
     .await;
     // Dropped as the write was sent...
     let during = c.get("/v1/agents2/a1", SUPPORT).await;
-    assert_eq!((x_cache(&during), fetch_no(&during)), ("MISS", 2));
+    assert_eq!((during.x_cache(), fetch_no(&during)), ("MISS", 2));
     // ...and this read, answered before upstream applied the write, filled the cache again.
     let again = c.get("/v1/agents2/a1", SUPPORT).await;
-    assert_eq!((x_cache(&again), fetch_no(&again)), ("HIT", 2));
+    assert_eq!((again.x_cache(), fetch_no(&again)), ("HIT", 2));
     assert!(
         !patch.is_finished(),
         "precondition: the PATCH is still in flight"
@@ -241,12 +245,13 @@ async fn a_read_that_fills_while_a_write_is_in_flight_is_dropped_when_the_write_
 
     assert_eq!(patch.await.unwrap().status, 200);
     let after = c.get("/v1/agents2/a1", BILLING).await;
-    assert_eq!((x_cache(&after), fetch_no(&after)), ("MISS", 3));
+    assert_eq!((after.x_cache(), fetch_no(&after)), ("MISS", 3));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_whose_client_went_away_still_invalidates_when_upstream_answers() {
-    let (upstream, gw) = setup().await;
+    // Two connections: the reads' and the write's, until the write's client leaves.
+    let (upstream, gw) = setup_with(|config| config.max_connections(2)).await;
     number_fetches(&upstream);
     upstream.set_delay(Method::PATCH, Duration::from_millis(1500));
     let c = gw.client();
@@ -263,23 +268,24 @@ async fn a_write_whose_client_went_away_still_invalidates_when_upstream_answers(
         )
         .await
         .unwrap();
-    wait_until("upstream received the PATCH", || {
+    wait_until("upstream received the PATCH", async || {
         upstream.count(&Method::PATCH, "/v1/agents2/a1") == 1
     })
     .await;
     drop(writer);
-    // The write does not depend on its client any more; the pause only gives a gateway that tied
-    // them together (and invalidated a second time on the disconnect) the time to do so.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The write does not depend on its client any more. The next read comes on a connection of
+    // its own, which `max_connections = 2` lets in only once the gateway has closed the writer's:
+    // a gateway that tied the write to its client (and invalidated a second time on the
+    // disconnect) has done so by then.
+    let during = gw.client().get("/v1/agents2/a1", SUPPORT).await;
 
-    // Upstream is still working on the write; a read now fills the cache with what it had before.
-    let during = c.get("/v1/agents2/a1", SUPPORT).await;
-    assert_eq!((x_cache(&during), fetch_no(&during)), ("MISS", 2));
-    assert_eq!(x_cache(&c.get("/v1/agents2/a1", SUPPORT).await), "HIT");
+    // Upstream is still working on the write; that read filled the cache with what it had before.
+    assert_eq!((during.x_cache(), fetch_no(&during)), ("MISS", 2));
+    assert_eq!(c.get("/v1/agents2/a1", SUPPORT).await.x_cache(), "HIT");
 
     // When upstream answers the write, that read is dropped although nobody waits for the answer,
     // and the audit line says what upstream did with the write its client never saw answered.
-    wait_until("the abandoned PATCH is audited", || {
+    wait_until("the abandoned PATCH is audited", async || {
         gw.audit().iter().any(|l| l["method"] == "PATCH")
     })
     .await;
@@ -290,31 +296,35 @@ async fn a_write_whose_client_went_away_still_invalidates_when_upstream_answers(
     // The entry of the first read (as the write was sent) and of the read in between (on the answer).
     assert_eq!(line["invalidated"], 2);
     let after = c.get("/v1/agents2/a1", BILLING).await;
-    assert_eq!((x_cache(&after), fetch_no(&after)), ("MISS", 3));
+    assert_eq!((after.x_cache(), fetch_no(&after)), ("MISS", 3));
 }
 
 #[tokio::test]
 async fn spellings_of_one_agent_path_are_one_agent() {
     let (upstream, gw) = setup().await;
     let c = gw.client();
-    assert_eq!(x_cache(&c.get("/v1/agents/abc", BILLING).await), "MISS");
+    assert_eq!(c.get("/v1/agents/abc", BILLING).await.x_cache(), "MISS");
     // Percent-encoded unreserved characters and doubled slashes name the same agent...
     for path in ["/v1/agents/ab%63", "/v1//agents/abc", "/v1/agents//abc"] {
         let r = c.get(path, BILLING).await;
-        assert_eq!((x_cache(&r), version(&r)), ("HIT", 1), "{path}");
+        assert_eq!((r.x_cache(), r.version()), ("HIT", 1), "{path}");
     }
     // ...so writes through them invalidate it, and upstream sees the one canonical path.
-    let r = send_write(&c, Method::PATCH, "/v1/agents/ab%63", BILLING).await;
+    let r = c
+        .write(Method::PATCH, "/v1/agents/ab%63", BILLING, "{}")
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(upstream.requests().last().unwrap().uri, "/v1/agents/abc");
     let r = c.get("/v1/agents//abc", SUPPORT).await;
-    assert_eq!((x_cache(&r), version(&r)), ("MISS", 2));
+    assert_eq!((r.x_cache(), r.version()), ("MISS", 2));
 
     // Family and id are matched without regard to case for invalidation, as upstream routes them.
-    assert_eq!(x_cache(&c.get("/v1/agents/abc", BILLING).await), "HIT");
-    let r = send_write(&c, Method::PATCH, "/v1/Agents/ABC", BILLING).await;
+    assert_eq!(c.get("/v1/agents/abc", BILLING).await.x_cache(), "HIT");
+    let r = c
+        .write(Method::PATCH, "/v1/Agents/ABC", BILLING, "{}")
+        .await;
     assert_eq!(r.status, 200);
-    assert_eq!(x_cache(&c.get("/v1/agents/abc", BILLING).await), "MISS");
+    assert_eq!(c.get("/v1/agents/abc", BILLING).await.x_cache(), "MISS");
     assert_eq!(upstream.count(&Method::GET, "/v1/agents/abc"), 3);
 }
 
@@ -339,9 +349,9 @@ async fn reserved_characters_escaped_or_not_are_one_cache_entry_and_one_invalida
     ] {
         let before = gets();
         let first = c.get(&format!("/v1/agents2/{plain}"), BILLING).await;
-        assert_eq!((x_cache(&first), version(&first)), ("MISS", 1), "{plain}");
+        assert_eq!((first.x_cache(), first.version()), ("MISS", 1), "{plain}");
         let r = c.get(&format!("/v1/agents2/{escaped}"), SUPPORT).await;
-        assert_eq!((x_cache(&r), &r.body), ("HIT", &first.body), "{escaped}");
+        assert_eq!((r.x_cache(), &r.body), ("HIT", &first.body), "{escaped}");
         assert_eq!(
             gets(),
             before + 1,
@@ -349,32 +359,34 @@ async fn reserved_characters_escaped_or_not_are_one_cache_entry_and_one_invalida
         );
 
         // A write under the other spelling drops it, and is forwarded as it was spelt.
-        let r = send_write(
-            &c,
-            Method::PATCH,
-            &format!("/v1/agents2/{escaped}"),
-            BILLING,
-        )
-        .await;
+        let r = c
+            .write(
+                Method::PATCH,
+                &format!("/v1/agents2/{escaped}"),
+                BILLING,
+                "{}",
+            )
+            .await;
         assert_eq!(r.status, 200);
         let sent = upstream.requests().last().unwrap().uri.clone();
         assert_eq!(sent, format!("/v1/agents2/{escaped}").replace("%3b", "%3B"));
         let r = c.get(&format!("/v1/agents2/{plain}"), SUPPORT).await;
-        assert_eq!((x_cache(&r), version(&r)), ("MISS", 2), "{plain}");
+        assert_eq!((r.x_cache(), r.version()), ("MISS", 2), "{plain}");
 
         // And the other way round: a read cached under the escaped spelling, a write under the plain one.
         let r = c.get(&format!("/v1/agents/{escaped}"), BILLING).await;
-        assert_eq!((x_cache(&r), version(&r)), ("MISS", 2), "{escaped}");
-        let r = send_write(
-            &c,
-            Method::PATCH,
-            &format!("/agents/{plain}/versions"),
-            BILLING,
-        )
-        .await;
+        assert_eq!((r.x_cache(), r.version()), ("MISS", 2), "{escaped}");
+        let r = c
+            .write(
+                Method::PATCH,
+                &format!("/agents/{plain}/versions"),
+                BILLING,
+                "{}",
+            )
+            .await;
         assert_eq!(r.status, 200);
         let r = c.get(&format!("/v1/agents/{escaped}"), BILLING).await;
-        assert_eq!((x_cache(&r), version(&r)), ("MISS", 3), "{escaped}");
+        assert_eq!((r.x_cache(), r.version()), ("MISS", 3), "{escaped}");
     }
 }
 
@@ -398,12 +410,12 @@ async fn a_304_or_a_compressed_answer_to_a_fill_is_never_cached_or_replayed() {
     let r = c.get("/v1/agents2/not-modified", BILLING).await;
     assert_eq!(r.status, 502);
     assert_eq!(r.json()["code"], "upstream_invalid_response");
-    assert_eq!(x_cache(&r), "MISS");
+    assert_eq!(r.x_cache(), "MISS");
 
     // Upstream compressed although asked for identity: passed on as sent, never stored.
     for _ in 0..2 {
         let r = c.get("/v1/agents2/gzipped", BILLING).await;
-        assert_eq!((r.status, x_cache(&r)), (200, "MISS"));
+        assert_eq!((r.status, r.x_cache()), (200, "MISS"));
         assert_eq!(r.header("content-encoding"), Some("gzip"));
     }
     assert_eq!(upstream.count(&Method::GET, "/v1/agents2/gzipped"), 2);

@@ -14,7 +14,7 @@ async fn metrics_count_hits_misses_and_invalidations() {
     c.get("/v1/agents2/a1", BILLING).await;
     let filled = gw.metrics().await;
     let r = c.get("/v1/agents2/a1", BILLING).await;
-    assert_eq!(x_cache(&r), "HIT");
+    assert_eq!(r.x_cache(), "HIT");
     let after_hit = gw.metrics().await;
 
     let delta = |a: &Metrics, b: &Metrics, name: &str| b.value(name, &[]) - a.value(name, &[]);
@@ -43,7 +43,7 @@ async fn with_caching_turned_off_agent_reads_say_bypass_and_always_go_upstream()
     for _ in 0..2 {
         let r = c.get("/v1/agents2/a1", BILLING).await;
         assert_eq!(r.status, 200);
-        assert_eq!(r.header("x-cache"), Some("BYPASS"));
+        assert_eq!(r.x_cache(), "BYPASS");
     }
     assert_eq!(upstream.count(&Method::GET, "/v1/agents2/a1"), 2);
     let lines = gw.audit_lines(2).await;

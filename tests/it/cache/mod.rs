@@ -26,10 +26,6 @@ use tokio::task::JoinHandle;
 use crate::support::client::raw_status;
 use crate::support::*;
 
-fn bearer(key: &str) -> String {
-    format!("Bearer {key}")
-}
-
 /// GET with the team key plus `headers`.
 async fn get_with(c: &Client, path: &str, key: &str, headers: &[(&str, &str)]) -> TestResponse {
     let auth = bearer(key);
@@ -42,27 +38,6 @@ async fn get_with(c: &Client, path: &str, key: &str, headers: &[(&str, &str)]) -
 fn spawn_get(c: &Client, path: &str, key: &'static str) -> JoinHandle<TestResponse> {
     let (c, path) = (c.clone(), path.to_owned());
     tokio::spawn(async move { c.get(&path, key).await })
-}
-
-async fn send_write(c: &Client, method: Method, path: &str, key: &str) -> TestResponse {
-    c.send(
-        method,
-        path,
-        &[
-            ("authorization", &bearer(key)),
-            ("content-type", "application/json"),
-        ],
-        Bytes::from_static(b"{}"),
-    )
-    .await
-}
-
-fn x_cache(r: &TestResponse) -> &str {
-    r.x_cache()
-}
-
-fn version(r: &TestResponse) -> u64 {
-    r.version()
 }
 
 /// Makes upstream answer agent GETs `{"fetch": n}`, n counting upstream GETs: which fetch a

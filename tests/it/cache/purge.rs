@@ -24,32 +24,32 @@ async fn admin_purge_by_agent_by_org_or_everything() {
         (&json!(2), &json!("acme"), &json!("a1"))
     );
     for path in ["/v1/agents2/a1", "/v1/agents/a1"] {
-        assert_eq!(x_cache(&c.get(path, BILLING).await), "MISS", "{path}");
+        assert_eq!(c.get(path, BILLING).await.x_cache(), "MISS", "{path}");
     }
-    assert_eq!(x_cache(&c.get("/v1/agents2/a2", BILLING).await), "HIT");
-    assert_eq!(x_cache(&c.get("/v1/agents2/a1", RIVAL).await), "HIT");
+    assert_eq!(c.get("/v1/agents2/a2", BILLING).await.x_cache(), "HIT");
+    assert_eq!(c.get("/v1/agents2/a1", RIVAL).await.x_cache(), "HIT");
 
     // The organisation: acme's three variants, not globex's.
     let r = purge(&gw, Some(&admin), r#"{"org":"acme"}"#).await;
     assert_eq!((r.status, &r.json()["purged"]), (200, &json!(3)));
     for path in acme {
-        assert_eq!(x_cache(&c.get(path, SUPPORT).await), "MISS", "{path}");
+        assert_eq!(c.get(path, SUPPORT).await.x_cache(), "MISS", "{path}");
     }
-    assert_eq!(x_cache(&c.get("/v1/agents2/a1", RIVAL).await), "HIT");
+    assert_eq!(c.get("/v1/agents2/a1", RIVAL).await.x_cache(), "HIT");
 
     // Everything: acme's three again plus globex's one.
     let r = purge(&gw, Some(&admin), "").await;
     assert_eq!((r.status, &r.json()["purged"]), (200, &json!(4)));
-    assert_eq!(x_cache(&c.get("/v1/agents2/a1", RIVAL).await), "MISS");
-    assert_eq!(x_cache(&c.get("/v1/agents2/a2", BILLING).await), "MISS");
+    assert_eq!(c.get("/v1/agents2/a1", RIVAL).await.x_cache(), "MISS");
+    assert_eq!(c.get("/v1/agents2/a2", BILLING).await.x_cache(), "MISS");
 
     // One agent id in every organisation.
     c.get("/v1/agents2/a1", BILLING).await;
     let r = purge(&gw, Some(&admin), r#"{"agent_id":"a1"}"#).await;
     assert_eq!((r.status, &r.json()["purged"]), (200, &json!(2)));
-    assert_eq!(x_cache(&c.get("/v1/agents2/a1", RIVAL).await), "MISS");
-    assert_eq!(x_cache(&c.get("/v1/agents2/a1", BILLING).await), "MISS");
-    assert_eq!(x_cache(&c.get("/v1/agents2/a2", BILLING).await), "HIT");
+    assert_eq!(c.get("/v1/agents2/a1", RIVAL).await.x_cache(), "MISS");
+    assert_eq!(c.get("/v1/agents2/a1", BILLING).await.x_cache(), "MISS");
+    assert_eq!(c.get("/v1/agents2/a2", BILLING).await.x_cache(), "HIT");
 }
 
 /// An empty name is a mistake, not "everything": `400` in the gateway's error shape, nothing
@@ -88,7 +88,7 @@ async fn admin_purge_with_an_empty_org_or_agent_id_is_400_and_purges_nothing() {
         );
         assert!(json["request_id"].is_string());
     }
-    assert_eq!(x_cache(&c.get("/v1/agents2/a1", BILLING).await), "HIT");
+    assert_eq!(c.get("/v1/agents2/a1", BILLING).await.x_cache(), "HIT");
     assert_eq!(upstream.total(), 1);
     let lines = gw.audit_lines(bodies.len() + 2).await;
     let refused: Vec<_> = lines
@@ -119,14 +119,14 @@ async fn purge_drops_a_fill_that_was_in_flight_when_it_ran() {
     ] {
         let path = format!("/v1/agents2/{agent}");
         let read = spawn_get(&c, &path, BILLING);
-        wait_until("upstream received the fill", || {
+        wait_until("upstream received the fill", async || {
             upstream.count(&Method::GET, &path) == 1
         })
         .await;
         assert_eq!(purge(&gw, Some(&admin), scope).await.status, 200);
         assert_eq!(read.await.unwrap().status, 200);
         let r = c.get(&path, BILLING).await;
-        assert_eq!(x_cache(&r), "MISS", "purge {scope:?} let an older fill in");
+        assert_eq!(r.x_cache(), "MISS", "purge {scope:?} let an older fill in");
     }
 }
 
@@ -165,6 +165,6 @@ async fn admin_purge_without_the_admin_token_is_401_and_purges_nothing() {
         )
         .await;
     assert_eq!(r.status, 404);
-    assert_eq!(x_cache(&c.get("/v1/agents2/a1", BILLING).await), "HIT");
+    assert_eq!(c.get("/v1/agents2/a1", BILLING).await.x_cache(), "HIT");
     assert_eq!(upstream.total(), 1);
 }

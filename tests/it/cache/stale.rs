@@ -12,11 +12,6 @@ async fn short_ttl_setup() -> (FakeUpstream, TestGateway) {
     .await
 }
 
-/// Expiry is the behaviour under test and the TTL is whole seconds: wait it out.
-async fn outlive_the_one_second_ttl() {
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-}
-
 #[tokio::test]
 async fn expired_entry_is_served_stale_when_upstream_fails() {
     let (upstream, gw) = short_ttl_setup().await;
@@ -25,10 +20,10 @@ async fn expired_entry_is_served_stale_when_upstream_fails() {
     let mut filled = Vec::new();
     for a in agents {
         let r = c.get(&format!("/v1/agents2/{a}"), BILLING).await;
-        assert_eq!((r.status, x_cache(&r)), (200, "MISS"));
+        assert_eq!((r.status, r.x_cache()), (200, "MISS"));
         filled.push(r.body);
     }
-    outlive_the_one_second_ttl().await;
+    outlive_a_one_second_ttl().await;
 
     let error = json!({"statusCode": 500, "message": "down"});
     let failures = [
@@ -40,7 +35,7 @@ async fn expired_entry_is_served_stale_when_upstream_fails() {
     for ((agent, old), failure) in agents.iter().zip(&filled).zip(failures) {
         upstream.fail(Method::GET, failure);
         let r = c.get(&format!("/v1/agents2/{agent}"), BILLING).await;
-        assert_eq!((r.status, x_cache(&r)), (200, "STALE"), "{agent}");
+        assert_eq!((r.status, r.x_cache()), (200, "STALE"), "{agent}");
         assert!(r.body == *old, "{agent}");
         let age: u64 = r.header("age").unwrap().parse().unwrap();
         assert!(age >= 1, "{agent}: Age {age}");
@@ -54,17 +49,17 @@ async fn expired_entry_is_served_stale_when_upstream_fails() {
         Reply::json(404, json!({"statusCode": 404, "message": "gone"})),
     );
     let r = c.get("/v1/agents2/s404", BILLING).await;
-    assert_eq!((r.status, x_cache(&r)), (404, "MISS"));
+    assert_eq!((r.status, r.x_cache()), (404, "MISS"));
 
     // No copy at all: the failure passes through.
     upstream.fail(Method::GET, Reply::json(500, error.clone()));
     let r = c.get("/v1/agents2/never-cached", BILLING).await;
-    assert_eq!((r.status, x_cache(&r)), (500, "MISS"));
+    assert_eq!((r.status, r.x_cache()), (500, "MISS"));
     assert_eq!(r.json(), error);
     upstream.fail(Method::GET, Reply::reset());
     let r = c.get("/v1/agents2/never-cached", BILLING).await;
     // The gateway's own error still says how the cache took part.
-    assert_eq!((r.status, x_cache(&r)), (502, "MISS"));
+    assert_eq!((r.status, r.x_cache()), (502, "MISS"));
     assert_eq!(r.json()["code"], "upstream_unreachable");
     let status = r.header("cache-status").unwrap();
     assert!(status.contains("detail=upstream_unreachable"), "{status}");
@@ -72,8 +67,8 @@ async fn expired_entry_is_served_stale_when_upstream_fails() {
     // Upstream back: the expired entry is refetched and fresh again.
     upstream.heal();
     let r = c.get("/v1/agents2/s500", BILLING).await;
-    assert_eq!((r.status, x_cache(&r)), (200, "MISS"));
-    assert_eq!(x_cache(&c.get("/v1/agents2/s500", BILLING).await), "HIT");
+    assert_eq!((r.status, r.x_cache()), (200, "MISS"));
+    assert_eq!(c.get("/v1/agents2/s500", BILLING).await.x_cache(), "HIT");
 }
 
 #[tokio::test]
@@ -83,7 +78,7 @@ async fn invalidated_entry_is_never_served_stale() {
     for a in ["kept", "patched", "deleted", "purged"] {
         c.get(&format!("/v1/agents2/{a}"), BILLING).await;
     }
-    outlive_the_one_second_ttl().await;
+    outlive_a_one_second_ttl().await;
 
     upstream.fail(
         Method::PATCH,
@@ -94,7 +89,9 @@ async fn invalidated_entry_is_never_served_stale() {
         500
     );
     upstream.fail(Method::DELETE, Reply::reset());
-    let r = send_write(&c, Method::DELETE, "/v1/agents/deleted", BILLING).await;
+    let r = c
+        .write(Method::DELETE, "/v1/agents/deleted", BILLING, "{}")
+        .await;
     assert_eq!(r.status, 502);
     let r = purge(
         &gw,
@@ -110,15 +107,15 @@ async fn invalidated_entry_is_never_served_stale() {
     );
     // The control: an agent nobody wrote is served stale under the same failure.
     let r = c.get("/v1/agents2/kept", BILLING).await;
-    assert_eq!((r.status, x_cache(&r)), (200, "STALE"));
+    assert_eq!((r.status, r.x_cache()), (200, "STALE"));
     for a in ["patched", "deleted", "purged"] {
         let r = c.get(&format!("/v1/agents2/{a}"), BILLING).await;
-        assert_eq!((r.status, x_cache(&r)), (500, "MISS"), "{a}");
+        assert_eq!((r.status, r.x_cache()), (500, "MISS"), "{a}");
     }
     upstream.fail(Method::GET, Reply::reset());
     for a in ["patched", "deleted", "purged"] {
         let r = c.get(&format!("/v1/agents2/{a}"), BILLING).await;
-        assert_eq!((r.status, x_cache(&r)), (502, "MISS"), "{a}");
+        assert_eq!((r.status, r.x_cache()), (502, "MISS"), "{a}");
     }
 }
 
@@ -127,7 +124,7 @@ async fn entry_invalidated_while_its_refetch_is_failing_is_not_served_stale() {
     let (upstream, gw) = short_ttl_setup().await;
     let c = gw.client();
     c.get("/v1/agents2/a1", BILLING).await;
-    outlive_the_one_second_ttl().await;
+    outlive_a_one_second_ttl().await;
 
     // The refetch of the expired entry is slow to fail; a write lands meanwhile.
     upstream.fail(
@@ -136,11 +133,11 @@ async fn entry_invalidated_while_its_refetch_is_failing_is_not_served_stale() {
             .with_delay(Duration::from_millis(300)),
     );
     let read = spawn_get(&c, "/v1/agents2/a1", SUPPORT);
-    wait_until("upstream received the refetch", || {
+    wait_until("upstream received the refetch", async || {
         upstream.count(&Method::GET, "/") == 2
     })
     .await;
     assert_eq!(c.patch("/v1/agents/a1", BILLING, "{}").await.status, 200);
     let r = read.await.unwrap();
-    assert_eq!((r.status, x_cache(&r)), (500, "MISS"));
+    assert_eq!((r.status, r.x_cache()), (500, "MISS"));
 }

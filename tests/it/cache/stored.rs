@@ -23,10 +23,10 @@ async fn upstream_no_store_and_non_200_answers_are_not_stored_but_private_ones_a
     let c = gw.client();
     for _ in 0..2 {
         let r = c.get("/v1/agents2/nostore", BILLING).await;
-        assert_eq!((r.status, x_cache(&r)), (200, "MISS"));
+        assert_eq!((r.status, r.x_cache()), (200, "MISS"));
         assert_eq!(r.header("cache-control"), Some("no-store"));
         let r = c.get("/v1/agents2/ghost", BILLING).await;
-        assert_eq!((r.status, x_cache(&r)), (404, "MISS"));
+        assert_eq!((r.status, r.x_cache()), (404, "MISS"));
         assert_eq!(r.json()["message"], "agent not found");
     }
     assert_eq!(upstream.count(&Method::GET, "/v1/agents2/nostore"), 2);
@@ -34,9 +34,9 @@ async fn upstream_no_store_and_non_200_answers_are_not_stored_but_private_ones_a
 
     // The cache is per organisation, so `private` does not forbid storing.
     let r = c.get("/v1/agents2/private", BILLING).await;
-    assert_eq!(x_cache(&r), "MISS");
+    assert_eq!(r.x_cache(), "MISS");
     let r = c.get("/v1/agents2/private", SUPPORT).await;
-    assert_eq!(x_cache(&r), "HIT");
+    assert_eq!(r.x_cache(), "HIT");
     assert_eq!(r.json()["id"], "private");
     assert_eq!(upstream.count(&Method::GET, "/v1/agents2/private"), 1);
 }
@@ -64,14 +64,14 @@ async fn bodies_over_max_entry_bytes_pass_through_intact_and_uncached() {
     });
     let c = gw.client();
     let r = c.get("/v1/agents2/at-limit", BILLING).await;
-    assert_eq!((r.body.len(), x_cache(&r)), (2048, "MISS"));
+    assert_eq!((r.body.len(), r.x_cache()), (2048, "MISS"));
     let r = c.get("/v1/agents2/at-limit", BILLING).await;
-    assert_eq!((r.body.len(), x_cache(&r)), (2048, "HIT"));
+    assert_eq!((r.body.len(), r.x_cache()), (2048, "HIT"));
 
     for path in ["/v1/agents2/over", "/v1/agents2/big"] {
         for _ in 0..2 {
             let r = c.get(path, BILLING).await;
-            assert_eq!((r.status, x_cache(&r)), (200, "MISS"), "{path}");
+            assert_eq!((r.status, r.x_cache()), (200, "MISS"), "{path}");
             let want = body_of(if path.ends_with("big") { 200_000 } else { 2049 });
             assert!(r.body == want, "{path}: body altered");
         }
@@ -120,7 +120,7 @@ async fn cache_fills_ask_upstream_for_identity_and_a_plain_get_never_gets_304() 
             .await
         })
     };
-    wait_until("upstream received the fill", || upstream.total() == 1).await;
+    wait_until("upstream received the fill", async || upstream.total() == 1).await;
     let plain = get_with(
         &c,
         "/v1/agents2/a1",
@@ -136,7 +136,7 @@ async fn cache_fills_ask_upstream_for_identity_and_a_plain_get_never_gets_304() 
     for r in [&plain, &conditional] {
         assert_eq!(r.status, 200);
         assert!(r.header("content-encoding").is_none());
-        assert_eq!(version(r), 1);
+        assert_eq!(r.version(), 1);
     }
     let r = get_with(
         &c,
@@ -145,6 +145,6 @@ async fn cache_fills_ask_upstream_for_identity_and_a_plain_get_never_gets_304() 
         &[("accept-encoding", "gzip, deflate")],
     )
     .await;
-    assert_eq!((r.status, x_cache(&r), version(&r)), (200, "HIT", 1));
+    assert_eq!((r.status, r.x_cache(), r.version()), (200, "HIT", 1));
     assert_eq!(upstream.total(), 1);
 }

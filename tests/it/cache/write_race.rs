@@ -20,19 +20,19 @@ async fn get_racing_a_patch_never_returns_the_old_version_once_the_patch_is_answ
         let family = if i % 2 == 0 { "agents2" } else { "agents" };
         let held = upstream.hold_next(Method::GET);
         let slow = spawn_get(&c, &path, BILLING);
-        wait_until("upstream received the cold GET", || {
+        wait_until("upstream received the cold GET", async || {
             upstream.count(&Method::GET, &path) == 1
         })
         .await;
         let patched = c
             .patch(&format!("/v1/{family}/race-{i:03}"), SUPPORT, "{}")
             .await;
-        assert_eq!((patched.status, version(&patched)), (200, 2));
+        assert_eq!((patched.status, patched.version()), (200, 2));
         // The read that began before the write may answer the old version...
         held.release();
         let slow = slow.await.unwrap();
         assert_eq!(
-            version(&slow),
+            slow.version(),
             1,
             "iteration {i}: {} {:?} {:?}",
             slow.status,
@@ -42,14 +42,14 @@ async fn get_racing_a_patch_never_returns_the_old_version_once_the_patch_is_answ
         // ...but nothing after the write's answer may.
         let after = c.get(&path, BILLING).await;
         assert_eq!(
-            (x_cache(&after), version(&after)),
+            (after.x_cache(), after.version()),
             ("MISS", 2),
             "iteration {i}"
         );
         assert_eq!(upstream.count(&Method::GET, &path), 2, "iteration {i}");
         let cached = c.get(&path, SUPPORT).await;
         assert_eq!(
-            (x_cache(&cached), version(&cached)),
+            (cached.x_cache(), cached.version()),
             ("HIT", 2),
             "iteration {i}"
         );
@@ -65,16 +65,16 @@ async fn get_after_a_patch_never_joins_a_fill_that_started_before_it() {
         // Only the first GET is held: it is still in flight through the PATCH and the next GET.
         let held = upstream.hold_next(Method::GET);
         let slow = spawn_get(&c, &path, BILLING);
-        wait_until("upstream received the cold GET", || {
+        wait_until("upstream received the cold GET", async || {
             upstream.count(&Method::GET, &path) == 1
         })
         .await;
         let patched = c.patch(&path, BILLING, "{}").await;
-        assert_eq!((patched.status, version(&patched)), (200, 2));
+        assert_eq!((patched.status, patched.version()), (200, 2));
 
         let fresh = c.get(&path, SUPPORT).await;
         assert_eq!(
-            (x_cache(&fresh), version(&fresh)),
+            (fresh.x_cache(), fresh.version()),
             ("MISS", 2),
             "iteration {i}"
         );
@@ -86,7 +86,7 @@ async fn get_after_a_patch_never_joins_a_fill_that_started_before_it() {
         held.release();
         let slow = slow.await.unwrap();
         assert_eq!(
-            version(&slow),
+            slow.version(),
             1,
             "iteration {i}: {} {:?} {:?}",
             slow.status,
@@ -96,7 +96,7 @@ async fn get_after_a_patch_never_joins_a_fill_that_started_before_it() {
         // The older fill, ending last, did not overwrite the newer entry.
         let cached = c.get(&path, BILLING).await;
         assert_eq!(
-            (x_cache(&cached), version(&cached)),
+            (cached.x_cache(), cached.version()),
             ("HIT", 2),
             "iteration {i}"
         );

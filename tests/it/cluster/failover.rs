@@ -17,15 +17,12 @@ async fn a_closed_connection_is_noticed_at_once_and_replaced_straight_away() {
         let killed = Instant::now();
         c.redis.cli(&["CLIENT", "KILL", "TYPE", "normal"]);
         for (r, gw) in c.replicas.iter().enumerate() {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
+            let reconnected = async || {
                 let m = gw.metrics().await;
-                if m.value("dialnexa_gateway_cluster_reconnects_total", &[]) == f64::from(round) {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "replica {r} never reconnected");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+                m.value("dialnexa_gateway_cluster_reconnects_total", &[]) == f64::from(round)
+            };
+            let what = format!("replica {r} reconnects");
+            wait_until_within(Duration::from_secs(5), &what, reconnected).await;
             let took = killed.elapsed();
             assert!(
                 took < Duration::from_millis(400),
@@ -135,7 +132,7 @@ async fn without_the_replicas_it_asks_for_agent_writes_are_refused_and_hits_go_o
     let path = "/v1/agents2/acked-1";
     let hot = "/v1/agents2/acked-hot";
     c.client(0).get(hot, SUPPORT).await;
-    assert_eq!(x_cache(&c.client(0).get(hot, SUPPORT).await), "HIT");
+    assert_eq!(c.client(0).get(hot, SUPPORT).await.x_cache(), "HIT");
 
     // The write waits its deadline for a replica that is not there, on its own connection.
     let writer = c.client(0);
@@ -146,7 +143,7 @@ async fn without_the_replicas_it_asks_for_agent_writes_are_refused_and_hits_go_o
         let started = Instant::now();
         let hit = c.client(0).get(hot, SUPPORT).await;
         slowest = slowest.max(started.elapsed());
-        assert_eq!((hit.status, x_cache(&hit)), (200, "HIT"));
+        assert_eq!((hit.status, hit.x_cache()), (200, "HIT"));
         hits += 1;
     }
     let write = write.await.unwrap();
@@ -168,7 +165,7 @@ async fn without_the_replicas_it_asks_for_agent_writes_are_refused_and_hits_go_o
     // (the refused write's in-progress mark was lifted).
     assert_eq!(post_call(&c.client(0)).await.status, 200);
     c.client(0).get(path, SUPPORT).await;
-    assert_eq!(x_cache(&c.client(0).get(path, SUPPORT).await), "HIT");
+    assert_eq!(c.client(0).get(path, SUPPORT).await.x_cache(), "HIT");
     let m = c.replicas[0].metrics().await;
     assert_eq!(m.value("dialnexa_gateway_cluster_up", &[]), 1.0);
     assert_eq!(
@@ -178,7 +175,7 @@ async fn without_the_replicas_it_asks_for_agent_writes_are_refused_and_hits_go_o
 
     // With a replica connected, the same write is acknowledged and goes through.
     let replica = TestRedis::start_tcp(&["--replicaof", "127.0.0.1", &primary_port]);
-    wait_until("the replica is in sync", || in_sync(&replica)).await;
+    wait_until("the replica is in sync", async || in_sync(&replica)).await;
     let write = patch(&c.client(0), path).await;
     assert_eq!(
         write.status,
@@ -188,7 +185,7 @@ async fn without_the_replicas_it_asks_for_agent_writes_are_refused_and_hits_go_o
     );
     assert_eq!(c.upstream.count(&Method::PATCH, "/"), 1);
     let read = c.client(0).get(path, SUPPORT).await;
-    assert_eq!((x_cache(&read), version(&read)), ("MISS", version(&write)));
+    assert_eq!((read.x_cache(), read.version()), ("MISS", write.version()));
     // Each of an agent write's two version changes is followed by its own `WAIT` (a round trip
     // more each, on the writer connection); nothing else waits.
     let before = wait_calls(&c.redis);
@@ -261,19 +258,17 @@ async fn a_sentinel_failover_keeps_read_after_write_and_service_resumes_by_itsel
     const MASTER: &str = "dnxgw-test";
     let mut primary = TestRedis::start_tcp(&[]);
     let replica = TestRedis::start_tcp(&["--replicaof", "127.0.0.1", &primary.port().to_string()]);
-    wait_until("the replica is in sync", || in_sync(&replica)).await;
+    wait_until("the replica is in sync", async || in_sync(&replica)).await;
     let sentinels: Vec<TestSentinel> = (0..3)
         .map(|_| TestSentinel::start(MASTER, primary.port()))
         .collect();
     // Sentinels find the replica and each other through the primary (hello messages every 2 s).
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !sentinels.iter().all(|s| sentinel_view(s, MASTER) == (1, 2)) {
-        assert!(
-            Instant::now() < deadline,
-            "the Sentinels never saw each other"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_within(
+        Duration::from_secs(15),
+        "the Sentinels see the replica and each other",
+        async || sentinels.iter().all(|s| sentinel_view(s, MASTER) == (1, 2)),
+    )
+    .await;
     let addrs: Vec<String> = sentinels.iter().map(TestSentinel::addr).collect();
     let upstream = FakeUpstream::start().await;
     upstream.set_delay(Method::GET, Duration::from_millis(3));
@@ -329,7 +324,7 @@ async fn a_sentinel_failover_keeps_read_after_write_and_service_resumes_by_itsel
                         write,
                         invoked,
                         completed,
-                        version: version(&r),
+                        version: r.version(),
                         replica,
                     }),
                     // While no primary acknowledges, agent writes are refused, never forwarded.
@@ -341,79 +336,91 @@ async fn a_sentinel_failover_keeps_read_after_write_and_service_resumes_by_itsel
         }));
     }
 
-    // Let some history build up, then kill the primary.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Some history first (writes acknowledged through both replicas), then kill the primary.
+    let writes_since = async |since: Instant, through: usize| {
+        let history = history.lock().await;
+        (0..2).all(|r| {
+            history
+                .iter()
+                .filter(|o| o.write && o.replica == r && o.invoked > since)
+                .count()
+                >= through
+        })
+    };
+    let started = Instant::now();
+    wait_until("writes acknowledged before the kill", async || {
+        writes_since(started, 5).await
+    })
+    .await;
     let killed = Instant::now();
     primary.kill();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !sentinels
-        .iter()
-        .all(|s| s.primary_port(MASTER) == Some(replica.port()))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the Sentinels never promoted the replica"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_within(
+        Duration::from_secs(15),
+        "the Sentinels promote the replica",
+        async || {
+            sentinels
+                .iter()
+                .all(|s| s.primary_port(MASTER) == Some(replica.port()))
+        },
+    )
+    .await;
     let promoted = killed.elapsed();
     // The old primary comes back empty, as the new primary's replica (as an operator, or the
     // Sentinels within their 10 s INFO period, would make it).
     primary.restart_as_replica_of(replica.port());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !in_sync(&primary) {
-        assert!(
-            Instant::now() < deadline,
-            "the old primary never replicated the new one: {}\n---\n{}\n---\n{:?}",
-            primary.cli(&["INFO", "replication"]),
-            replica.cli(&["INFO", "replication"]),
-            sentinels
-                .iter()
-                .map(|s| s.primary_port(MASTER))
-                .collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_within(
+        Duration::from_secs(20),
+        "the old primary replicates the new one",
+        async || in_sync(&primary),
+    )
+    .await;
     let resumed = killed.elapsed();
 
     // Then a failover with both alive, as for maintenance: the Sentinels make the old primary
     // close its clients' connections, and it answers READONLY from then on; either sends each
     // gateway replica back to the Sentinels for the new one.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // First, writes acknowledged through both replicas in the second after resumption, where
+    // none may be refused.
+    wait_until(
+        "writes acknowledged again after the promotion",
+        async || writes_since(killed + resumed + Duration::from_secs(1), 3).await,
+    )
+    .await;
     let switching = killed.elapsed();
-    let deadline = Instant::now() + Duration::from_secs(20);
     // The Sentinels take a moment to deem the restarted server a good replica (a ping, an INFO).
-    loop {
-        let answer = sentinels[0].failover(MASTER);
-        if answer == "OK" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "SENTINEL FAILOVER: {answer}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    while !sentinels
-        .iter()
-        .all(|s| s.primary_port(MASTER) == Some(primary.port()))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the Sentinels never switched back"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_within(
+        Duration::from_secs(20),
+        "SENTINEL FAILOVER says OK",
+        async || sentinels[0].failover(MASTER) == "OK",
+    )
+    .await;
+    wait_until_within(
+        Duration::from_secs(20),
+        "the Sentinels switch back",
+        async || {
+            sentinels
+                .iter()
+                .all(|s| s.primary_port(MASTER) == Some(primary.port()))
+        },
+    )
+    .await;
     // The demoted primary follows the new one (the Sentinels tell it so within their 10 s INFO
     // period; the test does not wait that long).
     replica.cli(&["REPLICAOF", "127.0.0.1", &primary.port().to_string()]);
-    while !in_sync(&replica) {
-        assert!(
-            Instant::now() < deadline,
-            "the demoted primary never followed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_within(
+        Duration::from_secs(20),
+        "the demoted primary follows",
+        async || in_sync(&replica),
+    )
+    .await;
     let switched = killed.elapsed();
     eprintln!("promoted {promoted:?}, resumed {resumed:?}, switched {switching:?}..{switched:?}");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Service after the switch back: writes acknowledged through both replicas past the second
+    // in which refusals are forgiven.
+    wait_until("writes acknowledged after the switch back", async || {
+        writes_since(killed + switched + Duration::from_secs(1), 3).await
+    })
+    .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for w in workers {
         w.await.unwrap();

@@ -129,13 +129,13 @@ async fn a_team_over_its_write_quota_leaves_another_teams_hits_alone() {
     // One write allowed: it invalidates, as it should.
     assert_eq!(patch(&c.client(0), path).await.status, 200);
     c.client(1).get(path, SUPPORT).await;
-    assert_eq!(x_cache(&c.client(1).get(path, SUPPORT).await), "HIT");
+    assert_eq!(c.client(1).get(path, SUPPORT).await.x_cache(), "HIT");
     for i in 0..5 {
         let refused = patch(&c.client(0), path).await;
         assert_eq!(refused.status, 429, "write {i}");
         let read = c.client(1).get(path, SUPPORT).await;
         assert_eq!(
-            (x_cache(&read), version(&read)),
+            (read.x_cache(), read.version()),
             ("HIT", 2),
             "after refused write {i}"
         );
@@ -220,7 +220,7 @@ async fn stalled_writes_cost_a_timeout_per_probe_not_per_request() {
     let write = patch(&gw.client(), path).await;
     assert_eq!(write.status, 200);
     let read = gw.client().get(path, SUPPORT).await;
-    assert_eq!(version(&read), version(&write));
+    assert_eq!(read.version(), write.version());
     let log = gw.stderr_so_far();
     assert_eq!(lines_with(&gw, LOST), 1, "{log}");
     assert_eq!(lines_with(&gw, BACK), 2, "{log}");
@@ -241,7 +241,7 @@ async fn a_redis_turned_read_only_is_unavailable_and_degrade_stays_in_rotation_s
     assert!(body.contains("READONLY"), "{body}");
     assert_eq!(patch(&c.client(0), path).await.status, 503);
     let read = c.client(0).get(path, SUPPORT).await;
-    assert_eq!((read.status, x_cache(&read)), (200, "BYPASS"));
+    assert_eq!((read.status, read.x_cache()), (200, "BYPASS"));
     assert_eq!(c.redis.cli(&["REPLICAOF", "NO", "ONE"]), "OK");
     c.wait_connected().await;
     assert_eq!(patch(&c.client(0), path).await.status, 200);

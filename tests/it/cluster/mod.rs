@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::Method;
 use tokio::sync::Mutex;
 
@@ -64,23 +63,9 @@ impl Cluster {
     }
 }
 
-fn version(r: &TestResponse) -> u64 {
-    r.version()
-}
-
-fn x_cache(r: &TestResponse) -> &str {
-    r.x_cache()
-}
-
 /// A write that touches no agent.
 async fn post_call(c: &Client) -> TestResponse {
-    c.send(
-        Method::POST,
-        "/v1/calls",
-        &[("authorization", &format!("Bearer {BILLING}"))],
-        Bytes::from_static(b"{}"),
-    )
-    .await
+    c.write(Method::POST, "/v1/calls", BILLING, "{}").await
 }
 
 async fn patch(c: &Client, path: &str) -> TestResponse {
@@ -100,18 +85,18 @@ async fn a_patch_through_one_replica_is_seen_by_the_next_get_through_every_other
         for r in [1, 2] {
             c.client(r).get(&path, SUPPORT).await;
             let hit = c.client(r).get(&path, SUPPORT).await;
-            assert_eq!((x_cache(&hit), version(&hit)), ("HIT", 1), "iteration {i}");
+            assert_eq!((hit.x_cache(), hit.version()), ("HIT", 1), "iteration {i}");
         }
         let patched = patch(&c.client(0), &path).await;
-        assert_eq!((patched.status, version(&patched)), (200, 2));
+        assert_eq!((patched.status, patched.version()), (200, 2));
         // No pause: the next GET anywhere sees the write.
         for r in [1, 2] {
             let after = c.client(r).get(&path, SUPPORT).await;
             assert_eq!(
-                version(&after),
+                after.version(),
                 2,
                 "iteration {i}, replica {r}: {}",
-                x_cache(&after)
+                after.x_cache()
             );
         }
         // Both families name one agent.
@@ -119,11 +104,11 @@ async fn a_patch_through_one_replica_is_seen_by_the_next_get_through_every_other
             .client(1)
             .get(&format!("/v1/agents/raw-{i}"), SUPPORT)
             .await;
-        assert_eq!(version(&other), 2);
+        assert_eq!(other.version(), 2);
     }
     // Hits still happen in cluster mode: one upstream GET per (replica, variant, version).
     let hit = c.client(1).get("/v1/agents2/raw-0", SUPPORT).await;
-    assert_eq!(x_cache(&hit), "HIT");
+    assert_eq!(hit.x_cache(), "HIT");
 }
 
 /// Escaped and plain reserved characters are one agent on every replica: a write under one
@@ -138,15 +123,15 @@ async fn a_patch_under_one_spelling_is_seen_under_the_other_through_every_replic
             format!("/v1/agents2/{escaped}"),
         );
         let filled = c.client(1).get(&plain, SUPPORT).await;
-        assert_eq!((x_cache(&filled), version(&filled)), ("MISS", 1), "{plain}");
+        assert_eq!((filled.x_cache(), filled.version()), ("MISS", 1), "{plain}");
         let hit = c.client(1).get(&escaped, SUPPORT).await;
-        assert_eq!((x_cache(&hit), version(&hit)), ("HIT", 1), "{escaped}");
+        assert_eq!((hit.x_cache(), hit.version()), ("HIT", 1), "{escaped}");
 
         let patched = patch(&c.client(0), &escaped).await;
-        assert_eq!((patched.status, version(&patched)), (200, 2), "{escaped}");
+        assert_eq!((patched.status, patched.version()), (200, 2), "{escaped}");
         for path in [&plain, &escaped] {
             let after = c.client(1).get(path, SUPPORT).await;
-            assert_eq!(version(&after), 2, "{path}: {}", x_cache(&after));
+            assert_eq!(after.version(), 2, "{path}: {}", after.x_cache());
         }
     }
 }
@@ -163,27 +148,27 @@ async fn a_slow_fill_that_raced_a_patch_on_another_replica_is_never_served_after
         let p = path.clone();
         let slow = tokio::spawn(async move { b.get(&p, SUPPORT).await });
         // The fill is at upstream, holding the old version, before the write starts.
-        wait_until("the slow GET reached upstream", || {
+        wait_until("the slow GET reached upstream", async || {
             c.upstream.count(&Method::GET, &path) == 1
         })
         .await;
         let patched = patch(&c.client(0), &path).await;
-        assert_eq!(version(&patched), 2);
+        assert_eq!(patched.version(), 2);
         assert_eq!(
-            version(&slow.await.unwrap()),
+            slow.await.unwrap().version(),
             1,
             "it began before the write"
         );
         // It was not stored under a version anyone will read again.
         let after = c.client(1).get(&path, SUPPORT).await;
         assert_eq!(
-            (x_cache(&after), version(&after)),
+            (after.x_cache(), after.version()),
             ("MISS", 2),
             "iteration {i}"
         );
         let cached = c.client(1).get(&path, SUPPORT).await;
         assert_eq!(
-            (x_cache(&cached), version(&cached)),
+            (cached.x_cache(), cached.version()),
             ("HIT", 2),
             "iteration {i}"
         );
@@ -198,8 +183,7 @@ struct Op {
     invoked: Instant,
     completed: Instant,
     version: u64,
-    /// Which replica answered, for the report of a stale read.
-    #[allow(dead_code)]
+    /// Which replica answered: the report of a stale read names it.
     replica: usize,
 }
 
@@ -247,7 +231,7 @@ async fn history_no_get_after_an_answered_patch_returns_an_older_version_through
                     write,
                     invoked,
                     completed,
-                    version: version(&r),
+                    version: r.version(),
                     replica,
                 });
             }
@@ -284,7 +268,7 @@ async fn a_write_refused_for_its_body_invalidates_nothing_on_any_replica() {
     let c = cluster(2, |b| b.max_body_bytes(64).request_body_timeout_ms(300)).await;
     let path = "/v1/agents2/big1";
     c.client(1).get(path, SUPPORT).await;
-    assert_eq!(x_cache(&c.client(1).get(path, SUPPORT).await), "HIT");
+    assert_eq!(c.client(1).get(path, SUPPORT).await.x_cache(), "HIT");
     let big = format!(r#"{{"name":"{}"}}"#, "x".repeat(200));
     let r = c.client(0).patch(path, BILLING, &big).await;
     assert_eq!(r.status, 413);
@@ -306,7 +290,7 @@ async fn a_write_refused_for_its_body_invalidates_nothing_on_any_replica() {
     assert_eq!(c.upstream.count(&Method::PATCH, "/"), 0);
     // Neither reached the other replica: its entry is still served.
     let after = c.client(1).get(path, SUPPORT).await;
-    assert_eq!((x_cache(&after), version(&after)), ("HIT", 1));
+    assert_eq!((after.x_cache(), after.version()), ("HIT", 1));
 }
 
 // === One quota per team ===
@@ -379,7 +363,7 @@ async fn a_purge_through_one_replica_drops_the_others_entries() {
         let b = c.client(1);
         async move {
             b.get(path, SUPPORT).await;
-            assert_eq!(x_cache(&b.get(path, SUPPORT).await), "HIT");
+            assert_eq!(b.get(path, SUPPORT).await.x_cache(), "HIT");
         }
     };
     let purge = |body: &'static str| {
@@ -389,7 +373,7 @@ async fn a_purge_through_one_replica_drops_the_others_entries() {
                 .send(
                     Method::POST,
                     "/admin/cache/purge",
-                    &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+                    &[("authorization", &bearer(ADMIN_TOKEN))],
                     body,
                 )
                 .await;
@@ -406,7 +390,7 @@ async fn a_purge_through_one_replica_drops_the_others_entries() {
         purge(body).await;
         let after = c.client(1).get("/v1/agents2/p1", SUPPORT).await;
         assert_eq!(
-            x_cache(&after),
+            after.x_cache(),
             "MISS",
             "purge {body} did not reach replica B"
         );
@@ -421,7 +405,7 @@ async fn without_redis_degrade_serves_reads_refuses_agent_writes_and_recovers_by
     let mut c = cluster(2, |b| b).await;
     let path = "/v1/agents2/d1";
     c.client(0).get(path, SUPPORT).await;
-    assert_eq!(x_cache(&c.client(0).get(path, SUPPORT).await), "HIT");
+    assert_eq!(c.client(0).get(path, SUPPORT).await.x_cache(), "HIT");
 
     c.redis.kill();
     // The first call notices (or the link's reconnect loop does); then every replica says so.
@@ -431,7 +415,7 @@ async fn without_redis_degrade_serves_reads_refuses_agent_writes_and_recovers_by
 
     let read = c.client(0).get(path, SUPPORT).await;
     assert_eq!(
-        (read.status, x_cache(&read)),
+        (read.status, read.x_cache()),
         (200, "BYPASS"),
         "no hit without Redis"
     );
@@ -467,8 +451,8 @@ async fn without_redis_degrade_serves_reads_refuses_agent_writes_and_recovers_by
     assert_eq!(patched.status, 200);
     let after = c.client(0).get(path, SUPPORT).await;
     assert_eq!(
-        (x_cache(&after), version(&after)),
-        ("MISS", version(&patched))
+        (after.x_cache(), after.version()),
+        ("MISS", patched.version())
     );
     let metrics = c.replicas[0].metrics().await;
     assert_eq!(metrics.value("dialnexa_gateway_cluster_up", &[]), 1.0);
@@ -523,7 +507,7 @@ async fn a_paused_or_black_holed_redis_costs_a_timeout_not_a_hang_and_recovers()
         c.wait_unavailable().await;
         // While down, requests do not wait on Redis at all.
         let r = c.client(0).get(path, SUPPORT).await;
-        assert_eq!((r.status, x_cache(&r)), (200, "BYPASS"), "{fault}");
+        assert_eq!((r.status, r.x_cache()), (200, "BYPASS"), "{fault}");
         match fault {
             "pause" => c.redis.resume(),
             _ => c.proxy.set(Fault::Pass),
@@ -540,21 +524,21 @@ async fn a_flush_or_lost_keys_never_make_an_old_entry_current() {
     let c = cluster(2, |b| b).await;
     let path = "/v1/agents2/f1";
     c.client(1).get(path, SUPPORT).await;
-    assert_eq!(x_cache(&c.client(1).get(path, SUPPORT).await), "HIT");
+    assert_eq!(c.client(1).get(path, SUPPORT).await.x_cache(), "HIT");
     assert_eq!(c.redis.cli(&["FLUSHALL"]), "OK");
     let after = c.client(1).get(path, SUPPORT).await;
     assert_eq!(
-        x_cache(&after),
+        after.x_cache(),
         "MISS",
         "a version Redis forgot is a new version"
     );
-    assert_eq!(x_cache(&c.client(1).get(path, SUPPORT).await), "HIT");
+    assert_eq!(c.client(1).get(path, SUPPORT).await.x_cache(), "HIT");
     // The scripts are gone from Redis too; they come back by themselves.
     assert_eq!(c.redis.cli(&["SCRIPT", "FLUSH"]), "OK");
     let patched = patch(&c.client(0), path).await;
     assert_eq!(patched.status, 200);
     let read = c.client(1).get(path, SUPPORT).await;
-    assert_eq!(version(&read), version(&patched));
+    assert_eq!(read.version(), patched.version());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -571,16 +555,12 @@ async fn requirepass_with_the_password_from_the_environment() {
     let path = "/v1/agents2/pw1";
     c.client(1).get(path, SUPPORT).await;
     patch(&c.client(0), path).await;
-    assert_eq!(version(&c.client(1).get(path, SUPPORT).await), 2);
+    assert_eq!(c.client(1).get(path, SUPPORT).await.version(), 2);
     assert!(c.redis.cli(&["DBSIZE"]).parse::<u64>().unwrap() > 0);
     for r in &c.replicas {
         let text = std::fs::read_to_string(&r.audit_path).unwrap_or_default();
         assert!(!text.contains(password));
-        let text = r
-            .admin_client()
-            .send(Method::GET, "/metrics", &[], "")
-            .await;
-        assert!(!String::from_utf8_lossy(&text.body).contains(password));
+        assert!(!r.metrics().await.to_string().contains(password));
     }
 }
 
@@ -604,7 +584,7 @@ async fn the_redis_round_trip_is_a_span_of_the_requests_trace() {
         .await;
     let send = |trace: &'static str| {
         let c = gw.client();
-        let auth = format!("Bearer {BILLING}");
+        let auth = bearer(BILLING);
         async move {
             let tp = format!("00-{trace}-00f067aa0ba902b7-01");
             c.send(

@@ -66,7 +66,7 @@ async fn probes_and_metrics_are_served_on_the_admin_listener_only() {
         assert_eq!(r.json()["code"], "invalid_team_key");
     }
     // Purging is not an API-listener action: the gateway's own 404, whatever the key.
-    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let auth = bearer(ADMIN_TOKEN);
     let r = api
         .send(
             Method::POST,
@@ -99,9 +99,9 @@ async fn metrics_follow_requests_cache_hits_upstream_calls_and_audit_lines() {
     let before = scrape(&admin).await;
 
     let miss = c.get("/v1/agents2/m1", BILLING).await;
-    assert_eq!(miss.header("x-cache"), Some("MISS"));
+    assert_eq!(miss.x_cache(), "MISS");
     let hit = c.get("/v1/agents2/m1", BILLING).await;
-    assert_eq!(hit.header("x-cache"), Some("HIT"));
+    assert_eq!(hit.x_cache(), "HIT");
     assert_eq!(c.get("/v1/calls", BILLING).await.status, 200);
     assert_eq!(c.get("/v1/calls", "not-a-team-key").await.status, 401);
     assert_eq!(upstream.total(), 2);
@@ -116,9 +116,8 @@ async fn metrics_follow_requests_cache_hits_upstream_calls_and_audit_lines() {
     assert_eq!(delta(UPSTREAM_COUNT, &[]), 2.0, "{after}");
 
     // Audit lines are written off the request path: the counter catches up, and matches the file.
-    eventually("4 audit lines counted", || {
-        let admin = &admin;
-        async move { scrape(admin).await.count(AUDIT_WRITTEN, &[]) >= 4.0 }
+    wait_until("4 audit lines counted", async || {
+        scrape(&admin).await.count(AUDIT_WRITTEN, &[]) >= 4.0
     })
     .await;
     let lines = gw.audit_lines(4).await;

@@ -73,9 +73,8 @@ async fn a_key_is_refused_from_the_moment_it_ends_while_the_gateway_runs() {
     let (_upstream, gw) = setup_with(|c| c.team_key_ending("billing", OLD_KEY, &end_text)).await;
     let c = gw.client();
     assert_eq!(c.get("/v1/calls", OLD_KEY).await.status, 200);
-    eventually("the key is refused once it ended", || {
-        let c = &c;
-        async move { c.get("/v1/calls", OLD_KEY).await.status == 401 }
+    wait_until("the key is refused once it ended", async || {
+        c.get("/v1/calls", OLD_KEY).await.status == 401
     })
     .await;
     assert!(SystemTime::now() >= end - Duration::from_secs(1));

@@ -11,37 +11,14 @@ mod signals;
 mod subcommands;
 mod watch;
 
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::*;
-
-/// The async sibling of [`wait_until`], for conditions only an HTTP answer can tell.
-pub(crate) async fn eventually<F, Fut>(what: &str, cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    eventually_within(Duration::from_secs(10), what, cond).await;
-}
-
-/// [`eventually`], for a condition promised within `limit`.
-async fn eventually_within<F, Fut>(limit: Duration, what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !cond().await {
-        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 /// The `Authorization` upstream saw for a `billing` request sent with `request_id` (unique per
 /// call): the organisation key the gateway injected.
 async fn org_key_seen_upstream(c: &Client, upstream: &FakeUpstream, request_id: &str) -> String {
-    let auth = format!("Bearer {BILLING}");
+    let auth = bearer(BILLING);
     let headers = [
         ("authorization", auth.as_str()),
         ("x-request-id", request_id),

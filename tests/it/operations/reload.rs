@@ -38,7 +38,7 @@ async fn sighup_adds_and_removes_teams_while_requests_keep_being_answered() {
         }
     });
     let answered_count = || answered.lock().unwrap().len();
-    wait_until("requests flowing before the reload", || {
+    wait_until("requests flowing before the reload", async || {
         answered_count() >= 6
     })
     .await;
@@ -50,18 +50,16 @@ async fn sighup_adds_and_removes_teams_while_requests_keep_being_answered() {
     });
     gw.signal("HUP");
 
-    eventually("the added team is let in", || {
-        let c = &c;
-        async move { c.get("/v1/calls", NEWCOMER).await.status == 200 }
+    wait_until("the added team is let in", async || {
+        c.get("/v1/calls", NEWCOMER).await.status == 200
     })
     .await;
-    eventually("the removed team is shut out", || {
-        let c = &c;
-        async move { c.get("/v1/calls", SUPPORT).await.status == 401 }
+    wait_until("the removed team is shut out", async || {
+        c.get("/v1/calls", SUPPORT).await.status == 401
     })
     .await;
     let seen = answered_count();
-    wait_until("requests flowing after the reload", || {
+    wait_until("requests flowing after the reload", async || {
         answered_count() >= seen + 6
     })
     .await;
@@ -83,7 +81,7 @@ async fn sighup_adds_and_removes_teams_while_requests_keep_being_answered() {
             Method::GET,
             "/v1/calls",
             &[
-                ("authorization", &format!("Bearer {NEWCOMER}")),
+                ("authorization", &bearer(NEWCOMER)),
                 ("x-request-id", "newcomer-after-reload"),
             ],
             Bytes::new(),
@@ -95,7 +93,7 @@ async fn sighup_adds_and_removes_teams_while_requests_keep_being_answered() {
         .expect("newcomer's request reached upstream");
     assert_eq!(
         seen.headers["authorization"],
-        format!("Bearer {ORG_KEY_GLOBEX}").as_str()
+        bearer(ORG_KEY_GLOBEX).as_str()
     );
 
     let m = scrape(&admin).await;
@@ -122,9 +120,8 @@ async fn sighup_with_an_invalid_file_keeps_the_old_config_and_counts_the_failure
             .team("broken", "initech", NEWCOMER)
     });
     gw.signal("HUP");
-    eventually("the failed reload is counted", || {
-        let admin = &admin;
-        async move { scrape(admin).await.count(RELOADS, FAILED) == 1.0 }
+    wait_until("the failed reload is counted", async || {
+        scrape(&admin).await.count(RELOADS, FAILED) == 1.0
     })
     .await;
     assert_eq!(scrape(&admin).await.count(RELOADS, OK), 0.0);
@@ -139,9 +136,8 @@ async fn sighup_with_an_invalid_file_keeps_the_old_config_and_counts_the_failure
     // Once fixed, the next SIGHUP applies it.
     gw.rewrite_config(|config| config.team_org("broken", "globex"));
     gw.signal("HUP");
-    eventually("the fixed file is applied", || {
-        let c = &c;
-        async move { c.get("/v1/calls", NEWCOMER).await.status == 200 }
+    wait_until("the fixed file is applied", async || {
+        c.get("/v1/calls", NEWCOMER).await.status == 200
     })
     .await;
     assert_eq!(c.get("/v1/calls", SUPPORT).await.status, 401);
@@ -174,16 +170,15 @@ async fn a_request_in_flight_across_sighup_finishes_on_the_config_it_started_wit
         let c = c.clone();
         async move { c.get("/v1/slow", SUPPORT).await }
     });
-    wait_until("the slow request reached upstream", || {
+    wait_until("the slow request reached upstream", async || {
         upstream.count(&Method::GET, "/v1/slow") == 1
     })
     .await;
 
     gw.rewrite_config(|config| config.without_team("support"));
     gw.signal("HUP");
-    eventually("the removed team is shut out", || {
-        let c = &c;
-        async move { c.get("/v1/calls", SUPPORT).await.status == 401 }
+    wait_until("the removed team is shut out", async || {
+        c.get("/v1/calls", SUPPORT).await.status == 401
     })
     .await;
     assert!(
@@ -197,7 +192,7 @@ async fn a_request_in_flight_across_sighup_finishes_on_the_config_it_started_wit
     // Its quota headers and audit line are still the removed team's.
     assert!(r.header("ratelimit-limit").is_some());
     let path = gw.audit_path.clone();
-    wait_until("the slow request's audit line", || {
+    wait_until("the slow request's audit line", async || {
         std::fs::read_to_string(&path).is_ok_and(|t| t.contains("/v1/slow"))
     })
     .await;
@@ -220,20 +215,19 @@ async fn sighup_rereads_the_organisation_key_files() {
     let (c, admin) = (gw.client(), gw.admin_client());
     assert_eq!(
         org_key_seen_upstream(&c, &upstream, "before").await,
-        format!("Bearer {ORG_KEY_ACME}")
+        bearer(ORG_KEY_ACME)
     );
 
     // Only the key file changes: the config file is the same.
     let key_file = gw.config_path.parent().unwrap().join("acme.key");
     std::fs::write(&key_file, format!("{ROTATED}\n")).unwrap();
     gw.signal("HUP");
-    eventually("the reload is done", || {
-        let admin = &admin;
-        async move { scrape(admin).await.count(RELOADS, OK) == 1.0 }
+    wait_until("the reload is done", async || {
+        scrape(&admin).await.count(RELOADS, OK) == 1.0
     })
     .await;
     assert_eq!(
         org_key_seen_upstream(&c, &upstream, "after").await,
-        format!("Bearer {ROTATED}")
+        bearer(ROTATED)
     );
 }

@@ -55,16 +55,15 @@ async fn the_binary_never_prints_team_keys_org_keys_or_the_admin_token() {
             .send(
                 Method::POST,
                 "/admin/cache/purge",
-                &[("authorization", &format!("Bearer {token}"))],
+                &[("authorization", &bearer(token))],
                 "{}",
             )
             .await;
         assert_eq!(r.status, status);
     }
     gw.signal("HUP");
-    eventually("the reload (re-reading org keys) is done", || {
-        let admin = &admin;
-        async move { scrape(admin).await.count(RELOADS, OK) == 1.0 }
+    wait_until("the reload (re-reading org keys) is done", async || {
+        scrape(&admin).await.count(RELOADS, OK) == 1.0
     })
     .await;
     gw.signal("TERM");

@@ -2,6 +2,7 @@
 //! file after logrotate moved it.
 
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use http::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -44,7 +45,7 @@ async fn sigterm_finishes_in_flight_requests_reports_not_ready_and_exits_0() {
             tokio::spawn(async move { c.get(&format!("/v1/calls?n={i}"), BILLING).await })
         })
         .collect();
-    wait_until("upstream holds every request", || {
+    wait_until("upstream holds every request", async || {
         upstream.count(&Method::GET, "/v1/calls") == IN_FLIGHT
     })
     .await;
@@ -52,7 +53,7 @@ async fn sigterm_finishes_in_flight_requests_reports_not_ready_and_exits_0() {
     gw.signal("TERM");
     let terminated = Instant::now();
     let admin = gw.admin;
-    eventually("/readyz answers 503 while draining", || async move {
+    wait_until("/readyz answers 503 while draining", async move || {
         readyz(admin).await == Some(503)
     })
     .await;
@@ -92,16 +93,19 @@ async fn sigusr1_reopens_the_audit_file_after_logrotate_moved_it() {
         .await;
     let c = gw.client();
     assert_eq!(c.get("/v1/calls", BILLING).await.status, 200);
-    wait_until("first line written", || gw.audit().len() == 1).await;
+    wait_until("first line written", async || gw.audit().len() == 1).await;
 
     // What logrotate does: move the file away, then signal.
     let rotated = gw.audit_path.with_extension("jsonl.1");
     std::fs::rename(&gw.audit_path, &rotated).unwrap();
     gw.signal("USR1");
     let path = gw.audit_path.clone();
-    wait_until("a new audit file at the configured path", || path.exists()).await;
+    wait_until("a new audit file at the configured path", async || {
+        path.exists()
+    })
+    .await;
     assert_eq!(c.get("/v1/calls?after=rotate", BILLING).await.status, 200);
-    wait_until("second line written", || gw.audit().len() == 1).await;
+    wait_until("second line written", async || gw.audit().len() == 1).await;
 
     let moved = std::fs::read_to_string(&rotated).unwrap();
     assert_eq!(

@@ -49,24 +49,25 @@ async fn a_configmap_swap_adding_a_team_is_applied_within_3_s_and_sighup_still_r
     assert_eq!(c.get("/v1/calls", NEWCOMER).await.status, 401);
 
     gw.rewrite_config(|config| config.team("newcomer", "globex", NEWCOMER));
-    eventually_within(PROMPTLY, "the team added by the swap is let in", || {
-        let c = &c;
-        async move { c.get("/v1/calls", NEWCOMER).await.status == 200 }
-    })
+    wait_until_within(
+        PROMPTLY,
+        "the team added by the swap is let in",
+        async || c.get("/v1/calls", NEWCOMER).await.status == 200,
+    )
     .await;
 
     // A second swap, then SIGHUP: each is one reload, the old directory's removal none.
     gw.rewrite_config(|config| config.without_team("support"));
-    eventually_within(PROMPTLY, "the team removed by the swap is shut out", || {
-        let c = &c;
-        async move { c.get("/v1/calls", SUPPORT).await.status == 401 }
-    })
+    wait_until_within(
+        PROMPTLY,
+        "the team removed by the swap is shut out",
+        async || c.get("/v1/calls", SUPPORT).await.status == 401,
+    )
     .await;
     assert_eq!(scrape(&admin).await.count(RELOADS, OK), 2.0);
     gw.signal("HUP");
-    eventually("SIGHUP reloads with the watcher on", || {
-        let admin = &admin;
-        async move { scrape(admin).await.count(RELOADS, OK) == 3.0 }
+    wait_until("SIGHUP reloads with the watcher on", async || {
+        scrape(&admin).await.count(RELOADS, OK) == 3.0
     })
     .await;
     assert_eq!(c.get("/v1/calls", NEWCOMER).await.status, 200);
@@ -91,9 +92,8 @@ async fn a_broken_configmap_swap_keeps_the_old_config_serving_and_is_counted_onc
             .without_team("support")
             .team("broken", "initech", NEWCOMER)
     });
-    eventually_within(PROMPTLY, "the refused swap is counted", || {
-        let admin = &admin;
-        async move { scrape(admin).await.count(RELOADS, FAILED) == 1.0 }
+    wait_until_within(PROMPTLY, "the refused swap is counted", async || {
+        scrape(&admin).await.count(RELOADS, FAILED) == 1.0
     })
     .await;
     assert_eq!(c.get("/v1/calls", SUPPORT).await.status, 200);
@@ -103,9 +103,8 @@ async fn a_broken_configmap_swap_keeps_the_old_config_serving_and_is_counted_onc
 
     // The next swap fixes it; the broken one was not tried again in between.
     gw.rewrite_config(|config| config.team_org("broken", "globex"));
-    eventually_within(PROMPTLY, "the fixed swap is applied", || {
-        let c = &c;
-        async move { c.get("/v1/calls", NEWCOMER).await.status == 200 }
+    wait_until_within(PROMPTLY, "the fixed swap is applied", async || {
+        c.get("/v1/calls", NEWCOMER).await.status == 200
     })
     .await;
     assert_eq!(c.get("/v1/calls", SUPPORT).await.status, 401);
@@ -136,9 +135,8 @@ async fn an_in_place_edit_of_a_regular_config_file_is_applied_within_3_s() {
     assert_eq!(c.get("/v1/calls", NEWCOMER).await.status, 401);
 
     gw.rewrite_config_in_place(|config| config.team("newcomer", "globex", NEWCOMER));
-    eventually_within(PROMPTLY, "the edited file is applied", || {
-        let c = &c;
-        async move { c.get("/v1/calls", NEWCOMER).await.status == 200 }
+    wait_until_within(PROMPTLY, "the edited file is applied", async || {
+        c.get("/v1/calls", NEWCOMER).await.status == 200
     })
     .await;
 }
@@ -154,7 +152,7 @@ async fn a_replaced_org_key_file_reaches_upstream_within_3_s() {
     let c = gw.client();
     assert_eq!(
         org_key_seen_upstream(&c, &upstream, "before").await,
-        format!("Bearer {ORG_KEY_ACME}")
+        bearer(ORG_KEY_ACME)
     );
 
     // Only the key file changes, replaced as a secret manager does: a new file renamed over it.
@@ -163,13 +161,10 @@ async fn a_replaced_org_key_file_reaches_upstream_within_3_s() {
     std::fs::write(&new_file, format!("{ROTATED}\n")).unwrap();
     std::fs::rename(&new_file, &key_file).unwrap();
     let mut attempt = 0;
-    eventually_within(PROMPTLY, "upstream sees the new org key", || {
+    wait_until_within(PROMPTLY, "upstream sees the new org key", async || {
         attempt += 1;
-        let (c, upstream) = (&c, &upstream);
-        async move {
-            let id = format!("after-{attempt}");
-            org_key_seen_upstream(c, upstream, &id).await == format!("Bearer {ROTATED}")
-        }
+        let id = format!("after-{attempt}");
+        org_key_seen_upstream(&c, &upstream, &id).await == bearer(ROTATED)
     })
     .await;
 }
@@ -191,11 +186,11 @@ async fn two_processes_on_one_config_show_one_fingerprint_until_only_one_has_rel
     let loaded_before = scrape(&b).await.value(LOADED_AT, &[]);
 
     watching.rewrite_config(|config| config.team("newcomer", "globex", NEWCOMER));
-    eventually_within(PROMPTLY, "the watching process serves the new file", || {
-        let a = &a;
-        let before = &before;
-        async move { fingerprint(a).await != *before }
-    })
+    wait_until_within(
+        PROMPTLY,
+        "the watching process serves the new file",
+        async || fingerprint(&a).await != before,
+    )
     .await;
     let after = settled_fingerprint(&a).await;
     assert_eq!(
@@ -206,10 +201,8 @@ async fn two_processes_on_one_config_show_one_fingerprint_until_only_one_has_rel
     assert!(scrape(&a).await.value(LOADED_AT, &[]) >= loaded_before);
 
     signalled.signal("HUP");
-    eventually("both serve the new file", || {
-        let b = &b;
-        let after = &after;
-        async move { fingerprint(b).await == *after }
+    wait_until("both serve the new file", async || {
+        fingerprint(&b).await == after
     })
     .await;
     assert_eq!(settled_fingerprint(&b).await, after);
@@ -230,12 +223,11 @@ async fn turning_watch_config_off_in_a_watched_change_leaves_reloads_to_sighup()
 
     // The change that turns watching off is itself applied as a watched change.
     gw.rewrite_config(|config| config.watch_config(false).without_team("support"));
-    eventually_within(PROMPTLY, "the change is applied", || {
-        let c = &c;
-        async move { c.get("/v1/calls", SUPPORT).await.status == 401 }
+    wait_until_within(PROMPTLY, "the change is applied", async || {
+        c.get("/v1/calls", SUPPORT).await.status == 401
     })
     .await;
-    wait_until("the watcher stops", || {
+    wait_until("the watcher stops", async || {
         gw.stderr_so_far()
             .contains("config changes wait for SIGHUP")
     })
@@ -243,9 +235,8 @@ async fn turning_watch_config_off_in_a_watched_change_leaves_reloads_to_sighup()
 
     gw.rewrite_config(|config| config.team("newcomer", "globex", NEWCOMER));
     gw.signal("HUP");
-    eventually("SIGHUP applies the next change", || {
-        let c = &c;
-        async move { c.get("/v1/calls", NEWCOMER).await.status == 200 }
+    wait_until("SIGHUP applies the next change", async || {
+        c.get("/v1/calls", NEWCOMER).await.status == 200
     })
     .await;
     let m = scrape(&admin).await;

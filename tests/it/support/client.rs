@@ -100,16 +100,21 @@ impl Client {
 
     /// GET with `Authorization: Bearer <key>`.
     pub async fn get(&self, path: &str, key: &str) -> TestResponse {
-        let auth = format!("Bearer {key}");
+        let auth = bearer(key);
         self.send(Method::GET, path, &[("authorization", &auth)], Bytes::new())
             .await
     }
 
     /// PATCH of a JSON body with `Authorization: Bearer <key>`.
     pub async fn patch(&self, path: &str, key: &str, json: &str) -> TestResponse {
-        let auth = format!("Bearer {key}");
+        self.write(Method::PATCH, path, key, json).await
+    }
+
+    /// A write (`method`) of a JSON body with `Authorization: Bearer <key>`.
+    pub async fn write(&self, method: Method, path: &str, key: &str, json: &str) -> TestResponse {
+        let auth = bearer(key);
         self.send(
-            Method::PATCH,
+            method,
             path,
             &[
                 ("authorization", &auth),
@@ -119,6 +124,11 @@ impl Client {
         )
         .await
     }
+}
+
+/// The `Authorization` value that presents `key`.
+pub fn bearer(key: &str) -> String {
+    format!("Bearer {key}")
 }
 
 /// Sends `raw` as is and returns the status code of the answer (0 if the connection closed first).

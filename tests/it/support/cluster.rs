@@ -2,11 +2,11 @@
 //! and waited on, and the skip-or-fail rule for machines without `redis-server`. (`redis.rs`, the
 //! servers themselves, is shared with the library's script tests and knows no gateway.)
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::Method;
 
-use super::{Client, TestGateway, TestResponse};
+use super::{wait_until_within, Client, TestGateway, TestResponse};
 
 /// Skips (loudly) where no `redis-server` is installed, unless `DNXGW_REQUIRE_REDIS` is set, as
 /// `.ci/run` sets it after installing one: there a missing server fails the test.
@@ -35,18 +35,7 @@ pub async fn ask_readyz(admin: &Client) -> TestResponse {
 /// Waits until `/readyz` says `what`: state changes happen in the replica's own time (a deadline
 /// running out, a reconnection), which the test observes rather than predicts.
 pub async fn wait_for_readyz(admin: &Client, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let r = ask_readyz(admin).await;
-        if String::from_utf8_lossy(&r.body).contains(what) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/readyz never said {what:?}: {} {}",
-            r.status,
-            String::from_utf8_lossy(&r.body)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let says = format!("/readyz says {what:?}");
+    let said = async || String::from_utf8_lossy(&ask_readyz(admin).await.body).contains(what);
+    wait_until_within(Duration::from_secs(15), &says, said).await;
 }

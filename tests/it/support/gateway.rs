@@ -15,7 +15,7 @@ use dialnexa_gateway::auth::KeyDigest;
 use dialnexa_gateway::server::{self, RunningGateway};
 use dialnexa_gateway::settings::Settings;
 
-use super::{scrape, wait_until, Client, Metrics};
+use super::{scrape, wait_until, wait_until_within, Client, Metrics};
 
 pub const BILLING: &str = "team-key-billing-0001";
 pub const SUPPORT: &str = "team-key-support-0002";
@@ -54,8 +54,6 @@ struct Team {
     access: &'static str,
     rate: Quota,
     write: Option<Quota>,
-    /// `upstream_share`, when set.
-    share: Option<u32>,
     /// More keys after `key`, each with its `not_after` (RFC 3339), if it has one.
     more_keys: Vec<(String, Option<String>)>,
 }
@@ -107,7 +105,6 @@ impl GatewayBuilder {
             access,
             rate: GENEROUS,
             write: None,
-            share: None,
             more_keys: Vec::new(),
         });
         Self {
@@ -287,7 +284,6 @@ impl GatewayBuilder {
             access: "read_write",
             rate: GENEROUS,
             write: None,
-            share: None,
             more_keys: Vec::new(),
         });
         self
@@ -304,12 +300,6 @@ impl GatewayBuilder {
     /// Moves a team to another organisation (which need not exist: an unknown org is invalid).
     pub fn team_org(mut self, team: &str, org: &str) -> Self {
         self.team_mut(team).org = org.into();
-        self
-    }
-
-    /// Sets a team's weight in its org's budget (`upstream_share`).
-    pub fn upstream_share(mut self, team: &str, share: u32) -> Self {
-        self.team_mut(team).share = Some(share);
         self
     }
 
@@ -438,9 +428,6 @@ impl GatewayBuilder {
             if let Some(write) = team.write {
                 t.push_str(&format!("write_rate_limit = {write}\n"));
             }
-            if let Some(share) = team.share {
-                t.push_str(&format!("upstream_share = {share}\n"));
-            }
         }
         t
     }
@@ -483,7 +470,6 @@ impl GatewayBuilder {
             api: running.api_addr,
             admin: running.admin_addr,
             audit_path: dir.path().join("audit.jsonl"),
-            config_path: config.path.clone(),
             config,
             running: Some(running),
             audit_fifo,
@@ -526,24 +512,17 @@ async fn launch(config: ConfigFile, dir: Arc<tempfile::TempDir>) -> BinaryGatewa
         .spawn()
         .unwrap();
     let mut stderr = Stderr::read(child.stderr.take().unwrap());
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let (api, admin) = loop {
-        if let Some(bound) = stderr.listening() {
-            break bound;
-        }
+    wait_until_within(STARTUP, "the binary listens", async || {
         if let Some(status) = child.try_wait().unwrap() {
             panic!(
                 "binary exited before listening ({status}): {}",
                 stderr.all()
             );
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "binary did not start listening: {}",
-            stderr.text()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+        stderr.listening().is_some()
+    })
+    .await;
+    let (api, admin) = stderr.listening().expect("listening");
     let mut gw = BinaryGateway {
         api,
         admin,
@@ -555,7 +534,7 @@ async fn launch(config: ConfigFile, dir: Arc<tempfile::TempDir>) -> BinaryGatewa
         dir,
     };
     let probe = Client::new(admin);
-    loop {
+    wait_until_within(STARTUP, "the binary is ready", async || {
         if let Some(status) = gw.child.try_wait().unwrap() {
             panic!(
                 "binary exited before becoming ready ({status}): {}",
@@ -567,17 +546,15 @@ async fn launch(config: ConfigFile, dir: Arc<tempfile::TempDir>) -> BinaryGatewa
             probe.send(http::Method::GET, "/readyz", &[], ""),
         )
         .await;
-        if matches!(ready, Ok(ref r) if r.status == 200) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "binary did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        matches!(ready, Ok(ref r) if r.status == 200)
+    })
+    .await;
     gw
 }
+
+/// How long the binary may take to listen, and again to be ready: a debug build on a machine
+/// busy compiling and testing in parallel.
+const STARTUP: Duration = Duration::from_secs(20);
 
 /// `RUST_LOG` for the binary: warnings, and the server's own lines, among them the one that says
 /// where it listens.
@@ -732,7 +709,6 @@ pub struct TestGateway {
     pub api: SocketAddr,
     pub admin: SocketAddr,
     pub audit_path: PathBuf,
-    pub config_path: PathBuf,
     config: ConfigFile,
     pub running: Option<RunningGateway>,
     /// The reading end of the audit FIFO, with [`GatewayBuilder::audit_fifo`].
@@ -761,7 +737,10 @@ impl TestGateway {
     /// Waits until at least `n` audit lines are on disk and returns them.
     pub async fn audit_lines(&self, n: usize) -> Vec<serde_json::Value> {
         let path = self.audit_path.clone();
-        wait_until(&format!("{n} audit lines"), || read_audit(&path).len() >= n).await;
+        wait_until(&format!("{n} audit lines"), async || {
+            read_audit(&path).len() >= n
+        })
+        .await;
         self.audit()
     }
 

@@ -1,13 +1,23 @@
-//! The one reader of `/metrics`: a scrape in the Prometheus text format, asked for one sample by
-//! name and labels.
+//! The one reader of `/metrics`: a scrape in the Prometheus text format (or OpenMetrics, which
+//! writes samples the same way), asked for one sample by name and labels.
 
+use std::collections::BTreeSet;
 use std::fmt;
 
 use super::Client;
 
 /// Scrapes `/metrics` from an admin listener.
 pub async fn scrape(admin: &Client) -> Metrics {
-    let r = admin.send(http::Method::GET, "/metrics", &[], "").await;
+    scrape_with(admin, &[]).await
+}
+
+/// [`scrape`], asking for the format `accept` names (content negotiation, as Prometheus does).
+pub async fn scrape_accepting(admin: &Client, accept: &str) -> Metrics {
+    scrape_with(admin, &[("accept", accept)]).await
+}
+
+async fn scrape_with(admin: &Client, headers: &[(&str, &str)]) -> Metrics {
+    let r = admin.send(http::Method::GET, "/metrics", headers, "").await;
     assert_eq!(r.status, 200, "/metrics answered {}", r.status);
     Metrics(String::from_utf8(r.body.to_vec()).expect("/metrics is UTF-8"))
 }
@@ -18,13 +28,9 @@ pub struct Metrics(String);
 impl Metrics {
     /// The value of the sample `name{labels}` (labels in any order, all of them), if exposed.
     pub fn sample(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        self.0
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|line| {
-                let (series, value) = parse_sample(line)?;
-                (series.name == name && same_labels(&series.labels, labels)).then_some(value)
-            })
+        self.samples()
+            .find(|(series, _)| series.name == name && same_labels(&series.labels, labels))
+            .map(|(_, value)| value)
     }
 
     /// [`sample`](Self::sample), which must be exposed.
@@ -35,16 +41,33 @@ impl Metrics {
 
     /// The values `label` takes across the samples of `name`, in the order exposed.
     pub fn label_values(&self, name: &str, label: &str) -> Vec<String> {
-        self.0
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(parse_sample)
+        self.samples()
             .filter(|(series, _)| series.name == name)
             .filter_map(|(series, _)| {
                 let (_, value) = series.labels.into_iter().find(|(k, _)| k == label)?;
                 Some(value)
             })
             .collect()
+    }
+
+    /// The sum of every sample of `name`, whatever its labels.
+    pub fn total(&self, name: &str) -> f64 {
+        self.samples()
+            .filter(|(series, _)| series.name == name)
+            .map(|(_, value)| value)
+            .sum()
+    }
+
+    /// The names of the samples exposed.
+    pub fn names(&self) -> BTreeSet<String> {
+        self.samples().map(|(series, _)| series.name).collect()
+    }
+
+    fn samples(&self) -> impl Iterator<Item = (Series, f64)> + '_ {
+        self.0
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(parse_sample)
     }
 
     /// [`sample`](Self::sample), or 0 for a counter not created yet.

@@ -135,7 +135,7 @@ impl OtlpCollector {
                 .filter(|s| s.trace_id == trace_id)
                 .collect()
         };
-        wait_until(&format!("{n} spans of trace {trace_id}"), || {
+        wait_until(&format!("{n} spans of trace {trace_id}"), async || {
             of_trace().len() >= n
         })
         .await;

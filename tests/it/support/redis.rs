@@ -7,7 +7,7 @@
 //! `redis-server` with it too (`src/cluster/scripts.rs`).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -188,10 +188,6 @@ impl TestRedis {
             .filter(|k| !k.is_empty())
             .map(|k| (k.to_owned(), self.cli(&["PTTL", k]).parse().unwrap()))
             .collect()
-    }
-
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 }
 

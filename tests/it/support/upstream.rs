@@ -111,7 +111,6 @@ impl Held {
 pub struct FakeUpstream {
     pub addr: SocketAddr,
     state: Arc<State>,
-    task: Arc<tokio::task::JoinHandle<()>>,
 }
 
 impl FakeUpstream {
@@ -129,7 +128,7 @@ impl FakeUpstream {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State::default());
         let st = state.clone();
-        let task = tokio::spawn(async move {
+        tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
@@ -148,11 +147,7 @@ impl FakeUpstream {
                 });
             }
         });
-        Self {
-            addr,
-            state,
-            task: Arc::new(task),
-        }
+        Self { addr, state }
     }
 
     /// `upstream.base_url` for a fake started with [`start_tls`](Self::start_tls), by host name.
@@ -200,10 +195,6 @@ impl FakeUpstream {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    pub fn clear(&self) {
-        self.state.requests.lock().unwrap().clear();
-    }
-
     /// Delays every answer to `method` (after the answer's content was decided).
     pub fn set_delay(&self, method: Method, delay: Duration) {
         self.state.delays.lock().unwrap().insert(method, delay);
@@ -230,21 +221,6 @@ impl FakeUpstream {
     /// Answers requests for which `f` returns `Some` with that reply.
     pub fn set_override(&self, f: impl Fn(&Recorded) -> Option<Reply> + Send + Sync + 'static) {
         *self.state.overrides.lock().unwrap() = Some(Arc::new(f));
-    }
-
-    pub fn version(&self, agent: &str) -> u64 {
-        self.state
-            .versions
-            .lock()
-            .unwrap()
-            .get(agent)
-            .copied()
-            .unwrap_or(1)
-    }
-
-    /// Stops accepting (already open connections die with the runtime).
-    pub fn stop(&self) {
-        self.task.abort();
     }
 }
 
