@@ -2,7 +2,7 @@
 //! the request metric, the server span's account of the request, and the hand-off of the audit
 //! line to the answer's body.
 
-use http::{HeaderValue, Method, Response};
+use http::{Method, Response};
 
 use super::Exchange;
 use crate::admission;
@@ -16,13 +16,12 @@ impl Exchange<'_> {
     pub(super) fn respond(
         mut self,
         mut resp: Response<ProxyBody>,
-        request_id: HeaderValue,
         method: &Method,
         trace: &RequestTrace,
     ) -> Response<AuditedBody> {
         body::drop_for_head(method, &mut resp);
         let headers = resp.headers_mut();
-        headers.insert(X_REQUEST_ID.clone(), request_id);
+        headers.insert(X_REQUEST_ID.clone(), self.request_id.clone());
         if let Some(verdict) = &self.verdict {
             admission::apply_headers(verdict, headers);
         }
