@@ -23,4 +23,4 @@ mod tests;
 pub use fill::FillOutcome;
 pub use key::{fold_case, Scope, SharedVersion};
 pub use policy::{client_directive, CacheOutcome, CacheStatus, ClientDirective, Fwd};
-pub use store::{AgentCache, Lookup, Stored, Ticket};
+pub use store::{AgentCache, Fresh, Lookup, Stored, Ticket};

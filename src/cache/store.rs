@@ -121,13 +121,16 @@ pub struct Ticket {
 }
 
 pub enum Lookup {
-    Fresh {
-        stored: Arc<Stored>,
-        ttl_left: Duration,
-        /// As of the lookup; read once, the clock is not free.
-        age: Duration,
-    },
+    Fresh(Fresh),
     Miss(Ticket),
+}
+
+/// A fresh stored answer, as a lookup found it.
+pub struct Fresh {
+    pub stored: Arc<Stored>,
+    pub ttl_left: Duration,
+    /// As of the lookup; read once, the clock is not free.
+    pub age: Duration,
 }
 
 pub struct AgentCache {
@@ -274,11 +277,11 @@ impl AgentCache {
                 let age = v.age();
                 if age < self.ttl {
                     self.metrics.cache_hits.inc();
-                    return Lookup::Fresh {
+                    return Lookup::Fresh(Fresh {
                         stored: v.clone(),
                         ttl_left: self.ttl - age,
                         age,
-                    };
+                    });
                 }
                 if age < self.ttl + self.stale_window {
                     ticket.stale = Some(v.clone());

@@ -92,7 +92,7 @@ async fn orgs_never_share_and_families_are_invalidated_together() {
         cache
             .lookup(&acme, Family::Agents, "a1", "", &NOT_SHARED)
             .await,
-        Lookup::Fresh { .. }
+        Lookup::Fresh(_)
     ));
     assert!(matches!(
         cache
@@ -123,7 +123,7 @@ async fn spellings_are_cached_apart_and_invalidated_together() {
         cache.fill(&t, true, || async { ok(body) }).await;
     }
     for (id, body) in [("abc", "lower"), ("ABC", "upper")] {
-        let Lookup::Fresh { stored, .. } = cache
+        let Lookup::Fresh(Fresh { stored, .. }) = cache
             .lookup(&org, Family::Agents, id, "", &NOT_SHARED)
             .await
         else {
@@ -274,7 +274,7 @@ async fn a_shared_fill_outlives_the_request_that_started_it() {
         cache
             .lookup(&org, Family::Agents2, "a1", "", &NOT_SHARED)
             .await,
-        Lookup::Fresh { .. }
+        Lookup::Fresh(_)
     ));
 }
 

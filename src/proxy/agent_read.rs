@@ -3,7 +3,7 @@
 //! ends in one named [`Read`]; [`Exchange::settle`] is the one place that records it.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, Response, StatusCode};
@@ -14,7 +14,7 @@ use super::forward;
 use super::Exchange;
 use crate::audit;
 use crate::cache::{
-    self, AgentCache, CacheStatus, ClientDirective, FillOutcome, Fwd, Lookup, SharedVersion,
+    self, AgentCache, CacheStatus, ClientDirective, FillOutcome, Fresh, Fwd, Lookup, SharedVersion,
     Stored, Ticket,
 };
 use crate::error::GatewayError;
@@ -30,11 +30,7 @@ const ANSWER_HEADERS: usize = 16;
 /// How an agent read was answered.
 enum Read {
     /// From a fresh stored copy.
-    Hit {
-        stored: Arc<Stored>,
-        ttl_left: Duration,
-        age: Duration,
-    },
+    Hit(Fresh),
     /// Upstream's whole answer to this request's own fetch, passed on as upstream sent it (a `5xx`
     /// with no expired copy to stand in included).
     Filled { answer: Arc<Buffered>, why: Fwd },
@@ -60,16 +56,27 @@ enum Read {
     },
 }
 
+impl Read {
+    fn refused(error: GatewayError, why: Fwd, upstream: Option<StatusCode>) -> Self {
+        Self::Refused {
+            error,
+            why,
+            upstream,
+        }
+    }
+}
+
 pub(super) async fn read(
     ex: &mut Exchange<'_>,
     ctx: &RequestCtx,
     agent: &AgentPath,
 ) -> Result<Response<ProxyBody>, GatewayError> {
-    let read = answer(ex, ctx, agent).await;
+    let read = outcome(ex, ctx, agent).await;
     ex.settle(read)
 }
 
-async fn answer(ex: &mut Exchange<'_>, ctx: &RequestCtx, agent: &AgentPath) -> Read {
+/// How the read is answered: from the cache, through it, or around it.
+async fn outcome(ex: &mut Exchange<'_>, ctx: &RequestCtx, agent: &AgentPath) -> Read {
     let directive = cache::client_directive(&ctx.parts.headers);
     let cache = match ex.gw.enabled_cache(ex.snapshot) {
         Some(cache) if directive != ClientDirective::Bypass => Arc::clone(cache),
@@ -77,28 +84,13 @@ async fn answer(ex: &mut Exchange<'_>, ctx: &RequestCtx, agent: &AgentPath) -> R
         // says how it was served.
         _ => return bypass(ex, ctx).await,
     };
-    let org = &ctx.team.settings.org.name;
+    let (org, family, id) = (&ctx.team.settings.org.name, agent.family, &agent.id);
     let query = route::normalize_query(ctx.parts.uri.query());
     let version = &ex.version;
     let ticket = match directive {
-        ClientDirective::Refresh => {
-            cache.refresh_ticket(org, agent.family, &agent.id, &query, version)
-        }
-        _ => match cache
-            .lookup(org, agent.family, &agent.id, &query, version)
-            .await
-        {
-            Lookup::Fresh {
-                stored,
-                ttl_left,
-                age,
-            } => {
-                return Read::Hit {
-                    stored,
-                    ttl_left,
-                    age,
-                }
-            }
+        ClientDirective::Refresh => cache.refresh_ticket(org, family, id, &query, version),
+        _ => match cache.lookup(org, family, id, &query, version).await {
+            Lookup::Fresh(fresh) => return Read::Hit(fresh),
             Lookup::Miss(ticket) => ticket,
         },
     };
@@ -108,15 +100,8 @@ async fn answer(ex: &mut Exchange<'_>, ctx: &RequestCtx, agent: &AgentPath) -> R
         (ClientDirective::Refresh, _) => Fwd::Request,
         _ => Fwd::Miss,
     };
-    fill(
-        ex,
-        ctx,
-        &cache,
-        &ticket,
-        why,
-        directive == ClientDirective::Normal,
-    )
-    .await
+    let coalesce = directive == ClientDirective::Normal;
+    fill(ex, ctx, &cache, &ticket, why, coalesce).await
 }
 
 /// A cacheable read served without the cache: forwarded as is.
@@ -126,7 +111,7 @@ async fn bypass(ex: &mut Exchange<'_>, ctx: &RequestCtx) -> Read {
     Read::Bypass(forward::forward(ex, ctx, Bytes::new()).await)
 }
 
-/// A miss (or a refresh) filled through the cache, shared with concurrent misses if `coalesce`.
+/// A miss (or a refresh) filled through the cache, one fetch for concurrent misses if `coalesce`.
 async fn fill(
     ex: &mut Exchange<'_>,
     ctx: &RequestCtx,
@@ -139,17 +124,10 @@ async fn fill(
     ex.audit_cache_as(why);
     let req = match ctx.upstream_request(ex, Bytes::new(), Purpose::CacheFill) {
         Ok(req) => req,
-        Err(error) => {
-            let upstream = None;
-            return Read::Refused {
-                error,
-                why,
-                upstream,
-            };
-        }
+        Err(error) => return Read::refused(error, why, None),
     };
     let started = Instant::now();
-    // This request's wait for the answer, its own fetch or another's; a shared fill's waiters are
+    // This request's wait for the answer, its own fetch or another's; the waiters of a fill are
     // linked to the fill they waited on (in `cache::coalesce`).
     let waiting = telemetry::span::step("cache fill");
     let fetch = Fetch::new(ex, ctx, req, cache.max_entry_bytes(), waiting.clone());
@@ -161,33 +139,14 @@ async fn fill(
         FillOutcome::Filled(answer) => (answer, false),
         FillOutcome::Joined(answer) => (answer, true),
         FillOutcome::TooLarge(resp) => return Read::TooLarge { resp, why },
-        FillOutcome::Failed(error) => {
-            let upstream = None;
-            return stale_or(
-                cache,
-                ticket,
-                Read::Refused {
-                    error,
-                    why,
-                    upstream,
-                },
-            );
-        }
+        FillOutcome::Failed(e) => return stale_or(cache, ticket, Read::refused(e, why, None)),
     };
     // Conditional headers are never sent on a fill, so a `304` has no body to pass on and the
     // client, which may not have asked conditionally either, must not see it.
     if answer.status == StatusCode::NOT_MODIFIED {
         let error = GatewayError::UpstreamInvalid("304 Not Modified to an unconditional request");
-        let upstream = Some(answer.status);
-        return stale_or(
-            cache,
-            ticket,
-            Read::Refused {
-                error,
-                why,
-                upstream,
-            },
-        );
+        let refused = Read::refused(error, why, Some(answer.status));
+        return stale_or(cache, ticket, refused);
     }
     let failed = answer.status.is_server_error();
     let read = match joined {
@@ -230,11 +189,11 @@ impl Exchange<'_> {
             detail,
         };
         let (status, upstream, answer) = match read {
-            Read::Hit {
+            Read::Hit(Fresh {
                 stored,
                 ttl_left,
                 age,
-            } => (
+            }) => (
                 CacheStatus::Hit { ttl_left, age },
                 None,
                 Ok(stored_response(&stored)),

@@ -127,7 +127,8 @@ async fn exchange(
 /// per-request headers need.
 struct Exchange<'a> {
     gw: &'a Arc<Gateway>,
-    /// An `Arc` so a shared cache fill, which outlives a request whose client leaves, can keep it.
+    /// An `Arc` so a cache fill others wait on, which outlives a request whose client leaves, can
+    /// keep it.
     snapshot: &'a Arc<Snapshot>,
     /// The client's `X-Request-Id` if sane, else one minted: sent upstream and in the answer.
     request_id: HeaderValue,

@@ -2,7 +2,7 @@
 //! the request metric, the server span's account of the request, and the hand-off of the audit
 //! line to the answer's body.
 
-use http::{Method, Response};
+use http::{HeaderValue, Method, Response};
 
 use super::Exchange;
 use crate::admission;
@@ -21,7 +21,9 @@ impl Exchange<'_> {
     ) -> Response<AuditedBody> {
         body::drop_for_head(method, &mut resp);
         let headers = resp.headers_mut();
-        headers.insert(X_REQUEST_ID.clone(), self.request_id.clone());
+        // Moved, not cloned: the exchange ends here.
+        let request_id = std::mem::replace(&mut self.request_id, HeaderValue::from_static(""));
+        headers.insert(X_REQUEST_ID.clone(), request_id);
         if let Some(verdict) = &self.verdict {
             admission::apply_headers(verdict, headers);
         }
