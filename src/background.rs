@@ -3,6 +3,7 @@
 //! gateway holds one, and shutdown ends it: what may be cut short is, and everything is waited for.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -12,8 +13,9 @@ use tokio_util::task::TaskTracker;
 #[derive(Clone, Default)]
 pub struct Background {
     tasks: TaskTracker,
-    /// Cancelled once the shutdown grace period is over.
-    cut_short: CancellationToken,
+    /// Cancelled once the shutdown grace period is over. In an `Arc`: a token's own clone takes
+    /// a lock (its handle count), which every cache fill would pay.
+    cut_short: Arc<CancellationToken>,
 }
 
 impl Background {
@@ -24,9 +26,9 @@ impl Background {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let stop = self.cut_short.clone();
+        let stop = Arc::clone(&self.cut_short);
         self.tasks.spawn(async move {
-            stop.run_until_cancelled_owned(work).await;
+            stop.run_until_cancelled(work).await;
         });
     }
 
