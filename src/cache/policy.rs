@@ -238,6 +238,29 @@ mod tests {
         assert!(with(&[("set-cookie", "session=1")]));
     }
 
+    #[test]
+    fn cache_control_is_read_alike_in_requests_and_answers() {
+        let with = |values: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::CACHE_CONTROL, HeaderValue::from_static(v));
+            }
+            (client_directive(&h), upstream_forbids_store(&h))
+        };
+        assert_eq!(with(&[]), (ClientDirective::Normal, false));
+        assert_eq!(
+            with(&["max-age=60 , private"]),
+            (ClientDirective::Normal, false)
+        );
+        assert_eq!(
+            with(&["max-age=60", " No-Cache"]),
+            (ClientDirective::Refresh, true)
+        );
+        assert_eq!(with(&["public,NO-STORE"]), (ClientDirective::Bypass, true));
+        // `max-age=0` asks a fresh copy of the cache; in an answer it forbids nothing.
+        assert_eq!(with(&["MAX-AGE=0"]), (ClientDirective::Refresh, false));
+    }
+
     fn rendered(status: CacheStatus) -> (String, String, Option<String>) {
         let mut h = HeaderMap::new();
         h.insert(header::AGE, HeaderValue::from_static("9"));
