@@ -38,7 +38,7 @@ pub(super) enum LockStatus {
     TransientError(GatewayError),
     /// The answer is not for sharing (personal, or too large to keep): each waiter fetches its own.
     GiveUp,
-    /// The leader went away without an answer (cut short at shutdown, or a panic): the waiters try
+    /// The leader went away without an answer (a panic, or the runtime ending): the waiters try
     /// again, one of them as the new leader.
     Dangling,
 }

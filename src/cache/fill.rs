@@ -91,14 +91,14 @@ impl AgentCache {
         let cache = Arc::clone(self);
         let ticket = ticket.clone();
         let (done, outcome) = oneshot::channel();
-        self.background.spawn_unattended(async move {
+        self.background.spawn_owed(async move {
             let (outcome, status) = cache.fetch_and_store(&ticket, fetch).await;
             permit.release(status);
             // No one to hand it to when the client left; a too-large answer's stream is dropped.
             let _ = done.send(outcome);
         });
-        // Only a fill cut short (shutdown) or a panic in the fetch loses the outcome; its waiters
-        // find the lock dangling and fetch again themselves.
+        // Only a panic in the fetch (or the runtime ending) loses the outcome; its waiters find the
+        // lock dangling and fetch again themselves.
         outcome
             .await
             .unwrap_or(FillOutcome::Failed(GatewayError::UpstreamUnreachable))
