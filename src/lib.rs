@@ -25,6 +25,7 @@ pub mod admin;
 pub mod admission;
 pub mod audit;
 pub mod auth;
+pub mod background;
 pub mod cache;
 pub mod cli;
 pub mod cluster;

@@ -1,20 +1,19 @@
 //! The config snapshot requests run on ([`Snapshot`], swapped whole by a reload) and the process-wide
-//! parts that outlive reloads ([`Gateway`]: cache, admission, audit log, metrics, drain flag, work left
-//! unattended), with the one entry point for every invalidation, [`Gateway::invalidate`].
+//! parts that outlive reloads ([`Gateway`]: cache, admission, audit log, metrics, drain flag, the
+//! [`Background`] work), with the one entry point for every invalidation, [`Gateway::invalidate`].
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use tokio::task::JoinSet;
 
 use crate::admission::{self, Admission, TeamLimiter, TeamPart};
 use crate::audit::AuditLog;
 use crate::auth::{KeyDigest, KeyLife};
+use crate::background::Background;
 use crate::cache::{fold_case, AgentCache, Scope};
 use crate::cluster::{Cluster, ClusterStartError, Phase, Reach};
 use crate::config::ConfigError;
@@ -150,8 +149,9 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     draining: AtomicBool,
     config_path: Option<PathBuf>,
-    /// Writes run in tasks of their own (see `proxy::handle`); kept to cancel them at shutdown.
-    unattended: Mutex<JoinSet<()>>,
+    /// Work that outlives its request (writes, shared cache fills, second invalidations), which
+    /// shutdown ends ([`Background::finish`]).
+    pub background: Background,
     /// Cluster mode's link to the other replicas, as started (`[cluster]` needs a restart).
     cluster: Option<(Arc<Cluster>, ClusterSettings)>,
 }
@@ -175,7 +175,9 @@ impl Gateway {
         audit: AuditLog,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ClusterStartError> {
-        let cache = Arc::new(AgentCache::new(&settings.cache, metrics.clone()));
+        let background = Background::default();
+        let cache =
+            Arc::new(AgentCache::new(&settings.cache, metrics.clone()).filling_in(&background));
         let cluster = match &settings.cluster {
             None => None,
             Some(cs) => {
@@ -206,7 +208,7 @@ impl Gateway {
             metrics,
             draining: AtomicBool::new(false),
             config_path,
-            unattended: Mutex::new(JoinSet::new()),
+            background,
             cluster,
         })
     }
@@ -325,25 +327,9 @@ impl Gateway {
             .map(|(c, _)| (c.phase(), c.on_unavailable()))
     }
 
-    pub fn cache_enabled(&self, rt: &Snapshot) -> Option<&Arc<AgentCache>> {
-        rt.settings.cache.enabled.then_some(&self.cache)
-    }
-
-    /// Runs work that must end whether or not its client stays: a write (once sent, upstream may
-    /// apply it anyway) and the audit line of a client that left a cache fill it had started.
-    pub fn spawn_unattended(&self, work: impl Future<Output = ()> + Send + 'static) {
-        let mut unattended = self.unattended.lock().unwrap_or_else(|e| e.into_inner());
-        while unattended.try_join_next().is_some() {}
-        unattended.spawn(work);
-    }
-
-    /// At shutdown, once the grace period is over: cancels what is still waiting for upstream
-    /// (each still writes its audit line) and waits until it is gone.
-    pub async fn cancel_unattended(&self) {
-        let mut unattended =
-            std::mem::take(&mut *self.unattended.lock().unwrap_or_else(|e| e.into_inner()));
-        unattended.abort_all();
-        while unattended.join_next().await.is_some() {}
+    /// The cache, if `snapshot` has caching on (it is kept while off, see [`Gateway::cache`]).
+    pub fn enabled_cache(&self, snapshot: &Snapshot) -> Option<&Arc<AgentCache>> {
+        snapshot.settings.cache.enabled.then_some(&self.cache)
     }
 
     pub fn start_draining(&self) {

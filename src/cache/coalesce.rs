@@ -1,194 +1,187 @@
-//! One upstream fetch per (variant, generation): concurrent misses wait on the first, whose fetch
-//! runs in a task of its own so the client that started it leaving costs nobody a second request.
+//! The lock a miss takes so that concurrent misses of one variant, generation and version share
+//! one upstream fetch, its states named as pingora-cache's `lock.rs` names them. The first miss
+//! leads the fill and holds a [`WritePermit`]; the others hold a [`ReadLock`] and read the
+//! [`LockStatus`] the leader leaves. It knows nothing of how a fill fetches or stores.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 
-use http::Response;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 use super::key::AgentKey;
-use super::policy::is_personal;
-use super::store::{AgentCache, Ticket};
 use crate::error::GatewayError;
-use crate::http::ProxyBody;
 use crate::route::Family;
 use crate::telemetry;
-use crate::upstream::{Buffered, CacheFetch};
+use crate::upstream::Buffered;
 
-/// What a fill produced for this request.
-pub enum FillOutcome {
-    /// A whole upstream answer to this request's own fetch.
-    Answer(Arc<Buffered>),
-    /// A whole upstream answer to a fetch another request started and this one waited on: it is
-    /// served as a hit would be, with the stored status, `Content-Type` and body only.
-    Joined(Arc<Buffered>),
-    /// Too large to cache; this request streams it.
-    Streaming(Response<ProxyBody>),
-    Failed(GatewayError),
-}
-
-/// What the leader of a fill publishes to the requests waiting on it.
-#[derive(Clone)]
-pub(super) enum Shared {
-    Answer(Arc<Buffered>),
-    Failed(GatewayError),
-    /// The answer could not be shared (too large): fetch your own.
-    FetchYourself,
-}
-
+/// What one fill answers: the variant, and the generation and version it started under, so that a
+/// read after an invalidation never joins a fill that began before it.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub(super) struct FillKey {
-    key: AgentKey,
-    family: Family,
-    query: Box<str>,
-    spelling: Option<Box<str>>,
-    generation: u64,
-    shared: Option<std::sync::Arc<str>>,
-    keep: bool,
+    pub(super) key: AgentKey,
+    pub(super) family: Family,
+    pub(super) query: Box<str>,
+    pub(super) spelling: Option<Box<str>>,
+    pub(super) generation: u64,
+    pub(super) version: Option<Arc<str>>,
+    pub(super) keep: bool,
 }
 
-/// The fills in flight: what each will publish, and the span of the request that leads it (none
-/// without tracing), which the requests that join it are linked to.
-pub(super) type Inflight = Mutex<
-    HashMap<FillKey, (watch::Receiver<Option<Shared>>, tracing::Span), foldhash::fast::RandomState>,
->;
+/// Where a fill stands, as the requests waiting on it see it.
+#[derive(Clone)]
+pub(super) enum LockStatus {
+    /// The leader's fetch is in flight.
+    Waiting,
+    /// Upstream answered and the answer may be shared: the waiters are served it as a hit would be.
+    Done(Arc<Buffered>),
+    /// The fetch failed: the waiters share the failure (each may still answer from a stale copy).
+    TransientError(GatewayError),
+    /// The answer is not for sharing (personal, or too large to keep): each waiter fetches its own.
+    GiveUp,
+    /// The leader went away without an answer (a panic, or the runtime ending): the waiters try
+    /// again, one of them as the new leader.
+    Dangling,
+}
 
-/// Removes the leader's in-flight entry however the leader ends (answered, failed or cancelled).
-struct InflightGuard<'a> {
-    inflight: &'a Inflight,
+/// The fills in flight: what each leader will leave, and its span (none without tracing), which
+/// the requests that join it are linked to.
+type Table =
+    HashMap<FillKey, (watch::Receiver<LockStatus>, tracing::Span), foldhash::fast::RandomState>;
+
+#[derive(Default)]
+pub(super) struct FillLocks {
+    /// Shared with each [`WritePermit`], which takes its fill out of the table however it ends.
+    table: Arc<Mutex<Table>>,
+}
+
+/// What taking a fill's lock gave this request.
+pub(super) enum Locked {
+    /// No fill of this key was in flight: this request leads one.
+    Lead(WritePermit),
+    /// Another request leads the fill: this one waits for it.
+    Wait(ReadLock),
+}
+
+impl FillLocks {
+    pub(super) fn lock(&self, key: FillKey) -> Locked {
+        // Nothing panics while the table is held, and each step leaves it whole: a poisoned lock
+        // is still a good table.
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((status, leading)) = table.get(&key) {
+            telemetry::span::link(leading, &telemetry::span::current());
+            return Locked::Wait(ReadLock {
+                status: status.clone(),
+            });
+        }
+        let (publish, status) = watch::channel(LockStatus::Waiting);
+        table.insert(key.clone(), (status, telemetry::span::current()));
+        Locked::Lead(WritePermit {
+            table: Arc::clone(&self.table),
+            key,
+            publish,
+        })
+    }
+}
+
+/// The leader's hold on a fill. Released with a status; dropped without one, its waiters find it
+/// [`LockStatus::Dangling`].
+pub(super) struct WritePermit {
+    table: Arc<Mutex<Table>>,
     key: FillKey,
+    publish: watch::Sender<LockStatus>,
 }
 
-impl Drop for InflightGuard<'_> {
+impl WritePermit {
+    pub(super) fn release(self, status: LockStatus) {
+        let _ = self.publish.send(status);
+    }
+}
+
+impl Drop for WritePermit {
     fn drop(&mut self) {
-        if let Ok(mut map) = self.inflight.lock() {
-            map.remove(&self.key);
+        self.table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+    }
+}
+
+/// A waiter's hold on another request's fill.
+pub(super) struct ReadLock {
+    status: watch::Receiver<LockStatus>,
+}
+
+impl ReadLock {
+    /// The status the leader left: never [`LockStatus::Waiting`].
+    pub(super) async fn wait(mut self) -> LockStatus {
+        match self
+            .status
+            .wait_for(|s| !matches!(s, LockStatus::Waiting))
+            .await
+        {
+            Ok(status) => status.clone(),
+            // The permit was dropped without a status.
+            Err(_) => LockStatus::Dangling,
         }
     }
 }
 
-impl AgentCache {
-    /// Fetches through `fetch`, sharing one upstream request between concurrent misses of the same
-    /// variant and generation when `coalesce` is set, and stores a cacheable answer.
-    pub async fn fill<F, Fut>(
-        self: &Arc<Self>,
-        ticket: &Ticket,
-        coalesce: bool,
-        fetch: F,
-    ) -> FillOutcome
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<CacheFetch, GatewayError>> + Send + 'static,
-    {
-        self.metrics.cache_misses.inc();
-        if !coalesce {
-            return self.lead(ticket, fetch, None).await;
-        }
-        let fill_key = FillKey {
-            key: ticket.key.clone(),
-            family: ticket.family,
-            query: ticket.query.clone(),
-            spelling: ticket.spelling.clone(),
-            generation: ticket.generation,
-            shared: ticket.shared.clone(),
-            keep: ticket.keep,
-        };
-        loop {
-            let (joined, leader) = {
-                let Ok(mut map) = self.inflight.lock() else {
-                    return self.lead(ticket, fetch, None).await;
-                };
-                match map.get(&fill_key) {
-                    Some((rx, leading)) => {
-                        telemetry::span::link(leading, &telemetry::span::current());
-                        (Some(rx.clone()), None)
-                    }
-                    None => {
-                        let (tx, rx) = watch::channel(None);
-                        map.insert(fill_key.clone(), (rx, telemetry::span::current()));
-                        (None, Some(tx))
-                    }
-                }
-            };
-            if let Some(tx) = leader {
-                return self.lead_shared(ticket, fill_key, fetch, tx).await;
-            }
-            let Some(mut rx) = joined else { continue };
-            self.metrics.cache_coalesced.inc();
-            let shared = match rx.wait_for(Option::is_some).await {
-                Ok(v) => v.clone(),
-                // The leader was cancelled (its client went away): try again, maybe as the leader.
-                Err(_) => continue,
-            };
-            return match shared {
-                Some(Shared::Answer(a)) => FillOutcome::Joined(a),
-                Some(Shared::Failed(e)) => FillOutcome::Failed(e),
-                Some(Shared::FetchYourself) | None => self.lead(ticket, fetch, None).await,
-            };
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http::{HeaderMap, StatusCode};
+
+    fn key() -> FillKey {
+        FillKey {
+            key: AgentKey::new(&Arc::from("acme"), "a1"),
+            family: Family::Agents2,
+            query: "".into(),
+            spelling: None,
+            generation: 0,
+            version: None,
+            keep: true,
         }
     }
 
-    /// Runs a fill that others wait on in a task of its own: the fetch belongs to every request
-    /// sharing it, so the client that started it going away must not cancel it (NGINX likewise
-    /// keeps reading a cacheable answer after its client aborts). The answer is still cached and
-    /// the waiters get it from this one upstream request.
-    async fn lead_shared<F, Fut>(
-        self: &Arc<Self>,
-        ticket: &Ticket,
-        fill_key: FillKey,
-        fetch: F,
-        publish: watch::Sender<Option<Shared>>,
-    ) -> FillOutcome
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<CacheFetch, GatewayError>> + Send + 'static,
-    {
-        let cache = Arc::clone(self);
-        let ticket = ticket.clone();
-        let (done, outcome) = oneshot::channel();
-        tokio::spawn(async move {
-            let _guard = InflightGuard {
-                inflight: &cache.inflight,
-                key: fill_key,
-            };
-            // No one to hand it to when the client left; a too-large answer's stream is dropped.
-            let _ = done.send(cache.lead(&ticket, fetch, Some(publish)).await);
-        });
-        // Only a panic in the fetch loses the outcome; its waiters fetch again themselves.
-        outcome
-            .await
-            .unwrap_or(FillOutcome::Failed(GatewayError::UpstreamUnreachable))
+    fn lead(locks: &FillLocks) -> WritePermit {
+        match locks.lock(key()) {
+            Locked::Lead(permit) => permit,
+            Locked::Wait(_) => panic!("a fill was already in flight"),
+        }
     }
 
-    async fn lead<F, Fut>(
-        &self,
-        ticket: &Ticket,
-        fetch: F,
-        publish: Option<watch::Sender<Option<Shared>>>,
-    ) -> FillOutcome
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<CacheFetch, GatewayError>>,
-    {
-        let (outcome, shared) = match fetch().await {
-            Ok(CacheFetch::Buffered(answer)) if is_personal(&answer.headers) => {
-                let answer = Arc::new(answer);
-                (FillOutcome::Answer(answer), Shared::FetchYourself)
-            }
-            Ok(CacheFetch::Buffered(answer)) => {
-                let answer = Arc::new(answer);
-                // Stored before it is published, so a read that finds no fill in flight finds the entry.
-                self.store(ticket, &answer).await;
-                (FillOutcome::Answer(answer.clone()), Shared::Answer(answer))
-            }
-            Ok(CacheFetch::TooLarge(resp)) => (FillOutcome::Streaming(resp), Shared::FetchYourself),
-            Err(e) => (FillOutcome::Failed(e.clone()), Shared::Failed(e)),
-        };
-        if let Some(tx) = publish {
-            let _ = tx.send(Some(shared));
+    fn wait(locks: &FillLocks) -> ReadLock {
+        match locks.lock(key()) {
+            Locked::Wait(lock) => lock,
+            Locked::Lead(_) => panic!("no fill in flight to wait on"),
         }
-        outcome
+    }
+
+    #[tokio::test]
+    async fn waiters_read_what_the_leader_released() {
+        let locks = FillLocks::default();
+        let permit = lead(&locks);
+        let (first, second) = (wait(&locks), wait(&locks));
+        permit.release(LockStatus::Done(Arc::new(Buffered {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(b"{}"),
+        })));
+        for lock in [first, second] {
+            assert!(matches!(lock.wait().await, LockStatus::Done(a) if a.body == "{}"));
+        }
+        // Released, the fill is out of the table: the next miss leads its own.
+        lead(&locks);
+    }
+
+    #[tokio::test]
+    async fn a_leader_gone_without_a_status_leaves_its_waiters_a_dangling_lock() {
+        let locks = FillLocks::default();
+        let permit = lead(&locks);
+        let waiter = wait(&locks);
+        drop(permit);
+        assert!(matches!(waiter.wait().await, LockStatus::Dangling));
+        lead(&locks);
     }
 }

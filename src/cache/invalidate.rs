@@ -61,8 +61,8 @@ impl AgentCache {
         dropped
     }
 
-    /// Makes every stored answer unservable at once (and drops them soon after): the cluster
-    /// link came back, and whatever this replica cached before may have missed invalidations.
+    /// Makes every stored answer unservable at once (and drops them soon after): the versions'
+    /// store came back, and whatever this replica cached before may have missed invalidations.
     pub fn forget_everything(&self) {
         for g in self.generations.iter() {
             g.fetch_add(1, Ordering::SeqCst);

@@ -63,11 +63,12 @@ impl Scope {
     }
 }
 
-/// What the replicas' shared state says of an agent for one request (cluster mode), learnt in the
-/// same round trip as its quota.
+/// The version of an agent the cache is handed for one request, opaque to it: only compared with
+/// the one an entry or a fill was made under. Replicas that share a store of versions hand in
+/// their agreed one; a lone process hands in none.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SharedVersion {
-    /// One process: the local generations decide alone.
+    /// No version: the local generations decide alone.
     NotShared,
     /// The version every replica agrees is current: only an entry filled under it is served, and a
     /// fill is stored under it.
@@ -76,6 +77,7 @@ pub enum SharedVersion {
     /// cache. The version still keeps fills apart: a read after the write's end never joins a fill
     /// that started before it.
     Writing(Arc<str>),
-    /// Redis is unavailable (`degrade`): the cache is bypassed; fills still coalesce, store nothing.
+    /// The versions cannot be read (their store is down and the operator chose to degrade): the
+    /// cache is bypassed; fills still coalesce, store nothing.
     Unavailable,
 }

@@ -7,10 +7,12 @@
 //! in-flight fills are coalesced per (variant, generation). So a fill that began before a write is
 //! never served after it, and a read that arrives after a write never joins an older fill.
 //!
-//! `key` names what is cached, `store` keeps it, `coalesce` fills it once, and `policy`
-//! decides what may be kept and how an answer says where it came from.
+//! `key` names what is cached, `store` keeps it, `coalesce` is the lock that lets one miss of many
+//! go upstream, `fill` fetches and stores through it, and `policy` decides what may be kept and
+//! how an answer says where it came from.
 
 mod coalesce;
+mod fill;
 mod invalidate;
 mod key;
 mod policy;
@@ -18,7 +20,7 @@ mod store;
 #[cfg(test)]
 mod tests;
 
-pub use coalesce::FillOutcome;
+pub use fill::FillOutcome;
 pub use key::{fold_case, Scope, SharedVersion};
 pub use policy::{client_directive, CacheOutcome, CacheStatus, ClientDirective, Fwd};
-pub use store::{AgentCache, Lookup, Stored, Ticket};
+pub use store::{AgentCache, Fresh, Lookup, Stored, Ticket};

@@ -155,19 +155,14 @@ pub enum ClientDirective {
 
 pub fn client_directive(headers: &HeaderMap) -> ClientDirective {
     let mut refresh = false;
-    for value in headers
-        .get_all(header::CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-    {
-        for token in value.split(',').map(|t| t.trim().to_ascii_lowercase()) {
-            match token.as_str() {
-                "no-store" => return ClientDirective::Bypass,
-                "no-cache" | "max-age=0" => refresh = true,
-                _ => {}
-            }
+    for directive in cache_directives(headers) {
+        if directive.eq_ignore_ascii_case("no-store") {
+            return ClientDirective::Bypass;
         }
+        refresh |= directive.eq_ignore_ascii_case("no-cache")
+            || directive.eq_ignore_ascii_case("max-age=0");
     }
+    // `Pragma: no-cache`, HTTP/1.0's spelling of the same ask (RFC 9111 §5.4).
     let pragma_no_cache = headers
         .get(header::PRAGMA)
         .and_then(|v| v.to_str().ok())
@@ -179,7 +174,20 @@ pub fn client_directive(headers: &HeaderMap) -> ClientDirective {
     }
 }
 
-/// would have its encoding replayed to clients that never accepted it.
+/// Every directive of every `Cache-Control` field, trimmed, in the order sent (RFC 9111 §5.2: a
+/// comma-separated list, names compared without case). A field that is not visible ASCII is
+/// skipped whole. The one reading of `Cache-Control`, the client's and upstream's alike. The
+/// `headers` crate's `CacheControl` parses the same, but would bring `sha1`, `base64` and `mime`
+/// along for the three directives read here.
+fn cache_directives(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+}
+
 /// An answer made for the request that asked and no other (DESIGN, cache rules): it sets a cookie,
 /// or says with `Vary` that it depends on request headers a fill does not send (only
 /// `Accept-Encoding`, which a fill pins to `identity`, is harmless). Neither stored nor handed to
@@ -197,21 +205,15 @@ pub fn is_personal(headers: &HeaderMap) -> bool {
 /// Upstream forbids storing: `no-store` (and `no-cache`, which would need revalidation we do not do).
 /// `private` does not: the cache is per organisation. A compressed body is not stored either: fills
 /// ask for identity, the cache keeps bodies uncompressed, and an upstream that compresses anyway
+/// would have its encoding replayed to clients that never accepted it.
 pub(super) fn upstream_forbids_store(headers: &HeaderMap) -> bool {
     let encoded = headers
         .get_all(header::CONTENT_ENCODING)
         .iter()
         .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
     encoded
-        || headers
-            .get_all(header::CACHE_CONTROL)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| {
-                let t = t.trim();
-                t.eq_ignore_ascii_case("no-store") || t.eq_ignore_ascii_case("no-cache")
-            })
+        || cache_directives(headers)
+            .any(|d| d.eq_ignore_ascii_case("no-store") || d.eq_ignore_ascii_case("no-cache"))
 }
 
 #[cfg(test)]
@@ -234,6 +236,29 @@ mod tests {
         assert!(with(&[("vary", "accept-encoding"), ("vary", "Cookie")]));
         assert!(with(&[("vary", "*")]));
         assert!(with(&[("set-cookie", "session=1")]));
+    }
+
+    #[test]
+    fn cache_control_is_read_alike_in_requests_and_answers() {
+        let with = |values: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::CACHE_CONTROL, HeaderValue::from_static(v));
+            }
+            (client_directive(&h), upstream_forbids_store(&h))
+        };
+        assert_eq!(with(&[]), (ClientDirective::Normal, false));
+        assert_eq!(
+            with(&["max-age=60 , private"]),
+            (ClientDirective::Normal, false)
+        );
+        assert_eq!(
+            with(&["max-age=60", " No-Cache"]),
+            (ClientDirective::Refresh, true)
+        );
+        assert_eq!(with(&["public,NO-STORE"]), (ClientDirective::Bypass, true));
+        // `max-age=0` asks a fresh copy of the cache; in an answer it forbids nothing.
+        assert_eq!(with(&["MAX-AGE=0"]), (ClientDirective::Refresh, false));
     }
 
     fn rendered(status: CacheStatus) -> (String, String, Option<String>) {

@@ -2,18 +2,18 @@
 //! served: lookups, stores, invalidations by [`Scope`], stale-if-error.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, StatusCode};
 use moka::notification::RemovalCause;
-use std::collections::HashMap;
 use std::hash::BuildHasher;
 
-use super::coalesce::Inflight;
+use super::coalesce::FillLocks;
 use super::key::{spelling, AgentKey, SharedVersion};
 use super::policy::upstream_forbids_store;
+use crate::background::Background;
 use crate::metrics::Metrics;
 use crate::route::Family;
 use crate::settings::CacheSettings;
@@ -56,8 +56,8 @@ pub struct Stored {
     pub body: Bytes,
     stored_at: Instant,
     generation: u64,
-    /// The cluster's version of the agent it was filled under (cluster mode only).
-    shared: Option<Arc<str>>,
+    /// The version of the agent it was filled under, when versions are handed in.
+    version: Option<Arc<str>>,
     family: Family,
     query: Box<str>,
     spelling: Option<Box<str>>,
@@ -107,9 +107,9 @@ pub struct Ticket {
     pub(super) spelling: Option<Box<str>>,
     pub(super) stripe: Stripe,
     pub(super) generation: u64,
-    /// The cluster's version this read saw (cluster mode), which a fill is stored under.
-    pub(super) shared: Option<Arc<str>>,
-    /// Whether a fill may store its answer: not while the cluster cannot vouch for it.
+    /// The version this read was handed, which a fill is stored under.
+    pub(super) version: Option<Arc<str>>,
+    /// Whether a fill may store its answer: not while no current version vouches for it.
     pub(super) keep: bool,
     /// An expired variant still inside the stale-if-error window.
     pub(super) stale: Option<Arc<Stored>>,
@@ -121,13 +121,16 @@ pub struct Ticket {
 }
 
 pub enum Lookup {
-    Fresh {
-        stored: Arc<Stored>,
-        ttl_left: Duration,
-        /// As of the lookup; read once, the clock is not free.
-        age: Duration,
-    },
+    Fresh(Fresh),
     Miss(Ticket),
+}
+
+/// A fresh stored answer, as a lookup found it.
+pub struct Fresh {
+    pub stored: Arc<Stored>,
+    pub ttl_left: Duration,
+    /// As of the lookup; read once, the clock is not free.
+    pub age: Duration,
 }
 
 pub struct AgentCache {
@@ -135,7 +138,9 @@ pub struct AgentCache {
     pub(super) generations: Box<[AtomicU64]>,
     pub(super) org_generations: Box<[AtomicU64]>,
     pub(super) id_generations: Box<[AtomicU64]>,
-    pub(super) inflight: Inflight,
+    pub(super) fills: FillLocks,
+    /// Where a fill others wait on runs (see `fill`).
+    pub(super) background: Background,
     pub(super) ttl: Duration,
     pub(super) stale_window: Duration,
     pub(super) max_entry_bytes: u64,
@@ -162,12 +167,20 @@ impl AgentCache {
             generations: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             org_generations: (0..SCOPE_STRIPES).map(|_| AtomicU64::new(0)).collect(),
             id_generations: (0..SCOPE_STRIPES).map(|_| AtomicU64::new(0)).collect(),
-            inflight: Mutex::new(HashMap::default()),
+            fills: FillLocks::default(),
+            background: Background::default(),
             ttl: settings.ttl,
             stale_window: settings.stale_if_error,
             max_entry_bytes: settings.max_entry_bytes,
             metrics,
         }
+    }
+
+    /// Runs the fills others wait on in `background` (the gateway's, which shutdown ends) rather
+    /// than in a home of their own.
+    pub fn filling_in(mut self, background: &Background) -> Self {
+        self.background = background.clone();
+        self
     }
 
     pub fn max_entry_bytes(&self) -> u64 {
@@ -199,11 +212,11 @@ impl AgentCache {
         family: Family,
         agent: &str,
         query: &str,
-        shared: &SharedVersion,
+        version: &SharedVersion,
     ) -> Ticket {
         let key = AgentKey::new(org, agent);
         let stripe = Self::stripe(org, &key.agent);
-        let (shared, keep) = match shared {
+        let (version, keep) = match version {
             SharedVersion::NotShared => (None, true),
             SharedVersion::Current(v) => (Some(v.clone()), true),
             SharedVersion::Writing(v) => (Some(v.clone()), false),
@@ -216,7 +229,7 @@ impl AgentCache {
             spelling: spelling(agent),
             stripe,
             generation: self.generation(stripe),
-            shared,
+            version,
             keep,
             stale: None,
             // A refresh skips the lookup: merge, so the agent's other variants stay.
@@ -231,22 +244,22 @@ impl AgentCache {
         family: Family,
         agent: &str,
         query: &str,
-        shared: &SharedVersion,
+        version: &SharedVersion,
     ) -> Ticket {
-        self.ticket(org, family, agent, query, shared)
+        self.ticket(org, family, agent, query, version)
     }
 
-    /// A fresh stored answer for this variant, or the ticket to fill it. In cluster mode only one
-    /// filled under the version `shared` names is served; without one, nothing is.
+    /// A fresh stored answer for this variant, or the ticket to fill it. When versions are handed
+    /// in, only one filled under the current `version` is served; without one, nothing is.
     pub async fn lookup(
         &self,
         org: &Arc<str>,
         family: Family,
         agent: &str,
         query: &str,
-        shared: &SharedVersion,
+        version: &SharedVersion,
     ) -> Lookup {
-        let mut ticket = self.ticket(org, family, agent, query, shared);
+        let mut ticket = self.ticket(org, family, agent, query, version);
         if !ticket.keep {
             return Lookup::Miss(ticket);
         }
@@ -258,17 +271,17 @@ impl AgentCache {
                     && *v.query == *query
                     && v.spelling == ticket.spelling
                     && v.generation == ticket.generation
-                    && v.shared == ticket.shared
+                    && v.version == ticket.version
             });
             if let Some(v) = found {
                 let age = v.age();
                 if age < self.ttl {
                     self.metrics.cache_hits.inc();
-                    return Lookup::Fresh {
+                    return Lookup::Fresh(Fresh {
                         stored: v.clone(),
                         ttl_left: self.ttl - age,
                         age,
-                    };
+                    });
                 }
                 if age < self.ttl + self.stale_window {
                     ticket.stale = Some(v.clone());
@@ -305,7 +318,7 @@ impl AgentCache {
             body: answer.body.clone(),
             stored_at: Instant::now(),
             generation: ticket.generation,
-            shared: ticket.shared.clone(),
+            version: ticket.version.clone(),
             family: ticket.family,
             query: ticket.query.clone(),
             spelling: ticket.spelling.clone(),
@@ -323,7 +336,7 @@ impl AgentCache {
                 // Other variants of the same generation that are still worth keeping.
                 .filter(|v| {
                     v.generation == ticket.generation
-                        && v.shared == ticket.shared
+                        && v.version == ticket.version
                         && !(v.family == ticket.family
                             && v.query == ticket.query
                             && v.spelling == ticket.spelling)

@@ -68,7 +68,7 @@ async fn fill_that_started_before_an_invalidation_is_not_served() {
     cache.invalidate(&agent_scope(&org, "a1")).await;
     assert!(matches!(
         cache.fill(&ticket, true, || async { ok("old") }).await,
-        FillOutcome::Answer(_)
+        FillOutcome::Filled(_)
     ));
     assert!(matches!(
         cache
@@ -92,7 +92,7 @@ async fn orgs_never_share_and_families_are_invalidated_together() {
         cache
             .lookup(&acme, Family::Agents, "a1", "", &NOT_SHARED)
             .await,
-        Lookup::Fresh { .. }
+        Lookup::Fresh(_)
     ));
     assert!(matches!(
         cache
@@ -123,7 +123,7 @@ async fn spellings_are_cached_apart_and_invalidated_together() {
         cache.fill(&t, true, || async { ok(body) }).await;
     }
     for (id, body) in [("abc", "lower"), ("ABC", "upper")] {
-        let Lookup::Fresh { stored, .. } = cache
+        let Lookup::Fresh(Fresh { stored, .. }) = cache
             .lookup(&org, Family::Agents, id, "", &NOT_SHARED)
             .await
         else {
@@ -274,6 +274,46 @@ async fn a_shared_fill_outlives_the_request_that_started_it() {
         cache
             .lookup(&org, Family::Agents2, "a1", "", &NOT_SHARED)
             .await,
-        Lookup::Fresh { .. }
+        Lookup::Fresh(_)
     ));
+}
+
+#[tokio::test]
+async fn a_waiter_whose_leader_died_leads_the_fill_again() {
+    let cache = Arc::new(AgentCache::new(&settings(), Arc::new(Metrics::new())));
+    let org: Arc<str> = Arc::from("acme");
+    let Lookup::Miss(ticket) = cache
+        .lookup(&org, Family::Agents2, "a1", "", &NOT_SHARED)
+        .await
+    else {
+        panic!()
+    };
+    let (release, released) = oneshot::channel::<()>();
+    let leader = {
+        let (cache, ticket) = (cache.clone(), ticket.clone());
+        tokio::spawn(async move {
+            let fetch = move || async move {
+                let _ = released.await;
+                panic!("the leader's fetch dies");
+            };
+            cache.fill(&ticket, true, fetch).await
+        })
+    };
+    until(|| cache.metrics.cache_misses.get() == 1).await;
+    let waiter = {
+        let (cache, ticket) = (cache.clone(), ticket.clone());
+        tokio::spawn(async move { cache.fill(&ticket, true, || async { ok("v2") }).await })
+    };
+    until(|| cache.metrics.cache_coalesced.get() == 1).await;
+    release.send(()).unwrap();
+
+    // The leader's own request has no answer to give; its waiter fetched in its place.
+    assert!(matches!(
+        leader.await.unwrap(),
+        FillOutcome::Failed(GatewayError::UpstreamUnreachable)
+    ));
+    let FillOutcome::Filled(answer) = waiter.await.unwrap() else {
+        panic!("the waiter did not lead the fill again")
+    };
+    assert_eq!(answer.body, "v2");
 }

@@ -1,272 +1,301 @@
 //! Step 4 for `GET /{agents2|agents}/{id}`: a fresh hit, a coalesced fill on a miss, a refresh
-//! (client `no-cache`), a bypass (client `no-store`, or caching off), and stale-if-error.
+//! (client `no-cache`), a bypass (client `no-store`, or caching off), and stale-if-error. The read
+//! ends in one named [`Read`]; [`Exchange::settle`] is the one place that records it.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::request::Parts;
-use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use http::{header, HeaderMap, Response, StatusCode};
 
+use super::context::RequestCtx;
+use super::fill_fetch::Fetch;
 use super::forward;
 use super::Exchange;
-use crate::audit::{self, UpstreamReport};
+use crate::audit;
 use crate::cache::{
-    self, CacheStatus, ClientDirective, FillOutcome, Fwd, Lookup, SharedVersion, Stored,
+    self, AgentCache, CacheStatus, ClientDirective, FillOutcome, Fresh, Fwd, Lookup, SharedVersion,
+    Stored, Ticket,
 };
 use crate::error::GatewayError;
 use crate::http::{self as body, ProxyBody};
-use crate::route::{self, AgentPath, Route};
-use crate::state::TeamState;
+use crate::route::{self, AgentPath};
 use crate::telemetry;
-use crate::upstream::{Buffered, CacheFetch, Purpose};
+use crate::upstream::{Buffered, Purpose};
 
 /// Room for every header a cached answer leaves with (content type, cache, request id, quota):
 /// growing the map from empty rehashed it twice per hit.
 const ANSWER_HEADERS: usize = 16;
 
+/// How an agent read was answered.
+enum Read {
+    /// From a fresh stored copy.
+    Hit(Fresh),
+    /// Upstream's whole answer to this request's own fetch, passed on as upstream sent it (a `5xx`
+    /// with no expired copy to stand in included).
+    Filled { answer: Arc<Buffered>, why: Fwd },
+    /// Upstream's whole answer to a fetch another request led and this one waited on: passed on
+    /// as a hit would be, so it never gets that request's `Set-Cookie` or quota headers.
+    Joined { answer: Arc<Buffered>, why: Fwd },
+    /// Upstream's answer, too large to keep: streamed to this request alone.
+    TooLarge { resp: Response<ProxyBody>, why: Fwd },
+    /// Forwarded without the cache (client `no-store`, or caching off); failures included.
+    Bypass(Result<Response<ProxyBody>, GatewayError>),
+    /// Upstream failed and an expired copy stood in (stale-if-error, RFC 5861). `failed` is
+    /// upstream's failing answer (a `5xx`) if it gave one; `upstream` is whatever it answered.
+    Stale {
+        stored: Arc<Stored>,
+        failed: Option<StatusCode>,
+        upstream: Option<StatusCode>,
+    },
+    /// No answer to pass on: the gateway's own error, and what upstream answered if it did.
+    Refused {
+        error: GatewayError,
+        why: Fwd,
+        upstream: Option<StatusCode>,
+    },
+}
+
+impl Read {
+    fn refused(error: GatewayError, why: Fwd, upstream: Option<StatusCode>) -> Self {
+        Self::Refused {
+            error,
+            why,
+            upstream,
+        }
+    }
+}
+
 pub(super) async fn read(
     ex: &mut Exchange<'_>,
-    team: &Arc<TeamState>,
-    route: &Route,
+    ctx: &RequestCtx,
     agent: &AgentPath,
-    parts: &Parts,
-    request_id: &HeaderValue,
 ) -> Result<Response<ProxyBody>, GatewayError> {
-    let Some(cache) = ex.gw.cache_enabled(ex.snapshot).cloned() else {
-        // Caching is off (`cache.enabled = false`): a cacheable read still says how it was served.
-        return bypass(ex, team, route, parts, request_id).await;
+    let read = outcome(ex, ctx, agent).await;
+    ex.settle(read)
+}
+
+/// How the read is answered: from the cache, through it, or around it.
+async fn outcome(ex: &mut Exchange<'_>, ctx: &RequestCtx, agent: &AgentPath) -> Read {
+    let directive = cache::client_directive(&ctx.parts.headers);
+    let cache = match ex.gw.enabled_cache(ex.snapshot) {
+        Some(cache) if directive != ClientDirective::Bypass => Arc::clone(cache),
+        // Caching off (`cache.enabled = false`) or the client's `no-store`: a cacheable read still
+        // says how it was served.
+        _ => return bypass(ex, ctx).await,
     };
-    let org = &team.settings.org.name;
-    let query = route::normalize_query(parts.uri.query());
-    let directive = cache::client_directive(&parts.headers);
-    let shared = &ex.shared;
+    let (org, family, id) = (&ctx.team.settings.org.name, agent.family, &agent.id);
+    let query = route::normalize_query(ctx.parts.uri.query());
+    let version = &ex.version;
     let ticket = match directive {
-        ClientDirective::Bypass => return bypass(ex, team, route, parts, request_id).await,
-        ClientDirective::Refresh => {
-            cache.refresh_ticket(org, agent.family, &agent.id, &query, shared)
-        }
-        ClientDirective::Normal => match cache
-            .lookup(org, agent.family, &agent.id, &query, shared)
-            .await
-        {
-            Lookup::Fresh {
-                stored,
-                ttl_left,
-                age,
-            } => {
-                ex.cache_status(CacheStatus::Hit { ttl_left, age });
-                return Ok(stored_response(&stored));
-            }
+        ClientDirective::Refresh => cache.refresh_ticket(org, family, id, &query, version),
+        _ => match cache.lookup(org, family, id, &query, version).await {
+            Lookup::Fresh(fresh) => return Read::Hit(fresh),
             Lookup::Miss(ticket) => ticket,
         },
     };
-    let why = match (directive, &ex.shared) {
-        // Cluster mode without Redis: the cache is left out (the fill still coalesces).
+    let why = match (directive, version) {
+        // No version could be had: the cache is left out (the fill still coalesces).
         (_, SharedVersion::Unavailable) => Fwd::Bypass,
         (ClientDirective::Refresh, _) => Fwd::Request,
         _ => Fwd::Miss,
     };
-    // Before the fill, so a client that leaves while it runs is still audited as a miss.
-    ex.cache_status(CacheStatus::Forwarded {
-        why,
-        status: None,
-        detail: None,
-    });
+    let coalesce = directive == ClientDirective::Normal;
+    fill(ex, ctx, &cache, &ticket, why, coalesce).await
+}
 
-    let mut req = forward::upstream_request(
-        ex,
-        team,
-        route,
-        parts,
-        Bytes::new(),
-        request_id,
-        Purpose::CacheFill,
-    )?;
-    let snapshot = Arc::clone(ex.snapshot);
-    let gw = Arc::clone(ex.gw);
-    let asking = Arc::clone(team);
-    let timeout = snapshot.settings.upstream.timeout;
-    let max_entry = cache.max_entry_bytes();
+/// A cacheable read served without the cache: forwarded as is.
+async fn bypass(ex: &mut Exchange<'_>, ctx: &RequestCtx) -> Read {
+    ex.gw.metrics.cache_bypass.inc();
+    ex.audit_cache_as(Fwd::Bypass);
+    Read::Bypass(forward::forward(ex, ctx, Bytes::new()).await)
+}
+
+/// A miss (or a refresh) filled through the cache, one fetch for concurrent misses if `coalesce`.
+async fn fill(
+    ex: &mut Exchange<'_>,
+    ctx: &RequestCtx,
+    cache: &Arc<AgentCache>,
+    ticket: &Ticket,
+    why: Fwd,
+    coalesce: bool,
+) -> Read {
+    // Before the fill, so a client that leaves while it runs is still audited as a miss.
+    ex.audit_cache_as(why);
+    let req = match ctx.upstream_request(ex, Bytes::new(), Purpose::CacheFill) {
+        Ok(req) => req,
+        Err(error) => return Read::refused(error, why, None),
+    };
     let started = Instant::now();
-    // This request's wait for the answer, its own fetch or another's; a shared fill's waiters are
+    // This request's wait for the answer, its own fetch or another's; the waiters of a fill are
     // linked to the fill they waited on (in `cache::coalesce`).
     let waiting = telemetry::span::step("cache fill");
-    let parent = waiting.clone();
-    let trace_id = ex.record().trace_id;
-    // The fetch runs once however many requests share it, so it alone feeds the histogram; each
-    // request's audit line has the time it waited for the answer. Should this client leave, its
-    // pending line waits for the report.
-    let report = ex.line.awaiting_fill();
-    let fetch = move || async move {
-        // Once per fill, by its leader: the requests waiting on it spend nothing.
-        // Within the fill's span: the fetch may run in a task of its own, where no span is current.
-        telemetry::in_span!(parent.clone(), gw.admission.before_upstream(&asking.part))?;
-        // Opened here, by the one request that fetches, in whichever task runs the fetch.
-        let call = req.traced(&parent, trace_id);
-        let sent = Instant::now();
-        let fetched = telemetry::in_span!(
-            call.clone(),
-            snapshot.upstream.fetch_buffered(&req, timeout, max_entry)
-        );
-        let took = sent.elapsed();
-        gw.metrics.upstream_duration.observe(took.as_secs_f64());
-        let answer = match &fetched {
-            Ok(CacheFetch::Buffered(answer)) => Some((answer.status, &answer.headers)),
-            Ok(CacheFetch::TooLarge(resp)) => Some((resp.status(), resp.headers())),
-            Err(_) => None,
-        };
-        if let Some((status, headers)) = answer {
-            gw.admission
-                .upstream_answered(&asking.part, status, headers)
-                .await;
-        }
-        let status = answer.map(|(status, _)| status);
-        let error = fetched.as_ref().err().map(GatewayError::code);
-        telemetry::span::upstream_answered(&call, status, error);
-        let status = status.map(|s| s.as_u16());
-        let _ = report.send(UpstreamReport { status, took });
-        fetched
-    };
-    let outcome = telemetry::in_span!(
-        waiting,
-        cache.fill(&ticket, directive == ClientDirective::Normal, fetch)
-    );
+    let fetch = Fetch::new(ex, ctx, req, cache.max_entry_bytes(), waiting.clone());
+    let outcome = telemetry::in_span!(waiting, cache.fill(ticket, coalesce, move || fetch.run()));
     ex.line.fill_done();
     ex.record().upstream_latency_ms = Some(audit::millis(started.elapsed()));
 
-    // A request that waited on another's fetch is served what a hit would be.
-    let joined = matches!(outcome, FillOutcome::Joined(_));
-    let failure = match outcome {
-        // Conditional headers are never sent on a fill, so a `304` has no body to pass on and the
-        // client, which may not have asked conditionally either, must not see it.
-        FillOutcome::Answer(answer) | FillOutcome::Joined(answer)
-            if answer.status == StatusCode::NOT_MODIFIED =>
-        {
-            ex.record().upstream_status = Some(answer.status.as_u16());
-            Failure::Gateway(GatewayError::UpstreamInvalid(
-                "304 Not Modified to an unconditional request",
-            ))
-        }
-        FillOutcome::Answer(answer) | FillOutcome::Joined(answer)
-            if !answer.status.is_server_error() =>
-        {
-            return Ok(answered(ex, &answer, why, joined));
-        }
-        FillOutcome::Answer(answer) | FillOutcome::Joined(answer) => Failure::Upstream(answer),
-        FillOutcome::Streaming(resp) => {
-            let status = resp.status();
-            ex.record().upstream_status = Some(status.as_u16());
-            ex.cache_status(CacheStatus::Forwarded {
-                why,
-                status: Some(status),
-                detail: Some("too-large"),
-            });
-            return Ok(resp);
-        }
-        FillOutcome::Failed(e) => Failure::Gateway(e),
+    let (answer, joined) = match outcome {
+        FillOutcome::Filled(answer) => (answer, false),
+        FillOutcome::Joined(answer) => (answer, true),
+        FillOutcome::TooLarge(resp) => return Read::TooLarge { resp, why },
+        FillOutcome::Failed(e) => return stale_or(cache, ticket, Read::refused(e, why, None)),
     };
-
-    // stale-if-error (RFC 5861): an upstream failure is answered from an expired copy if allowed.
-    if let Some(stale) = cache.stale_for(&ticket) {
-        let status = match &failure {
-            Failure::Upstream(answer) => {
-                ex.record().upstream_status = Some(answer.status.as_u16());
-                Some(answer.status)
-            }
-            Failure::Gateway(_) => None,
-        };
-        ex.cache_status(CacheStatus::Stale {
-            status,
-            age: stale.age(),
-        });
-        return Ok(stored_response(&stale));
+    // Conditional headers are never sent on a fill, so a `304` has no body to pass on and the
+    // client, which may not have asked conditionally either, must not see it.
+    if answer.status == StatusCode::NOT_MODIFIED {
+        let error = GatewayError::UpstreamInvalid("304 Not Modified to an unconditional request");
+        let refused = Read::refused(error, why, Some(answer.status));
+        return stale_or(cache, ticket, refused);
     }
-    match failure {
-        Failure::Upstream(answer) => Ok(answered(ex, &answer, why, joined)),
-        Failure::Gateway(e) => Err(failed(ex, e, why)),
+    let failed = answer.status.is_server_error();
+    let read = match joined {
+        true => Read::Joined { answer, why },
+        false => Read::Filled { answer, why },
+    };
+    if failed {
+        stale_or(cache, ticket, read)
+    } else {
+        read
     }
 }
 
-/// How a fill failed: upstream answered `5xx`, or the gateway could not get an answer it may pass on.
-enum Failure {
-    Upstream(Arc<Buffered>),
-    Gateway(GatewayError),
-}
-
-/// A cacheable read served without the cache: forwarded as is and marked `BYPASS`, failures included.
-async fn bypass(
-    ex: &mut Exchange<'_>,
-    team: &TeamState,
-    route: &Route,
-    parts: &Parts,
-    request_id: &HeaderValue,
-) -> Result<Response<ProxyBody>, GatewayError> {
-    ex.gw.metrics.cache_bypass.inc();
-    ex.cache_status(CacheStatus::Forwarded {
-        why: Fwd::Bypass,
-        status: None,
-        detail: None,
-    });
-    match forward::forward(ex, team, route, parts, Bytes::new(), request_id).await {
-        Ok(resp) => {
-            ex.cache_status(CacheStatus::Forwarded {
-                why: Fwd::Bypass,
-                status: Some(resp.status()),
-                detail: None,
-            });
-            Ok(resp)
+/// A failed fill's answer, or an expired copy in its place if one may stand in.
+fn stale_or(cache: &AgentCache, ticket: &Ticket, failed: Read) -> Read {
+    let Some(stored) = cache.stale_for(ticket) else {
+        return failed;
+    };
+    let (failed, upstream) = match failed {
+        Read::Filled { answer, .. } | Read::Joined { answer, .. } => {
+            (Some(answer.status), Some(answer.status))
         }
-        Err(e) => Err(failed(ex, e, Fwd::Bypass)),
+        Read::Refused { upstream, .. } => (None, upstream),
+        _ => (None, None),
+    };
+    Read::Stale {
+        stored,
+        failed,
+        upstream,
     }
 }
 
-/// The gateway's own error (`502`, `504`) for a cacheable read: it still says how the cache took part.
-fn failed(ex: &mut Exchange<'_>, e: GatewayError, why: Fwd) -> GatewayError {
-    ex.cache_status(CacheStatus::Forwarded {
-        why,
-        status: None,
-        detail: Some(e.code()),
-    });
-    e
+impl Exchange<'_> {
+    /// The one place an agent read is recorded: how the cache took part (the answer's `X-Cache`,
+    /// `Cache-Status` and `Age`, and the audit field) and upstream's status, then its answer.
+    fn settle(&mut self, read: Read) -> Result<Response<ProxyBody>, GatewayError> {
+        let forwarded = |why, status, detail| CacheStatus::Forwarded {
+            why,
+            status,
+            detail,
+        };
+        let (status, upstream, answer) = match read {
+            Read::Hit(Fresh {
+                stored,
+                ttl_left,
+                age,
+            }) => (
+                CacheStatus::Hit { ttl_left, age },
+                None,
+                Ok(stored_response(&stored)),
+            ),
+            Read::Filled { answer, why } => (
+                forwarded(why, Some(answer.status), None),
+                Some(answer.status),
+                Ok(as_upstream_sent(&answer)),
+            ),
+            Read::Joined { answer, why } => (
+                forwarded(why, Some(answer.status), None),
+                Some(answer.status),
+                Ok(as_a_hit(&answer)),
+            ),
+            Read::TooLarge { resp, why } => (
+                forwarded(why, Some(resp.status()), Some("too-large")),
+                Some(resp.status()),
+                Ok(resp),
+            ),
+            // `forward` recorded upstream's status.
+            Read::Bypass(Ok(resp)) => (
+                forwarded(Fwd::Bypass, Some(resp.status()), None),
+                None,
+                Ok(resp),
+            ),
+            Read::Bypass(Err(e)) => (forwarded(Fwd::Bypass, None, Some(e.code())), None, Err(e)),
+            Read::Stale {
+                stored,
+                failed,
+                upstream,
+            } => (
+                CacheStatus::Stale {
+                    status: failed,
+                    age: stored.age(),
+                },
+                upstream,
+                Ok(stored_response(&stored)),
+            ),
+            Read::Refused {
+                error,
+                why,
+                upstream,
+            } => (
+                forwarded(why, None, Some(error.code())),
+                upstream,
+                Err(error),
+            ),
+        };
+        self.cache = Some(status);
+        let record = self.record();
+        record.cache = Some(status.outcome());
+        if let Some(upstream) = upstream {
+            record.upstream_status = Some(upstream.as_u16());
+        }
+        answer
+    }
+
+    /// What the audit line says of the cache until the read is settled: a client that leaves
+    /// while upstream is asked is still audited as a miss (or a bypass).
+    fn audit_cache_as(&mut self, why: Fwd) {
+        let status = CacheStatus::Forwarded {
+            why,
+            status: None,
+            detail: None,
+        };
+        self.record().cache = Some(status.outcome());
+    }
 }
 
-/// Upstream's whole answer to a fill: as upstream sent it to the request that fetched it, and only
-/// what a hit would carry to one that `joined` another's fetch (so it never gets that request's
-/// upstream `Set-Cookie` or quota headers).
-fn answered(
-    ex: &mut Exchange<'_>,
-    answer: &Buffered,
-    why: Fwd,
-    joined: bool,
-) -> Response<ProxyBody> {
-    ex.record().upstream_status = Some(answer.status.as_u16());
-    ex.cache_status(CacheStatus::Forwarded {
-        why,
-        status: Some(answer.status),
-        detail: None,
-    });
+/// Upstream's whole answer as it sent it, with room for the gateway's own headers.
+fn as_upstream_sent(answer: &Buffered) -> Response<ProxyBody> {
     let mut resp = Response::new(body::full(answer.body.clone()));
     *resp.status_mut() = answer.status;
-    if joined {
-        *resp.headers_mut() = HeaderMap::with_capacity(ANSWER_HEADERS);
-        if let Some(ct) = answer.headers.get(header::CONTENT_TYPE) {
-            resp.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
-        }
-    } else {
-        *resp.headers_mut() = answer.headers.clone();
-        // Room for the gateway's own headers at once, rather than growing the copy while adding them.
-        resp.headers_mut().reserve(ANSWER_HEADERS);
-    }
+    *resp.headers_mut() = answer.headers.clone();
+    // Room for the gateway's own headers at once, rather than growing the copy while adding them.
+    resp.headers_mut().reserve(ANSWER_HEADERS);
     resp
+}
+
+/// Upstream's whole answer with only what a hit would carry: status, `Content-Type`, body.
+fn as_a_hit(answer: &Buffered) -> Response<ProxyBody> {
+    answer_with(
+        answer.status,
+        answer.headers.get(header::CONTENT_TYPE),
+        &answer.body,
+    )
 }
 
 /// A stored answer: its status, `Content-Type` and body; every other header is this request's own.
 fn stored_response(stored: &Stored) -> Response<ProxyBody> {
-    let mut resp = Response::new(body::full(stored.body.clone()));
-    *resp.status_mut() = stored.status;
+    answer_with(stored.status, stored.content_type.as_ref(), &stored.body)
+}
+
+fn answer_with(
+    status: StatusCode,
+    content_type: Option<&http::HeaderValue>,
+    bytes: &Bytes,
+) -> Response<ProxyBody> {
+    let mut resp = Response::new(body::full(bytes.clone()));
+    *resp.status_mut() = status;
     *resp.headers_mut() = HeaderMap::with_capacity(ANSWER_HEADERS);
-    if let Some(ct) = &stored.content_type {
+    if let Some(ct) = content_type {
         resp.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
     }
     resp

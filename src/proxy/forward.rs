@@ -6,34 +6,30 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::request::Parts;
-use http::{header, HeaderValue, Method, Response, StatusCode};
+use http::{header, Response, StatusCode};
 
+use super::context::RequestCtx;
 use super::Exchange;
 use crate::audit;
 use crate::auth;
 use crate::cache::Scope;
 use crate::error::GatewayError;
 use crate::http::ProxyBody;
-use crate::route::Route;
-use crate::state::{Gateway, Moment, TeamState};
+use crate::state::{Gateway, Moment};
 use crate::telemetry;
-use crate::upstream::{Purpose, UpstreamRequest};
+use crate::upstream::Purpose;
 
 /// Forwards the request and streams upstream's answer back.
 pub(super) async fn forward(
     ex: &mut Exchange<'_>,
-    team: &TeamState,
-    route: &Route,
-    parts: &Parts,
+    ctx: &RequestCtx,
     body: Bytes,
-    request_id: &HeaderValue,
 ) -> Result<Response<ProxyBody>, GatewayError> {
-    let mut req = upstream_request(ex, team, route, parts, body, request_id, Purpose::Forward)?;
-    ex.gw.admission.before_upstream(&team.part).await?;
+    let mut req = ctx.upstream_request(ex, body, Purpose::Forward)?;
+    ex.gw.admission.before_upstream(&ctx.team.part).await?;
     let call = req.traced(&telemetry::span::current(), ex.record().trace_id);
     let timeout = ex.snapshot.settings.upstream.timeout;
-    let pending = invalidate_before(ex, team, route, &parts.method).await;
+    let pending = invalidate_before(ex, ctx).await;
     let started = Instant::now();
     let result = telemetry::in_span!(call.clone(), ex.snapshot.upstream.send(&req, timeout));
     upstream_took(ex, started.elapsed());
@@ -42,7 +38,7 @@ pub(super) async fn forward(
             telemetry::span::upstream_answered(&call, Some(resp.status()), None);
             ex.gw
                 .admission
-                .upstream_answered(&team.part, resp.status(), resp.headers())
+                .upstream_answered(&ctx.team.part, resp.status(), resp.headers())
                 .await;
         }
         Err(e) => telemetry::span::upstream_answered(&call, None, Some(e.code())),
@@ -56,7 +52,7 @@ pub(super) async fn forward(
     // A `304` has no body to pass on, and a client that sent no `If-None-Match` has nothing to
     // reuse it with (`If-Modified-Since` alone is not sent upstream, see `upstream::request`).
     if resp.status() == StatusCode::NOT_MODIFIED
-        && !parts.headers.contains_key(header::IF_NONE_MATCH)
+        && !ctx.parts.headers.contains_key(header::IF_NONE_MATCH)
     {
         return Err(GatewayError::UpstreamInvalid(
             "304 Not Modified to a request without If-None-Match",
@@ -65,48 +61,24 @@ pub(super) async fn forward(
     Ok(crate::upstream::passthrough(resp, timeout))
 }
 
-pub(super) fn upstream_request(
-    ex: &Exchange<'_>,
-    team: &TeamState,
-    route: &Route,
-    parts: &Parts,
-    body: Bytes,
-    request_id: &HeaderValue,
-    purpose: Purpose,
-) -> Result<UpstreamRequest, GatewayError> {
-    UpstreamRequest::new(
-        &ex.snapshot.settings.upstream.base_url,
-        &route.upstream_path,
-        parts.uri.query(),
-        &parts.method,
-        &parts.headers,
-        &team.settings.org,
-        request_id,
-        body,
-        purpose,
-    )
-    .map(|req| req.observed_by(team.counters.upstream.clone()))
-}
-
 /// Step 5, first time: for a write to an agent or below it, invalidates now (as it is sent
 /// upstream) and returns the second invalidation, due when the answer is back.
-async fn invalidate_before(
-    ex: &mut Exchange<'_>,
-    team: &TeamState,
-    route: &Route,
-    method: &Method,
-) -> Option<PendingInvalidation> {
-    let agent = route.agent.as_ref().filter(|_| !auth::is_read(method))?;
-    // In cluster mode it is owed since the quota step, which replaced the shared version.
+async fn invalidate_before(ex: &mut Exchange<'_>, ctx: &RequestCtx) -> Option<PendingInvalidation> {
+    let agent = ctx
+        .route
+        .agent
+        .as_ref()
+        .filter(|_| !auth::is_read(&ctx.parts.method))?;
+    // Owed already if admission made the first invalidation for every replica.
     let pending = ex.write.take().unwrap_or_else(|| {
         PendingInvalidation::new(
             Arc::clone(ex.gw),
-            team.settings.org.name.clone(),
+            ctx.team.settings.org.name.clone(),
             agent.id.clone(),
         )
     });
     // Also while caching is off: entries stored before a reload turned it off outlive it. It
-    // cannot fail: in cluster mode this moment reaches only this replica.
+    // cannot fail: at this moment it reaches only this replica.
     if let Some(scope) = &pending.scope {
         ex.record().invalidated += ex
             .gw
@@ -124,8 +96,8 @@ fn upstream_took(ex: &mut Exchange<'_>, took: Duration) {
 }
 
 /// The second invalidation of a write. If the request is dropped before upstream answers (shutdown
-/// cut it off), or, in cluster mode, fails between its admission and upstream, the invalidation
-/// still happens, from a task of its own.
+/// cut it off), or fails between its admission and upstream once admission made the first one, the
+/// invalidation still happens, in the background, where shutdown waits for it.
 pub(super) struct PendingInvalidation {
     gw: Arc<Gateway>,
     /// Taken once done.
@@ -142,22 +114,22 @@ impl PendingInvalidation {
 
     async fn complete(mut self) -> u64 {
         match self.scope.take() {
-            Some(scope) => answered(&self.gw, &scope).await,
+            Some(scope) => invalidate_after(&self.gw, &scope).await,
             None => 0,
         }
     }
 }
 
-/// The second invalidation. If the cluster cannot take it, the write has still happened: its
-/// first invalidation (in the quota step) counted it in progress, which keeps every replica from
-/// serving or storing the agent until that lapses, so no stale entry can be served.
-async fn answered(gw: &Gateway, scope: &Scope) -> u64 {
+/// Step 5, second time, once the write's answer (or failure) is back. If it cannot reach the other
+/// replicas, the write has still happened: its first invalidation (at admission) marked it in
+/// progress, which keeps every replica from serving or storing the agent until that lapses, so no
+/// stale entry can be served.
+async fn invalidate_after(gw: &Gateway, scope: &Scope) -> u64 {
     match gw.invalidate(scope, Moment::WriteAnswered).await {
         Ok(dropped) => dropped,
-        // The link logs the outage once and counts the error; this write's first invalidation and
-        // in-progress mark keep every replica from serving or storing the agent meanwhile.
+        // The outage is logged once and counted where the replicas' link is kept.
         Err(e) => {
-            tracing::debug!(error = %e, "a write's second invalidation did not reach the cluster");
+            tracing::debug!(error = %e, "a write's second invalidation did not reach the other replicas");
             0
         }
     }
@@ -168,11 +140,13 @@ impl Drop for PendingInvalidation {
         let Some(scope) = self.scope.take() else {
             return;
         };
-        let gw = Arc::clone(&self.gw);
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                answered(&gw, &scope).await;
-            });
+        // Outside a runtime (the process is ending) there is nowhere to run it.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
         }
+        let gw = Arc::clone(&self.gw);
+        self.gw.background.spawn_owed(async move {
+            invalidate_after(&gw, &scope).await;
+        });
     }
 }

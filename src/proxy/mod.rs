@@ -4,7 +4,8 @@
 //! (+ invalidate around a write) → respond, with the audit line owned by a [`PendingLine`] from the
 //! first step to the last. Each step is a call into its own room; the files beside this one are the
 //! pipeline's own steps: `agent_read` (step 4), `forward` (steps 4-5), [`request_body`] and
-//! `respond` (per-request headers, metrics, the hand-off to audit).
+//! `respond` (per-request headers, metrics, the hand-off to audit), and `context`, what an admitted
+//! request carries through them.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -28,10 +29,13 @@ use crate::state::{Gateway, Snapshot, TeamState};
 use crate::telemetry::{self, RequestTrace};
 
 mod agent_read;
+mod context;
+mod fill_fetch;
 mod forward;
 pub mod request_body;
 mod respond;
 
+use context::RequestCtx;
 use request_body::BodyLimits;
 
 /// Serves one request of the API listener. Never fails: every refusal is an answer, every answer
@@ -49,7 +53,7 @@ pub async fn handle(
     // must follow upstream's answer, and the audit line must say what upstream did with it.
     let (answer, answered) = oneshot::channel();
     let writes = gw.clone();
-    writes.spawn_unattended(async move {
+    writes.background.spawn_unattended(async move {
         let resp = exchange(gw, req, client_ip).await;
         if let Err(resp) = answer.send(resp) {
             resp.into_body().abandon();
@@ -89,14 +93,15 @@ async fn exchange(
     let mut ex = Exchange {
         gw: &gw,
         snapshot: &snapshot,
+        request_id,
         line: PendingLine::new(record, gw.audit.clone()),
         verdict: None,
         get_ok: None,
         cache: None,
-        shared: SharedVersion::NotShared,
+        version: SharedVersion::NotShared,
         write: None,
     };
-    let answer = match telemetry::in_span!(trace.span().clone(), ex.run(req, &request_id)) {
+    let answer = match telemetry::in_span!(trace.span().clone(), ex.run(req)) {
         Ok(resp) => resp,
         Err(e) => {
             ex.record().decision = e.decision();
@@ -114,40 +119,41 @@ async fn exchange(
             e.to_response(&ex.record().request_id)
         }
     };
-    ex.respond(answer, request_id, &method, &trace)
+    ex.respond(answer, &method, &trace)
 }
 
 /// One request on its way through the pipeline: its pending audit line and what the answer's
 /// per-request headers need.
 struct Exchange<'a> {
     gw: &'a Arc<Gateway>,
-    /// An `Arc` so a shared cache fill, which outlives a request whose client leaves, can keep it.
+    /// An `Arc` so a cache fill others wait on, which outlives a request whose client leaves, can
+    /// keep it.
     snapshot: &'a Arc<Snapshot>,
+    /// The client's `X-Request-Id` if sane, else one minted: sent upstream and in the answer.
+    request_id: HeaderValue,
     line: PendingLine,
     verdict: Option<Verdict>,
     /// The identified team's `GET 200` counter (see `TeamCounters`).
     get_ok: Option<Counter>,
     /// How the cache took part, for agent reads; rendered into the answer by `respond`.
     cache: Option<CacheStatus>,
-    /// What the cluster said of the agent this request reads or writes (cluster mode).
-    shared: SharedVersion,
-    /// An agent write's second invalidation, owed since its first (cluster mode: at admission).
+    /// The version of the agent this request reads or writes, as admission handed it: what the
+    /// cache must match.
+    version: SharedVersion,
+    /// An agent write's second invalidation, owed since its first (when admission already made
+    /// that one, for every replica).
     write: Option<forward::PendingInvalidation>,
 }
 
 impl Exchange<'_> {
-    async fn run(
-        &mut self,
-        req: Request<Incoming>,
-        request_id: &HeaderValue,
-    ) -> Result<Response<ProxyBody>, GatewayError> {
+    async fn run(&mut self, req: Request<Incoming>) -> Result<Response<ProxyBody>, GatewayError> {
         let (parts, incoming) = req.into_parts();
         let is_read = auth::is_read(&parts.method);
 
         // Steps 0-2: route, identify, authorize. A refused request's body is still read and
         // thrown away, so its client gets the answer instead of a reset.
-        let (team, route) = match self.admit(&parts, is_read).await {
-            Ok(admitted) => admitted,
+        let (team, route) = match self.route_and_authorize(&parts, is_read).await {
+            Ok(authorized) => authorized,
             Err(e) => {
                 request_body::discard(incoming, &parts, &mut self.record().bytes_in).await;
                 return Err(e);
@@ -160,13 +166,15 @@ impl Exchange<'_> {
             idle: self.snapshot.settings.server.limits.body_timeout,
         };
         let body = request_body::read(incoming, &parts, limits, &mut self.record().bytes_in).await;
+        let ctx = RequestCtx { team, route, parts };
 
-        // Step 3, once the body is in: in cluster mode an agent write replaces the agent's shared
-        // version here, which must happen only for a write that will be forwarded. A quota refusal
-        // still comes before a 413 or 408, as DESIGN orders them, and those spend quota as before.
+        // Step 3, once the body is in: admission may replace the version of the agent a write
+        // names (for every replica), which must happen only for a write that will be forwarded. A
+        // quota refusal still comes before a 413 or 408, as DESIGN orders them, and those spend
+        // quota as before.
         telemetry::in_span!(
             telemetry::span::step("admission"),
-            self.rate_limit(&team, &route, &parts.method, body.is_ok())
+            self.ask_admission(&ctx, body.is_ok())
         )?;
         let body = body?;
         if !is_read {
@@ -175,23 +183,20 @@ impl Exchange<'_> {
 
         // Step 4: a cacheable agent read goes through the cache; everything else is forwarded,
         // a write to an agent with step 5's invalidation before and after.
-        let agent_read = route
-            .agent
-            .as_ref()
-            .filter(|a| a.is_item && parts.method == Method::GET);
-        match agent_read {
-            Some(agent) => agent_read::read(self, &team, &route, agent, &parts, request_id).await,
-            None => forward::forward(self, &team, &route, &parts, body, request_id).await,
+        match ctx.agent_read() {
+            Some(agent) => agent_read::read(self, &ctx, agent).await,
+            None => forward::forward(self, &ctx, body).await,
         }
     }
 
     /// Steps 0-2, in DESIGN's order of refusals: a malformed path or method, then `401`, `403`.
-    async fn admit(
+    async fn route_and_authorize(
         &mut self,
         parts: &Parts,
         is_read: bool,
     ) -> Result<(Arc<TeamState>, Route), GatewayError> {
-        // Cluster mode with Redis gone and `on_unavailable = "refuse"`: nothing is served.
+        // Admission cannot decide at all (its shared store is gone and the operator chose to
+        // refuse): nothing is served.
         if self.gw.admission.refusing() {
             return Err(GatewayError::ClusterUnavailable);
         }
@@ -243,17 +248,17 @@ impl Exchange<'_> {
 
     /// Step 3: after authentication and before the cache, so cache hits spend quota too: a hit still
     /// costs the gateway work, and a team's quota should not depend on what other teams warmed.
-    /// In cluster mode the same round trip learns the agent's shared version (for a cacheable
-    /// read), or replaces it (for a write to the agent).
-    async fn rate_limit(
+    /// The same answer hands over the version of the agent a cacheable read names, or replaces it
+    /// for a write to the agent (when replicas share versions).
+    async fn ask_admission(
         &mut self,
-        team: &TeamState,
-        route: &Route,
-        method: &Method,
+        ctx: &RequestCtx,
         forwardable: bool,
     ) -> Result<(), GatewayError> {
+        let (team, method) = (&*ctx.team, &ctx.parts.method);
         let is_write = !auth::is_read(method);
-        let agent = route
+        let agent = ctx
+            .route
             .agent
             .as_ref()
             .filter(|a| forwardable && (is_write || (a.is_item && method == Method::GET)));
@@ -279,15 +284,15 @@ impl Exchange<'_> {
             }
         };
         if let (true, Some(agent), SharedVersion::Current(_)) = (is_write, agent, &version) {
-            // The write's first invalidation reached every replica with the quota: from here on
-            // its second one is owed, whether or not the write gets as far as upstream.
+            // The write's first invalidation reached every replica with admission's answer: from
+            // here on its second one is owed, whether or not the write gets as far as upstream.
             self.write = Some(forward::PendingInvalidation::new(
                 Arc::clone(self.gw),
                 team.settings.org.name.clone(),
                 agent.id.clone(),
             ));
         }
-        self.shared = version;
+        self.version = version;
         self.verdict = Some(verdict);
         team.counters.allowed.inc();
         Ok(())
@@ -306,13 +311,6 @@ impl Exchange<'_> {
 
     fn record(&mut self) -> &mut AuditRecord {
         self.line.record()
-    }
-
-    /// How the cache took part: the audit field now (a client that leaves mid-fill is still
-    /// audited as a miss), the headers when the answer is sent.
-    fn cache_status(&mut self, status: CacheStatus) {
-        self.cache = Some(status);
-        self.record().cache = Some(status.outcome());
     }
 }
 

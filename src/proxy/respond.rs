@@ -16,12 +16,13 @@ impl Exchange<'_> {
     pub(super) fn respond(
         mut self,
         mut resp: Response<ProxyBody>,
-        request_id: HeaderValue,
         method: &Method,
         trace: &RequestTrace,
     ) -> Response<AuditedBody> {
         body::drop_for_head(method, &mut resp);
         let headers = resp.headers_mut();
+        // Moved, not cloned: the exchange ends here.
+        let request_id = std::mem::replace(&mut self.request_id, HeaderValue::from_static(""));
         headers.insert(X_REQUEST_ID.clone(), request_id);
         if let Some(verdict) = &self.verdict {
             admission::apply_headers(verdict, headers);

@@ -148,7 +148,7 @@ impl RunningGateway {
         self.gateway.start_draining();
         let _ = self.stop_api.send(true);
         let _ = self.api_task.await;
-        self.gateway.cancel_unattended().await;
+        self.gateway.background.finish().await;
         let _ = self.stop_admin.send(true);
         let _ = self.admin_task.await;
         self.audit.finish().await;

@@ -21,7 +21,7 @@ mod body;
 mod request;
 mod tls;
 
-pub use request::{strip_hop_by_hop, Purpose, UpstreamRequest};
+pub use request::{strip_hop_by_hop, Purpose, Target, UpstreamRequest};
 
 /// Idle pooled connections are closed after this; kept below the usual 60 s upstream keep-alive so
 /// the pool rarely picks a connection the server is about to close.

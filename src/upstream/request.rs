@@ -2,6 +2,7 @@
 //! hop-by-hop and proxy headers, what a shared cache fill may carry, re-framing of answers).
 
 use bytes::Bytes;
+use http::request::Parts;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::Full;
 
@@ -52,6 +53,19 @@ pub enum Purpose {
     CacheFill,
 }
 
+/// Where a request goes upstream and on whose behalf: what an upstream request is made of besides
+/// the client's own head.
+pub struct Target<'a> {
+    /// `upstream.base_url`.
+    pub base_url: &'a str,
+    /// The route's path below it (the client's query is appended as sent).
+    pub path: &'a str,
+    /// The organisation whose key is injected.
+    pub org: &'a Org,
+    /// Sent on as `X-Request-Id`.
+    pub request_id: &'a HeaderValue,
+}
+
 /// Everything needed to (re)send one upstream request.
 pub struct UpstreamRequest {
     pub(super) method: Method,
@@ -63,18 +77,15 @@ pub struct UpstreamRequest {
 }
 
 impl UpstreamRequest {
-    #[allow(clippy::too_many_arguments)]
+    /// The request `client` sent, made for upstream: to `to`, with `body`, its headers cleaned for
+    /// `purpose`.
     pub fn new(
-        base_url: &str,
-        path: &str,
-        query: Option<&str>,
-        method: &Method,
-        client_headers: &HeaderMap,
-        org: &Org,
-        request_id: &HeaderValue,
+        client: &Parts,
+        to: Target<'_>,
         body: Bytes,
         purpose: Purpose,
     ) -> Result<Self, GatewayError> {
+        let (base_url, path, query) = (to.base_url, to.path, client.uri.query());
         let mut url =
             String::with_capacity(base_url.len() + path.len() + query.map_or(0, |q| q.len() + 1));
         url.push_str(base_url);
@@ -87,9 +98,9 @@ impl UpstreamRequest {
             .parse()
             .map_err(|_| GatewayError::BadPath("path cannot be forwarded"))?;
         Ok(Self {
-            method: method.clone(),
+            method: client.method.clone(),
             uri,
-            headers: upstream_headers(client_headers, org, request_id, purpose),
+            headers: upstream_headers(&client.headers, to.org, to.request_id, purpose),
             body,
             observer: None,
         })
@@ -454,18 +465,17 @@ mod tests {
 
     #[test]
     fn upstream_url_is_base_plus_path_plus_original_query() {
-        let r = UpstreamRequest::new(
-            "https://api.dialnexa.com/v1",
-            "/agents2/a1",
-            Some("version_number=3"),
-            &Method::GET,
-            &HeaderMap::new(),
-            &org(),
-            &HeaderValue::from_static("rid"),
-            Bytes::new(),
-            Purpose::Forward,
-        )
-        .unwrap();
+        let (client, ()) = Request::get("/v1/agents2/a1?version_number=3")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let to = Target {
+            base_url: "https://api.dialnexa.com/v1",
+            path: "/agents2/a1",
+            org: &org(),
+            request_id: &HeaderValue::from_static("rid"),
+        };
+        let r = UpstreamRequest::new(&client, to, Bytes::new(), Purpose::Forward).unwrap();
         assert_eq!(
             r.uri.to_string(),
             "https://api.dialnexa.com/v1/agents2/a1?version_number=3"
