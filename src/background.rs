@@ -4,12 +4,20 @@
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tokio_util::task::TaskTracker;
 
 /// Spawned work the process keeps track of. Cloning it is cheap (two `Arc`s) and every clone is
 /// the same home.
+/// How long shutdown waits, past the grace period, for owed work still running: a write's second
+/// invalidation takes about a second at most (`cluster::WRITE_END_PATIENCE` and two Redis
+/// deadlines); a cache fill nobody waits for any more (their connections closed with the grace) is
+/// not worth holding the process for up to `upstream.timeout_ms`. What is left is dropped: in
+/// cluster mode a write's in-progress mark expires on its own, and one process's cache dies with it.
+const OWED_WORK_AT_MOST: Duration = Duration::from_secs(2);
+
 #[derive(Clone, Default)]
 pub struct Background {
     tasks: TaskTracker,
@@ -44,14 +52,27 @@ impl Background {
 
     /// At shutdown, once the grace period is over: cuts the unattended work short and waits until
     /// every task has ended, those that cutting short set off included (a dropped write spawns its
-    /// second invalidation while it is still tracked, so the wait covers it).
+    /// second invalidation while it is still tracked, so the wait covers it), for at most
+    /// [`OWED_WORK_AT_MOST`] more.
     pub async fn finish(&self) {
+        self.finish_within(OWED_WORK_AT_MOST).await;
+    }
+
+    async fn finish_within(&self, at_most: Duration) {
         let mut unattended =
             std::mem::take(&mut *self.unattended.lock().unwrap_or_else(|e| e.into_inner()));
         unattended.abort_all();
         while unattended.join_next().await.is_some() {}
         self.tasks.close();
-        self.tasks.wait().await;
+        if tokio::time::timeout(at_most, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = self.tasks.len(),
+                "shutdown: background work still running past the grace period was dropped"
+            );
+        }
     }
 }
 
@@ -108,5 +129,18 @@ mod tests {
         });
         background.finish().await;
         assert!(done.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn finish_does_not_wait_for_owed_work_past_its_bound() {
+        let background = Background::default();
+        background.spawn_owed(std::future::pending::<()>());
+        // Returns, and not before the bound: the work never ends on its own.
+        let finished = tokio::time::timeout(
+            Duration::from_secs(30),
+            background.finish_within(Duration::from_millis(50)),
+        )
+        .await;
+        assert!(finished.is_ok(), "finish waited for work that never ends");
     }
 }
