@@ -137,7 +137,11 @@ const KEY_END_WARNING: Duration = Duration::from_secs(7 * 24 * 3600);
 fn check(path: &Path) -> ExitCode {
     match load(path) {
         Ok(s) => {
-            for line in keys_ending(&s, SystemTime::now(), KEY_END_WARNING) {
+            let budgets = crate::config::budget_warnings(&s);
+            for line in keys_ending(&s, SystemTime::now(), KEY_END_WARNING)
+                .into_iter()
+                .chain(budgets)
+            {
                 eprintln!("config warning: {line}");
             }
             println!("{}: ok ({} teams)", path.display(), s.teams.len());

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::number::timeout_ms;
+use super::number::{self, timeout_ms, Unit};
 use super::problems::Problems;
 use super::raw::RawCluster;
 use super::secret::{read_secret, SecretFields, SecretLookup};
@@ -78,13 +78,15 @@ pub(super) fn validate_cluster(raw: RawCluster, p: &mut Problems) -> Option<Clus
             None
         }
     };
-    let min_replicas_acked = raw.min_replicas_acked.unwrap_or(0);
-    if min_replicas_acked > MAX_REPLICAS_ACKED {
-        p.push(
-            "cluster.min_replicas_acked",
-            format!("must be at most {MAX_REPLICAS_ACKED}"),
-        );
-    }
+    // Taken as written, like every count: `1.5` is refused, not rounded.
+    let min_replicas_acked = number::whole(
+        raw.min_replicas_acked,
+        0,
+        "cluster.min_replicas_acked",
+        Unit::new(0..=u64::from(MAX_REPLICAS_ACKED)),
+        p,
+    )
+    .and_then(|n| u32::try_from(n).ok());
     let target = match (target?, sentinel_password?) {
         (RedisTarget::Sentinel(mut s), password) => {
             s.sentinel_password = password;
@@ -105,8 +107,7 @@ pub(super) fn validate_cluster(raw: RawCluster, p: &mut Problems) -> Option<Clus
         key_prefix: prefix_ok.then(|| Arc::from(key_prefix))?,
         timeout: timeout?,
         on_unavailable: on_unavailable?,
-        min_replicas_acked: (min_replicas_acked <= MAX_REPLICAS_ACKED)
-            .then_some(min_replicas_acked)?,
+        min_replicas_acked: min_replicas_acked?,
     })
 }
 
@@ -311,8 +312,16 @@ min_replicas_acked = 1
         assert!(e[0].starts_with("cluster.sentinels: "), "{e:?}");
         let e = cluster("redis_url = \"redis://r\"\nmaster_name = \"m\"").unwrap_err();
         assert!(e[0].starts_with("cluster.master_name: "), "{e:?}");
-        let e = cluster("redis_url = \"redis://r\"\nmin_replicas_acked = 101").unwrap_err();
-        assert!(e[0].starts_with("cluster.min_replicas_acked: "), "{e:?}");
+        for value in ["101", "1.5", "-1"] {
+            let e = cluster(&format!(
+                "redis_url = \"redis://r\"\nmin_replicas_acked = {value}"
+            ))
+            .unwrap_err();
+            assert!(
+                e[0].starts_with("cluster.min_replicas_acked: "),
+                "{value}: {e:?}"
+            );
+        }
         let e = cluster("").unwrap_err();
         assert!(e[0].starts_with("cluster.redis_url: is required"), "{e:?}");
     }

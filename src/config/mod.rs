@@ -29,6 +29,7 @@ pub use watch::{ConfigWatcher, Contents, WatchError};
 
 /// The `[server]` connection limits of a config that leaves them out; the simulated DialNexa
 /// serves under the same ones.
+pub use budget::budget_warnings;
 pub use validate::default_connection_limits;
 
 pub use self::tracing::demo_tracing;

@@ -43,7 +43,7 @@ pub(super) struct RawCluster {
     pub(super) tls: Option<bool>,
     pub(super) sentinel_password_env: Option<String>,
     pub(super) sentinel_password_file: Option<PathBuf>,
-    pub(super) min_replicas_acked: Option<u32>,
+    pub(super) min_replicas_acked: Option<Whole>,
 }
 
 #[derive(Debug, Deserialize)]

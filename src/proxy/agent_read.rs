@@ -139,7 +139,17 @@ async fn fill(
         FillOutcome::Filled(answer) => (answer, false),
         FillOutcome::Joined(answer) => (answer, true),
         FillOutcome::TooLarge(resp) => return Read::TooLarge { resp, why },
-        FillOutcome::Failed(e) => return stale_or(cache, ticket, Read::refused(e, why, None)),
+        FillOutcome::Failed(e) => {
+            if matches!(
+                e,
+                GatewayError::OrgQuotaExhausted { .. }
+                    | GatewayError::UpstreamQuotaExhausted { .. }
+            ) {
+                // Refused right before the call: nothing went upstream, so no upstream latency.
+                ex.record().upstream_latency_ms = None;
+            }
+            return stale_or(cache, ticket, Read::refused(e, why, None));
+        }
     };
     // Conditional headers are never sent on a fill, so a `304` has no body to pass on and the
     // client, which may not have asked conditionally either, must not see it.

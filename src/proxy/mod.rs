@@ -195,15 +195,15 @@ impl Exchange<'_> {
         parts: &Parts,
         is_read: bool,
     ) -> Result<(Arc<TeamState>, Route), GatewayError> {
-        // Admission cannot decide at all (its shared store is gone and the operator chose to
-        // refuse): nothing is served.
-        if self.gw.admission.refusing() {
-            return Err(GatewayError::ClusterUnavailable);
-        }
         // The team is looked up first so that every answer, refusals of bad paths included, is
         // audited with the key that was presented and carries the team's quota; but a malformed
         // request is refused before anything else, identified or not.
         let team = self.identify(&parts.headers);
+        // Admission cannot decide at all (its shared store is gone and the operator chose to
+        // refuse): nothing is served, but the line still names who asked.
+        if self.gw.admission.refusing() {
+            return Err(GatewayError::ClusterUnavailable);
+        }
         let route = match well_formed(parts) {
             Ok(route) => route,
             Err(e) => {

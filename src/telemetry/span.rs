@@ -238,6 +238,14 @@ pub fn propagate(span: &Span, trace_id: TraceId, headers: &mut HeaderMap) {
         let cx = span.context();
         if cx.span().span_context().is_valid() {
             TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
+            // The propagator writes `tracestate` even when the trace has none: an empty header
+            // is noise upstream (W3C: send it only with members).
+            if headers
+                .get("tracestate")
+                .is_some_and(|v| v.as_bytes().is_empty())
+            {
+                headers.remove("tracestate");
+            }
             return;
         }
     }

@@ -301,6 +301,11 @@ async fn a_429_a_patch_and_an_upstream_5xx_carry_their_decision_and_status() {
         upstream_traceparent(&upstream, &written),
         Some(format!("00-{}-{}-01", trace_n(5), call.span_id))
     );
+    // The client sent no tracestate: upstream gets none, not an empty one.
+    let seen = upstream
+        .request_with_id(written.header("x-request-id").unwrap())
+        .unwrap();
+    assert_eq!(seen.headers.get("tracestate"), None);
 
     let spans = collector.trace(&trace_n(6), 2).await;
     let server = one(&spans, SERVER, "server");
