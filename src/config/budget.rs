@@ -69,15 +69,7 @@ pub(super) fn validate_org_budget(
 /// The checks across an org's teams: shares in range, and for an org with a budget, every
 /// team's guaranteed burst inside the org's burst (with room to lend when a team has share 0).
 pub(super) fn check_budgets(teams: &[Team], p: &mut Problems) {
-    let mut orgs: BTreeMap<&str, (Option<RateQuota>, Vec<&Team>)> = BTreeMap::new();
-    for team in teams {
-        let entry = orgs
-            .entry(&team.org.name)
-            .or_insert((team.org.upstream_rate_limit, Vec::new()));
-        entry.1.push(team);
-    }
-    for (org, (quota, teams)) in orgs {
-        let Some(quota) = quota else { continue };
+    for (org, (quota, teams)) in budgets(teams) {
         let key = format!("orgs.{org}.upstream_rate_limit.burst");
         let total: u64 = teams.iter().map(|t| u64::from(t.upstream_share)).sum();
         let burst = u64::from(quota.burst.get());
@@ -107,21 +99,27 @@ pub(super) fn check_budgets(teams: &[Team], p: &mut Problems) {
     }
 }
 
+/// The orgs that have a budget, with it and their teams, by name.
+fn budgets(teams: &[Team]) -> BTreeMap<&str, (RateQuota, Vec<&Team>)> {
+    let mut orgs: BTreeMap<&str, (RateQuota, Vec<&Team>)> = BTreeMap::new();
+    for team in teams {
+        if let Some(quota) = team.org.upstream_rate_limit {
+            orgs.entry(&team.org.name)
+                .or_insert((quota, Vec::new()))
+                .1
+                .push(team);
+        }
+    }
+    orgs
+}
+
 /// Warnings `check` prints for budgets the gateway runs with but an operator likely did not mean:
 /// an org whose guaranteed bursts take all of its burst leaves a share-0 team nothing to borrow
 /// until another team spends its part (allowed: DESIGN refuses only guaranteed bursts above the
 /// burst).
 pub fn budget_warnings(settings: &crate::settings::Settings) -> Vec<String> {
-    let mut orgs: BTreeMap<&str, (Option<RateQuota>, Vec<&Team>)> = BTreeMap::new();
-    for team in &settings.teams {
-        orgs.entry(&team.org.name)
-            .or_insert((team.org.upstream_rate_limit, Vec::new()))
-            .1
-            .push(team);
-    }
     let mut warnings = Vec::new();
-    for (org, (quota, teams)) in orgs {
-        let Some(quota) = quota else { continue };
+    for (org, (quota, teams)) in budgets(&settings.teams) {
         let total: u64 = teams.iter().map(|t| u64::from(t.upstream_share)).sum();
         let burst = u64::from(quota.burst.get());
         let guaranteed: u64 = teams
