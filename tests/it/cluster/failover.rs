@@ -455,17 +455,6 @@ async fn a_sentinel_failover_keeps_read_after_write_and_service_resumes_by_itsel
     );
     let reads = history.iter().filter(|o| !o.write).count();
     assert!(reads > 200, "too little history: {reads} reads");
-    let mut stale = Vec::new();
-    for read in history.iter().filter(|o| !o.write) {
-        let floor = history
-            .iter()
-            .filter(|w| w.write && w.agent == read.agent && w.completed < read.invoked)
-            .map(|w| w.version)
-            .max()
-            .unwrap_or(1);
-        if read.version < floor {
-            stale.push((read.clone(), floor));
-        }
-    }
+    let stale = stale_reads(&history);
     assert!(stale.is_empty(), "stale reads: {stale:#?}");
 }

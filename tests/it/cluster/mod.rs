@@ -175,6 +175,25 @@ async fn a_slow_fill_that_raced_a_patch_on_another_replica_is_never_served_after
     }
 }
 
+/// The history checker: every read older than a write answered before the read was invoked, with
+/// the version it should at least have seen.
+fn stale_reads(history: &[Op]) -> Vec<(Op, u64)> {
+    let mut stale = Vec::new();
+    for read in history.iter().filter(|o| !o.write) {
+        // The newest version any write answered before this read was invoked.
+        let floor = history
+            .iter()
+            .filter(|w| w.write && w.agent == read.agent && w.completed < read.invoked)
+            .map(|w| w.version)
+            .max()
+            .unwrap_or(1);
+        if read.version < floor {
+            stale.push((read.clone(), floor));
+        }
+    }
+    stale
+}
+
 /// One operation as a client saw it: when it was invoked and completed, and the version it got.
 #[derive(Debug, Clone)]
 struct Op {
@@ -246,19 +265,7 @@ async fn history_no_get_after_an_answered_patch_returns_an_older_version_through
         reads > 300,
         "too little history to mean anything: {reads} reads"
     );
-    let mut stale = Vec::new();
-    for read in history.iter().filter(|o| !o.write) {
-        // The newest version any write answered before this read was invoked.
-        let floor = history
-            .iter()
-            .filter(|w| w.write && w.agent == read.agent && w.completed < read.invoked)
-            .map(|w| w.version)
-            .max()
-            .unwrap_or(1);
-        if read.version < floor {
-            stale.push((read.clone(), floor));
-        }
-    }
+    let stale = stale_reads(&history);
     assert!(stale.is_empty(), "stale reads: {stale:#?}");
 }
 
